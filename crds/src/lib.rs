@@ -1,0 +1,1 @@
+//! The `grokcast.io/v1alpha1` custom resources: `VoiceAgent` and `ModelPool`.

@@ -1,0 +1,1 @@
+//! Embedded engines: Silero VAD, Whisper STT, Piper TTS and a Gemma LLM, all on CPU.

@@ -1,0 +1,1 @@
+//! The GrokCast operator: reconcilers, autoscaler and offline rendering.
