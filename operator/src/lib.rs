@@ -1,1 +1,3 @@
 //! The GrokCast operator: reconcilers, autoscaler and offline rendering.
+
+pub mod autoscale;

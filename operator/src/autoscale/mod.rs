@@ -1,0 +1,1 @@
+//! Latency-SLO autoscaling: reads Prometheus, decides replicas, writes `/scale` subresources.
