@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x scripts/install.sh ]; then ./scripts/install.sh; fi
 cargo nextest run --workspace --no-fail-fast
+python3 -m pytest -p no:cloudcoil -p no:cacheprovider tests/chart -q
