@@ -61,7 +61,25 @@ def sync_copies() -> list[str]:
                 if not copy.exists() or copy.read_bytes() != original.read_bytes():
                     shutil.copyfile(original, copy)
                     changed.append(f"copied {original.relative_to(REPO)} -> {copy.relative_to(REPO)}")
+    crd_kustomization = REPO / "config" / "crd" / "kustomization.yaml"
+    text = crd_kustomization_text()
+    if not crd_kustomization.exists() or crd_kustomization.read_text(encoding="utf-8") != text:
+        crd_kustomization.write_text(text, encoding="utf-8")
+        changed.append(f"wrote {crd_kustomization.relative_to(REPO)}")
     return changed
+
+
+def crd_kustomization_text() -> str:
+    """config/crd/kustomization.yaml lists every CRD copy (kustomize has no globs)."""
+    bases = sorted(p.name for p in (REPO / "config" / "crd" / "bases").glob("*.yaml"))
+    lines = [
+        "# The CRDs, copied from crds/yaml/ by tests/chart/regenerate.py (do not edit the copies).",
+        "apiVersion: kustomize.config.k8s.io/v1beta1",
+        "kind: Kustomization",
+        "resources:" if bases else "resources: []",
+    ]
+    lines += [f"  - bases/{name}" for name in bases]
+    return "\n".join(lines) + "\n"
 
 
 def load_chart() -> helm_python.Chart:
