@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import celpy
 import jsonschema
 import kubernetes_validate
 from cloudcoil.models.prometheus_operator import v1 as prometheus_v1
@@ -115,5 +116,64 @@ def validate_custom_resource(obj: dict[str, Any], crds: list[dict[str, Any]], na
                 reasons = "; ".join(f"at /{'/'.join(map(str, e.path))}: {e.message}"
                                     for e in errors)
                 raise SchemaError(f"{name}: {reasons}")
+            structural = served_schema(crd, version)
+            defaulted = apply_defaults(structural, copy.deepcopy(body))
+            failures = cel_failures(structural, defaulted, "")
+            if failures:
+                raise SchemaError(f"{name}: " + "; ".join(failures))
             return
     raise SchemaError(f"{name}: no CRD for {obj['apiVersion']} {obj['kind']}")
+
+
+def served_schema(crd: dict[str, Any], version: str) -> dict[str, Any]:
+    for served in crd["spec"]["versions"]:
+        if served["name"] == version:
+            return served["schema"]["openAPIV3Schema"]
+    raise SchemaError(f"CRD {crd['metadata']['name']} has no version {version}")
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Fill in schema defaults the way the API server does before it evaluates CEL rules."""
+    if isinstance(value, dict):
+        for prop, sub in schema.get("properties", {}).items():
+            if prop not in value and "default" in sub:
+                value[prop] = copy.deepcopy(sub["default"])
+            if prop in value:
+                value[prop] = apply_defaults(sub, value[prop])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for k in value:
+                if k not in schema.get("properties", {}):
+                    value[k] = apply_defaults(extra, value[k])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value = [apply_defaults(schema["items"], v) for v in value]
+    return value
+
+
+_CEL = celpy.Environment()
+
+
+def cel_failures(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Evaluate every `x-kubernetes-validations` rule (CEL) on the value it applies to.
+    Transition rules (oldSelf) need a previous object and are left to the API server."""
+    failures = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"]:
+            continue
+        program = _CEL.program(_CEL.compile(rule["rule"]))
+        try:
+            ok = program.evaluate({"self": celpy.json_to_cel(value)})
+        except celpy.CELEvalError as error:
+            failures.append(f"at {path or '/'}: rule {rule['rule']!r} failed to evaluate: {error}")
+            continue
+        if isinstance(ok, celpy.CELEvalError) or not bool(ok):
+            message = rule.get("message") or f"failed rule: {rule['rule']}"
+            failures.append(f"at {path or '/'}: {message}")
+    if isinstance(value, dict):
+        for prop, sub in schema.get("properties", {}).items():
+            if prop in value:
+                failures += cel_failures(sub, value[prop], f"{path}/{prop}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            failures += cel_failures(schema["items"], item, f"{path}/{i}")
+    return failures
