@@ -117,3 +117,24 @@ def test_relative_links_point_at_existing_files():
         text = (chartlib.REPO / "docs" / doc).read_text(encoding="utf-8")
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
             assert (chartlib.REPO / "docs" / target).exists(), f"{doc} links to missing {target}"
+
+
+def test_quickstart_agent_uses_the_quickstart_pools_with_matching_roles():
+    text = (chartlib.REPO / "docs" / "quickstart.md").read_text(encoding="utf-8")
+    objs = [d for m in FENCE.finditer(text) if m.group(1) == "yaml"
+            for d in yaml.safe_load_all(m.group(2)) if d]
+    pools = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "ModelPool"}
+    agent = next(o for o in objs if o["kind"] == "VoiceAgent")
+    for stage in ("stt", "llm", "tts"):
+        ref = agent["spec"][stage]["modelPoolRef"]
+        assert ref in pools, f"{stage}.modelPoolRef {ref} is not created in the quickstart"
+        assert pools[ref]["role"] == stage
+        assert pools[ref]["gpu"]["count"] == 0, "kind has no GPUs"
+        assert pools[ref]["engine"] == "grokcast"
+    namespaces = {o["metadata"]["namespace"] for o in objs}
+    assert namespaces == {"voice"}
+    # grokcast-serve answers only the model ids it knows (engines/src/server).
+    server = "\n".join(p.read_text(encoding="utf-8")
+                       for p in (chartlib.REPO / "engines" / "src" / "server").glob("*.rs"))
+    for name, spec in pools.items():
+        assert f'"{spec["model"]}"' in server, f"grokcast-serve does not serve {spec['model']}"
