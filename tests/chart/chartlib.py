@@ -7,6 +7,7 @@ what the tests compare against.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -144,3 +145,68 @@ def key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
     meta = obj.get("metadata", {})
     return (obj.get("apiVersion", ""), obj.get("kind", ""), meta.get("namespace", ""),
             meta.get("name", ""))
+
+
+# config/ files that hold the chart's default render, as plain manifests for kustomize:
+# file -> the (kind, name) of the objects it holds, in order. regenerate.py rewrites their
+# YAML from the chart and keeps each file's leading comment block.
+CONFIG_FILES: dict[str, list[tuple[str, str]]] = {
+    "config/rbac/service_account.yaml": [("ServiceAccount", RELEASE)],
+    "config/rbac/role.yaml": [("ClusterRole", RELEASE)],
+    "config/rbac/cluster_role.yaml": [("ClusterRole", f"{RELEASE}-cluster")],
+    "config/rbac/role_binding.yaml": [("ClusterRoleBinding", RELEASE),
+                                      ("ClusterRoleBinding", f"{RELEASE}-cluster")],
+    "config/rbac/leader_election_role.yaml": [("Role", f"{RELEASE}-leader-election"),
+                                              ("RoleBinding", f"{RELEASE}-leader-election")],
+    "config/operator/deployment.yaml": [("Deployment", RELEASE)],
+    "config/operator/service.yaml": [("Service", f"{RELEASE}-metrics")],
+    "config/monitoring/servicemonitor.yaml": [("ServiceMonitor", RELEASE)],
+    "config/monitoring/prometheusrule.yaml": [("PrometheusRule", f"{RELEASE}-rules")],
+    "config/monitoring/dashboards.yaml": [("ConfigMap", f"{RELEASE}-dashboard-slo")],
+}
+
+# Chart values that switch on what config/monitoring holds.
+MONITORING_VALUES: dict[str, Any] = {
+    "serviceMonitor": {"enabled": True},
+    "prometheusRule": {"enabled": True},
+    "grafanaDashboards": {"enabled": True},
+}
+
+
+def as_kustomize_object(obj: dict[str, Any]) -> dict[str, Any]:
+    """A chart object as config/ holds it: Helm's own labels replaced by kustomize's."""
+    obj = copy.deepcopy(obj)
+    labels = obj["metadata"].setdefault("labels", {})
+    labels.pop("helm.sh/chart", None)
+    labels["app.kubernetes.io/managed-by"] = "kustomize"
+    return obj
+
+
+def config_file_text(path: str, objs: list[dict[str, Any]]) -> str:
+    selected = []
+    for kind, name in CONFIG_FILES[path]:
+        matches = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+        if len(matches) != 1:
+            raise AssertionError(f"{path}: the chart renders {len(matches)} {kind} {name}")
+        selected.append(as_kustomize_object(matches[0]))
+    target = REPO / path
+    header = []
+    if target.exists():
+        for line in target.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#"):
+                break
+            header.append(line)
+    body = yaml.safe_dump_all(selected, sort_keys=False, default_flow_style=False)
+    return "".join(f"{line}\n" for line in header) + body
+
+
+def sync_config() -> list[str]:
+    objs = objects(render(MONITORING_VALUES))
+    changed = []
+    for path in CONFIG_FILES:
+        text = config_file_text(path, objs)
+        target = REPO / path
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+            changed.append(f"wrote {path}")
+    return changed

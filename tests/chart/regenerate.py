@@ -5,7 +5,10 @@
 1. copies the generated CRDs (crds/yaml/) into charts/grokcast/crds/ and config/crd/bases/,
    and the Prometheus rules and Grafana dashboards (config/prometheus/, config/grafana/) into
    charts/grokcast/files/;
-2. renders the chart with Helm's engine for each values file in tests/chart/values/ and writes
+2. rewrites config/rbac/ and config/operator/ from the chart's default render (the comment
+   block at the top of each file is kept), so `kubectl apply -k config/default` installs what
+   the chart installs;
+3. renders the chart with Helm's engine for each values file in tests/chart/values/ and writes
    tests/chart/golden/<name>.yaml.
 
 Review the diff before committing it: the golden files are what a user's `helm template` shows.
@@ -22,7 +25,7 @@ import chartlib  # noqa: E402
 
 
 def main() -> int:
-    for line in chartlib.sync_copies():
+    for line in chartlib.sync_copies() + chartlib.sync_config():
         print(line)
     chartlib.GOLDEN.mkdir(parents=True, exist_ok=True)
     for case in chartlib.golden_cases():

@@ -117,7 +117,13 @@ def test_without_auth_settings_no_token_or_ca_is_configured():
     env = env_of(only(render_objects(), "Deployment"))
     assert "GROKCAST_PROMETHEUS_BEARER_TOKEN_FILE" not in env
     assert "GROKCAST_PROMETHEUS_CA_FILE" not in env
-    assert "GROKCAST_PROMETHEUS_INSECURE_SKIP_VERIFY" not in env
+
+
+def test_empty_prometheus_url_leaves_the_autoscaler_off():
+    # The operator starts the autoscaler whenever GROKCAST_PROMETHEUS_URL is set, even to "".
+    env = env_of(only(render_objects({"prometheus": {"url": "", "bearerToken": {
+        "useServiceAccountToken": True}}}), "Deployment"))
+    assert not [name for name in env if name.startswith("GROKCAST_PROMETHEUS_")]
 
 
 def test_operator_runs_non_root_read_only_with_no_capabilities():
@@ -164,8 +170,6 @@ def test_scheduling_values_reach_the_pod():
     assert pod["affinity"] == {"podAntiAffinity": {}}
     assert pod["priorityClassName"] == "critical"
     assert pod["imagePullSecrets"] == [{"name": "a"}, {"name": "b"}]
-    # The operator hands the same secrets to the agent and model server pods it creates.
-    assert env_of(deployment)["GROKCAST_IMAGE_PULL_SECRETS"] == "a,b"
 
 
 @pytest.mark.parametrize("values,image", [
@@ -187,7 +191,7 @@ def test_workload_images_reach_the_operator():
     assert env["GROKCAST_VLLM_IMAGE"] == "mirror.example/vllm:v1"
     with chartlib.load_chart() as chart:
         defaults = chart.values["workloadImages"]
-    for engine in ("agent", "serve", "whisper", "csm"):
+    for engine in ("agent", "serve", "whisper", "csm", "preload"):
         assert env[f"GROKCAST_{engine.upper()}_IMAGE"] == defaults[engine]
 
 

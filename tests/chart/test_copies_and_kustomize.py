@@ -85,3 +85,40 @@ def test_comparison_notices_a_drift():
     assert role == chart_role
     role["rules"][0]["verbs"].append("delete")
     assert role != chart_role
+
+
+def test_kustomize_monitoring_holds_the_charts_monitoring_objects():
+    kinds = {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    from_chart = {chartlib.key(o): comparable(o)
+                  for o in chartlib.objects(chartlib.render(chartlib.MONITORING_VALUES))
+                  if o["kind"] in kinds}
+    from_kustomize = {chartlib.key(o): comparable(o)
+                      for o in chartlib.kustomize(chartlib.REPO / "config" / "monitoring")}
+    assert sorted(from_kustomize) == sorted(from_chart)
+    for k in from_chart:
+        assert from_kustomize[k] == from_chart[k], f"{k} differs: {FIX}"
+
+
+def test_prometheus_rule_wraps_exactly_the_rule_files():
+    rules_files = chartlib.source_files(chartlib.REPO / "config" / "prometheus", "*.yaml")
+    if not rules_files:
+        pytest.skip("config/prometheus has no rule files")
+    wrapped = [o for o in chartlib.objects(chartlib.render(chartlib.MONITORING_VALUES))
+               if o["kind"] == "PrometheusRule"]
+    assert len(wrapped) == len(rules_files)
+    groups = [g for o in wrapped for g in o["spec"]["groups"]]
+    original = [g for p in rules_files for g in yaml.safe_load(p.read_text())["groups"]]
+    assert groups == original
+
+
+def test_dashboards_are_shipped_verbatim():
+    import json
+    dashboards = chartlib.source_files(chartlib.REPO / "config" / "grafana", "*.json")
+    if not dashboards:
+        pytest.skip("config/grafana has no dashboards")
+    maps = [o for o in chartlib.objects(chartlib.render(chartlib.MONITORING_VALUES))
+            if o["kind"] == "ConfigMap"]
+    shipped = {k: v for m in maps for k, v in m["data"].items()}
+    for path in dashboards:
+        assert json.loads(shipped[path.name]) == json.loads(path.read_text())
+        assert maps[0]["metadata"]["labels"]["grafana_dashboard"] == "1"

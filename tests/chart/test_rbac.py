@@ -43,7 +43,7 @@ def operator_rules():
     if not operator_has_binary():
         pytest.skip("grokcast-operator has no binary yet; this compares with `grokcast-operator "
                     "rbac` once it has")
-    result = subprocess.run(["cargo", "run", "-q", "-p", "grokcast-operator", "--", "rbac"],
+    result = subprocess.run(["cargo", "run", "-q", "-p", "grokcast-operator", "--bin", "grokcast-operator", "--", "rbac"],
                             cwd=chartlib.REPO, capture_output=True, text=True, timeout=1800,
                             check=False)
     assert result.returncode == 0, f"grokcast-operator rbac failed:\n{result.stderr}"
@@ -83,3 +83,30 @@ def test_watch_namespaces_keep_the_same_rules():
     _, everywhere = chart_rules()
     _, limited = chart_rules({"operator": {"watchNamespaces": ["voice"]}})
     assert everywhere == limited
+
+
+def rules_in_operator_source():
+    """RBAC_RULES as written in operator/src/rbac.rs: the same table `grokcast-operator rbac`
+    prints, read without compiling, so this check runs even before the binary is built."""
+    import re
+    source = (chartlib.REPO / "operator" / "src" / "rbac.rs").read_text(encoding="utf-8")
+    table = source.split("pub const RBAC_RULES", 1)[1].split("];\n", 1)[0]
+    rules = []
+    for entry in re.finditer(r"Rule \{(.*?)\n    \}", table, re.S):
+        body = entry.group(1)
+        group = re.search(r'api_group: "([^"]*)"', body).group(1)
+        resources = re.findall(r'"([^"]+)"', re.search(r"resources: &\[(.*?)\]", body).group(1))
+        verbs = re.findall(r'"([^"]+)"', re.search(r"verbs: &\[(.*?)\]", body).group(1))
+        rules.append({"apiGroups": [group], "resources": resources, "verbs": verbs})
+    return rules
+
+
+def test_chart_grants_exactly_the_rules_in_the_operator_source():
+    if not (chartlib.REPO / "operator" / "src" / "rbac.rs").exists():
+        pytest.skip("operator/src/rbac.rs does not exist yet")
+    rules = rules_in_operator_source()
+    assert len(rules) >= 5, "could not read RBAC_RULES from operator/src/rbac.rs"
+    wanted = triples(rules)
+    _, granted = chart_rules()
+    assert sorted(wanted - granted) == [], "the operator needs rules the chart does not grant"
+    assert sorted(granted - wanted) == [], "the chart grants rules the operator does not use"

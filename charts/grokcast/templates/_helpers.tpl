@@ -55,11 +55,3 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.operator.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ else }}false{{ end }}
 {{- end }}
 
-{{/* Comma-separated names of the image pull secrets, handed on to the pods the operator creates. */}}
-{{- define "grokcast.pullSecretNames" -}}
-{{- $names := list }}
-{{- range .Values.imagePullSecrets }}
-{{- $names = append $names .name }}
-{{- end }}
-{{- join "," $names }}
-{{- end }}

@@ -1,50 +1,52 @@
 {{/*
 The operator's permissions, split by where they apply. tests/chart/test_rbac.py compares the
-union of these rules with what `grokcast-operator rbac` prints, so a permission the code stops
-using (or starts using) fails the tests until this file follows.
+union of these rules with what `grokcast-operator rbac` prints (operator/src/rbac.rs), so a
+permission the code stops using, or starts using, fails the tests until this file follows.
+Children are created by server-side apply (`patch`) and deleted by the garbage collector
+through their owner references, so there is no `create` or `delete` on them.
 */}}
 
 {{- define "grokcast.namespacedRules" -}}
 - apiGroups: ["grokcast.io"]
-  resources: ["voiceagents", "modelpools"]
+  resources: ["modelpools", "voiceagents"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["grokcast.io"]
-  resources: ["voiceagents/status", "modelpools/status"]
+  resources: ["modelpools/status", "voiceagents/status"]
   verbs: ["get", "patch"]
 - apiGroups: ["grokcast.io"]
-  resources: ["voiceagents/scale", "modelpools/scale"]
+  resources: ["modelpools/scale", "voiceagents/scale"]
   verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: ["batch"]
-  resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: ["monitoring.coreos.com"]
-  resources: ["servicemonitors"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["patch"]
 {{- end }}
 
 {{- define "grokcast.clusterRules" -}}
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 {{- end }}
 
 {{- define "grokcast.leaderElectionRules" -}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "update"]
 {{- end }}
