@@ -16,11 +16,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p grokcast-agent --bin grokcast-agent \
  && install -D -m 0755 target/release/grokcast-agent /out/grokcast-agent
 
-# debian-slim rather than distroless: the agent loads libonnxruntime with dlopen and may speak
-# its cached apology clip through espeak-ng, whose data files live under /usr/lib.
+# debian-slim rather than distroless: the agent loads libonnxruntime with dlopen, links
+# libespeak-ng (Piper phonemes for embedded voices), and `grokcast-agent call` speaks the
+# caller's lines with the espeak-ng command.
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libespeak-ng1 espeak-ng-data libgomp1 \
+ && apt-get install -y --no-install-recommends ca-certificates espeak-ng libespeak-ng1 espeak-ng-data libgomp1 \
  && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="grokcast-agent" \
       org.opencontainers.image.description="Answers Twilio Media Streams calls with a streaming VAD, STT, LLM and TTS pipeline" \

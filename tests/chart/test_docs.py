@@ -138,3 +138,14 @@ def test_quickstart_agent_uses_the_quickstart_pools_with_matching_roles():
                        for p in (chartlib.REPO / "engines" / "src" / "server").glob("*.rs"))
     for name, spec in pools.items():
         assert f'"{spec["model"]}"' in server, f"grokcast-serve does not serve {spec['model']}"
+
+
+def test_images_named_in_docs_are_the_chart_defaults():
+    with chartlib.load_chart() as chart:
+        values = chart.values
+        app = chart.metadata["appVersion"]
+    known = set(values["workloadImages"].values()) | {f"{values['image']['repository']}:{app}"}
+    for doc in DOCS:
+        text = (chartlib.REPO / "docs" / doc).read_text(encoding="utf-8")
+        for image in re.findall(r"\b((?:ghcr\.io/grokcast|vllm)/[\w.-]+:[\w.-]+)", text):
+            assert image in known, f"{doc} names {image}, which is not a chart default"
