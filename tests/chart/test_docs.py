@@ -149,3 +149,16 @@ def test_images_named_in_docs_are_the_chart_defaults():
         text = (chartlib.REPO / "docs" / doc).read_text(encoding="utf-8")
         for image in re.findall(r"\b((?:ghcr\.io/grokcast|vllm)/[\w.-]+:[\w.-]+)", text):
             assert image in known, f"{doc} names {image}, which is not a chart default"
+
+
+def test_operations_documents_every_vllm_flag_the_operator_sets():
+    source = (chartlib.REPO / "operator" / "src" / "model_pool.rs").read_text(encoding="utf-8")
+    vllm = source.split("Engine::Vllm => {", 1)[1].split("Engine::Whisper =>", 1)[0]
+    flags = set(re.findall(r'"(--[a-z0-9-]+)"', vllm))
+    assert "--served-model-name" in flags
+    text = (chartlib.REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = sorted(f for f in flags if f"`{f}" not in text and f" {f} " not in text)
+    assert not missing, f"docs/operations.md does not explain vLLM flags {missing}"
+    variants = re.findall(r'"([\w.-]+/[\w.-]+)",\s*\)', source)
+    for repo in variants:
+        assert repo in text, f"docs/operations.md does not name the quantized checkpoint {repo}"
