@@ -75,7 +75,11 @@ def crd_json_schema(crd: dict[str, Any], version: str) -> dict[str, Any]:
     """A CRD version's openAPIV3Schema as plain JSON Schema (draft 2020-12)."""
     for served in crd["spec"]["versions"]:
         if served["name"] == version:
-            return structural_to_json_schema(copy.deepcopy(served["schema"]["openAPIV3Schema"]))
+            root = structural_to_json_schema(copy.deepcopy(served["schema"]["openAPIV3Schema"]))
+            # The API server always accepts these at the root, whether or not the schema says so.
+            for implicit in ("apiVersion", "kind", "metadata"):
+                root.setdefault("properties", {}).setdefault(implicit, {})
+            return root
     raise SchemaError(f"CRD {crd['metadata']['name']} has no version {version}")
 
 
