@@ -37,6 +37,19 @@ def test_leader_election_is_on_whenever_two_pods_could_write(values, expected):
     assert env["GROKCAST_LEASE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
+@pytest.mark.parametrize("values,strategy", [
+    ({}, "Recreate"),
+    ({"replicaCount": 2}, "RollingUpdate"),
+    ({"operator": {"leaderElection": {"enabled": True}}}, "RollingUpdate"),
+])
+def test_two_operators_never_write_at_once_during_an_upgrade(values, strategy):
+    # Without a Lease, a surge pod would reconcile beside the old one.
+    spec = only(render_objects(values), "Deployment")["spec"]
+    assert spec["strategy"]["type"] == strategy
+    if strategy == "RollingUpdate":
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
 def test_leader_election_role_is_limited_to_leases_in_the_release_namespace():
     objs = render_objects({"replicaCount": 2})
     role = only(objs, "Role", "grokcast-leader-election")
