@@ -1,0 +1,472 @@
+//! `VoiceAgent`: a fleet of agent pods answering one phone experience.
+
+// `printcolumn(...)` repeats `type_ = ...` by design; clippy reads it as a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::SecretKeyRef;
+
+/// Desired state of a VoiceAgent.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "grokcast.io",
+    version = "v1alpha1",
+    kind = "VoiceAgent",
+    plural = "voiceagents",
+    namespaced,
+    status = "VoiceAgentStatus",
+    shortname = "va",
+    category = "grokcast",
+    derive = "PartialEq",
+    doc = "A fleet of agent pods answering one phone experience: Twilio calls in, speech to \
+           text, an LLM and text to speech served by ModelPools, with a per-turn latency SLO.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "REPLICAS", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "CALLS", type_ = "integer", json_path = ".status.activeCalls"),
+    printcolumn(
+        name = "P95",
+        type_ = "number",
+        json_path = ".status.autoscaling.turnLatencyP95Ms",
+        description = "Observed p95 turn latency in milliseconds"
+    ),
+    printcolumn(
+        name = "SLO",
+        type_ = "integer",
+        json_path = ".spec.slo.turnLatencyP95Ms",
+        description = "p95 turn latency objective in milliseconds"
+    ),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.scaling) || self.scaling.targetCallsPerPod <= self.telephony.maxConcurrentCallsPerPod")
+        .message("scaling.targetCallsPerPod must not exceed telephony.maxConcurrentCallsPerPod")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceAgentSpec {
+    /// How calls reach the agent.
+    pub telephony: TelephonySpec,
+    /// What the agent says and how it behaves.
+    #[serde(default)]
+    pub persona: PersonaSpec,
+    /// Speech-to-text stage.
+    pub stt: SttSpec,
+    /// Language-model stage.
+    pub llm: LlmSpec,
+    /// Text-to-speech stage.
+    pub tts: TtsSpec,
+    /// Voice activity detection, end of turn and barge-in.
+    #[serde(default)]
+    pub turn_taking: TurnTakingSpec,
+    /// Per-turn latency objective the autoscaler keeps.
+    #[serde(default)]
+    pub slo: SloSpec,
+    /// Bounds for the autoscaler. Unset means fixed `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<AgentScaling>,
+    /// Agent pods while `scaling` is unset. The `/scale` subresource writes it.
+    #[serde(default = "default_agent_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Agent image. Unset means the operator's default agent image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Longest a pod waits for live calls to end after it is asked to stop, in seconds.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_timeout_seconds: i32,
+    /// CPU and memory for the agent container. Unset uses 500m/256Mi requests, 1Gi limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the agent pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for the agent pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+fn default_agent_replicas() -> i32 {
+    2
+}
+
+fn default_drain_seconds() -> i32 {
+    600
+}
+
+/// Telephony settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelephonySpec {
+    /// Twilio Programmable Voice with Media Streams.
+    pub twilio: TwilioSpec,
+    /// Calls one pod takes before answering busy.
+    #[serde(default = "default_max_calls")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent_calls_per_pod: i32,
+}
+
+fn default_max_calls() -> i32 {
+    50
+}
+
+/// Twilio settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TwilioSpec {
+    /// Secret key with the Twilio auth token that signs webhooks; checked on every request.
+    pub auth_token_secret_ref: SecretKeyRef,
+    /// Public HTTPS base URL Twilio reaches the agents at (through your ingress). The voice
+    /// webhook is `<publicUrl>/twilio/voice`; Twilio signs requests against this URL.
+    #[schemars(regex(pattern = r"^https://[^/\s]+(/[^\s]*)?$"))]
+    pub public_url: String,
+}
+
+/// Prompt and greeting.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PersonaSpec {
+    /// System prompt sent to the LLM at the start of each conversation.
+    #[serde(default)]
+    pub system_prompt: String,
+    /// Spoken when the call connects. Empty means the agent waits for the caller.
+    #[serde(default)]
+    pub greeting: String,
+}
+
+/// Speech-to-text stage: a ModelPool in the namespace or an external endpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.modelPoolRef) != has(self.endpoint)")
+        .message("stt needs exactly one of modelPoolRef and endpoint")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SttSpec {
+    /// Name of a ModelPool with role stt in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_pool_ref: Option<String>,
+    /// Base URL of an external OpenAI-compatible server, e.g. `http://stt.example:8000/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// Model name to request. Unset means the pool's `model` (required with `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// ISO-639-1 language of the callers, e.g. `en`.
+    #[serde(default = "default_language")]
+    #[schemars(regex(pattern = r"^[a-z]{2,3}$"))]
+    pub language: String,
+}
+
+fn default_language() -> String {
+    "en".into()
+}
+
+/// Language-model stage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.modelPoolRef) != has(self.endpoint)")
+        .message("llm needs exactly one of modelPoolRef and endpoint")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmSpec {
+    /// Name of a ModelPool with role llm in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_pool_ref: Option<String>,
+    /// Base URL of an external OpenAI-compatible server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// Model name to request. Unset means the pool's `model` (required with `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sampling temperature.
+    #[serde(default = "default_temperature")]
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub temperature: f64,
+    /// Most tokens per reply; short replies keep turns fast.
+    #[serde(default = "default_max_tokens")]
+    #[schemars(range(min = 1, max = 8192))]
+    pub max_tokens: i32,
+}
+
+fn default_temperature() -> f64 {
+    0.6
+}
+
+fn default_max_tokens() -> i32 {
+    200
+}
+
+/// Text-to-speech stage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.modelPoolRef) != has(self.endpoint)")
+        .message("tts needs exactly one of modelPoolRef and endpoint")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TtsSpec {
+    /// Name of a ModelPool with role tts in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_pool_ref: Option<String>,
+    /// Base URL of an external OpenAI-compatible server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// Model name to request. Unset means the pool's `model` (required with `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Voice name passed to the speech API. Empty means the server's default voice.
+    #[serde(default)]
+    pub voice: String,
+}
+
+/// Turn-taking settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnTakingSpec {
+    /// Silero VAD speech probability above which a frame counts as speech.
+    #[serde(default = "default_vad_threshold")]
+    #[schemars(range(min = 0.05, max = 0.95))]
+    pub vad_threshold: f64,
+    /// Silence after speech that ends the caller's turn, in milliseconds.
+    #[serde(default = "default_end_of_turn")]
+    #[schemars(range(min = 100, max = 3000))]
+    pub end_of_turn_silence_ms: i32,
+    /// Let the caller interrupt the agent.
+    #[serde(default = "default_true")]
+    pub barge_in: bool,
+    /// Caller speech needed to interrupt, in milliseconds; shorter noises do not interrupt.
+    #[serde(default = "default_min_barge_in")]
+    #[schemars(range(min = 0, max = 2000))]
+    pub min_barge_in_ms: i32,
+}
+
+impl Default for TurnTakingSpec {
+    fn default() -> Self {
+        Self {
+            vad_threshold: default_vad_threshold(),
+            end_of_turn_silence_ms: default_end_of_turn(),
+            barge_in: true,
+            min_barge_in_ms: default_min_barge_in(),
+        }
+    }
+}
+
+fn default_vad_threshold() -> f64 {
+    0.5
+}
+
+fn default_end_of_turn() -> i32 {
+    300
+}
+
+fn default_min_barge_in() -> i32 {
+    200
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Latency objective.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloSpec {
+    /// p95 of turn latency (caller stops speaking -> first agent audio sent), in milliseconds.
+    #[serde(default = "default_slo_ms")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub turn_latency_p95_ms: i32,
+    /// Window the p95 is computed over, as a Prometheus duration such as `5m`.
+    #[serde(default = "default_window")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub window: String,
+}
+
+impl Default for SloSpec {
+    fn default() -> Self {
+        Self {
+            turn_latency_p95_ms: default_slo_ms(),
+            window: default_window(),
+        }
+    }
+}
+
+fn default_slo_ms() -> i32 {
+    800
+}
+
+fn default_window() -> String {
+    "5m".into()
+}
+
+/// Autoscaling bounds for agent pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("scaling.minReplicas must not exceed scaling.maxReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentScaling {
+    /// Fewest agent pods.
+    #[serde(default = "default_agent_min")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// Most agent pods.
+    #[serde(default = "default_agent_max")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Concurrent calls per pod the autoscaler aims for, leaving headroom below the maximum.
+    #[serde(default = "default_target_calls")]
+    #[schemars(range(min = 1))]
+    pub target_calls_per_pod: i32,
+}
+
+fn default_agent_min() -> i32 {
+    2
+}
+
+fn default_agent_max() -> i32 {
+    20
+}
+
+fn default_target_calls() -> i32 {
+    40
+}
+
+/// Observed state of a VoiceAgent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceAgentStatus {
+    /// Standard conditions; see `conditions_schema`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::common::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` the operator last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Agent pods of the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Agent pods ready to take calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Label selector of the pods, for the `/scale` subresource and HPA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// In-cluster URL of the agent Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// URL to configure as the Twilio voice webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Calls in progress across all pods. Written by the autoscaler from Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_calls: Option<i64>,
+    /// Written only by the autoscaler (field manager `grokcast-autoscaler`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AgentAutoscalingStatus>,
+}
+
+/// What the autoscaler observed and decided for an agent. Only the autoscaler writes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentAutoscalingStatus {
+    /// p50 turn latency over the SLO window, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_latency_p50_ms: Option<f64>,
+    /// p95 turn latency over the SLO window, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_latency_p95_ms: Option<f64>,
+    /// p95 per stage, in milliseconds, to see where a breach comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_latency: Option<StageLatency>,
+    /// When the figures above were read from Prometheus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_at: Option<Time>,
+    /// Agent replicas the autoscaler wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// When the autoscaler last changed `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// Why it last changed `spec.replicas`, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// Name of the ModelPool the autoscaler blames for the latest breach, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottleneck_pool: Option<String>,
+    /// GPUs missing across the referenced pools to meet the SLO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_missing: Option<i32>,
+}
+
+/// p95 latency per pipeline stage, in milliseconds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageLatency {
+    /// End-of-turn detection (includes the configured silence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpointing_ms: Option<f64>,
+    /// Speech to text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stt_ms: Option<f64>,
+    /// LLM time to first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_first_token_ms: Option<f64>,
+    /// Text to speech time to first audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_first_audio_ms: Option<f64>,
+    /// The agent's own work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_ms: Option<f64>,
+}
+
+/// A pipeline stage's backend as written in the spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageBackend<'a> {
+    /// `modelPoolRef`, if set.
+    pub model_pool_ref: Option<&'a str>,
+    /// `endpoint`, if set.
+    pub endpoint: Option<&'a str>,
+    /// `model`, if set.
+    pub model: Option<&'a str>,
+}
+
+macro_rules! stage_backend {
+    ($ty:ty) => {
+        impl $ty {
+            /// The backend fields of this stage.
+            pub fn backend(&self) -> StageBackend<'_> {
+                StageBackend {
+                    model_pool_ref: self.model_pool_ref.as_deref(),
+                    endpoint: self.endpoint.as_deref(),
+                    model: self.model.as_deref(),
+                }
+            }
+        }
+    };
+}
+
+stage_backend!(SttSpec);
+stage_backend!(LlmSpec);
+stage_backend!(TtsSpec);
