@@ -57,24 +57,37 @@ def comparable(obj):
     return obj
 
 
-def chart_install_objects():
-    """Templates plus crds/: everything `helm install` creates with default values."""
-    found = chartlib.objects(chartlib.render())
+def chart_install_objects(values=None):
+    """Templates plus crds/: everything `helm install` creates with these values."""
+    found = chartlib.objects(chartlib.render(values))
     for path in sorted((chartlib.CHART / "crds").glob("*.yaml")):
         found += [d for d in yaml.safe_load_all(path.read_text()) if d]
     return found
 
 
-def test_kustomize_default_installs_what_the_chart_installs():
-    from_chart = {chartlib.key(o): comparable(o) for o in chart_install_objects()}
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+# config/ directory -> the chart values it equals, and which of the chart's kinds it holds.
+KUSTOMIZE_CASES = {
+    "default": ({}, None),
+    "ha": ({"replicaCount": 2, "podDisruptionBudget": {"enabled": True}}, None),
+    "monitoring": (chartlib.MONITORING_VALUES, MONITORING_KINDS),
+}
+
+
+@pytest.mark.parametrize("directory", sorted(KUSTOMIZE_CASES))
+def test_kustomize_base_installs_what_the_chart_installs(directory):
+    values, kinds = KUSTOMIZE_CASES[directory]
+    from_chart = {chartlib.key(o): comparable(o) for o in chart_install_objects(values)
+                  if kinds is None or o["kind"] in kinds}
     from_kustomize = {chartlib.key(o): comparable(o)
-                      for o in chartlib.kustomize(chartlib.REPO / "config" / "default")}
+                      for o in chartlib.kustomize(chartlib.REPO / "config" / directory)}
     # The one object Helm leaves to `--create-namespace`.
-    namespace = from_kustomize.pop(("v1", "Namespace", "", chartlib.NAMESPACE))
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    namespace = from_kustomize.pop(("v1", "Namespace", "", chartlib.NAMESPACE), None)
+    if kinds is None:
+        assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert sorted(from_kustomize) == sorted(from_chart), "different objects"
     for k in from_chart:
-        assert from_kustomize[k] == from_chart[k], f"{k} differs between config/ and the chart"
+        assert from_kustomize[k] == from_chart[k], f"{k} differs between config/{directory} and the chart: {FIX}"
 
 
 def test_kustomize_objects_validate_against_kubernetes_schemas():
@@ -92,18 +105,6 @@ def test_comparison_notices_a_drift():
     assert role == chart_role
     role["rules"][0]["verbs"].append("delete")
     assert role != chart_role
-
-
-def test_kustomize_monitoring_holds_the_charts_monitoring_objects():
-    kinds = {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
-    from_chart = {chartlib.key(o): comparable(o)
-                  for o in chartlib.objects(chartlib.render(chartlib.MONITORING_VALUES))
-                  if o["kind"] in kinds}
-    from_kustomize = {chartlib.key(o): comparable(o)
-                      for o in chartlib.kustomize(chartlib.REPO / "config" / "monitoring")}
-    assert sorted(from_kustomize) == sorted(from_chart)
-    for k in from_chart:
-        assert from_kustomize[k] == from_chart[k], f"{k} differs: {FIX}"
 
 
 def test_prometheus_rule_wraps_exactly_the_rule_files():
@@ -129,16 +130,3 @@ def test_dashboards_are_shipped_verbatim():
     for path in dashboards:
         assert json.loads(shipped[path.name]) == json.loads(path.read_text())
         assert maps[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
-
-
-def test_kustomize_ha_installs_what_the_chart_installs_with_two_replicas():
-    values = {"replicaCount": 2, "podDisruptionBudget": {"enabled": True}}
-    from_chart = {chartlib.key(o): comparable(o) for o in chartlib.objects(chartlib.render(values))}
-    for path in sorted((chartlib.CHART / "crds").glob("*.yaml")):
-        from_chart.update({chartlib.key(d): comparable(d) for d in yaml.safe_load_all(path.read_text()) if d})
-    from_kustomize = {chartlib.key(o): comparable(o)
-                      for o in chartlib.kustomize(chartlib.REPO / "config" / "ha")}
-    from_kustomize.pop(("v1", "Namespace", "", chartlib.NAMESPACE))
-    assert sorted(from_kustomize) == sorted(from_chart)
-    for k in from_chart:
-        assert from_kustomize[k] == from_chart[k], f"{k} differs between config/ha and the chart"
