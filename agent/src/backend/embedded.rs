@@ -1,0 +1,158 @@
+//! In-process backends on `grokcast-engines`: Piper TTS always; Whisper STT and Gemma LLM with
+//! the `embedded` feature. Engines block, so each request runs on tokio's blocking pool and
+//! streams back through a small bounded channel; when the call drops the stream (barge-in),
+//! the engine's callback sees the closed channel and stops.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use grokcast_engines::tts::PiperVoice;
+
+use super::{AudioStream, BackendError, StageName, Tts};
+
+/// A stream over a channel receiver.
+fn receiver_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// Piper through ONNX Runtime.
+pub struct EmbeddedTts {
+    voice: Arc<PiperVoice>,
+}
+
+impl EmbeddedTts {
+    /// Wraps a loaded voice.
+    pub fn new(voice: Arc<PiperVoice>) -> Self {
+        Self { voice }
+    }
+}
+
+impl Tts for EmbeddedTts {
+    fn synthesize(&self, text: String) -> BoxFuture<'_, Result<AudioStream, BackendError>> {
+        let voice = self.voice.clone();
+        async move {
+            let sample_rate = voice.sample_rate();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::task::spawn_blocking(move || {
+                let result = voice.synthesize(&text, &mut |audio| {
+                    tx.blocking_send(Ok(audio.to_vec())).is_ok()
+                });
+                if let Err(e) = result {
+                    let _ = tx.blocking_send(Err(BackendError::Engine {
+                        stage: StageName::Tts,
+                        message: e.to_string(),
+                    }));
+                }
+            });
+            Ok(AudioStream {
+                sample_rate,
+                chunks: Box::pin(receiver_stream(rx)),
+            })
+        }
+        .boxed()
+    }
+}
+
+#[cfg(feature = "embedded")]
+pub use heavy::{EmbeddedLlm, EmbeddedStt};
+
+#[cfg(feature = "embedded")]
+mod heavy {
+    use std::sync::Arc;
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    use grokcast_engines::llm::{GemmaLlm, GenerationParams};
+    use grokcast_engines::stt::WhisperStt;
+
+    use super::receiver_stream;
+    use crate::backend::{BackendError, ChatMessage, Llm, StageName, Stt, TokenStream};
+
+    /// Whisper through whisper.cpp.
+    pub struct EmbeddedStt {
+        engine: Arc<WhisperStt>,
+        language: String,
+    }
+
+    impl EmbeddedStt {
+        /// Wraps a loaded model.
+        pub fn new(engine: Arc<WhisperStt>, language: &str) -> Self {
+            Self {
+                engine,
+                language: language.into(),
+            }
+        }
+    }
+
+    impl Stt for EmbeddedStt {
+        fn transcribe(&self, audio: Vec<f32>) -> BoxFuture<'_, Result<String, BackendError>> {
+            let engine = self.engine.clone();
+            let language = self.language.clone();
+            async move {
+                tokio::task::spawn_blocking(move || engine.transcribe(&audio, Some(&language)))
+                    .await
+                    .map_err(|e| BackendError::Engine {
+                        stage: StageName::Stt,
+                        message: e.to_string(),
+                    })?
+                    .map(|text| text.trim().to_string())
+                    .map_err(|e| BackendError::Engine {
+                        stage: StageName::Stt,
+                        message: e.to_string(),
+                    })
+            }
+            .boxed()
+        }
+    }
+
+    /// Gemma through llama.cpp.
+    pub struct EmbeddedLlm {
+        engine: Arc<GemmaLlm>,
+        params: GenerationParams,
+    }
+
+    impl EmbeddedLlm {
+        /// Wraps a loaded model.
+        pub fn new(engine: Arc<GemmaLlm>, temperature: f32, max_tokens: u32) -> Self {
+            Self {
+                engine,
+                params: GenerationParams {
+                    max_tokens,
+                    temperature,
+                    stop: Vec::new(),
+                },
+            }
+        }
+    }
+
+    impl Llm for EmbeddedLlm {
+        fn reply(
+            &self,
+            messages: Vec<ChatMessage>,
+        ) -> BoxFuture<'_, Result<TokenStream, BackendError>> {
+            let engine = self.engine.clone();
+            let params = self.params.clone();
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(32);
+                tokio::task::spawn_blocking(move || {
+                    let result = engine.generate(&messages, &params, &mut |token| {
+                        tx.blocking_send(Ok(token.to_string())).is_ok()
+                    });
+                    if let Err(e) = result {
+                        let _ = tx.blocking_send(Err(BackendError::Engine {
+                            stage: StageName::Llm,
+                            message: e.to_string(),
+                        }));
+                    }
+                });
+                Ok(Box::pin(receiver_stream(rx)) as TokenStream)
+            }
+            .boxed()
+        }
+    }
+}

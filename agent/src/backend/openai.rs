@@ -1,0 +1,437 @@
+//! OpenAI-compatible HTTP backends: `/chat/completions` with SSE, `/audio/transcriptions`
+//! (multipart WAV) and `/audio/speech` (streamed raw PCM). vLLM, faster-whisper servers,
+//! OpenAI-compatible TTS servers and `grokcast-serve` all speak these.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde::Deserialize;
+
+use super::{AudioStream, BackendError, ChatMessage, Llm, StageName, Stt, TokenStream, Tts};
+
+/// An HTTP client for one stage.
+#[derive(Clone)]
+struct Endpoint {
+    client: reqwest::Client,
+    base: String,
+    model: String,
+    timeout: Duration,
+    stage: StageName,
+}
+
+impl Endpoint {
+    fn new(base: &str, model: &str, timeout: Duration, stage: StageName) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            model: model.to_string(),
+            timeout,
+            stage,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    fn transport(&self, e: reqwest::Error) -> BackendError {
+        if e.is_timeout() {
+            return BackendError::Timeout {
+                stage: self.stage,
+                after: self.timeout,
+            };
+        }
+        BackendError::Transport {
+            stage: self.stage,
+            message: e.to_string(),
+        }
+    }
+
+    /// Sends a request; the timeout covers everything up to the response headers.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BackendError> {
+        let response = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| BackendError::Timeout {
+                stage: self.stage,
+                after: self.timeout,
+            })?
+            .map_err(|e| self.transport(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(BackendError::Status {
+            stage: self.stage,
+            status: status.as_u16(),
+            body: body.chars().take(300).collect(),
+        })
+    }
+
+    /// The body as a stream of byte chunks, each awaited with the stage timeout.
+    fn body(
+        &self,
+        response: reqwest::Response,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, BackendError>> + Send + 'static {
+        let this = self.clone();
+        let mut body = response.bytes_stream();
+        async_stream(move |tx| async move {
+            loop {
+                let next = tokio::time::timeout(this.timeout, body.next()).await;
+                let item = match next {
+                    Err(_) => Some(Err(BackendError::Timeout {
+                        stage: this.stage,
+                        after: this.timeout,
+                    })),
+                    Ok(None) => None,
+                    Ok(Some(chunk)) => Some(chunk.map_err(|e| this.transport(e))),
+                };
+                let Some(item) = item else { break };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        })
+    }
+}
+
+/// A stream fed by a producer future through a small bounded channel; dropping the stream
+/// ends the producer at its next send.
+fn async_stream<T, F, Fut>(produce: F) -> impl futures::Stream<Item = T> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let producer = produce(tx);
+    let task = tokio::spawn(producer);
+    let abort = AbortOnDrop(task);
+    futures::stream::unfold((rx, abort), |(mut rx, abort)| async move {
+        rx.recv().await.map(|item| (item, (rx, abort)))
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `/audio/transcriptions`.
+pub struct OpenAiStt {
+    endpoint: Endpoint,
+    language: String,
+}
+
+impl OpenAiStt {
+    /// A client for `base` (e.g. `http://whisper:8000/v1`).
+    pub fn new(base: &str, model: &str, language: &str, timeout: Duration) -> Self {
+        Self {
+            endpoint: Endpoint::new(base, model, timeout, StageName::Stt),
+            language: language.into(),
+        }
+    }
+}
+
+/// 16-bit mono WAV bytes of 16 kHz audio.
+pub fn wav_16k(audio: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(44 + audio.len() * 2);
+    let data_len = (audio.len() * 2) as u32;
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&16_000u32.to_le_bytes());
+    out.extend_from_slice(&32_000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in audio {
+        out.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct Transcription {
+    text: String,
+}
+
+impl Stt for OpenAiStt {
+    fn transcribe(&self, audio: Vec<f32>) -> BoxFuture<'_, Result<String, BackendError>> {
+        async move {
+            let e = &self.endpoint;
+            let part = reqwest::multipart::Part::bytes(wav_16k(&audio))
+                .file_name("audio.wav")
+                .mime_str("audio/wav")
+                .map_err(|err| BackendError::Protocol {
+                    stage: e.stage,
+                    message: err.to_string(),
+                })?;
+            let form = reqwest::multipart::Form::new()
+                .part("file", part)
+                .text("model", e.model.clone())
+                .text("language", self.language.clone())
+                .text("response_format", "json");
+            let response = e
+                .send(e.client.post(e.url("audio/transcriptions")).multipart(form))
+                .await?;
+            let body = tokio::time::timeout(e.timeout, response.bytes())
+                .await
+                .map_err(|_| BackendError::Timeout {
+                    stage: e.stage,
+                    after: e.timeout,
+                })?
+                .map_err(|err| e.transport(err))?;
+            let parsed: Transcription =
+                serde_json::from_slice(&body).map_err(|err| BackendError::Protocol {
+                    stage: e.stage,
+                    message: format!("transcription JSON: {err}"),
+                })?;
+            Ok(parsed.text.trim().to_string())
+        }
+        .boxed()
+    }
+}
+
+/// `/chat/completions` with `stream: true`.
+pub struct OpenAiLlm {
+    endpoint: Endpoint,
+    temperature: f32,
+    max_tokens: u32,
+}
+
+impl OpenAiLlm {
+    /// A client for `base` (e.g. `http://vllm:8000/v1`).
+    pub fn new(
+        base: &str,
+        model: &str,
+        temperature: f32,
+        max_tokens: u32,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            endpoint: Endpoint::new(base, model, timeout, StageName::Llm),
+            temperature,
+            max_tokens,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatChunk {
+    choices: Vec<ChatChoice>,
+}
+
+#[derive(Deserialize)]
+struct ChatChoice {
+    #[serde(default)]
+    delta: ChatDelta,
+}
+
+#[derive(Deserialize, Default)]
+struct ChatDelta {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// Splits an SSE byte stream into `data:` payloads.
+#[derive(Default)]
+pub struct SseDecoder {
+    buffer: BytesMut,
+}
+
+impl SseDecoder {
+    /// Adds bytes; returns complete `data:` payloads.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buffer.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(at) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line = self.buffer.split_to(at + 1);
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Some(data) = line.strip_prefix("data:") {
+                out.push(data.trim_start().to_string());
+            }
+        }
+        out
+    }
+}
+
+impl Llm for OpenAiLlm {
+    fn reply(
+        &self,
+        messages: Vec<ChatMessage>,
+    ) -> BoxFuture<'_, Result<TokenStream, BackendError>> {
+        async move {
+            let e = self.endpoint.clone();
+            let body = serde_json::json!({
+                "model": e.model,
+                "messages": messages,
+                "stream": true,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            });
+            let response = e
+                .send(e.client.post(e.url("chat/completions")).json(&body))
+                .await?;
+            let mut bytes = Box::pin(e.body(response));
+            let stage = e.stage;
+            let tokens = async_stream(move |tx| async move {
+                let mut sse = SseDecoder::default();
+                while let Some(chunk) = bytes.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(err) => {
+                            let _ = tx.send(Err(err)).await;
+                            return;
+                        }
+                    };
+                    for data in sse.push(chunk.chunk()) {
+                        if data == "[DONE]" {
+                            return;
+                        }
+                        let item = match serde_json::from_str::<ChatChunk>(&data) {
+                            Ok(c) => {
+                                match c.choices.into_iter().next().and_then(|c| c.delta.content) {
+                                    Some(text) if !text.is_empty() => Ok(text),
+                                    _ => continue,
+                                }
+                            }
+                            Err(err) => Err(BackendError::Protocol {
+                                stage,
+                                message: format!("SSE chunk: {err}"),
+                            }),
+                        };
+                        let failed = item.is_err();
+                        if tx.send(item).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(Box::pin(tokens) as TokenStream)
+        }
+        .boxed()
+    }
+}
+
+/// `/audio/speech` with `response_format: pcm` (16-bit little-endian mono).
+pub struct OpenAiTts {
+    endpoint: Endpoint,
+    voice: String,
+    sample_rate: u32,
+}
+
+impl OpenAiTts {
+    /// A client for `base`; `sample_rate` is the rate of the PCM the server streams.
+    pub fn new(base: &str, model: &str, voice: &str, sample_rate: u32, timeout: Duration) -> Self {
+        Self {
+            endpoint: Endpoint::new(base, model, timeout, StageName::Tts),
+            voice: voice.into(),
+            sample_rate,
+        }
+    }
+}
+
+impl Tts for OpenAiTts {
+    fn synthesize(&self, text: String) -> BoxFuture<'_, Result<AudioStream, BackendError>> {
+        async move {
+            let e = self.endpoint.clone();
+            let body = serde_json::json!({
+                "model": e.model, "input": text, "voice": self.voice, "response_format": "pcm",
+            });
+            let response = e
+                .send(e.client.post(e.url("audio/speech")).json(&body))
+                .await?;
+            let mut bytes = Box::pin(e.body(response));
+            let chunks =
+                async_stream(move |tx| async move {
+                    // A sample can be split across two network chunks.
+                    let mut carry: Option<u8> = None;
+                    while let Some(chunk) = bytes.next().await {
+                        let chunk = match chunk {
+                            Ok(c) => c,
+                            Err(err) => {
+                                let _ = tx.send(Err(err)).await;
+                                return;
+                            }
+                        };
+                        let mut samples = Vec::with_capacity(chunk.len() / 2 + 1);
+                        let mut iter = chunk.iter().copied();
+                        if let Some(low) = carry.take() {
+                            match iter.next() {
+                                Some(high) => samples
+                                    .push(f32::from(i16::from_le_bytes([low, high])) / 32768.0),
+                                None => carry = Some(low),
+                            }
+                        }
+                        loop {
+                            match (iter.next(), iter.next()) {
+                                (Some(low), Some(high)) => samples
+                                    .push(f32::from(i16::from_le_bytes([low, high])) / 32768.0),
+                                (Some(low), None) => {
+                                    carry = Some(low);
+                                    break;
+                                }
+                                _ => break,
+                            }
+                        }
+                        if !samples.is_empty() && tx.send(Ok(samples)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            Ok(AudioStream {
+                sample_rate: self.sample_rate,
+                chunks: Box::pin(chunks),
+            })
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_payloads_survive_arbitrary_splits() {
+        let stream = b"data: {\"a\":1}\n\n: comment\ndata:{\"b\":2}\r\n\ndata: [DONE]\n\n";
+        for split in 1..stream.len() {
+            let mut d = SseDecoder::default();
+            let mut out = d.push(&stream[..split]);
+            out.extend(d.push(&stream[split..]));
+            assert_eq!(
+                out,
+                vec!["{\"a\":1}", "{\"b\":2}", "[DONE]"],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn wav_header_describes_16k_mono_pcm() {
+        let wav = wav_16k(&[0.0, 0.5, -0.5]);
+        let reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
+        let spec = reader.spec();
+        assert_eq!(
+            (spec.sample_rate, spec.channels, spec.bits_per_sample),
+            (16000, 1, 16)
+        );
+        let samples: Vec<i16> = reader.into_samples::<i16>().map(Result::unwrap).collect();
+        assert_eq!(samples, vec![0, 16383, -16383]);
+    }
+}

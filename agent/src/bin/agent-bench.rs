@@ -1,0 +1,215 @@
+//! Agent benchmark: how many calls one core carries, and what the agent itself adds to a turn.
+//!
+//! The agent runs in this process on ONE thread (a current-thread tokio runtime, Silero VAD
+//! inline on every 32 ms chunk of every call). The model servers are the instant test double
+//! (`grokcast-agent instant-servers`) and the callers are `grokcast-agent call --calls N`, each
+//! in its own process so their CPU and memory are not counted. For each concurrency level it
+//! prints the agent overhead per turn (turn latency minus configured end-of-turn silence minus
+//! model time) p50/p95, CPU per call-minute, RSS per call and late frames.
+//!
+//! `cargo run --release -p grokcast-agent --bin agent-bench -- --levels 1,10,50,100,200`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use grokcast_agent::config::AgentConfig;
+use grokcast_agent::metrics::Metrics;
+use grokcast_agent::server::{self, AgentState};
+use grokcast_agent::startup;
+
+#[derive(Parser)]
+#[command(about = "Agent overhead, CPU and memory per call under concurrent simulated calls")]
+struct Args {
+    /// Concurrent calls per run.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100,200")]
+    levels: Vec<usize>,
+    /// Caller turns per call.
+    #[arg(long, default_value_t = 3)]
+    turns: usize,
+}
+
+fn proc_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident memory of this process in KiB.
+fn rss_kib() -> u64 {
+    proc_field("/proc/self/status", "VmRSS:").unwrap_or(0)
+}
+
+/// CPU time (user + system) of this process.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // Linux reports in USER_HZ, 100 per second on every mainstream platform.
+    Duration::from_millis(ticks * 10)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let exe = std::env::current_exe()?;
+    let agent_bin: PathBuf = exe.with_file_name("grokcast-agent");
+    if !agent_bin.exists() {
+        bail!(
+            "{} not found: build it first (cargo build -p grokcast-agent --bins)",
+            agent_bin.display()
+        );
+    }
+    let model_port = free_port()?;
+    let mut models = std::process::Command::new(&agent_bin)
+        .args([
+            "instant-servers",
+            "--listen",
+            &format!("127.0.0.1:{model_port}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the instant model servers")?;
+    let result = run(&args, &agent_bin, model_port);
+    let _ = models.kill();
+    result
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Result<()> {
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let models_url = format!("http://127.0.0.1:{model_port}/v1");
+    let mut config = AgentConfig {
+        public_url: url.clone(),
+        listen_addr: format!("127.0.0.1:{port}"),
+        twilio_auth_token: Some("bench-token".into()),
+        max_calls: 10_000,
+        ..AgentConfig::default()
+    };
+    for stage in [
+        &mut config.stt.stage,
+        &mut config.llm.stage,
+        &mut config.tts.stage,
+    ] {
+        stage.url = models_url.clone();
+    }
+    config.validate()?;
+    let silence = Duration::from_millis(config.turn_taking.end_of_turn_silence_ms);
+    let vad = startup::load_vad(&config)?;
+    let backends = startup::build_backends(&config)?;
+    let metrics = Metrics::new("bench", "bench")?;
+    let state = Arc::new(AgentState::new(config, backends, vad, metrics).record_turns());
+
+    // The agent: one thread, one core.
+    let agent_state = state.clone();
+    std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let Ok(runtime) = runtime else { return };
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await else {
+                    return;
+                };
+                let _ = server::serve(listener, agent_state, std::future::pending()).await;
+            });
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state.clips().is_none() {
+        if Instant::now() > deadline {
+            bail!("the agent never synthesised its greeting (are the instant servers up?)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    println!(
+        "| calls | turns | overhead p50 | overhead p95 | turn latency p50 | CPU s per call-minute | calls per core | RSS per call | late frames |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let phrases = [
+        "Hello, what time do you open tomorrow?",
+        "And are you open on Saturday?",
+        "Great, thank you very much.",
+    ];
+    for &calls in &args.levels {
+        let _ = state.take_turn_samples();
+        let underruns_before = state.metrics.underruns.get();
+        let rss_before = rss_kib();
+        let cpu_before = cpu_time();
+        let started = Instant::now();
+        let mut caller = std::process::Command::new(agent_bin);
+        caller.args([
+            "call",
+            "--agent-url",
+            &url,
+            "--auth-token",
+            "bench-token",
+            "--calls",
+            &calls.to_string(),
+        ]);
+        for p in phrases.iter().cycle().take(args.turns) {
+            caller.args(["--say", p]);
+        }
+        let mut child = caller
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut rss_peak = rss_before;
+        while child.try_wait()?.is_none() {
+            rss_peak = rss_peak.max(rss_kib());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = child.wait_with_output()?;
+        let wall = started.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu_before);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            eprintln!("caller at {calls} calls reported failures:\n{stdout}");
+        }
+        let samples = state.take_turn_samples();
+        let mut overhead: Vec<Duration> = samples
+            .iter()
+            .filter(|s| s.timings.stt > Duration::ZERO || s.timings.endpointing == silence)
+            .map(|s| s.agent)
+            .collect();
+        overhead.sort();
+        let mut latency: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+        latency.sort();
+        let call_minutes = calls as f64 * wall.as_secs_f64() / 60.0;
+        let cpu_per_call_minute = cpu.as_secs_f64() / call_minutes;
+        println!(
+            "| {calls} | {} | {:.2} ms | {:.2} ms | {} ms | {:.3} | {:.0} | {:.2} MiB | {} |",
+            samples.len(),
+            percentile(&overhead, 0.5).as_secs_f64() * 1000.0,
+            percentile(&overhead, 0.95).as_secs_f64() * 1000.0,
+            percentile(&latency, 0.5).as_millis(),
+            cpu_per_call_minute,
+            60.0 / cpu_per_call_minute,
+            rss_peak.saturating_sub(rss_before) as f64 / 1024.0 / calls as f64,
+            state.metrics.underruns.get() - underruns_before,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,917 @@
+//! One phone call: a receive task (Twilio -> VAD -> turn events), a conversation task (turns:
+//! STT -> LLM -> clauses -> TTS -> frames) and a send task (paced frames, marks, clear), joined
+//! by bounded channels and torn down together by one `select!`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use grokcast_engines::vad::{CHUNK_SAMPLES, VadState};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::backend::{BackendError, ChatMessage, Role};
+use crate::clause::ClauseSplitter;
+use crate::clips::FrameEncoder;
+use crate::codec;
+use crate::metrics::{Outcome, Stage};
+use crate::pacer::{FRAME, FRAME_BYTES, FrameTiming, Pacer};
+use crate::resample::StreamResampler;
+use crate::server::AgentState;
+use crate::turn::{Endpointer, TurnEvent};
+use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
+
+/// Time allowed between the socket opening and Twilio's `start`.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the goodbye to be played before the socket is closed anyway.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(10);
+/// VAD chunk duration.
+const VAD_CHUNK: Duration = Duration::from_millis(32);
+
+/// Where a turn's time went; carried with its first audio so the send task can measure the
+/// turn's latency at the moment the first frame really goes out.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnTimings {
+    /// When the caller stopped speaking (end-of-turn detection minus the silence waited for).
+    pub caller_stopped: Instant,
+    /// Silence waited for.
+    pub endpointing: Duration,
+    /// Speech to text.
+    pub stt: Duration,
+    /// LLM request to first token.
+    pub llm_first_token: Duration,
+    /// LLM request to the first complete clause (model time before TTS can start).
+    pub llm_first_clause: Duration,
+    /// First clause's TTS request to its first audio.
+    pub tts_first_audio: Duration,
+}
+
+/// One turn's latency figures, as measured when its first frame was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnSample {
+    /// Caller stops -> first agent frame sent.
+    pub latency: Duration,
+    /// Latency minus endpointing and model time: the agent's own overhead.
+    pub agent: Duration,
+    /// The parts.
+    pub timings: TurnTimings,
+}
+
+/// What the receive task tells the conversation.
+#[derive(Debug)]
+enum CallEvent {
+    EndOfTurn {
+        audio: Vec<f32>,
+        caller_stopped: Instant,
+        endpointing: Duration,
+    },
+    BargeIn,
+    Dtmf(char),
+    Mark(String),
+    Stop,
+}
+
+/// What the conversation gives the send task, in playback order.
+enum Playout {
+    Audio {
+        generation: u64,
+        frames: Bytes,
+        timings: Option<TurnTimings>,
+    },
+    Mark {
+        generation: u64,
+        name: String,
+    },
+}
+
+/// State the three tasks share.
+struct Shared {
+    /// Bumped on barge-in; audio of older generations is dropped unsent.
+    generation: AtomicU64,
+    /// Microseconds since `epoch` until which the caller hears agent audio.
+    speaking_until_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn agent_speaking(&self, now: Instant) -> bool {
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        self.speaking_until_us.load(Ordering::Relaxed) > now_us
+    }
+}
+
+/// Why a call ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// A protocol violation.
+    #[error(transparent)]
+    Protocol(#[from] crate::twilio::protocol::ProtocolError),
+    /// The socket failed.
+    #[error("call {call}: websocket: {message}")]
+    Socket {
+        /// The call.
+        call: String,
+        /// What failed.
+        message: String,
+    },
+    /// No `start` within [`START_TIMEOUT`].
+    #[error("no start message within {0:?}")]
+    NoStart(Duration),
+    /// Voice activity detection failed.
+    #[error("call {call}: voice activity detection: {message}")]
+    Vad {
+        /// The call.
+        call: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Runs one call on an upgraded socket; returns how it ended.
+pub async fn run(state: Arc<AgentState>, socket: WebSocket) -> Outcome {
+    let (sink, mut stream) = socket.split();
+    let mut parser = StreamParser::new();
+    let start = tokio::time::timeout(START_TIMEOUT, async {
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(Message::Text(text)) => match parser.parse(text.as_str())? {
+                    StreamEvent::Start(meta) => return Ok(Some(meta)),
+                    StreamEvent::Connected => continue,
+                    // `parse` refuses every other event before `start`.
+                    _ => continue,
+                },
+                Ok(Message::Binary(b)) => {
+                    return Err(CallError::Protocol(parser.error(
+                        crate::twilio::protocol::ProtocolErrorKind::BinaryFrame(b.len()),
+                    )));
+                }
+                Ok(Message::Close(_)) => return Ok(None),
+                Ok(_) => continue,
+                Err(e) => {
+                    return Err(CallError::Socket {
+                        call: "unknown call".into(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    let meta = match start {
+        Ok(Ok(Some(meta))) => meta,
+        Ok(Ok(None)) => return Outcome::Disconnected,
+        Ok(Err(e)) => {
+            warn!(error = %e, "call refused before start");
+            return Outcome::ProtocolError;
+        }
+        Err(_) => {
+            warn!(error = %CallError::NoStart(START_TIMEOUT), "call refused");
+            return Outcome::ProtocolError;
+        }
+    };
+    let span = info_span!("call", call_sid = %meta.call_sid, stream_sid = %meta.stream_sid);
+    async move {
+        info!(parameters = ?meta.custom_parameters.keys().collect::<Vec<_>>(), "call started");
+        let outcome = session(state, sink, stream, parser, meta.stream_sid.clone()).await;
+        info!(outcome = outcome.label(), "call ended");
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+async fn session(
+    state: Arc<AgentState>,
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    parser: StreamParser,
+    stream_sid: String,
+) -> Outcome {
+    let shared = Arc::new(Shared {
+        generation: AtomicU64::new(0),
+        speaking_until_us: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let (playout_tx, playout_rx) = mpsc::channel(64);
+    let (clear_tx, clear_rx) = mpsc::channel(4);
+
+    let receiver = receive(state.clone(), stream, parser, events_tx, shared.clone());
+    let sender = send(
+        state.clone(),
+        sink,
+        stream_sid,
+        playout_rx,
+        clear_rx,
+        shared.clone(),
+    );
+    let conversation = converse(state.clone(), events_rx, playout_tx, clear_tx, shared);
+    let timeout = Duration::from_secs(state.config.session_timeout_seconds);
+
+    tokio::select! {
+        result = receiver => match result {
+            Ok(()) => Outcome::Completed,
+            Err(CallError::Protocol(e)) => { warn!(error = %e, "call ended by a protocol error"); Outcome::ProtocolError }
+            Err(e) => { warn!(error = %e, "call failed"); Outcome::Disconnected }
+        },
+        outcome = conversation => outcome,
+        result = sender => {
+            if let Err(e) = result { warn!(error = %e, "sending to the caller failed"); }
+            Outcome::Disconnected
+        }
+        _ = tokio::time::sleep(timeout) => Outcome::Timeout,
+    }
+}
+
+/// Reads Twilio's messages: audio through the resampler and VAD into turn events.
+async fn receive(
+    state: Arc<AgentState>,
+    mut stream: SplitStream<WebSocket>,
+    mut parser: StreamParser,
+    events: mpsc::Sender<CallEvent>,
+    shared: Arc<Shared>,
+) -> Result<(), CallError> {
+    let call = parser.call_sid().unwrap_or("unknown call").to_string();
+    let socket_err = |e: axum::Error| CallError::Socket {
+        call: call.clone(),
+        message: e.to_string(),
+    };
+    let resample_err = |e: crate::resample::ResampleError| CallError::Vad {
+        call: call.clone(),
+        message: e.to_string(),
+    };
+    let mut upsampler = StreamResampler::new(8000, 16_000).map_err(resample_err)?;
+    let mut decoded = vec![0f32; MAX_MEDIA_BYTES];
+    let mut detector = Detector {
+        vad_state: state.vad.new_state(),
+        endpointer: Endpointer::new(state.config.turn_taking.turn_taking()),
+        chunk: vec![0.0; CHUNK_SAMPLES],
+        filled: 0,
+        previous: vec![0.0; CHUNK_SAMPLES],
+        utterance: Vec::new(),
+        pending: Vec::with_capacity(4),
+        error: None,
+    };
+    while let Some(message) = stream.next().await {
+        let text = match message.map_err(socket_err)? {
+            Message::Text(text) => text,
+            Message::Binary(b) => {
+                return Err(parser
+                    .error(crate::twilio::protocol::ProtocolErrorKind::BinaryFrame(
+                        b.len(),
+                    ))
+                    .into());
+            }
+            Message::Close(_) => return Ok(()),
+            _ => continue,
+        };
+        match parser.parse(text.as_str())? {
+            StreamEvent::Media { audio, .. } => {
+                let n = audio.len();
+                codec::decode_into(audio, &mut decoded[..n]);
+                let now = Instant::now();
+                let speaking = shared.agent_speaking(now);
+                upsampler
+                    .push(&decoded[..n], &mut |samples| {
+                        detector.push(&state, samples, speaking, now)
+                    })
+                    .map_err(resample_err)?;
+                if let Some(message) = detector.error.take() {
+                    return Err(CallError::Vad {
+                        call: call.clone(),
+                        message,
+                    });
+                }
+                for event in detector.pending.drain(..) {
+                    if events.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            StreamEvent::Mark(name) => {
+                if events.send(CallEvent::Mark(name)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            StreamEvent::Dtmf(digit) => {
+                if events.send(CallEvent::Dtmf(digit)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            StreamEvent::Stop => {
+                let _ = events.send(CallEvent::Stop).await;
+                return Ok(());
+            }
+            StreamEvent::Connected | StreamEvent::Start(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// VAD, endpointing and the caller's utterance for one call.
+struct Detector {
+    vad_state: VadState,
+    endpointer: Endpointer,
+    chunk: Vec<f32>,
+    filled: usize,
+    previous: Vec<f32>,
+    utterance: Vec<f32>,
+    pending: Vec<CallEvent>,
+    error: Option<String>,
+}
+
+impl Detector {
+    fn push(
+        &mut self,
+        state: &AgentState,
+        mut samples: &[f32],
+        agent_speaking: bool,
+        now: Instant,
+    ) {
+        while !samples.is_empty() {
+            let take = (CHUNK_SAMPLES - self.filled).min(samples.len());
+            self.chunk[self.filled..self.filled + take].copy_from_slice(&samples[..take]);
+            self.filled += take;
+            samples = &samples[take..];
+            if self.filled < CHUNK_SAMPLES {
+                return;
+            }
+            self.filled = 0;
+            // A Silero run is ~0.1 ms: cheaper inline than a thread hop every 32 ms.
+            let probability = match state
+                .vad
+                .speech_probability(&mut self.vad_state, &self.chunk)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    self.error = Some(e.to_string());
+                    return;
+                }
+            };
+            let event = self.endpointer.push(probability, VAD_CHUNK, agent_speaking);
+            match event {
+                Some(TurnEvent::SpeechStarted) => {
+                    self.utterance.clear();
+                    // Keep the chunk before the onset: word starts are quiet.
+                    self.utterance.extend_from_slice(&self.previous);
+                }
+                Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn),
+                Some(TurnEvent::EndOfTurn { .. }) => {
+                    self.utterance.extend_from_slice(&self.chunk);
+                    let silence = state.config.turn_taking.turn_taking().end_of_turn_silence;
+                    self.pending.push(CallEvent::EndOfTurn {
+                        audio: std::mem::take(&mut self.utterance),
+                        caller_stopped: now.checked_sub(silence).unwrap_or(now),
+                        endpointing: silence,
+                    });
+                }
+                Some(TurnEvent::Discarded) => {
+                    self.utterance.clear();
+                    self.utterance.shrink_to(16_000);
+                }
+                None => {}
+            }
+            if self.endpointer.in_speech() {
+                self.utterance.extend_from_slice(&self.chunk);
+            }
+            std::mem::swap(&mut self.previous, &mut self.chunk);
+        }
+    }
+}
+
+/// Sends paced frames, marks and clears to Twilio.
+async fn send(
+    state: Arc<AgentState>,
+    mut sink: SplitSink<WebSocket, Message>,
+    stream_sid: String,
+    mut playout: mpsc::Receiver<Playout>,
+    mut clears: mpsc::Receiver<()>,
+    shared: Arc<Shared>,
+) -> Result<(), axum::Error> {
+    let mut encoder = OutboundEncoder::new(&stream_sid);
+    let mut pacer = Pacer::new(Duration::from_millis(state.config.playback_lead_ms));
+    // Audio being sent: generation, frames, offset, timings of its turn's first frame.
+    let mut current: Option<(u64, Bytes, usize, Option<TurnTimings>)> = None;
+    loop {
+        let next_at = pacer.next_send_at(Instant::now());
+        tokio::select! {
+            biased;
+            clear = clears.recv() => {
+                if clear.is_none() { return Ok(()); }
+                current = None;
+                pacer.clear();
+                shared.speaking_until_us.store(0, Ordering::Relaxed);
+                sink.send(Message::Text(encoder.clear().into())).await?;
+            }
+            _ = tokio::time::sleep_until(next_at), if current.is_some() => {
+                let Some((generation, frames, offset, timings)) = current.as_mut() else { continue };
+                if *generation < shared.generation.load(Ordering::Relaxed) {
+                    current = None;
+                    continue;
+                }
+                let end = (*offset + FRAME_BYTES).min(frames.len());
+                let text = encoder.media(&frames[*offset..end]);
+                sink.send(Message::Text(text.into())).await?;
+                let now = Instant::now();
+                if pacer.frame_sent(now) == FrameTiming::Late {
+                    state.metrics.underruns.inc();
+                }
+                if let Some(until) = pacer.playing_until(now) {
+                    let us = until.saturating_duration_since(shared.epoch).as_micros() as u64;
+                    shared.speaking_until_us.store(us, Ordering::Relaxed);
+                }
+                if let Some(t) = timings.take() {
+                    state.observe_turn(t, now);
+                }
+                *offset = end;
+                if *offset >= frames.len() {
+                    current = None;
+                }
+            }
+            item = playout.recv(), if current.is_none() => match item {
+                None => return Ok(()),
+                Some(Playout::Audio { generation, frames, timings }) => {
+                    if generation >= shared.generation.load(Ordering::Relaxed) && !frames.is_empty() {
+                        current = Some((generation, frames, 0, timings));
+                    }
+                }
+                Some(Playout::Mark { generation, name }) => {
+                    if generation >= shared.generation.load(Ordering::Relaxed) {
+                        pacer.end_segment();
+                        sink.send(Message::Text(encoder.mark(&name).into())).await?;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// What one turn has queued for playback, shared with the conversation so a barge-in can
+/// work out what the caller heard.
+#[derive(Debug, Default)]
+struct TurnRecord {
+    user: Option<String>,
+    /// (mark name, clause text) in playback order.
+    segments: Vec<(String, String)>,
+}
+
+/// The conversation: history, turns, barge-in, DTMF, goodbye.
+async fn converse(
+    state: Arc<AgentState>,
+    mut events: mpsc::Receiver<CallEvent>,
+    playout: mpsc::Sender<Playout>,
+    clears: mpsc::Sender<()>,
+    shared: Arc<Shared>,
+) -> Outcome {
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let mut acked: HashSet<String> = HashSet::new();
+    let mut turn_number = 0u64;
+    let mut running: Option<(tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>)> = None;
+    let encoder = Arc::new(tokio::sync::Mutex::new(None::<FrameEncoder>));
+
+    let clips = state.clips();
+    if let Some(clips) = clips.as_ref().filter(|c| !c.greeting.is_empty()) {
+        let _ = playout
+            .send(Playout::Audio {
+                generation: 0,
+                frames: clips.greeting.clone(),
+                timings: None,
+            })
+            .await;
+        let _ = playout
+            .send(Playout::Mark {
+                generation: 0,
+                name: "greeting".into(),
+            })
+            .await;
+        history.push(ChatMessage::new(
+            Role::Assistant,
+            state.config.persona.greeting.clone(),
+        ));
+        state.said("agent", &state.config.persona.greeting);
+    }
+
+    let goodbye = state.goodbye.clone();
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return Outcome::Disconnected };
+                match event {
+                    CallEvent::Mark(name) => { acked.insert(name); }
+                    CallEvent::Stop => {
+                        finish_turn(&mut running, &mut history, &acked);
+                        return Outcome::Completed;
+                    }
+                    CallEvent::BargeIn => {
+                        state.metrics.barge_ins.inc();
+                        interrupt(&shared, &clears, &encoder).await;
+                        finish_turn(&mut running, &mut history, &acked);
+                        debug!("barge-in");
+                    }
+                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing } => {
+                        // The caller moved on: whatever the agent still had queued is stale.
+                        interrupt(&shared, &clears, &encoder).await;
+                        finish_turn(&mut running, &mut history, &acked);
+                        turn_number += 1;
+                        let input = TurnInput::Speech { audio, caller_stopped, endpointing };
+                        running = Some(start_turn(&state, &shared, &playout, &encoder, &history, input, turn_number));
+                    }
+                    CallEvent::Dtmf(digit) => {
+                        interrupt(&shared, &clears, &encoder).await;
+                        finish_turn(&mut running, &mut history, &acked);
+                        turn_number += 1;
+                        let input = TurnInput::Text { text: format!("[caller pressed {digit}]"), at: Instant::now() };
+                        running = Some(start_turn(&state, &shared, &playout, &encoder, &history, input, turn_number));
+                    }
+                }
+            }
+            _ = goodbye.cancelled() => {
+                interrupt(&shared, &clears, &encoder).await;
+                finish_turn(&mut running, &mut history, &acked);
+                let generation = shared.generation.load(Ordering::Relaxed);
+                if let Some(clips) = &clips {
+                    let _ = playout.send(Playout::Audio { generation, frames: clips.goodbye.clone(), timings: None }).await;
+                    let _ = playout.send(Playout::Mark { generation, name: "goodbye".into() }).await;
+                    let heard = async {
+                        while let Some(event) = events.recv().await {
+                            if matches!(&event, CallEvent::Mark(n) if n == "goodbye") || matches!(event, CallEvent::Stop) {
+                                return;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, heard).await;
+                }
+                return Outcome::Drained;
+            }
+        }
+    }
+}
+
+/// Stops everything queued or playing: newer generation, `clear` to Twilio, resampler reset.
+async fn interrupt(
+    shared: &Shared,
+    clears: &mpsc::Sender<()>,
+    encoder: &tokio::sync::Mutex<Option<FrameEncoder>>,
+) {
+    shared.generation.fetch_add(1, Ordering::Relaxed);
+    shared.speaking_until_us.store(0, Ordering::Relaxed);
+    let _ = clears.send(()).await;
+    if let Some(e) = encoder.lock().await.as_mut() {
+        e.reset();
+    }
+}
+
+/// Ends the running turn (aborting it if still at work) and writes it into the history with
+/// only the clauses whose marks Twilio acknowledged: what the caller actually heard.
+fn finish_turn(
+    running: &mut Option<(tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>)>,
+    history: &mut Vec<ChatMessage>,
+    acked: &HashSet<String>,
+) {
+    let Some((handle, record)) = running.take() else {
+        return;
+    };
+    handle.abort();
+    let record = std::mem::take(&mut *record.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(user) = record.user {
+        history.push(ChatMessage::new(Role::User, user));
+    }
+    let heard: Vec<&str> = record
+        .segments
+        .iter()
+        .take_while(|(mark, _)| acked.contains(mark))
+        .map(|(_, t)| t.as_str())
+        .collect();
+    if !heard.is_empty() {
+        history.push(ChatMessage::new(Role::Assistant, heard.join(" ")));
+    }
+}
+
+enum TurnInput {
+    Speech {
+        audio: Vec<f32>,
+        caller_stopped: Instant,
+        endpointing: Duration,
+    },
+    Text {
+        text: String,
+        at: Instant,
+    },
+}
+
+fn start_turn(
+    state: &Arc<AgentState>,
+    shared: &Arc<Shared>,
+    playout: &mpsc::Sender<Playout>,
+    encoder: &Arc<tokio::sync::Mutex<Option<FrameEncoder>>>,
+    history: &[ChatMessage],
+    input: TurnInput,
+    number: u64,
+) -> (tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>) {
+    let record = Arc::new(Mutex::new(TurnRecord::default()));
+    let turn = Turn {
+        state: state.clone(),
+        generation: shared.generation.load(Ordering::Relaxed),
+        playout: playout.clone(),
+        encoder: encoder.clone(),
+        record: record.clone(),
+        number,
+    };
+    let mut messages = Vec::with_capacity(history.len() + 2);
+    messages.push(ChatMessage::new(
+        Role::System,
+        state.config.persona.system_prompt.clone(),
+    ));
+    messages.extend_from_slice(history);
+    let span = info_span!("turn", turn = number);
+    let handle = tokio::spawn(async move { turn.run(input, messages).await }.instrument(span));
+    (handle, record)
+}
+
+struct Turn {
+    state: Arc<AgentState>,
+    generation: u64,
+    playout: mpsc::Sender<Playout>,
+    encoder: Arc<tokio::sync::Mutex<Option<FrameEncoder>>>,
+    record: Arc<Mutex<TurnRecord>>,
+    number: u64,
+}
+
+impl Turn {
+    async fn run(self, input: TurnInput, mut messages: Vec<ChatMessage>) {
+        let (user, mut timings) = match input {
+            TurnInput::Speech {
+                audio,
+                caller_stopped,
+                endpointing,
+            } => {
+                let started = Instant::now();
+                let stt = &self.state.backends.stt;
+                let timeout = self.state.config.stt.stage.timeout();
+                let result = tokio::time::timeout(timeout, stt.transcribe(audio))
+                    .await
+                    .unwrap_or(Err(BackendError::Timeout {
+                        stage: crate::backend::StageName::Stt,
+                        after: timeout,
+                    }));
+                let text = match result {
+                    Ok(text) => text,
+                    Err(e) => return self.apologise(e).await,
+                };
+                let timings = TurnTimings {
+                    caller_stopped,
+                    endpointing,
+                    stt: started.elapsed(),
+                    llm_first_token: Duration::ZERO,
+                    llm_first_clause: Duration::ZERO,
+                    tts_first_audio: Duration::ZERO,
+                };
+                (text, timings)
+            }
+            TurnInput::Text { text, at } => (
+                text,
+                TurnTimings {
+                    caller_stopped: at,
+                    endpointing: Duration::ZERO,
+                    stt: Duration::ZERO,
+                    llm_first_token: Duration::ZERO,
+                    llm_first_clause: Duration::ZERO,
+                    tts_first_audio: Duration::ZERO,
+                },
+            ),
+        };
+        if user.trim().is_empty() {
+            debug!("empty transcript; no reply");
+            return;
+        }
+        self.state.said("caller", &user);
+        self.lock_record().user = Some(user.clone());
+        messages.push(ChatMessage::new(Role::User, user));
+
+        let llm_started = Instant::now();
+        let llm_timeout = self.state.config.llm.stage.timeout();
+        let tokens = tokio::time::timeout(llm_timeout, self.state.backends.llm.reply(messages))
+            .await
+            .unwrap_or(Err(BackendError::Timeout {
+                stage: crate::backend::StageName::Llm,
+                after: llm_timeout,
+            }));
+        let mut tokens = match tokens {
+            Ok(t) => t,
+            Err(e) => return self.apologise(e).await,
+        };
+
+        // Clauses flow from the LLM reader to the speaker through a small queue, so the model
+        // keeps writing while earlier clauses are synthesised and played.
+        let (clause_tx, mut clause_rx) =
+            mpsc::channel::<Result<(String, Instant, Instant), BackendError>>(8);
+        let reader = async move {
+            let mut splitter = ClauseSplitter::new();
+            let mut first = None;
+            loop {
+                let next = tokio::time::timeout(llm_timeout, tokens.next()).await;
+                let token = match next {
+                    Err(_) => Some(Err(BackendError::Timeout {
+                        stage: crate::backend::StageName::Llm,
+                        after: llm_timeout,
+                    })),
+                    Ok(t) => t,
+                };
+                match token {
+                    Some(Ok(token)) => {
+                        let first_at = *first.get_or_insert_with(Instant::now);
+                        for clause in splitter.push(&token) {
+                            if clause_tx
+                                .send(Ok((clause, Instant::now(), first_at)))
+                                .await
+                                .is_err()
+                            {
+                                return first;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = clause_tx.send(Err(e)).await;
+                        return first;
+                    }
+                    None => break,
+                }
+            }
+            if let Some(rest) = splitter.finish() {
+                let now = Instant::now();
+                let _ = clause_tx.send(Ok((rest, now, first.unwrap_or(now)))).await;
+            }
+            first
+        };
+        let speaker = async {
+            let mut index = 0usize;
+            let mut spoken = Vec::new();
+            while let Some(clause) = clause_rx.recv().await {
+                let (text, ready_at, first_token_at) = match clause {
+                    Ok(c) => c,
+                    Err(e) => return (spoken, Some(e)),
+                };
+                if index == 0 {
+                    timings.llm_first_clause = ready_at.saturating_duration_since(llm_started);
+                    timings.llm_first_token = first_token_at.saturating_duration_since(llm_started);
+                }
+                if let Err(e) = self.speak(&text, index, &mut timings).await {
+                    return (spoken, Some(e));
+                }
+                spoken.push(text);
+                index += 1;
+            }
+            (spoken, None)
+        };
+        let (first_token, (spoken, error)) = tokio::join!(reader, speaker);
+        if let Some(first) = first_token {
+            let seconds = first.saturating_duration_since(llm_started).as_secs_f64();
+            self.state.metrics.stage(Stage::LlmFirstToken, seconds);
+        }
+        if !spoken.is_empty() {
+            self.state.said("agent", &spoken.join(" "));
+        }
+        if let Some(e) = error {
+            self.apologise(e).await;
+        }
+    }
+
+    fn lock_record(&self) -> std::sync::MutexGuard<'_, TurnRecord> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Synthesises one clause and queues its frames and its mark.
+    async fn speak(
+        &self,
+        text: &str,
+        index: usize,
+        timings: &mut TurnTimings,
+    ) -> Result<(), BackendError> {
+        let tts_timeout = self.state.config.tts.stage.timeout();
+        let timeout_err = || BackendError::Timeout {
+            stage: crate::backend::StageName::Tts,
+            after: tts_timeout,
+        };
+        let started = Instant::now();
+        let mut audio = tokio::time::timeout(
+            tts_timeout,
+            self.state.backends.tts.synthesize(text.to_string()),
+        )
+        .await
+        .map_err(|_| timeout_err())??;
+        let mut first_audio = index == 0;
+        let mut frames = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(tts_timeout, audio.chunks.next())
+                .await
+                .map_err(|_| timeout_err())?;
+            let last = chunk.is_none();
+            {
+                let mut guard = self.encoder.lock().await;
+                if guard.as_ref().is_none_or(|e| e.rate() != audio.sample_rate) {
+                    *guard = Some(FrameEncoder::new(audio.sample_rate).map_err(|e| {
+                        BackendError::Protocol {
+                            stage: crate::backend::StageName::Tts,
+                            message: e.to_string(),
+                        }
+                    })?);
+                }
+                let Some(encoder) = guard.as_mut() else {
+                    continue;
+                };
+                let result = match &chunk {
+                    Some(Ok(samples)) => encoder.push(samples, &mut frames),
+                    Some(Err(_)) => Ok(()),
+                    None => encoder.finish(&mut frames),
+                };
+                result.map_err(|e| BackendError::Protocol {
+                    stage: crate::backend::StageName::Tts,
+                    message: e.to_string(),
+                })?;
+            }
+            if let Some(Err(e)) = chunk {
+                return Err(e);
+            }
+            if !frames.is_empty() {
+                let timings = if first_audio {
+                    first_audio = false;
+                    timings.tts_first_audio = started.elapsed();
+                    Some(*timings)
+                } else {
+                    None
+                };
+                let frames = Bytes::from(std::mem::take(&mut frames));
+                if self
+                    .playout
+                    .send(Playout::Audio {
+                        generation: self.generation,
+                        frames,
+                        timings,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        let mark = format!("t{}-s{index}", self.number);
+        self.lock_record()
+            .segments
+            .push((mark.clone(), text.to_string()));
+        let _ = self
+            .playout
+            .send(Playout::Mark {
+                generation: self.generation,
+                name: mark,
+            })
+            .await;
+        Ok(())
+    }
+
+    /// Counts the failure and plays the cached apology; the call goes on.
+    async fn apologise(&self, error: BackendError) {
+        warn!(error = %error, stage = error.stage().label(), "model backend failed; apologising");
+        self.state
+            .metrics
+            .backend_errors
+            .with_label_values(&[error.stage().label()])
+            .inc();
+        let Some(clips) = self.state.clips() else {
+            return;
+        };
+        let _ = self
+            .playout
+            .send(Playout::Audio {
+                generation: self.generation,
+                frames: clips.apology.clone(),
+                timings: None,
+            })
+            .await;
+        let _ = self
+            .playout
+            .send(Playout::Mark {
+                generation: self.generation,
+                name: format!("t{}-apology", self.number),
+            })
+            .await;
+    }
+}
+
+/// Silence at the frame level, for tests and the caller.
+pub fn silent_frame() -> [u8; FRAME_BYTES] {
+    [codec::encode_sample(0); FRAME_BYTES]
+}
+
+/// Frame duration re-exported for the caller.
+pub const FRAME_DURATION: Duration = FRAME;

@@ -1,0 +1,556 @@
+//! A caller that speaks Twilio's side of the protocol: it signs and posts the voice webhook
+//! like Twilio, opens the Media Stream the TwiML names, streams caller audio in real time
+//! (20 ms frames by an absolute clock, silence between utterances), plays the agent's audio
+//! on a simulated phone (a playback queue that acknowledges marks when played and drops
+//! audio on `clear`), records what the caller heard, and times every turn.
+//!
+//! Users point it at their VoiceAgents; the tests and the benchmark use it as the phone.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::{SinkExt, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::codec;
+use crate::pacer::{FRAME, FRAME_BYTES};
+use crate::resample::StreamResampler;
+use crate::twilio::protocol::{MediaFormat, Outbound, StartMetadata};
+use crate::twilio::signature::RequestValidator;
+use crate::twilio::twiml::{self, Answer};
+
+/// Why a call could not be placed or went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerError {
+    /// The webhook request failed.
+    #[error("voice webhook {url}: {message}")]
+    Webhook {
+        /// The URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The WebSocket failed.
+    #[error("media stream {url}: {message}")]
+    Stream {
+        /// The URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// Caller audio could not be prepared.
+    #[error("caller audio: {0}")]
+    Audio(String),
+}
+
+/// How the simulated caller behaves.
+#[derive(Debug, Clone)]
+pub struct CallerOptions {
+    /// The agent's base URL, e.g. `http://127.0.0.1:8080`; the webhook is `/twilio/voice`.
+    pub agent_url: String,
+    /// Auth token to sign requests with, as Twilio would; `None` sends no signature.
+    pub auth_token: Option<String>,
+    /// What the caller says, in order: 8 kHz mu-law.
+    pub utterances: Vec<Arc<Vec<u8>>>,
+    /// Speak each utterance this long after the agent's audio for the turn starts
+    /// (an intentional barge-in) instead of waiting for the agent to finish.
+    pub interrupt_after: Option<Duration>,
+    /// Agent silence that means it finished talking.
+    pub quiet_before_speaking: Duration,
+    /// Longest wait for the agent to start or finish talking.
+    pub reply_timeout: Duration,
+    /// Send a malformed message this long after the stream starts.
+    pub malformed_after: Option<Duration>,
+    /// After the last reply, keep the line open (streaming silence) this long, or until the
+    /// agent closes it, instead of hanging up.
+    pub linger: Option<Duration>,
+    /// Press this key this long after the stream starts.
+    pub dtmf: Option<(Duration, char)>,
+    /// Call SID to use.
+    pub call_sid: String,
+}
+
+impl Default for CallerOptions {
+    fn default() -> Self {
+        Self {
+            agent_url: "http://127.0.0.1:8080".into(),
+            auth_token: None,
+            utterances: Vec::new(),
+            interrupt_after: None,
+            quiet_before_speaking: Duration::from_millis(700),
+            reply_timeout: Duration::from_secs(20),
+            malformed_after: None,
+            linger: None,
+            dtmf: None,
+            call_sid: "CA00000000000000000000000000000001".into(),
+        }
+    }
+}
+
+/// One caller turn, as the caller experienced it.
+#[derive(Debug, Clone, Default)]
+pub struct TurnReport {
+    /// Caller's last speech frame sent -> first agent frame received.
+    pub latency: Option<Duration>,
+    /// Agent frames received in reply.
+    pub agent_frames: usize,
+    /// Caller's speech start -> `clear` received (when the caller interrupted).
+    pub clear_after_speech_start: Option<Duration>,
+    /// Agent frames received after that `clear` while the caller was still speaking.
+    pub frames_after_clear: usize,
+}
+
+/// What happened on the call.
+#[derive(Debug, Clone, Default)]
+pub struct CallReport {
+    /// The call SID.
+    pub call_sid: String,
+    /// Set when the agent rejected the call (TwiML `<Reject reason>`).
+    pub rejected: Option<String>,
+    /// Agent frames before the caller first spoke (the greeting).
+    pub greeting_frames: usize,
+    /// One report per utterance.
+    pub turns: Vec<TurnReport>,
+    /// `clear` messages received.
+    pub clears: usize,
+    /// Marks the caller acknowledged.
+    pub marks: Vec<String>,
+    /// Agent frames that arrived after the playback buffer had run dry mid-segment.
+    pub late_frames: usize,
+    /// The agent closed the socket (rather than the caller hanging up).
+    pub closed_by_agent: bool,
+    /// Agent frames received after the caller's script ended (e.g. a goodbye).
+    pub frames_after_script: usize,
+    /// What the caller heard: 8 kHz mu-law, silence where nothing played.
+    pub heard: Vec<u8>,
+    /// What the caller sent: 8 kHz mu-law on the same clock.
+    pub said: Vec<u8>,
+}
+
+/// Reads a WAV file (any rate, mono or stereo) as caller audio.
+pub fn wav_audio(path: &Path) -> Result<Vec<u8>, CallerError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| CallerError::Audio(format!("{}: {e}", path.display())))?;
+    wav_bytes_audio(&bytes)
+}
+
+/// Speaks `text` with espeak-ng (installed by scripts/install.sh) as caller audio.
+pub fn espeak_audio(text: &str) -> Result<Vec<u8>, CallerError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // espeak-ng's --stdout WAV has no length in its header; a file gets a complete one.
+    let path = std::env::temp_dir().join(format!(
+        "grokcast-caller-{}-{}.wav",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let out = std::process::Command::new("espeak-ng")
+        .args(["-s", "165", "-w"])
+        .arg(&path)
+        .args(["--", text])
+        .output()
+        .map_err(|e| {
+            CallerError::Audio(format!(
+                "cannot run espeak-ng (apt-get install espeak-ng): {e}"
+            ))
+        })?;
+    let audio = if out.status.success() {
+        wav_audio(&path)
+    } else {
+        Err(CallerError::Audio(format!(
+            "espeak-ng failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    };
+    let _ = std::fs::remove_file(&path);
+    audio
+}
+
+fn wav_bytes_audio(bytes: &[u8]) -> Result<Vec<u8>, CallerError> {
+    let bad = |e: hound::Error| CallerError::Audio(format!("not a PCM WAV: {e}"));
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    let spec = reader.spec();
+    let channels = usize::from(spec.channels.max(1));
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .into_samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
+        hound::SampleFormat::Int => {
+            let scale = (1i64 << (spec.bits_per_sample.max(1) - 1)) as f32;
+            reader
+                .into_samples::<i32>()
+                .map(|s| s.map(|v| v as f32 / scale))
+                .collect::<Result<_, _>>()
+                .map_err(bad)?
+        }
+    };
+    let mono: Vec<f32> = samples
+        .chunks(channels)
+        .map(|c| c.iter().sum::<f32>() / channels as f32)
+        .collect();
+    let pcm8k = if spec.sample_rate == 8000 {
+        mono
+    } else {
+        let mut r = StreamResampler::new(spec.sample_rate, 8000)
+            .map_err(|e| CallerError::Audio(e.to_string()))?;
+        let mut out = Vec::with_capacity(mono.len() * 8000 / spec.sample_rate as usize + 400);
+        r.push(&mono, &mut |s| out.extend_from_slice(s))
+            .map_err(|e| CallerError::Audio(e.to_string()))?;
+        r.flush(&mut |s| out.extend_from_slice(s))
+            .map_err(|e| CallerError::Audio(e.to_string()))?;
+        out
+    };
+    // Trim leading and trailing silence so "speech start/stop" means the voice itself.
+    let loud = |s: &f32| s.abs() > 0.02;
+    let first = pcm8k.iter().position(loud).unwrap_or(0);
+    let last = pcm8k.iter().rposition(loud).map_or(first, |i| i + 1);
+    let mut mulaw = vec![0u8; last - first];
+    codec::encode_into(&pcm8k[first..last], &mut mulaw);
+    Ok(mulaw)
+}
+
+/// Writes 8 kHz mu-law tracks as a 16-bit WAV, one channel per track (shorter ones padded).
+pub fn write_wav(path: &Path, tracks: &[&[u8]]) -> Result<(), CallerError> {
+    let channels = tracks.len().max(1) as u16;
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let err = |e: hound::Error| CallerError::Audio(format!("{}: {e}", path.display()));
+    let mut w = hound::WavWriter::create(path, spec).map_err(err)?;
+    let len = tracks.iter().map(|t| t.len()).max().unwrap_or(0);
+    for i in 0..len {
+        for track in tracks {
+            w.write_sample(track.get(i).map_or(0, |b| codec::decode_sample(*b)))
+                .map_err(err)?;
+        }
+    }
+    w.finalize().map_err(err)
+}
+
+/// Posts the voice webhook like Twilio and returns the TwiML answer.
+pub async fn answer(options: &CallerOptions) -> Result<Answer, CallerError> {
+    let url = format!("{}/twilio/voice", options.agent_url.trim_end_matches('/'));
+    let params: Vec<(String, String)> = [
+        ("AccountSid", "AC00000000000000000000000000000000"),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", options.call_sid.as_str()),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", "+15005550006"),
+        ("To", "+15005550001"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut request = reqwest::Client::new().post(&url).form(&params);
+    if let Some(token) = &options.auth_token {
+        request = request.header(
+            "X-Twilio-Signature",
+            RequestValidator::new(token).sign(&url, &params),
+        );
+    }
+    let webhook = |message: String| CallerError::Webhook {
+        url: url.clone(),
+        message,
+    };
+    let response = request.send().await.map_err(|e| webhook(e.to_string()))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| webhook(e.to_string()))?;
+    if !status.is_success() {
+        return Err(webhook(format!("HTTP {status}: {body}")));
+    }
+    twiml::read_answer(&body).map_err(|e| webhook(e.to_string()))
+}
+
+/// A frame of the agent's audio waiting to be "played" by the simulated phone.
+enum Queued {
+    Audio([u8; FRAME_BYTES]),
+    Mark(String),
+}
+
+enum Phase {
+    /// Waiting for the agent to talk and then be quiet (or, interrupting, to start talking).
+    Listening { since: Instant },
+    /// Sending utterance `index` from byte `at`.
+    Speaking {
+        index: usize,
+        at: usize,
+        started: Instant,
+    },
+    /// Script done; lingering until the agent closes.
+    Lingering { until: Instant },
+}
+
+/// Places one call and runs the script.
+pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerError> {
+    let mut report = CallReport {
+        call_sid: options.call_sid.clone(),
+        ..CallReport::default()
+    };
+    let (url, parameters) = match answer(options).await? {
+        Answer::Reject(reason) => {
+            report.rejected = Some(reason);
+            return Ok(report);
+        }
+        Answer::Stream { url, parameters } => (url, parameters),
+    };
+    let stream_err = |message: String| CallerError::Stream {
+        url: url.clone(),
+        message,
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| stream_err(e.to_string()))?;
+    if let Some(token) = &options.auth_token {
+        let signature = RequestValidator::new(token).sign(&url, &[]);
+        let value = signature
+            .parse()
+            .map_err(|e: http::header::InvalidHeaderValue| stream_err(e.to_string()))?;
+        request.headers_mut().insert("X-Twilio-Signature", value);
+    }
+    let (socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
+    let (mut tx, mut rx) = socket.split();
+
+    let stream_sid = format!("MZ{}", &options.call_sid.trim_start_matches("CA"));
+    let mut sequence = 1u64;
+    let send_err = |e: tokio_tungstenite::tungstenite::Error| stream_err(e.to_string());
+    tx.send(Message::text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+    ))
+    .await
+    .map_err(send_err)?;
+    let start = StartMetadata {
+        account_sid: "AC00000000000000000000000000000000".into(),
+        stream_sid: stream_sid.clone(),
+        call_sid: options.call_sid.clone(),
+        tracks: vec!["inbound".into()],
+        custom_parameters: parameters.into_iter().collect(),
+        media_format: MediaFormat::twilio(),
+    };
+    let start = serde_json::json!({"event": "start", "sequenceNumber": sequence.to_string(), "start": start, "streamSid": stream_sid});
+    tx.send(Message::text(start.to_string()))
+        .await
+        .map_err(send_err)?;
+
+    let began = Instant::now();
+    let mut ticks = tokio::time::interval_at(began, FRAME);
+    // Twilio streams in real time: after a stall, catch up rather than lose caller audio.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut chunk = 0u64;
+    let mut queue: VecDeque<(Instant, Queued)> = VecDeque::new();
+    let mut play_end = began;
+    let mut in_segment = false;
+    let mut last_agent_frame: Option<Instant> = None;
+    let mut turn_first_frame: Option<Instant> = None;
+    let mut stopped_speaking: Option<Instant> = None;
+    let mut phase = Phase::Listening { since: began };
+    let mut malformed_sent = false;
+    let mut dtmf_sent = false;
+    let silence = [codec::encode_sample(0); FRAME_BYTES];
+    let mut frame = [0u8; FRAME_BYTES];
+
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let now = Instant::now();
+                // Play whatever is due: record audio, acknowledge marks.
+                while queue.front().is_some_and(|(at, _)| *at <= now) {
+                    let Some((_, item)) = queue.pop_front() else { break };
+                    match item {
+                        Queued::Audio(f) => report.heard.extend_from_slice(&f),
+                        Queued::Mark(name) => {
+                            sequence += 1;
+                            let m = serde_json::json!({"event":"mark","sequenceNumber":sequence.to_string(),"streamSid":stream_sid,"mark":{"name":name}});
+                            tx.send(Message::text(m.to_string())).await.map_err(send_err)?;
+                            report.marks.push(name);
+                        }
+                    }
+                }
+                if queue.is_empty() {
+                    // Keep the recording on the wall clock: silence while nothing plays.
+                    let elapsed_frames = (now.saturating_duration_since(began).as_millis() / 20) as usize;
+                    if report.heard.len() < elapsed_frames * FRAME_BYTES {
+                        report.heard.resize(elapsed_frames * FRAME_BYTES, silence[0]);
+                    }
+                }
+                if let Some(after) = options.malformed_after
+                    && !malformed_sent
+                    && now >= began + after
+                {
+                    {
+                        malformed_sent = true;
+                        tx.send(Message::text("{\"event\":\"media\",\"this is\": not json")).await.map_err(send_err)?;
+                    }
+                }
+                if let Some((after, digit)) = options.dtmf
+                    && !dtmf_sent
+                    && now >= began + after
+                {
+                    {
+                        dtmf_sent = true;
+                        sequence += 1;
+                        let d = serde_json::json!({"event":"dtmf","sequenceNumber":sequence.to_string(),"streamSid":stream_sid,
+                            "dtmf":{"track":"inbound_track","digit":digit.to_string()}});
+                        tx.send(Message::text(d.to_string())).await.map_err(send_err)?;
+                    }
+                }
+                // Decide what the caller says in this frame.
+                let agent_quiet = queue.is_empty()
+                    && last_agent_frame.is_none_or(|t| now.saturating_duration_since(t) >= options.quiet_before_speaking);
+                frame.copy_from_slice(&silence);
+                match &mut phase {
+                    Phase::Listening { since } => {
+                        let heard_reply = report.turns.last().map_or(report.greeting_frames > 0, |t| t.agent_frames > 0);
+                        let next = report.turns.len();
+                        let timed_out = now.saturating_duration_since(*since) >= options.reply_timeout;
+                        let go = match options.interrupt_after {
+                            Some(after) => turn_first_frame.is_some_and(|t| now.saturating_duration_since(t) >= after),
+                            None => heard_reply && agent_quiet,
+                        } || timed_out;
+                        if go {
+                            if next < options.utterances.len() {
+                                phase = Phase::Speaking { index: next, at: 0, started: now };
+                                report.turns.push(TurnReport::default());
+                                turn_first_frame = None;
+                            } else {
+                                match options.linger {
+                                    Some(linger) => phase = Phase::Lingering { until: now + linger },
+                                    None => break,
+                                }
+                            }
+                        }
+                    }
+                    Phase::Speaking { .. } | Phase::Lingering { .. } => {}
+                }
+                if let Phase::Speaking { index, at, .. } = &mut phase {
+                    let utterance = &options.utterances[*index];
+                    let end = (*at + FRAME_BYTES).min(utterance.len());
+                    frame[..end - *at].copy_from_slice(&utterance[*at..end]);
+                    *at = end;
+                    if *at >= utterance.len() {
+                        stopped_speaking = Some(now + FRAME);
+                        phase = Phase::Listening { since: now };
+                    }
+                }
+                if let Phase::Lingering { until } = phase
+                    && now >= until
+                {
+                    break;
+                }
+                report.said.extend_from_slice(&frame);
+                sequence += 1;
+                chunk += 1;
+                let media = serde_json::json!({
+                    "event": "media", "sequenceNumber": sequence.to_string(), "streamSid": stream_sid,
+                    "media": {"track": "inbound", "chunk": chunk.to_string(),
+                              "timestamp": (now.saturating_duration_since(began).as_millis()).to_string(),
+                              "payload": BASE64.encode(frame)}
+                });
+                tx.send(Message::text(media.to_string())).await.map_err(send_err)?;
+            }
+            message = rx.next() => {
+                let now = Instant::now();
+                let text = match message {
+                    None | Some(Ok(Message::Close(_))) | Some(Err(_)) => { report.closed_by_agent = true; break; }
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(_)) => continue,
+                };
+                let parsed: Outbound = serde_json::from_str(text.as_str()).map_err(|e| stream_err(format!("agent sent {}: {e}", text.as_str())))?;
+                match parsed {
+                    Outbound::Media { media, .. } => {
+                        let bytes = BASE64.decode(media.payload).map_err(|e| stream_err(e.to_string()))?;
+                        let mut f = silence;
+                        let n = bytes.len().min(FRAME_BYTES);
+                        f[..n].copy_from_slice(&bytes[..n]);
+                        if in_segment && play_end < now {
+                            report.late_frames += 1;
+                        }
+                        in_segment = true;
+                        let start = play_end.max(now);
+                        play_end = start + FRAME;
+                        queue.push_back((start, Queued::Audio(f)));
+                        last_agent_frame = Some(now);
+                        turn_first_frame.get_or_insert(now);
+                        match (&phase, report.turns.last_mut()) {
+                            (Phase::Lingering { .. }, _) => report.frames_after_script += 1,
+                            (_, None) => report.greeting_frames += 1,
+                            (Phase::Speaking { .. }, Some(turn)) => {
+                                if turn.clear_after_speech_start.is_some() { turn.frames_after_clear += 1; }
+                            }
+                            (Phase::Listening { .. }, Some(turn)) => {
+                                turn.agent_frames += 1;
+                                if turn.latency.is_none() {
+                                    turn.latency = stopped_speaking.map(|s| now.saturating_duration_since(s));
+                                }
+                            }
+                        }
+                    }
+                    Outbound::Mark { mark, .. } => {
+                        in_segment = false;
+                        queue.push_back((play_end, Queued::Mark(mark.name)));
+                    }
+                    Outbound::Clear { .. } => {
+                        report.clears += 1;
+                        in_segment = false;
+                        play_end = now;
+                        // Twilio drops buffered audio and returns the marks still queued.
+                        let marks: Vec<String> = queue.drain(..).filter_map(|(_, q)| match q { Queued::Mark(m) => Some(m), Queued::Audio(_) => None }).collect();
+                        for name in marks {
+                            sequence += 1;
+                            let m = serde_json::json!({"event":"mark","sequenceNumber":sequence.to_string(),"streamSid":stream_sid,"mark":{"name":name}});
+                            tx.send(Message::text(m.to_string())).await.map_err(send_err)?;
+                        }
+                        if let (Phase::Speaking { started, .. }, Some(turn)) = (&phase, report.turns.last_mut()) {
+                            turn.clear_after_speech_start.get_or_insert(now.saturating_duration_since(*started));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !report.closed_by_agent {
+        sequence += 1;
+        let stop = serde_json::json!({"event":"stop","sequenceNumber":sequence.to_string(),"streamSid":stream_sid,
+            "stop":{"accountSid":"AC00000000000000000000000000000000","callSid":options.call_sid}});
+        let _ = tx.send(Message::text(stop.to_string())).await;
+        let _ = tx.close().await;
+    }
+    Ok(report)
+}
+
+/// Places `n` calls at once (call SIDs numbered) and returns every report.
+pub async fn place_calls(
+    options: &CallerOptions,
+    n: usize,
+) -> Vec<Result<CallReport, CallerError>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let mut o = options.clone();
+            o.call_sid = format!("CA{:032}", i + 1);
+            tokio::spawn(async move { place_call(&o).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| {
+            Err(CallerError::Stream {
+                url: String::new(),
+                message: e.to_string(),
+            })
+        }));
+    }
+    out
+}

@@ -1,0 +1,838 @@
+//! The agent's settings: `agent.yaml` (mounted from the ConfigMap the operator writes), then
+//! environment variables on top, then validation. See docs/agent.md for the full table.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::turn::TurnTaking;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema.
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What serde_yaml said.
+        source: serde_yaml::Error,
+    },
+    /// An environment variable has a value of the wrong type.
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Settings that do not make sense together or alone.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which implementation serves a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// `openai` when a URL is set, else `embedded`.
+    #[default]
+    Auto,
+    /// An OpenAI-compatible HTTP server (vLLM, Whisper servers, TTS servers, grokcast-serve).
+    Openai,
+    /// The in-process engines of `grokcast-engines`.
+    Embedded,
+}
+
+/// One model stage (STT, LLM or TTS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct StageConfig {
+    /// Which implementation.
+    pub backend: BackendKind,
+    /// OpenAI-compatible base URL, e.g. `http://whisper:8000/v1`.
+    pub url: String,
+    /// Model name sent to the server.
+    pub model: String,
+    /// Give up on one request after this long (then the caller hears the apology).
+    pub timeout_ms: u64,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        Self::new("", 5_000)
+    }
+}
+
+impl StageConfig {
+    fn new(model: &str, timeout_ms: u64) -> Self {
+        Self {
+            backend: BackendKind::Auto,
+            url: String::new(),
+            model: model.into(),
+            timeout_ms,
+        }
+    }
+
+    /// The backend after resolving `auto`.
+    pub fn resolved_backend(&self) -> BackendKind {
+        match self.backend {
+            BackendKind::Auto if self.url.is_empty() => BackendKind::Embedded,
+            BackendKind::Auto => BackendKind::Openai,
+            other => other,
+        }
+    }
+
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// What the agent says and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Persona {
+    /// The LLM's system prompt.
+    pub system_prompt: String,
+    /// Spoken when the call connects (empty: no greeting).
+    pub greeting: String,
+    /// Spoken when a model server fails; synthesised once at start.
+    pub apology: String,
+    /// Spoken to live calls when the pod shuts down.
+    pub goodbye: String,
+}
+
+impl Default for Persona {
+    fn default() -> Self {
+        Self {
+            system_prompt:
+                "You are a friendly phone assistant. Answer in one or two short sentences.".into(),
+            greeting: "Hello! How can I help you today?".into(),
+            apology: "Sorry, I had trouble with that. Could you say it again?".into(),
+            goodbye: "Sorry, I have to end the call now. Goodbye.".into(),
+        }
+    }
+}
+
+/// Turn-taking thresholds, as in the VoiceAgent spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TurnTakingConfig {
+    /// Silero probability that counts as speech.
+    pub vad_threshold: f32,
+    /// Silence after speech that ends the caller's turn.
+    pub end_of_turn_silence_ms: u64,
+    /// Shorter speech is noise.
+    pub min_speech_ms: u64,
+    /// Whether the caller may interrupt.
+    pub barge_in: bool,
+    /// Speech over the agent needed to interrupt it.
+    pub min_barge_in_ms: u64,
+    /// A turn is cut after this long.
+    pub max_turn_ms: u64,
+}
+
+impl Default for TurnTakingConfig {
+    fn default() -> Self {
+        Self {
+            vad_threshold: 0.5,
+            end_of_turn_silence_ms: 300,
+            min_speech_ms: 150,
+            barge_in: true,
+            min_barge_in_ms: 200,
+            max_turn_ms: 20_000,
+        }
+    }
+}
+
+impl TurnTakingConfig {
+    /// The endpointer's thresholds.
+    pub fn turn_taking(&self) -> TurnTaking {
+        TurnTaking {
+            vad_threshold: self.vad_threshold,
+            end_of_turn_silence: Duration::from_millis(self.end_of_turn_silence_ms),
+            min_speech: Duration::from_millis(self.min_speech_ms),
+            barge_in: self.barge_in,
+            min_barge_in: Duration::from_millis(self.min_barge_in_ms),
+            max_turn: Duration::from_millis(self.max_turn_ms),
+        }
+    }
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// VoiceAgent name (the `voiceagent` label on every metric).
+    pub voice_agent: String,
+    /// Its namespace (the `namespace` label).
+    pub namespace: String,
+    /// Address to listen on.
+    pub listen_addr: String,
+    /// Public https URL Twilio reaches this agent at; signatures are computed over it.
+    pub public_url: String,
+    /// Calls this pod takes at once; more are rejected as busy.
+    pub max_calls: usize,
+    /// Seconds live calls get to finish after SIGTERM.
+    pub drain_timeout_seconds: u64,
+    /// Longest call.
+    pub session_timeout_seconds: u64,
+    /// Audio kept buffered at Twilio ahead of playback.
+    pub playback_lead_ms: u64,
+    /// Log what callers and the agent say (off: transcripts are personal data).
+    pub log_transcripts: bool,
+    /// Persona.
+    pub persona: Persona,
+    /// Speech to text.
+    pub stt: SttConfig,
+    /// Language model.
+    pub llm: LlmConfig,
+    /// Text to speech.
+    pub tts: TtsConfig,
+    /// Turn-taking.
+    pub turn_taking: TurnTakingConfig,
+    /// Silero VAD model file; empty means the models directory's.
+    pub vad_model: String,
+    /// Models directory for embedded engines; empty means `GROKCAST_MODELS_DIR` or `models/`.
+    pub models_dir: String,
+    /// Twilio auth token. Only from the environment (a Secret), never from the file.
+    #[serde(skip)]
+    pub twilio_auth_token: Option<String>,
+    /// Turns signature checks off. Only from the environment, and logged loudly.
+    #[serde(skip)]
+    pub insecure_skip_signature: bool,
+}
+
+/// Speech-to-text settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SttConfig {
+    /// Backend, URL, model, timeout.
+    #[serde(flatten)]
+    pub stage: StageConfig,
+    /// ISO language code.
+    pub language: String,
+}
+
+/// LLM settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Backend, URL, model, timeout.
+    #[serde(flatten)]
+    pub stage: StageConfig,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Most tokens per reply.
+    pub max_tokens: u32,
+}
+
+/// TTS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TtsConfig {
+    /// Backend, URL, model, timeout.
+    #[serde(flatten)]
+    pub stage: StageConfig,
+    /// Voice name sent to the server.
+    pub voice: String,
+    /// Rate of the raw PCM the server streams (OpenAI's `pcm` is 24 kHz).
+    pub sample_rate: u32,
+}
+
+impl Default for SttConfig {
+    fn default() -> Self {
+        Self {
+            stage: StageConfig::new("whisper-1", 5_000),
+            language: "en".into(),
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            stage: StageConfig::new("gemma", 10_000),
+            temperature: 0.6,
+            max_tokens: 200,
+        }
+    }
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        Self {
+            stage: StageConfig::new("tts-1", 5_000),
+            voice: "alloy".into(),
+            sample_rate: 24_000,
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            voice_agent: "local".into(),
+            namespace: "default".into(),
+            listen_addr: "0.0.0.0:8080".into(),
+            public_url: String::new(),
+            max_calls: 50,
+            drain_timeout_seconds: 300,
+            session_timeout_seconds: 3600,
+            playback_lead_ms: 80,
+            log_transcripts: false,
+            persona: Persona::default(),
+            stt: SttConfig::default(),
+            llm: LlmConfig::default(),
+            tts: TtsConfig::default(),
+            turn_taking: TurnTakingConfig::default(),
+            vad_model: String::new(),
+            models_dir: String::new(),
+            twilio_auth_token: None,
+            insecure_skip_signature: false,
+        }
+    }
+}
+
+type Setter = fn(&mut AgentConfig, &str) -> Result<(), String>;
+
+fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e: T::Err| e.to_string())
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_backend(value: &str) -> Result<BackendKind, String> {
+    match value.trim() {
+        "" | "auto" => Ok(BackendKind::Auto),
+        "openai" => Ok(BackendKind::Openai),
+        "embedded" => Ok(BackendKind::Embedded),
+        other => Err(format!("{other:?} is not auto, openai or embedded")),
+    }
+}
+
+/// Every environment variable the agent reads, the setting it overrides, and how.
+pub const ENV_VARS: &[(&str, &str, Setter)] = &[
+    ("GROKCAST_VOICEAGENT", "voiceAgent", |c, v| {
+        c.voice_agent = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_NAMESPACE", "namespace", |c, v| {
+        c.namespace = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_LISTEN_ADDR", "listenAddr", |c, v| {
+        c.listen_addr = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_PUBLIC_URL", "publicUrl", |c, v| {
+        c.public_url = v.into();
+        Ok(())
+    }),
+    (
+        "GROKCAST_TWILIO_AUTH_TOKEN",
+        "(environment only)",
+        |c, v| {
+            c.twilio_auth_token = Some(v.to_string()).filter(|t| !t.is_empty());
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_INSECURE_SKIP_SIGNATURE",
+        "(environment only)",
+        |c, v| {
+            c.insecure_skip_signature = parse_bool(v)?;
+            Ok(())
+        },
+    ),
+    ("GROKCAST_MAX_CALLS", "maxCalls", |c, v| {
+        c.max_calls = parse(v)?;
+        Ok(())
+    }),
+    (
+        "GROKCAST_DRAIN_TIMEOUT_SECONDS",
+        "drainTimeoutSeconds",
+        |c, v| {
+            c.drain_timeout_seconds = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_SESSION_TIMEOUT_SECONDS",
+        "sessionTimeoutSeconds",
+        |c, v| {
+            c.session_timeout_seconds = parse(v)?;
+            Ok(())
+        },
+    ),
+    ("GROKCAST_PLAYBACK_LEAD_MS", "playbackLeadMs", |c, v| {
+        c.playback_lead_ms = parse(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_LOG_TRANSCRIPTS", "logTranscripts", |c, v| {
+        c.log_transcripts = parse_bool(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_SYSTEM_PROMPT", "persona.systemPrompt", |c, v| {
+        c.persona.system_prompt = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_GREETING", "persona.greeting", |c, v| {
+        c.persona.greeting = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_APOLOGY", "persona.apology", |c, v| {
+        c.persona.apology = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_GOODBYE", "persona.goodbye", |c, v| {
+        c.persona.goodbye = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_STT_BACKEND", "stt.backend", |c, v| {
+        c.stt.stage.backend = parse_backend(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_STT_URL", "stt.url", |c, v| {
+        c.stt.stage.url = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_STT_MODEL", "stt.model", |c, v| {
+        c.stt.stage.model = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_STT_LANGUAGE", "stt.language", |c, v| {
+        c.stt.language = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_STT_TIMEOUT_MS", "stt.timeoutMs", |c, v| {
+        c.stt.stage.timeout_ms = parse(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_LLM_BACKEND", "llm.backend", |c, v| {
+        c.llm.stage.backend = parse_backend(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_LLM_URL", "llm.url", |c, v| {
+        c.llm.stage.url = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_LLM_MODEL", "llm.model", |c, v| {
+        c.llm.stage.model = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_LLM_TEMPERATURE", "llm.temperature", |c, v| {
+        c.llm.temperature = parse(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_LLM_MAX_TOKENS", "llm.maxTokens", |c, v| {
+        c.llm.max_tokens = parse(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_LLM_TIMEOUT_MS", "llm.timeoutMs", |c, v| {
+        c.llm.stage.timeout_ms = parse(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_TTS_BACKEND", "tts.backend", |c, v| {
+        c.tts.stage.backend = parse_backend(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_TTS_URL", "tts.url", |c, v| {
+        c.tts.stage.url = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_TTS_MODEL", "tts.model", |c, v| {
+        c.tts.stage.model = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_TTS_VOICE", "tts.voice", |c, v| {
+        c.tts.voice = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_TTS_SAMPLE_RATE", "tts.sampleRate", |c, v| {
+        c.tts.sample_rate = parse(v)?;
+        Ok(())
+    }),
+    ("GROKCAST_TTS_TIMEOUT_MS", "tts.timeoutMs", |c, v| {
+        c.tts.stage.timeout_ms = parse(v)?;
+        Ok(())
+    }),
+    (
+        "GROKCAST_VAD_THRESHOLD",
+        "turnTaking.vadThreshold",
+        |c, v| {
+            c.turn_taking.vad_threshold = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_END_OF_TURN_SILENCE_MS",
+        "turnTaking.endOfTurnSilenceMs",
+        |c, v| {
+            c.turn_taking.end_of_turn_silence_ms = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_MIN_SPEECH_MS",
+        "turnTaking.minSpeechMs",
+        |c, v| {
+            c.turn_taking.min_speech_ms = parse(v)?;
+            Ok(())
+        },
+    ),
+    ("GROKCAST_BARGE_IN", "turnTaking.bargeIn", |c, v| {
+        c.turn_taking.barge_in = parse_bool(v)?;
+        Ok(())
+    }),
+    (
+        "GROKCAST_MIN_BARGE_IN_MS",
+        "turnTaking.minBargeInMs",
+        |c, v| {
+            c.turn_taking.min_barge_in_ms = parse(v)?;
+            Ok(())
+        },
+    ),
+    ("GROKCAST_VAD_MODEL", "vadModel", |c, v| {
+        c.vad_model = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_MODELS_DIR", "modelsDir", |c, v| {
+        c.models_dir = v.into();
+        Ok(())
+    }),
+];
+
+impl AgentConfig {
+    /// Reads `path` (if given), applies the environment through `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let display = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: display.clone(),
+                    source,
+                })?;
+                if text.trim().is_empty() {
+                    Self::default()
+                } else {
+                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        path: display,
+                        source,
+                    })?
+                }
+            }
+            None => Self::default(),
+        };
+        for (var, _, set) in ENV_VARS {
+            if let Some(value) = env(var) {
+                set(&mut config, &value).map_err(|reason| ConfigError::Env {
+                    var,
+                    value,
+                    reason,
+                })?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting; the error lists all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.listen_addr.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "listenAddr {:?} is not host:port",
+                self.listen_addr
+            ));
+        }
+        if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
+            problems.push(format!(
+                "publicUrl {:?} must be the http(s) URL Twilio reaches this agent at (GROKCAST_PUBLIC_URL)",
+                self.public_url
+            ));
+        }
+        if self.twilio_auth_token.is_none() && !self.insecure_skip_signature {
+            problems.push(
+                "no Twilio auth token: set GROKCAST_TWILIO_AUTH_TOKEN (or, for local tests only, GROKCAST_INSECURE_SKIP_SIGNATURE=true)"
+                    .into(),
+            );
+        }
+        if self.max_calls == 0 {
+            problems.push("maxCalls must be at least 1".into());
+        }
+        let t = &self.turn_taking;
+        if !(0.05..=0.95).contains(&t.vad_threshold) {
+            problems.push(format!(
+                "turnTaking.vadThreshold {} must be within 0.05..0.95",
+                t.vad_threshold
+            ));
+        }
+        if !(50..=5000).contains(&t.end_of_turn_silence_ms) {
+            problems.push(format!(
+                "turnTaking.endOfTurnSilenceMs {} must be within 50..5000",
+                t.end_of_turn_silence_ms
+            ));
+        }
+        if t.min_barge_in_ms > 5000 || t.min_speech_ms > 5000 {
+            problems.push("turnTaking.minBargeInMs and minSpeechMs must be at most 5000".into());
+        }
+        if t.max_turn_ms < 1000 || t.max_turn_ms > 60_000 {
+            problems.push(format!(
+                "turnTaking.maxTurnMs {} must be within 1000..60000",
+                t.max_turn_ms
+            ));
+        }
+        for (name, stage) in [
+            ("stt", &self.stt.stage),
+            ("llm", &self.llm.stage),
+            ("tts", &self.tts.stage),
+        ] {
+            if stage.resolved_backend() == BackendKind::Openai
+                && !(stage.url.starts_with("http://") || stage.url.starts_with("https://"))
+            {
+                problems.push(format!(
+                    "{name}.url {:?} must be an http(s) base URL such as http://host:8000/v1",
+                    stage.url
+                ));
+            }
+            if stage.timeout_ms == 0 {
+                problems.push(format!("{name}.timeoutMs must be above 0"));
+            }
+        }
+        if self.tts.sample_rate < 8000 || self.tts.sample_rate > 48_000 {
+            problems.push(format!(
+                "tts.sampleRate {} must be within 8000..48000",
+                self.tts.sample_rate
+            ));
+        }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            problems.push(format!(
+                "llm.temperature {} must be within 0..2",
+                self.llm.temperature
+            ));
+        }
+        if self.llm.max_tokens == 0 {
+            problems.push("llm.maxTokens must be at least 1".into());
+        }
+        if self.playback_lead_ms > 1000 {
+            problems.push("playbackLeadMs must be at most 1000".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// The wss URL of the Media Streams endpoint, from `publicUrl`.
+    pub fn stream_url(&self) -> String {
+        let base = self.public_url.trim_end_matches('/');
+        let base = base
+            .strip_prefix("https://")
+            .map(|rest| format!("wss://{rest}"))
+            .or_else(|| {
+                base.strip_prefix("http://")
+                    .map(|rest| format!("ws://{rest}"))
+            })
+            .unwrap_or_else(|| base.to_string());
+        format!("{base}/twilio/stream")
+    }
+
+    /// The URL of the voice webhook, from `publicUrl`.
+    pub fn voice_url(&self) -> String {
+        format!("{}/twilio/voice", self.public_url.trim_end_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const MINIMAL: &[(&str, &str)] = &[
+        ("GROKCAST_PUBLIC_URL", "https://voice.example.com"),
+        ("GROKCAST_TWILIO_AUTH_TOKEN", "tok"),
+    ];
+
+    fn write(yaml: &str) -> tempfile_path::TempFile {
+        tempfile_path::TempFile::new(yaml)
+    }
+
+    /// A tiny temp file helper, so the tests need no extra crate.
+    mod tempfile_path {
+        pub struct TempFile(pub std::path::PathBuf);
+        impl TempFile {
+            pub fn new(text: &str) -> Self {
+                use std::sync::atomic::{AtomicUsize, Ordering};
+                static N: AtomicUsize = AtomicUsize::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "grokcast-agent-config-{}-{}.yaml",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                std::fs::write(&path, text).unwrap();
+                Self(path)
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let file = write(
+            "voiceAgent: receptionist\nnamespace: voice\npublicUrl: https://a.example.com\n\
+             persona: {greeting: Hi there}\nllm: {url: 'http://vllm:8000/v1', model: gemma-3-27b, maxTokens: 120}\n\
+             turnTaking: {endOfTurnSilenceMs: 400, bargeIn: false}\n",
+        );
+        let c = AgentConfig::load(
+            Some(&file.0),
+            &env(&[
+                ("GROKCAST_TWILIO_AUTH_TOKEN", "tok"),
+                ("GROKCAST_END_OF_TURN_SILENCE_MS", "250"),
+                ("GROKCAST_LLM_MODEL", "override"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.voice_agent, "receptionist");
+        assert_eq!(c.persona.greeting, "Hi there");
+        assert_eq!(c.llm.stage.url, "http://vllm:8000/v1");
+        assert_eq!(c.llm.stage.model, "override");
+        assert_eq!(c.llm.max_tokens, 120);
+        assert_eq!(c.llm.stage.resolved_backend(), BackendKind::Openai);
+        assert_eq!(c.stt.stage.resolved_backend(), BackendKind::Embedded);
+        assert_eq!(c.turn_taking.end_of_turn_silence_ms, 250);
+        assert!(!c.turn_taking.barge_in);
+        assert_eq!(c.twilio_auth_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn every_documented_variable_is_read() {
+        // A value every setter accepts (numbers parse, booleans parse, backends parse).
+        for (var, _, set) in ENV_VARS {
+            let mut c = AgentConfig::default();
+            let value = match *var {
+                v if v.ends_with("_BACKEND") => "openai",
+                "GROKCAST_INSECURE_SKIP_SIGNATURE" | "GROKCAST_LOG_TRANSCRIPTS" => "true",
+                "GROKCAST_BARGE_IN" => "false",
+                "GROKCAST_VAD_THRESHOLD" | "GROKCAST_LLM_TEMPERATURE" => "0.3",
+                v if v.ends_with("_MS")
+                    || v.ends_with("_SECONDS")
+                    || v.ends_with("_CALLS")
+                    || v.ends_with("_TOKENS")
+                    || v.ends_with("_RATE") =>
+                {
+                    "123"
+                }
+                _ => "value",
+            };
+            set(&mut c, value).unwrap_or_else(|e| panic!("{var}: {e}"));
+            assert_ne!(c, AgentConfig::default(), "{var} changed nothing");
+        }
+    }
+
+    #[test]
+    fn minimal_environment_is_enough() {
+        let c = AgentConfig::load(None, &env(MINIMAL)).unwrap();
+        assert_eq!(c.stream_url(), "wss://voice.example.com/twilio/stream");
+        assert_eq!(c.voice_url(), "https://voice.example.com/twilio/voice");
+    }
+
+    #[test]
+    fn missing_token_is_refused_unless_explicitly_insecure() {
+        let err = AgentConfig::load(
+            None,
+            &env(&[("GROKCAST_PUBLIC_URL", "https://x.example.com")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("GROKCAST_TWILIO_AUTH_TOKEN"),
+            "{err}"
+        );
+        let c = AgentConfig::load(
+            None,
+            &env(&[
+                ("GROKCAST_PUBLIC_URL", "https://x.example.com"),
+                ("GROKCAST_INSECURE_SKIP_SIGNATURE", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.insecure_skip_signature);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_or_key() {
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("GROKCAST_MAX_CALLS", "lots"));
+        let err = AgentConfig::load(None, &env(&vars)).unwrap_err();
+        assert!(
+            err.to_string().contains("GROKCAST_MAX_CALLS=\"lots\""),
+            "{err}"
+        );
+
+        let mut vars = MINIMAL.to_vec();
+        vars.extend([
+            ("GROKCAST_END_OF_TURN_SILENCE_MS", "10"),
+            ("GROKCAST_STT_BACKEND", "openai"),
+        ]);
+        let err = AgentConfig::load(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endOfTurnSilenceMs 10"), "{err}");
+        assert!(err.contains("stt.url"), "both problems are reported: {err}");
+
+        let file = write("turnTaking: {endOfTurnSilence: 300}\n");
+        let err = AgentConfig::load(Some(&file.0), &env(MINIMAL))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `endOfTurnSilence`"), "{err}");
+
+        let err = AgentConfig::load(Some(Path::new("/nonexistent/agent.yaml")), &env(MINIMAL))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_never_read_from_the_file() {
+        let file = write("twilioAuthToken: leaked\n");
+        assert!(AgentConfig::load(Some(&file.0), &env(MINIMAL)).is_err());
+    }
+}

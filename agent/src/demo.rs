@@ -1,0 +1,154 @@
+//! The local demo: an agent on the embedded engines (Silero VAD, Whisper, Gemma, Piper) and one
+//! simulated Twilio call to it over real sockets, with both sides' words, each turn's latency
+//! and its stage breakdown, and the call written to a WAV (caller left, agent right).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::call::TurnSample;
+use crate::caller::{self, CallReport, CallerOptions};
+use crate::config::AgentConfig;
+use crate::metrics::Metrics;
+use crate::server::{self, AgentState};
+use crate::startup;
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The agent could not start.
+    #[error("starting the agent: {0}")]
+    Startup(#[from] startup::StartupError),
+    /// The call failed.
+    #[error("the call: {0}")]
+    Call(#[from] caller::CallerError),
+    /// Anything else (sockets, metrics, config).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What to say and where to write the call.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The caller's questions, spoken by espeak-ng.
+    pub say: Vec<String>,
+    /// WAV file for the whole call.
+    pub record: PathBuf,
+}
+
+/// What happened.
+#[derive(Debug)]
+pub struct DemoReport {
+    /// The caller's view of the call.
+    pub call: CallReport,
+    /// (speaker, words) as the agent understood and spoke them.
+    pub transcript: Vec<(String, String)>,
+    /// Each answered turn's figures.
+    pub turns: Vec<TurnSample>,
+}
+
+/// Runs the demo.
+pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| DemoError::Other(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DemoError::Other(e.to_string()))?;
+    // A fresh token per run: the caller signs like Twilio and the agent checks it.
+    let token = format!("demo-{}", std::process::id());
+    let config = AgentConfig {
+        voice_agent: "demo".into(),
+        public_url: format!("http://{addr}"),
+        listen_addr: addr.to_string(),
+        twilio_auth_token: Some(token.clone()),
+        ..AgentConfig::default()
+    };
+    config
+        .validate()
+        .map_err(|e| DemoError::Other(e.to_string()))?;
+    let vad = startup::load_vad(&config)?;
+    let backends = startup::build_backends(&config)?;
+    let metrics = Metrics::new("demo", "local").map_err(|e| DemoError::Other(e.to_string()))?;
+    let state = Arc::new(
+        AgentState::new(config, backends, vad, metrics)
+            .record_turns()
+            .record_transcript(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    for _ in 0..600 {
+        if state.clips().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut utterances = Vec::new();
+    for text in &options.say {
+        utterances.push(Arc::new(caller::espeak_audio(text)?));
+    }
+    let call = caller::place_call(&CallerOptions {
+        agent_url: format!("http://{addr}"),
+        auth_token: Some(token),
+        utterances,
+        reply_timeout: Duration::from_secs(60),
+        ..CallerOptions::default()
+    })
+    .await?;
+    caller::write_wav(&options.record, &[&call.said, &call.heard])?;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+    Ok(DemoReport {
+        call,
+        transcript: state.take_transcript(),
+        turns: state.take_turn_samples(),
+    })
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+impl DemoReport {
+    /// Human-readable summary.
+    pub fn render(&self, options: &DemoOptions) -> String {
+        let mut out = String::new();
+        out.push_str("Transcript (as the agent heard and spoke it):\n");
+        let mut asked = options.say.iter();
+        for (who, text) in &self.transcript {
+            if who == "caller" {
+                if let Some(said) = asked.next() {
+                    out.push_str(&format!("  caller said:      {said}\n"));
+                }
+                out.push_str(&format!("  agent heard:      {text}\n"));
+            } else {
+                out.push_str(&format!("  agent:            {text}\n"));
+            }
+        }
+        out.push_str("\nTurns (latency = caller stops speaking -> first agent audio):\n");
+        for (i, t) in self.turns.iter().enumerate() {
+            let caller_latency = self.call.turns.get(i).and_then(|c| c.latency);
+            out.push_str(&format!(
+                "  turn {}: {} ms  = endpointing {} + stt {} + llm to first clause {} (first token {}) + tts first audio {} + agent {:.1}\n",
+                i + 1,
+                ms(t.latency),
+                ms(t.timings.endpointing),
+                ms(t.timings.stt),
+                ms(t.timings.llm_first_clause),
+                ms(t.timings.llm_first_token),
+                ms(t.timings.tts_first_audio),
+                t.agent.as_secs_f64() * 1000.0,
+            ));
+            if let Some(l) = caller_latency {
+                out.push_str(&format!("          caller measured {} ms\n", ms(l)));
+            }
+        }
+        out.push_str(&format!(
+            "\nCall recorded to {} (left: caller, right: agent).\n",
+            options.record.display()
+        ));
+        out
+    }
+}

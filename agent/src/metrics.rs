@@ -1,0 +1,229 @@
+//! Prometheus metrics, named as in DESIGN "Metric names", every series labelled with the
+//! VoiceAgent and its namespace so the operator can attribute latency per agent.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Buckets for a 0.1-2 s per-turn budget: fine around the 0.5 s target, up to 5 s for outliers.
+pub const TURN_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
+];
+
+/// Buckets for one stage; the agent's own overhead is in milliseconds, so they start low.
+pub const STAGE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
+    5.0,
+];
+
+/// Stage label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Silence waited for after the caller stopped.
+    Endpointing,
+    /// Speech to text.
+    Stt,
+    /// Request to the first LLM token.
+    LlmFirstToken,
+    /// First clause to its first audio.
+    TtsFirstAudio,
+    /// Everything else: the agent's own overhead.
+    Agent,
+}
+
+impl Stage {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Endpointing => "endpointing",
+            Stage::Stt => "stt",
+            Stage::LlmFirstToken => "llm_first_token",
+            Stage::TtsFirstAudio => "tts_first_audio",
+            Stage::Agent => "agent",
+        }
+    }
+}
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The caller hung up or the stream stopped.
+    Completed,
+    /// Refused: the pod was full or draining.
+    Rejected,
+    /// A protocol error ended it.
+    ProtocolError,
+    /// It ran past the session timeout.
+    Timeout,
+    /// The pod shut down and said goodbye.
+    Drained,
+    /// The socket failed.
+    Disconnected,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Rejected => "rejected",
+            Outcome::ProtocolError => "protocol_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Drained => "drained",
+            Outcome::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// The agent's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Caller stops speaking -> first agent audio frame sent.
+    pub turn_latency: Histogram,
+    /// Per-stage latency.
+    pub stage_latency: HistogramVec,
+    /// Calls in progress.
+    pub active_calls: IntGauge,
+    /// Calls by outcome.
+    pub calls: IntCounterVec,
+    /// Barge-ins.
+    pub barge_ins: IntCounter,
+    /// Frames sent after Twilio's buffer ran dry mid-utterance.
+    pub underruns: IntCounter,
+    /// Model-server failures by stage.
+    pub backend_errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric with constant `voiceagent` and `namespace` labels.
+    pub fn new(voice_agent: &str, namespace: &str) -> Result<Self, prometheus::Error> {
+        let labels = std::collections::HashMap::from([
+            ("voiceagent".to_string(), voice_agent.to_string()),
+            ("namespace".to_string(), namespace.to_string()),
+        ]);
+        let registry = Registry::new_custom(None, Some(labels))?;
+        let turn_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "grokcast_turn_latency_seconds",
+                "Caller stops speaking to first agent audio frame sent",
+            )
+            .buckets(TURN_BUCKETS.to_vec()),
+        )?;
+        let stage_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "grokcast_stage_latency_seconds",
+                "Latency of one stage of a turn",
+            )
+            .buckets(STAGE_BUCKETS.to_vec()),
+            &["stage"],
+        )?;
+        let active_calls = IntGauge::new("grokcast_active_calls", "Calls in progress")?;
+        let calls = IntCounterVec::new(
+            Opts::new("grokcast_calls_total", "Calls by outcome"),
+            &["outcome"],
+        )?;
+        let barge_ins = IntCounter::new(
+            "grokcast_barge_ins_total",
+            "Times the caller interrupted the agent",
+        )?;
+        let underruns = IntCounter::new(
+            "grokcast_audio_underruns_total",
+            "Audio frames sent after the caller's playback buffer ran dry",
+        )?;
+        let backend_errors = IntCounterVec::new(
+            Opts::new(
+                "grokcast_backend_errors_total",
+                "Model-server failures by stage",
+            ),
+            &["stage"],
+        )?;
+        registry.register(Box::new(turn_latency.clone()))?;
+        registry.register(Box::new(stage_latency.clone()))?;
+        registry.register(Box::new(active_calls.clone()))?;
+        registry.register(Box::new(calls.clone()))?;
+        registry.register(Box::new(barge_ins.clone()))?;
+        registry.register(Box::new(underruns.clone()))?;
+        registry.register(Box::new(backend_errors.clone()))?;
+        // Pre-create label values so dashboards see zeros instead of missing series.
+        for stage in [
+            Stage::Endpointing,
+            Stage::Stt,
+            Stage::LlmFirstToken,
+            Stage::TtsFirstAudio,
+            Stage::Agent,
+        ] {
+            stage_latency.with_label_values(&[stage.label()]);
+        }
+        for stage in ["stt", "llm", "tts"] {
+            backend_errors.with_label_values(&[stage]);
+        }
+        Ok(Self {
+            registry,
+            turn_latency,
+            stage_latency,
+            active_calls,
+            calls,
+            barge_ins,
+            underruns,
+            backend_errors,
+        })
+    }
+
+    /// Observes one stage.
+    pub fn stage(&self, stage: Stage, seconds: f64) {
+        self.stage_latency
+            .with_label_values(&[stage.label()])
+            .observe(seconds);
+    }
+
+    /// Counts a finished call.
+    pub fn call_ended(&self, outcome: Outcome) {
+        self.calls.with_label_values(&[outcome.label()]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_carries_the_agent_labels() {
+        let m = Metrics::new("receptionist", "voice").unwrap();
+        m.turn_latency.observe(0.42);
+        m.stage(Stage::Stt, 0.1);
+        m.call_ended(Outcome::Completed);
+        m.barge_ins.inc();
+        let text = m.render();
+        for name in [
+            "grokcast_turn_latency_seconds_bucket",
+            "grokcast_stage_latency_seconds_bucket",
+            "grokcast_active_calls",
+            "grokcast_calls_total",
+            "grokcast_barge_ins_total",
+            "grokcast_audio_underruns_total",
+        ] {
+            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+            assert!(!lines.is_empty(), "{name} missing:\n{text}");
+            for line in lines {
+                assert!(line.contains(r#"voiceagent="receptionist""#), "{line}");
+                assert!(line.contains(r#"namespace="voice""#), "{line}");
+            }
+        }
+        assert!(text.contains(r#"stage="llm_first_token""#));
+        assert!(text.contains(r#"le="0.5""#));
+    }
+}

@@ -1,0 +1,393 @@
+//! The agent's HTTP side: the Twilio voice webhook, the Media Streams WebSocket, metrics,
+//! health, readiness, and draining on shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use grokcast_engines::vad::SileroVad;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backend::Backends;
+use crate::call::{self, TurnSample, TurnTimings};
+use crate::clips::Clips;
+use crate::config::AgentConfig;
+use crate::metrics::{Metrics, Outcome, Stage};
+use crate::twilio::protocol::MAX_MESSAGE_BYTES;
+use crate::twilio::signature::RequestValidator;
+use crate::twilio::twiml;
+
+/// Everything calls share.
+pub struct AgentState {
+    /// Settings.
+    pub config: AgentConfig,
+    /// Model backends.
+    pub backends: Backends,
+    /// The VAD model (state is per call).
+    pub vad: Arc<SileroVad>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Cancelled when live calls must say goodbye and end.
+    pub goodbye: CancellationToken,
+    validator: Option<RequestValidator>,
+    clips: OnceLock<Clips>,
+    active: AtomicUsize,
+    draining: AtomicBool,
+    samples: Option<Mutex<Vec<TurnSample>>>,
+    transcript: Option<Mutex<Vec<(String, String)>>>,
+}
+
+impl AgentState {
+    /// Builds the shared state. Without an auth token, signature checks are off, which
+    /// [`AgentConfig::validate`] only allows with the explicit insecure flag.
+    pub fn new(
+        config: AgentConfig,
+        backends: Backends,
+        vad: Arc<SileroVad>,
+        metrics: Metrics,
+    ) -> Self {
+        let validator = config
+            .twilio_auth_token
+            .as_deref()
+            .map(RequestValidator::new);
+        Self {
+            config,
+            backends,
+            vad,
+            metrics,
+            goodbye: CancellationToken::new(),
+            validator,
+            clips: OnceLock::new(),
+            active: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            samples: None,
+            transcript: None,
+        }
+    }
+
+    /// Keeps every turn's latency figures in memory (the benchmark reads them).
+    pub fn record_turns(mut self) -> Self {
+        self.samples = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// Keeps who said what in memory (the local demo prints it).
+    pub fn record_transcript(mut self) -> Self {
+        self.transcript = Some(Mutex::new(Vec::new()));
+        self
+    }
+
+    /// (speaker, text) pairs recorded so far, if recording.
+    pub fn take_transcript(&self) -> Vec<(String, String)> {
+        self.transcript
+            .as_ref()
+            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default()
+    }
+
+    /// Notes what someone said: logged only when `logTranscripts` is on, kept only when
+    /// recording.
+    pub(crate) fn said(&self, who: &str, text: &str) {
+        if self.config.log_transcripts {
+            info!(speaker = who, text, "transcript");
+        }
+        if let Some(t) = &self.transcript {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((who.to_string(), text.to_string()));
+        }
+    }
+
+    /// Turn figures recorded so far, if recording.
+    pub fn take_turn_samples(&self) -> Vec<TurnSample> {
+        self.samples
+            .as_ref()
+            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default()
+    }
+
+    /// The cached phrases, once synthesised.
+    pub fn clips(&self) -> Option<Clips> {
+        self.clips.get().cloned()
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether the pod stopped taking calls.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking calls (SIGTERM).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.draining() {
+            return Err("draining");
+        }
+        if self.active_calls() >= self.config.max_calls {
+            return Err("full");
+        }
+        if self.clips.get().is_none() {
+            return Err("warming up: greeting and apology not synthesised yet");
+        }
+        Ok(())
+    }
+
+    /// Synthesises the fixed phrases, retrying until the TTS backend answers.
+    pub async fn prepare_clips(&self) {
+        let persona = &self.config.persona;
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match Clips::synthesize(
+                &*self.backends.tts,
+                &persona.greeting,
+                &persona.apology,
+                &persona.goodbye,
+            )
+            .await
+            {
+                Ok(clips) => {
+                    let _ = self.clips.set(clips);
+                    info!("greeting, apology and goodbye synthesised");
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?wait, "cannot synthesise the fixed phrases yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Records a turn whose first frame was just sent.
+    pub(crate) fn observe_turn(&self, t: TurnTimings, sent: Instant) {
+        let latency = sent.saturating_duration_since(t.caller_stopped);
+        let model = t.endpointing + t.stt + t.llm_first_clause + t.tts_first_audio;
+        let agent = latency.saturating_sub(model);
+        self.metrics.turn_latency.observe(latency.as_secs_f64());
+        self.metrics
+            .stage(Stage::Endpointing, t.endpointing.as_secs_f64());
+        self.metrics.stage(Stage::Stt, t.stt.as_secs_f64());
+        self.metrics
+            .stage(Stage::TtsFirstAudio, t.tts_first_audio.as_secs_f64());
+        self.metrics.stage(Stage::Agent, agent.as_secs_f64());
+        info!(
+            latency_ms = latency.as_millis() as u64,
+            endpointing_ms = t.endpointing.as_millis() as u64,
+            stt_ms = t.stt.as_millis() as u64,
+            llm_first_token_ms = t.llm_first_token.as_millis() as u64,
+            llm_first_clause_ms = t.llm_first_clause.as_millis() as u64,
+            tts_first_audio_ms = t.tts_first_audio.as_millis() as u64,
+            agent_ms = agent.as_secs_f64() * 1000.0,
+            "first audio of the turn sent"
+        );
+        if let Some(samples) = &self.samples {
+            samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(TurnSample {
+                    latency,
+                    agent,
+                    timings: t,
+                });
+        }
+    }
+
+    /// Checks `X-Twilio-Signature` for a request to `path_and_query` under `base`; the
+    /// refusal to answer with when it does not match.
+    fn signature_refusal(
+        &self,
+        base: &str,
+        path_and_query: &str,
+        params: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Option<Response> {
+        let validator = self.validator.as_ref()?;
+        let url = format!("{}{}", base.trim_end_matches('/'), path_and_query);
+        let signature = headers
+            .get("x-twilio-signature")
+            .and_then(|v| v.to_str().ok());
+        validator.validate(&url, params, signature).err().map(|e| {
+            warn!(error = %e, "refused a request with a bad Twilio signature");
+            (StatusCode::FORBIDDEN, "invalid Twilio signature").into_response()
+        })
+    }
+}
+
+/// The agent's routes.
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/twilio/voice", post(voice))
+        .route("/twilio/stream", get(stream))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+fn twiml_response(xml: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/xml")], xml).into_response()
+}
+
+async fn voice(
+    State(state): State<Arc<AgentState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(params): Form<Vec<(String, String)>>,
+) -> Response {
+    let path = uri.path_and_query().map_or("/twilio/voice", |p| p.as_str());
+    if let Some(response) =
+        state.signature_refusal(&state.config.public_url, path, &params, &headers)
+    {
+        return response;
+    }
+    if state.ready().is_err() {
+        state.metrics.call_ended(Outcome::Rejected);
+        return twiml_response(twiml::reject_busy());
+    }
+    let lookup: HashMap<&str, &str> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let stream_url = state.config.stream_url();
+    let xml = twiml::connect_stream(
+        &stream_url,
+        &[
+            ("voiceagent", state.config.voice_agent.as_str()),
+            ("from", lookup.get("From").copied().unwrap_or("")),
+            ("callSid", lookup.get("CallSid").copied().unwrap_or("")),
+        ],
+    );
+    twiml_response(xml)
+}
+
+/// Releases the call slot however the call task ends.
+struct Slot(Arc<AgentState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.active_calls.dec();
+    }
+}
+
+async fn stream(
+    State(state): State<Arc<AgentState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let path = uri
+        .path_and_query()
+        .map_or("/twilio/stream", |p| p.as_str());
+    let base = state.config.stream_url();
+    let base = base.trim_end_matches("/twilio/stream");
+    if let Some(response) = state.signature_refusal(base, path, &[], &headers) {
+        return response;
+    }
+    if state.draining() {
+        state.metrics.call_ended(Outcome::Rejected);
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    // Reserve the slot before upgrading so concurrent upgrades cannot overshoot maxCalls.
+    let previous = state.active.fetch_add(1, Ordering::Relaxed);
+    if previous >= state.config.max_calls {
+        state.active.fetch_sub(1, Ordering::Relaxed);
+        state.metrics.call_ended(Outcome::Rejected);
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
+    }
+    state.metrics.active_calls.inc();
+    let slot = Slot(state.clone());
+    upgrade
+        .max_message_size(MAX_MESSAGE_BYTES * 2)
+        .max_frame_size(MAX_MESSAGE_BYTES * 2)
+        .on_upgrade(move |socket| async move {
+            let state = slot.0.clone();
+            let outcome = call::run(state.clone(), socket).await;
+            state.metrics.call_ended(outcome);
+            drop(slot);
+        })
+}
+
+async fn metrics(State(state): State<Arc<AgentState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AgentState>>) -> Response {
+    match state.ready() {
+        Ok(()) => "ready".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains: no new calls, live calls get
+/// `drainTimeoutSeconds` to finish, then hear the goodbye and are closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AgentState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if state.validator.is_none() {
+        error!(
+            "TWILIO SIGNATURE CHECKS ARE OFF (GROKCAST_INSECURE_SKIP_SIGNATURE=true): anyone can place calls on this agent"
+        );
+    }
+    {
+        let state = state.clone();
+        tokio::spawn(async move { state.prepare_clips().await });
+    }
+    let drain_state = state.clone();
+    let drained = async move {
+        shutdown.await;
+        drain(&drain_state).await;
+    };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(drained)
+        .await
+}
+
+/// Stops taking calls and waits for live ones, saying goodbye after the deadline.
+pub async fn drain(state: &AgentState) {
+    state.start_draining();
+    let deadline = Instant::now() + Duration::from_secs(state.config.drain_timeout_seconds);
+    info!(
+        live_calls = state.active_calls(),
+        deadline_s = state.config.drain_timeout_seconds,
+        "draining"
+    );
+    while state.active_calls() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if state.active_calls() > 0 {
+        info!(
+            live_calls = state.active_calls(),
+            "drain deadline passed; saying goodbye"
+        );
+        state.goodbye.cancel();
+        let hard_stop = Instant::now() + Duration::from_secs(15);
+        while state.active_calls() > 0 && Instant::now() < hard_stop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    info!("drained");
+}

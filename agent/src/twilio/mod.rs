@@ -1,0 +1,5 @@
+//! Twilio: the Media Streams WebSocket protocol, request signatures and TwiML.
+
+pub mod protocol;
+pub mod signature;
+pub mod twiml;

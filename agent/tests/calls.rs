@@ -1,0 +1,461 @@
+//! Calls end to end over real sockets: the project's Twilio-protocol caller (speaking
+//! espeak-ng audio in real time) against an agent running real Silero VAD, with the
+//! instant model servers standing in for the GPU model pools.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use grokcast_agent::caller::{self, CallReport, CallerOptions};
+use grokcast_agent::config::AgentConfig;
+use grokcast_agent::instant::InstantServers;
+use grokcast_agent::metrics::Metrics;
+use grokcast_agent::server::{self, AgentState};
+use grokcast_agent::startup;
+
+const TOKEN: &str = "test-auth-token";
+
+/// Whether the VAD model is installed; without it the test is skipped (never in CI).
+fn models_present() -> bool {
+    let found = grokcast_engines::models::ModelPaths::discover()
+        .and_then(|p| p.vad().and(p.onnxruntime()))
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("GROKCAST_REQUIRE_MODELS").is_none(),
+            "models are required (GROKCAST_REQUIRE_MODELS is set): run scripts/install.sh"
+        );
+        eprintln!("skipped: Silero VAD not installed (run scripts/install.sh)");
+    }
+    found
+}
+
+struct Harness {
+    url: String,
+    servers: InstantServers,
+    state: Arc<AgentState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(adjust: impl FnOnce(&mut AgentConfig)) -> Harness {
+    let servers = InstantServers::default();
+    let model_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let models_url = format!("http://{}/v1", model_listener.local_addr().unwrap());
+    tokio::spawn(servers.clone().serve(model_listener));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut config = AgentConfig {
+        public_url: url.clone(),
+        listen_addr: listener.local_addr().unwrap().to_string(),
+        twilio_auth_token: Some(TOKEN.into()),
+        ..AgentConfig::default()
+    };
+    for stage in [
+        &mut config.stt.stage,
+        &mut config.llm.stage,
+        &mut config.tts.stage,
+    ] {
+        stage.url = models_url.clone();
+        stage.timeout_ms = 2000;
+    }
+    adjust(&mut config);
+    config.validate().unwrap();
+    let vad = startup::load_vad(&config).unwrap();
+    let backends = startup::build_backends(&config).unwrap();
+    let metrics = Metrics::new("receptionist", "voice").unwrap();
+    let state = Arc::new(AgentState::new(config, backends, vad, metrics));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    // Ready once the greeting and apology are synthesised.
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Harness {
+        url,
+        servers,
+        state,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Harness {
+    fn caller(&self, utterances: &[&Arc<Vec<u8>>]) -> CallerOptions {
+        CallerOptions {
+            agent_url: self.url.clone(),
+            auth_token: Some(TOKEN.into()),
+            utterances: utterances.iter().map(|u| Arc::clone(u)).collect(),
+            reply_timeout: Duration::from_secs(8),
+            ..CallerOptions::default()
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+/// The value of the series `name` carrying all `labels` (in any order).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+const AGENT: [(&str, &str); 2] = [("voiceagent", "receptionist"), ("namespace", "voice")];
+
+fn with_agent<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    AGENT.iter().copied().chain(extra.iter().copied()).collect()
+}
+
+fn question() -> Arc<Vec<u8>> {
+    Arc::new(caller::espeak_audio("Hello what time do you open tomorrow morning?").unwrap())
+}
+
+fn answered(report: &CallReport, turn: usize) -> bool {
+    report
+        .turns
+        .get(turn)
+        .is_some_and(|t| t.latency.is_some() && t.agent_frames > 10)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greeting_plays_and_a_spoken_question_gets_a_spoken_answer() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|_| {}).await;
+    let q = question();
+    let report = caller::place_call(&h.caller(&[&q])).await.unwrap();
+    assert!(report.rejected.is_none());
+    // "Hello! How can I help you today?" at 55 ms per character is about 1.8 s.
+    assert!(
+        report.greeting_frames > 50,
+        "greeting frames: {}",
+        report.greeting_frames
+    );
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    let latency = report.turns[0].latency.unwrap();
+    // Configured silence (300 ms) plus VAD chunking, and instant model servers.
+    assert!(latency < Duration::from_millis(900), "latency {latency:?}");
+    assert_eq!(report.late_frames, 0);
+    assert!(
+        report.marks.iter().any(|m| m == "greeting"),
+        "marks {:?}",
+        report.marks
+    );
+    assert_eq!(
+        h.servers.counts.stt.load(Ordering::Relaxed),
+        1,
+        "one utterance, one transcription"
+    );
+    assert_eq!(h.servers.counts.llm.load(Ordering::Relaxed), 1);
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(&metrics, "grokcast_turn_latency_seconds_count", &AGENT),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "grokcast_calls_total",
+            &with_agent(&[("outcome", "completed")])
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+/// The text of the assistant message right before the last user message of a chat request.
+fn assistant_before_last_user(messages: &[serde_json::Value]) -> Option<String> {
+    let last_user = messages.iter().rposition(|m| m["role"] == "user")?;
+    let previous = messages[..last_user].last()?;
+    (previous["role"] == "assistant")
+        .then(|| previous["content"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|c| c.turn_taking.min_barge_in_ms = 200).await;
+    // Two clauses: 2.4 s, then 3.9 s of (synthetic) speech.
+    h.servers.set(|b| {
+        b.reply = "Let me tell you all about our opening hours. \
+                   On Monday and Tuesday we open at nine in the morning and close at six."
+            .into()
+    });
+    let q = question();
+    let interruption =
+        Arc::new(caller::espeak_audio("Actually I only need Friday please.").unwrap());
+    let mut options = h.caller(&[&q, &interruption]);
+    // Speak 3.5 s into each agent turn: after the greeting ends, and during the reply's
+    // second clause.
+    options.interrupt_after = Some(Duration::from_millis(3500));
+    let report = caller::place_call(&options).await.unwrap();
+    let turn = &report.turns[1];
+    let clear = turn
+        .clear_after_speech_start
+        .expect("the interruption was cleared");
+    eprintln!("clear {clear:?} after the caller started talking");
+    assert!(
+        clear <= Duration::from_millis(200 + 100),
+        "clear came {clear:?} after the caller started; allowed: minBargeInMs + 100 ms"
+    );
+    assert_eq!(
+        turn.frames_after_clear, 0,
+        "agent audio after clear while the caller spoke"
+    );
+    assert!(
+        answered(&report, 1),
+        "the interruption got no answer: {:?}",
+        report.turns
+    );
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(&metrics, "grokcast_barge_ins_total", &AGENT),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The reply to the interruption sees only the clause the caller heard.
+    let conversations = h.servers.conversations.lock().unwrap().clone();
+    assert_eq!(conversations.len(), 2);
+    assert_eq!(
+        assistant_before_last_user(&conversations[1]).as_deref(),
+        Some("Let me tell you all about our opening hours."),
+        "{:#?}",
+        conversations[1]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_press_reaches_the_conversation() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|_| {}).await;
+    let mut options = h.caller(&[]);
+    options.dtmf = Some((Duration::from_millis(3000), '5'));
+    options.linger = Some(Duration::from_secs(3));
+    let report = caller::place_call(&options).await.unwrap();
+    let conversations = h.servers.conversations.lock().unwrap().clone();
+    assert_eq!(conversations.len(), 1, "one key press, one reply");
+    let last = conversations[0].last().unwrap();
+    assert_eq!(last["role"], "user");
+    assert_eq!(last["content"], "[caller pressed 5]");
+    assert!(
+        report.frames_after_script > 10,
+        "the agent answered the key press aloud"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_noise_while_the_agent_talks_does_not_interrupt() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|c| c.turn_taking.min_barge_in_ms = 600).await;
+    let q = question();
+    let cough = Arc::new(caller::espeak_audio("Hm.").unwrap());
+    let mut options = h.caller(&[&cough]);
+    options.interrupt_after = Some(Duration::from_millis(300));
+    let _ = q;
+    let report = caller::place_call(&options).await.unwrap();
+    assert_eq!(
+        report.clears, 0,
+        "a short noise interrupted the greeting: {report:?}"
+    );
+    assert_eq!(
+        h.servers.counts.stt.load(Ordering::Relaxed),
+        0,
+        "a noise over the agent is not a turn"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_ends_only_that_call() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|_| {}).await;
+    let q = question();
+    let mut bad = h.caller(&[&q]);
+    bad.call_sid = "CA000000000000000000000000000000BAD".into();
+    bad.malformed_after = Some(Duration::from_millis(500));
+    let mut good = h.caller(&[&q]);
+    good.call_sid = "CA00000000000000000000000000000GOOD".into();
+    let (bad, good) = tokio::join!(caller::place_call(&bad), caller::place_call(&good));
+    let (bad, good) = (bad.unwrap(), good.unwrap());
+    assert!(
+        bad.closed_by_agent,
+        "the agent kept a call that sent garbage"
+    );
+    assert!(
+        answered(&good, 0),
+        "the other call was affected: {:?}",
+        good.turns
+    );
+    assert!(!good.closed_by_agent);
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "grokcast_calls_total",
+            &with_agent(&[("outcome", "protocol_error")])
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_slow_backend_gets_an_apology_and_the_call_goes_on() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|c| c.llm.stage.timeout_ms = 400).await;
+    let q = question();
+    // First turn: the LLM server is down. Second: it hangs past the timeout. Third: healthy.
+    h.servers.set(|b| b.llm.fail = true);
+    let options = h.caller(&[&q, &q, &q]);
+    let servers = h.servers.clone();
+    let flip = tokio::spawn(async move {
+        while servers.counts.llm.load(Ordering::Relaxed) < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        servers.set(|b| {
+            b.llm.fail = false;
+            b.llm.delay = Duration::from_secs(2);
+        });
+        while servers.counts.llm.load(Ordering::Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        servers.set(|b| b.llm.delay = Duration::ZERO);
+    });
+    let report = caller::place_call(&options).await.unwrap();
+    flip.await.unwrap();
+    assert!(
+        answered(&report, 0),
+        "no apology for a down server: {:?}",
+        report.turns
+    );
+    assert!(
+        answered(&report, 1),
+        "no apology for a slow server: {:?}",
+        report.turns
+    );
+    assert!(
+        answered(&report, 2),
+        "the call did not go on: {:?}",
+        report.turns
+    );
+    assert!(
+        report
+            .marks
+            .iter()
+            .filter(|m| m.ends_with("-apology"))
+            .count()
+            >= 2,
+        "{:?}",
+        report.marks
+    );
+    assert!(!report.closed_by_agent);
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "grokcast_backend_errors_total",
+            &with_agent(&[("stage", "llm")])
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_or_forged_requests_are_refused() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|_| {}).await;
+    let q = question();
+    let mut unsigned = h.caller(&[&q]);
+    unsigned.auth_token = None;
+    let err = caller::place_call(&unsigned).await.unwrap_err().to_string();
+    assert!(err.contains("403"), "{err}");
+    let mut forged = h.caller(&[&q]);
+    forged.auth_token = Some("not-the-token".into());
+    assert!(caller::place_call(&forged).await.is_err());
+    // A signed webhook but a WebSocket upgrade without a signature.
+    let ws = h.url.replace("http://", "ws://") + "/twilio/stream";
+    let err = tokio_tungstenite::connect_async(ws)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("403"), "{err}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_capacity_calls_hear_busy() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|c| c.max_calls = 1).await;
+    let q = question();
+    let mut first = h.caller(&[&q]);
+    first.linger = Some(Duration::from_secs(2));
+    let live = tokio::spawn(async move { caller::place_call(&first).await });
+    for _ in 0..100 {
+        if h.state.active_calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = caller::place_call(&h.caller(&[&q])).await.unwrap();
+    assert_eq!(second.rejected.as_deref(), Some("busy"));
+    let ready = reqwest::get(format!("{}/readyz", h.url)).await.unwrap();
+    assert_eq!(ready.status(), 503, "a full pod reports not ready");
+    assert!(answered(&live.await.unwrap().unwrap(), 0));
+    h.stop().await;
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The local demo: installs the models and system packages (scripts/install.sh), then starts an
+# agent on the embedded engines and places a simulated Twilio call to it. Prints both sides'
+# words and each turn's latency with its stage breakdown; writes the call to demo-call.wav.
+# Extra arguments go to `grokcast-agent demo`, e.g. --say "Do you deliver on Sundays?".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install.sh
+# The dev profile builds dependencies at opt-level 2 and shares the test build.
+cargo run -p grokcast-agent -- demo "$@"
