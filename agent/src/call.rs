@@ -21,7 +21,7 @@ use crate::clause::ClauseSplitter;
 use crate::clips::FrameEncoder;
 use crate::codec;
 use crate::metrics::{Outcome, Stage};
-use crate::pacer::{FRAME, FRAME_BYTES, FrameTiming, Pacer};
+use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
 use crate::server::AgentState;
 use crate::turn::{Endpointer, TurnEvent};
@@ -907,11 +907,3 @@ impl Turn {
             .await;
     }
 }
-
-/// Silence at the frame level, for tests and the caller.
-pub fn silent_frame() -> [u8; FRAME_BYTES] {
-    [codec::encode_sample(0); FRAME_BYTES]
-}
-
-/// Frame duration re-exported for the caller.
-pub const FRAME_DURATION: Duration = FRAME;
