@@ -70,3 +70,39 @@ def test_leader_election_values_parse_as_the_operators_boolean_flag():
         env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["GROKCAST_LEADER_ELECT"] in ("true", "false")
         assert env["GROKCAST_LOG_FORMAT"] in ("json", "text")
+
+
+@pytest.fixture(scope="module")
+def operator_binary():
+    import json
+    import subprocess
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--no-deps", "--format-version", "1", "--offline"],
+        cwd=chartlib.REPO, capture_output=True, text=True, check=True).stdout)
+    if not any(p["name"] == "grokcast-operator" and any("bin" in t["kind"] for t in p["targets"])
+               for p in meta["packages"]):
+        pytest.skip("grokcast-operator has no binary yet")
+    built = subprocess.run(["cargo", "build", "-q", "-p", "grokcast-operator", "--bin",
+                            "grokcast-operator"], cwd=chartlib.REPO, capture_output=True,
+                           text=True, timeout=1800, check=False)
+    assert built.returncode == 0, built.stderr
+    return f"{meta['target_directory']}/debug/grokcast-operator"
+
+
+@pytest.mark.parametrize("case", chartlib.golden_cases())
+def test_operator_accepts_the_environment_the_chart_gives_it(operator_binary, case, tmp_path):
+    import os
+    import subprocess
+    _, container = chart_env_names(chartlib.load_values(case))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GROKCAST_", "KUBERNETES_"))}
+    env["KUBECONFIG"] = str(tmp_path / "no-such-kubeconfig")
+    env["HOME"] = str(tmp_path)
+    for entry in container["env"]:
+        # Downward-API values (pod name, namespace) as the kubelet would fill them in.
+        env[entry["name"]] = entry.get("value", "grokcast-system")
+    result = subprocess.run([operator_binary, *container["args"]], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    # Every flag parsed: the run got as far as looking for a Kubernetes API to talk to.
+    assert result.returncode == 1, result.stderr
+    assert "connecting to the Kubernetes API" in result.stderr, result.stderr
