@@ -1,1 +1,27 @@
-//! Embedded engines: Silero VAD, Whisper STT, Piper TTS and a Gemma LLM, all on CPU.
+//! Embedded engines on small real models, all on CPU: Silero VAD and Piper TTS through
+//! ONNX Runtime, Whisper STT through whisper.cpp (feature `whisper`), and Gemma 3 270M
+//! through llama.cpp (feature `llama`); plus `grokcast-serve`, which puts them behind the
+//! OpenAI-compatible APIs the agent uses for GPU model pools.
+//!
+//! Models come from `scripts/install.sh`; [`models::ModelPaths`] finds them.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+// whisper.cpp and llama.cpp each carry their own, different ggml; linked together the
+// symbols clash (and mixing versions would corrupt compute graphs), so say so up front.
+#[cfg(all(feature = "whisper", feature = "llama"))]
+compile_error!(
+    "grokcast-engines: features `whisper` and `llama` cannot be linked into one binary \
+     (each bundles a different ggml); build the LLM with `--no-default-features --features llama`"
+);
+
+pub mod audio;
+pub mod espeak;
+pub mod llm;
+pub mod models;
+pub mod server;
+#[cfg(feature = "whisper")]
+pub mod stt;
+pub mod tts;
+pub mod vad;
+pub mod whisper_convert;

@@ -1,0 +1,183 @@
+//! `engines-bench`: CPU figures of every engine on the installed models.
+//!
+//! `cargo run -p grokcast-engines --bin engines-bench -- --runs 10` (the dev profile
+//! already optimises dependencies, and the engines are C++ built with optimisation)
+//! prints medians and p95 of: STT latency and real-time factor for a 3 s utterance,
+//! TTS time to first audio and real-time factor, LLM time to first token and decode
+//! tokens/s, and VAD time per 32 ms chunk.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use grokcast_engines::audio;
+use grokcast_engines::models::{self, ModelPaths};
+use grokcast_engines::tts::PiperVoice;
+use grokcast_engines::vad::{CHUNK_SAMPLES, SileroVad};
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark GrokCast's embedded engines on this CPU")]
+struct Args {
+    /// Timed runs per engine (after one warm-up run).
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// VAD chunks to time.
+    #[arg(long, default_value_t = 2000)]
+    vad_chunks: usize,
+    /// CPU threads for STT and LLM (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Median and 95th percentile.
+fn summary(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (pick(0.5), pick(0.95))
+}
+
+fn row(name: &str, unit: &str, values: Vec<f64>) {
+    let (median, p95) = summary(values);
+    println!("{name:<34} {median:>10.3} {p95:>10.3}  {unit}");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("engines-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let paths = ModelPaths::discover()?;
+    models::init_onnxruntime(&paths.onnxruntime()?)?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let runs = args.runs.max(1);
+    println!(
+        "engines-bench: {runs} runs, {threads} threads, {} CPUs",
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    println!("{:<34} {:>10} {:>10}", "figure", "median", "p95");
+
+    // TTS: one short phone reply of two clauses.
+    let (onnx, json) = paths.piper_voice()?;
+    let voice = PiperVoice::load(&onnx, &json)?;
+    let reply = "Thanks for calling, we are open from nine to five on weekdays.";
+    let mut ttfa = Vec::new();
+    let mut tts_rtf = Vec::new();
+    let mut utterance = Vec::new();
+    for i in 0..=runs {
+        let start = Instant::now();
+        let mut first = None;
+        let mut samples = Vec::new();
+        voice.synthesize(reply, &mut |c| {
+            first.get_or_insert_with(|| start.elapsed());
+            samples.extend_from_slice(c);
+            true
+        })?;
+        let total = start.elapsed();
+        if i > 0 {
+            ttfa.push(ms(first.unwrap_or(total)));
+            tts_rtf.push(
+                total.as_secs_f64() / (samples.len() as f64 / f64::from(voice.sample_rate())),
+            );
+        }
+        utterance = samples;
+    }
+    row("TTS time to first audio", "ms", ttfa);
+    row("TTS real-time factor", "x (lower is faster)", tts_rtf);
+
+    // STT: the reply above, cut or padded to exactly 3 s at 16 kHz.
+    let mut pcm = audio::resample(&utterance, voice.sample_rate(), 16_000);
+    pcm.resize(48_000, 0.0);
+    #[cfg(feature = "whisper")]
+    {
+        use grokcast_engines::stt::{SttOptions, WhisperStt};
+        let stt = WhisperStt::load_with(&paths.whisper()?, SttOptions { threads })?;
+        let mut latency = Vec::new();
+        let mut text = String::new();
+        for i in 0..=runs {
+            let start = Instant::now();
+            text = stt.transcribe(&pcm, Some("en"))?;
+            if i > 0 {
+                latency.push(ms(start.elapsed()));
+            }
+        }
+        let rtf = latency.iter().map(|l| l / 3000.0).collect();
+        row("STT latency, 3 s utterance", "ms", latency);
+        row("STT real-time factor", "x (lower is faster)", rtf);
+        println!("  (transcript: {text:?})");
+    }
+
+    #[cfg(feature = "llama")]
+    {
+        use grokcast_engines::llm::{ChatMessage, GemmaLlm, GenerationParams, LlmOptions, Role};
+        let llm = GemmaLlm::load(
+            &paths.llm()?,
+            LlmOptions {
+                threads,
+                ..LlmOptions::default()
+            },
+        )?;
+        let messages = [
+            ChatMessage::new(Role::System, "You are the receptionist of Sunny Dental."),
+            ChatMessage::new(Role::User, "Hi, can I book a cleaning for next week?"),
+        ];
+        // A stop string that never occurs and a high token cap would measure decoding
+        // of junk; a real reply is what the phone path sees, so measure that.
+        let params = GenerationParams {
+            max_tokens: 48,
+            ..GenerationParams::default()
+        };
+        let mut ttft = Vec::new();
+        let mut tps = Vec::new();
+        let mut answer = String::new();
+        for i in 0..=runs {
+            answer.clear();
+            let stats = llm.generate(&messages, &params, &mut |t| {
+                answer.push_str(t);
+                true
+            })?;
+            if i > 0 {
+                let first = stats.time_to_first_token.unwrap_or(stats.total);
+                ttft.push(ms(first));
+                let decode = (stats.total - first).as_secs_f64();
+                if stats.completion_tokens > 1 && decode > 0.0 {
+                    tps.push(f64::from(stats.completion_tokens - 1) / decode);
+                }
+            }
+        }
+        row("LLM time to first token", "ms", ttft);
+        row("LLM decode rate", "tokens/s", tps);
+        println!("  (answer: {answer:?})");
+    }
+
+    // VAD: chunks of the utterance, one call's state, one thread.
+    let vad = SileroVad::load(&paths.vad()?)?;
+    let mut state = vad.new_state();
+    let chunks: Vec<&[f32]> = pcm.chunks_exact(CHUNK_SAMPLES).collect();
+    let mut per_chunk = Vec::with_capacity(args.vad_chunks);
+    for i in 0..args.vad_chunks + 50 {
+        let chunk = chunks[i % chunks.len()];
+        let start = Instant::now();
+        vad.speech_probability(&mut state, chunk)?;
+        if i >= 50 {
+            per_chunk.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    row("VAD time per 32 ms chunk", "us", per_chunk);
+    Ok(())
+}

@@ -1,0 +1,552 @@
+//! Text generation: the conversation types, the phone-assistant prompt, and (feature
+//! `llama`) Gemma 3 270M on llama.cpp.
+//!
+//! Gemma 3 270M is a base model: it continues text rather than following chat turns.
+//! The prompt is therefore a short transcript of example phone calls followed by this
+//! call's conversation, ending with `Assistant:`; the model's first line is the answer
+//! and the turn ends at the newline (or when it starts writing the caller's line).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions for the assistant (the agent's persona).
+    System,
+    /// The caller.
+    User,
+    /// The agent.
+    Assistant,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// Sampling settings for one reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// 0 means greedy (deterministic); higher is more varied.
+    pub temperature: f32,
+    /// Extra strings that end the reply (not included in it).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 64,
+            temperature: 0.0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// The assistant's turn ended (newline, a stop string or end of text).
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+    /// The token callback asked to stop (barge-in, client gone).
+    Cancelled,
+}
+
+/// Figures for one reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationStats {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated (including one that ended the turn).
+    pub completion_tokens: u32,
+    /// From the call to the first streamed text.
+    pub time_to_first_token: Option<Duration>,
+    /// From the call to its return.
+    pub total: Duration,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+}
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The model could not be loaded.
+    #[error("cannot load the LLM {path}: {reason}")]
+    Load {
+        /// The GGUF file.
+        path: String,
+        /// llama.cpp's message.
+        reason: String,
+    },
+    /// The conversation has no caller message to answer.
+    #[error("the conversation has no user message to answer")]
+    NoUserMessage,
+    /// The prompt does not fit in the context window.
+    #[error("the prompt is {tokens} tokens; the context holds {context}")]
+    PromptTooLong {
+        /// Prompt tokens.
+        tokens: usize,
+        /// Context size.
+        context: u32,
+    },
+    /// llama.cpp failed while generating.
+    #[error("llama.cpp failed: {0}")]
+    Inference(String),
+}
+
+/// Example calls that teach the base model the shape of an answer: short, spoken,
+/// helpful, one line.
+const FEW_SHOT: &str = "\
+Caller: Hi, are you open on Saturdays?
+Assistant: Yes, we're open on Saturdays from nine in the morning until one in the afternoon.
+Caller: Great. Do I need an appointment?
+Assistant: It's best to book one, but we do take walk-ins when we have time.
+Caller: What's the weather like today?
+Assistant: I'm sorry, I can't check the weather, but I'm happy to help with anything about your visit.
+Caller: Can you spell your street name?
+Assistant: Sure, it's Main Street, M A I N.
+";
+
+/// Builds the few-shot prompt for the conversation: system prompt, examples, this
+/// call's history, and an open `Assistant:` line. Errors when no caller message exists.
+pub fn build_prompt(messages: &[ChatMessage]) -> Result<String, LlmError> {
+    if !messages.iter().any(|m| m.role == Role::User) {
+        return Err(LlmError::NoUserMessage);
+    }
+    let system: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| m.content.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut prompt = String::from(
+        "Below are transcripts of phone calls answered by a friendly, helpful assistant. \
+         The assistant answers in one or two short spoken sentences.\n",
+    );
+    if !system.is_empty() {
+        prompt.push_str("Instructions for the assistant: ");
+        prompt.push_str(&system.join(" "));
+        prompt.push('\n');
+    }
+    prompt.push_str("\n### Call 1\n");
+    prompt.push_str(FEW_SHOT);
+    prompt.push_str("\n### Call 2\n");
+    for m in messages {
+        let speaker = match m.role {
+            Role::System => continue,
+            Role::User => "Caller",
+            Role::Assistant => "Assistant",
+        };
+        // One line per turn: the newline is what ends a turn in this transcript.
+        let text = m.content.split_whitespace().collect::<Vec<_>>().join(" ");
+        prompt.push_str(speaker);
+        prompt.push_str(": ");
+        prompt.push_str(&text);
+        prompt.push('\n');
+    }
+    prompt.push_str("Assistant:");
+    Ok(prompt)
+}
+
+/// Streams text while holding back anything that could be the start of a stop string,
+/// so a stop string never reaches the listener.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "llama"), allow(dead_code))]
+pub(crate) struct StopFilter {
+    stops: Vec<String>,
+    pending: String,
+    /// Bytes of a UTF-8 character split across tokens.
+    partial: Vec<u8>,
+    emitted_any: bool,
+}
+
+#[cfg_attr(not(feature = "llama"), allow(dead_code))]
+impl StopFilter {
+    pub(crate) fn new(extra: &[String]) -> Self {
+        let mut stops = vec!["\n".to_owned(), "Caller:".to_owned()];
+        stops.extend(extra.iter().filter(|s| !s.is_empty()).cloned());
+        Self {
+            stops,
+            pending: String::new(),
+            partial: Vec::new(),
+            emitted_any: false,
+        }
+    }
+
+    /// Adds token bytes; calls `emit` with text that is safe to show. Returns true when
+    /// a stop string was reached (the turn is over).
+    pub(crate) fn push(
+        &mut self,
+        bytes: &[u8],
+        emit: &mut dyn FnMut(&str) -> bool,
+    ) -> (bool, bool) {
+        self.partial.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.partial) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Invalid bytes: drop them rather than stall.
+            Err(e) => e.valid_up_to() + e.error_len().unwrap_or(0),
+        };
+        let text = String::from_utf8_lossy(&self.partial[..valid]).into_owned();
+        self.partial.drain(..valid);
+        self.pending.push_str(&text);
+        // The reply starts after "Assistant:"; its leading space is not part of it.
+        if !self.emitted_any {
+            let trimmed = self.pending.trim_start_matches(' ').to_owned();
+            self.pending = trimmed;
+        }
+        let stop_at = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
+        if let Some(at) = stop_at {
+            let keep = self.pending[..at].trim_end().to_owned();
+            let go_on = keep.is_empty() || emit(&keep);
+            self.emitted_any |= !keep.is_empty();
+            self.pending.clear();
+            return (true, go_on);
+        }
+        // Keep the longest tail that is a prefix of some stop string.
+        let mut hold = 0;
+        for s in &self.stops {
+            for (i, _) in self.pending.char_indices() {
+                let tail = &self.pending[i..];
+                if s.starts_with(tail) {
+                    hold = hold.max(tail.len());
+                    break;
+                }
+            }
+        }
+        // Trailing spaces wait for the next word: the reply may end right there.
+        let cut = self.pending[..self.pending.len() - hold].trim_end().len();
+        if cut > 0 && !self.emitted_any && self.pending[..cut].trim().is_empty() {
+            return (false, true);
+        }
+        if cut > 0 {
+            let out: String = self.pending.drain(..cut).collect();
+            self.emitted_any = true;
+            return (false, emit(&out));
+        }
+        (false, true)
+    }
+
+    /// Text still held back when generation ends for another reason.
+    pub(crate) fn finish(&mut self, emit: &mut dyn FnMut(&str) -> bool) {
+        let rest = std::mem::take(&mut self.pending);
+        let rest = rest.trim_end();
+        if !rest.is_empty() {
+            emit(rest);
+        }
+    }
+}
+
+#[cfg(feature = "llama")]
+pub use engine::{GemmaLlm, LlmOptions};
+
+#[cfg(feature = "llama")]
+mod engine {
+    use std::num::NonZeroU32;
+    use std::path::Path;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+
+    use llama_cpp_2::context::params::LlamaContextParams;
+    use llama_cpp_2::llama_backend::LlamaBackend;
+    use llama_cpp_2::llama_batch::LlamaBatch;
+    use llama_cpp_2::model::LlamaModel;
+    use llama_cpp_2::model::params::LlamaModelParams;
+    use llama_cpp_2::sampling::LlamaSampler;
+
+    use super::{
+        ChatMessage, FinishReason, GenerationParams, GenerationStats, LlmError, StopFilter,
+        build_prompt,
+    };
+
+    /// Options for [`GemmaLlm`].
+    #[derive(Debug, Clone)]
+    pub struct LlmOptions {
+        /// Context window in tokens (prompt plus reply).
+        pub context_tokens: u32,
+        /// CPU threads per generation.
+        pub threads: usize,
+        /// Seed for sampling when temperature is above 0.
+        pub seed: u32,
+    }
+
+    impl Default for LlmOptions {
+        fn default() -> Self {
+            Self {
+                context_tokens: 2048,
+                threads: std::thread::available_parallelism().map_or(1, usize::from),
+                seed: 42,
+            }
+        }
+    }
+
+    /// llama.cpp's backend may be initialised once per process.
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+    fn backend() -> Result<&'static LlamaBackend, String> {
+        BACKEND
+            .get_or_init(|| {
+                let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
+                // llama.cpp logs every tensor at load; keep stderr for our own logs.
+                b.void_logs();
+                Ok(b)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// Gemma 3 270M (or any GGUF base model) answering as a phone assistant.
+    pub struct GemmaLlm {
+        model: LlamaModel,
+        options: LlmOptions,
+        /// Creating contexts from one model concurrently is unsound in llama.cpp.
+        context_lock: Mutex<()>,
+    }
+
+    impl std::fmt::Debug for GemmaLlm {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("GemmaLlm")
+                .field("options", &self.options)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl GemmaLlm {
+        /// Loads a GGUF model.
+        pub fn load(path: &Path, options: LlmOptions) -> Result<Self, LlmError> {
+            let load_err = |reason: String| LlmError::Load {
+                path: path.display().to_string(),
+                reason,
+            };
+            if !path.is_file() {
+                return Err(load_err("no such file (run scripts/install.sh)".to_owned()));
+            }
+            let backend = backend().map_err(load_err)?;
+            let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+                .map_err(|e| load_err(e.to_string()))?;
+            Ok(Self {
+                model,
+                options,
+                context_lock: Mutex::new(()),
+            })
+        }
+
+        /// Generates the assistant's next turn for `messages`, streaming text to
+        /// `on_token` (which returns `false` to cancel).
+        pub fn generate(
+            &self,
+            messages: &[ChatMessage],
+            params: &GenerationParams,
+            on_token: &mut dyn FnMut(&str) -> bool,
+        ) -> Result<GenerationStats, LlmError> {
+            let started = Instant::now();
+            let prompt = build_prompt(messages)?;
+            let backend = backend().map_err(LlmError::Inference)?;
+            let vocab = self.model.vocab();
+            let tokens = vocab.tokenize(prompt.as_bytes(), true, false);
+            let n_ctx = self.options.context_tokens;
+            let budget = params.max_tokens.max(1) as usize;
+            if tokens.len() + budget > n_ctx as usize {
+                return Err(LlmError::PromptTooLong {
+                    tokens: tokens.len() + budget,
+                    context: n_ctx,
+                });
+            }
+            let threads = i32::try_from(self.options.threads).unwrap_or(1);
+            let ctx_params = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(n_ctx))
+                .with_n_batch(n_ctx)
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads);
+            let mut ctx = {
+                let _guard = self.context_lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.model
+                    .new_context(backend, ctx_params)
+                    .map_err(|e| LlmError::Inference(e.to_string()))?
+            };
+
+            let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+            let last = tokens.len().saturating_sub(1);
+            for (i, t) in tokens.iter().enumerate() {
+                batch
+                    .add(*t, i32::try_from(i).unwrap_or(i32::MAX), &[0], i == last)
+                    .map_err(|e| LlmError::Inference(e.to_string()))?;
+            }
+            ctx.decode(&mut batch)
+                .map_err(|e| LlmError::Inference(e.to_string()))?;
+
+            let mut sampler = if params.temperature <= 0.0 {
+                LlamaSampler::greedy()
+            } else {
+                LlamaSampler::chain_simple([
+                    LlamaSampler::top_k(40),
+                    LlamaSampler::top_p(0.95, 1),
+                    LlamaSampler::temp(params.temperature),
+                    LlamaSampler::dist(self.options.seed),
+                ])
+            };
+
+            let mut filter = StopFilter::new(&params.stop);
+            let mut first_token_at = None;
+            let mut emit = |text: &str| {
+                if first_token_at.is_none() {
+                    first_token_at = Some(started.elapsed());
+                }
+                on_token(text)
+            };
+            let mut pos = i32::try_from(tokens.len()).unwrap_or(i32::MAX);
+            let mut generated = 0u32;
+            let mut finish = FinishReason::Length;
+            let mut piece = Vec::with_capacity(16);
+            while (generated as usize) < budget {
+                let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+                generated += 1;
+                if vocab.is_eog(token) {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+                piece.clear();
+                vocab.token_to_piece_into(token, &mut piece, false, None);
+                let (stopped, go_on) = filter.push(&piece, &mut emit);
+                if !go_on {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+                if stopped {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+                batch.clear();
+                batch
+                    .add(token, pos, &[0], true)
+                    .map_err(|e| LlmError::Inference(e.to_string()))?;
+                pos += 1;
+                ctx.decode(&mut batch)
+                    .map_err(|e| LlmError::Inference(e.to_string()))?;
+            }
+            if finish != FinishReason::Cancelled {
+                filter.finish(&mut emit);
+            }
+            Ok(GenerationStats {
+                prompt_tokens: u32::try_from(tokens.len()).unwrap_or(u32::MAX),
+                completion_tokens: generated,
+                time_to_first_token: first_token_at,
+                total: started.elapsed(),
+                finish_reason: finish,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(filter: &mut StopFilter, pieces: &[&str]) -> (String, bool) {
+        let mut out = String::new();
+        let mut stopped = false;
+        for p in pieces {
+            let (s, _) = filter.push(p.as_bytes(), &mut |t| {
+                out.push_str(t);
+                true
+            });
+            if s {
+                stopped = true;
+                break;
+            }
+        }
+        if !stopped {
+            filter.finish(&mut |t| {
+                out.push_str(t);
+                true
+            });
+        }
+        (out, stopped)
+    }
+
+    #[test]
+    fn the_turn_ends_at_the_newline_and_the_caller_line_never_leaks() {
+        let mut f = StopFilter::new(&[]);
+        let (out, stopped) = run(
+            &mut f,
+            &[" Sure", ", we", " open at nine.", "\nCaller", ": thanks"],
+        );
+        assert_eq!(out, "Sure, we open at nine.");
+        assert!(stopped);
+        let mut f = StopFilter::new(&[]);
+        let (out, _) = run(&mut f, &[" Yes.", " Call", "er: bye"]);
+        assert_eq!(out, "Yes.");
+    }
+
+    #[test]
+    fn custom_stop_strings_and_split_utf8_are_handled() {
+        let mut f = StopFilter::new(&["END".to_owned()]);
+        let cafe = "café".as_bytes();
+        let mut out = String::new();
+        for chunk in [
+            &b" "[..],
+            &cafe[..4],
+            &cafe[4..],
+            &b" EN"[..],
+            &b"D more"[..],
+        ] {
+            let (stop, _) = f.push(chunk, &mut |t| {
+                out.push_str(t);
+                true
+            });
+            if stop {
+                break;
+            }
+        }
+        assert_eq!(out, "café");
+    }
+
+    #[test]
+    fn the_prompt_carries_persona_history_and_ends_open() {
+        let p = build_prompt(&[
+            ChatMessage::new(Role::System, "You work for Acme Dental."),
+            ChatMessage::new(Role::Assistant, "Thanks for calling Acme."),
+            ChatMessage::new(Role::User, "Are you\nopen today?"),
+        ])
+        .unwrap();
+        assert!(p.contains("Acme Dental"));
+        assert!(p.contains(
+            "Assistant: Thanks for calling Acme.\nCaller: Are you open today?\nAssistant:"
+        ));
+        assert!(p.ends_with("Assistant:"));
+    }
+
+    #[test]
+    fn a_conversation_without_a_caller_message_is_refused() {
+        assert!(matches!(
+            build_prompt(&[ChatMessage::new(Role::System, "x")]),
+            Err(LlmError::NoUserMessage)
+        ));
+    }
+}

@@ -1,0 +1,164 @@
+//! Whisper speech to text through whisper.cpp (`whisper-rs`).
+//!
+//! Decoding is greedy with no temperature fallback: on a phone turn a fallback re-decodes
+//! the whole clip at higher temperatures, which costs seconds and rarely helps a short
+//! utterance. Timestamps are off and the result is one segment, which is what a turn is.
+
+use std::path::Path;
+use std::sync::{Mutex, Once};
+
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+/// Why transcription failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SttError {
+    /// whisper.cpp could not load the model.
+    #[error("cannot load the Whisper model {path}: {reason}")]
+    Load {
+        /// The ggml file.
+        path: String,
+        /// whisper.cpp's message.
+        reason: String,
+    },
+    /// whisper.cpp failed while transcribing.
+    #[error("Whisper failed: {0}")]
+    Transcribe(String),
+    /// The language code is not one Whisper knows, or the model is English-only.
+    #[error("unsupported language {0:?} for this Whisper model")]
+    Language(String),
+}
+
+/// Options for [`WhisperStt`].
+#[derive(Debug, Clone)]
+pub struct SttOptions {
+    /// CPU threads per transcription.
+    pub threads: usize,
+}
+
+impl Default for SttOptions {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+}
+
+/// A loaded Whisper model; share it across calls (transcriptions take turns on a small
+/// pool of decoder states, created as needed).
+pub struct WhisperStt {
+    ctx: WhisperContext,
+    states: Mutex<Vec<WhisperState>>,
+    options: SttOptions,
+    multilingual: bool,
+}
+
+impl std::fmt::Debug for WhisperStt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperStt")
+            .field("options", &self.options)
+            .field("multilingual", &self.multilingual)
+            .finish_non_exhaustive()
+    }
+}
+
+static QUIET_LOGS: Once = Once::new();
+
+impl WhisperStt {
+    /// Loads a ggml Whisper model with default options.
+    pub fn load(path: &Path) -> Result<Self, SttError> {
+        Self::load_with(path, SttOptions::default())
+    }
+
+    /// Loads a ggml Whisper model.
+    pub fn load_with(path: &Path, options: SttOptions) -> Result<Self, SttError> {
+        // whisper.cpp prints every model detail to stderr; route it to nowhere.
+        QUIET_LOGS.call_once(whisper_rs::install_logging_hooks);
+        let load_err = |reason: String| SttError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(load_err("no such file (run scripts/install.sh)".to_owned()));
+        }
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| load_err("path is not UTF-8".to_owned()))?;
+        let ctx = WhisperContext::new_with_params(path_str, WhisperContextParameters::default())
+            .map_err(|e| load_err(e.to_string()))?;
+        let multilingual = ctx.is_multilingual();
+        let first = ctx.create_state().map_err(|e| load_err(e.to_string()))?;
+        Ok(Self {
+            ctx,
+            states: Mutex::new(vec![first]),
+            options,
+            multilingual,
+        })
+    }
+
+    /// Transcribes 16 kHz mono audio in -1..1. `language` is an ISO code such as `en`;
+    /// `None` means English for English-only models and auto-detection otherwise.
+    pub fn transcribe(&self, pcm16k: &[f32], language: Option<&str>) -> Result<String, SttError> {
+        let language = match language.map(str::trim).filter(|l| !l.is_empty()) {
+            None if self.multilingual => None,
+            None => Some("en"),
+            Some(l) if !self.multilingual && l != "en" => {
+                return Err(SttError::Language(l.to_owned()));
+            }
+            Some(l) if whisper_rs::get_lang_id(l).is_none() => {
+                return Err(SttError::Language(l.to_owned()));
+            }
+            Some(l) => Some(l),
+        };
+        // whisper.cpp needs at least one second; pad short clips with silence.
+        let min_len = 16_000 + 1_600;
+        let padded;
+        let audio = if pcm16k.len() < min_len {
+            let mut v = pcm16k.to_vec();
+            v.resize(min_len, 0.0);
+            padded = v;
+            &padded[..]
+        } else {
+            pcm16k
+        };
+
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(i32::try_from(self.options.threads).unwrap_or(1));
+        params.set_language(language);
+        params.set_translate(false);
+        params.set_no_timestamps(true);
+        params.set_single_segment(true);
+        params.set_no_context(true);
+        params.set_temperature_inc(0.0);
+        params.set_suppress_nst(true);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_special(false);
+        params.set_print_timestamps(false);
+
+        let mut state = match self.states.lock().ok().and_then(|mut s| s.pop()) {
+            Some(s) => s,
+            None => self
+                .ctx
+                .create_state()
+                .map_err(|e| SttError::Transcribe(e.to_string()))?,
+        };
+        let result = state
+            .full(params, audio)
+            .map_err(|e| SttError::Transcribe(e.to_string()))
+            .map(|()| {
+                let mut text = String::new();
+                for segment in state.as_iter() {
+                    if let Ok(s) = segment.to_str_lossy() {
+                        text.push_str(&s);
+                    }
+                }
+                text.trim().to_owned()
+            });
+        if let Ok(mut states) = self.states.lock() {
+            states.push(state);
+        }
+        result
+    }
+}

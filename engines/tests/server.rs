@@ -1,0 +1,603 @@
+//! grokcast-serve over real HTTP on 127.0.0.1: well-formed and malformed requests for
+//! every API. Validation tests need no models; the rest use the installed models.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_has_words, espeak_16k, models};
+use grokcast_engines::audio;
+use grokcast_engines::server::{self, AppState, Engines, ServerConfig};
+use grokcast_engines::tts::PiperVoice;
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+struct TestServer {
+    base: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(config: ServerConfig, engines: Option<Engines>) -> TestServer {
+    let state = AppState::new(config).unwrap();
+    if let Some(e) = engines {
+        state.set_engines(e);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        base: format!("http://{addr}"),
+        _shutdown: tx,
+    }
+}
+
+/// A server that has not loaded its models: validation still runs first.
+async fn unloaded() -> TestServer {
+    start(ServerConfig::default(), None).await
+}
+
+fn load_all(paths: &grokcast_engines::models::ModelPaths) -> Engines {
+    let (onnx, json) = paths.piper_voice().unwrap();
+    Engines {
+        #[cfg(feature = "llama")]
+        llm: Some(Arc::new(
+            grokcast_engines::llm::GemmaLlm::load(&paths.llm().unwrap(), Default::default())
+                .unwrap(),
+        )),
+        #[cfg(feature = "whisper")]
+        stt: Some(Arc::new(
+            grokcast_engines::stt::WhisperStt::load(&paths.whisper().unwrap()).unwrap(),
+        )),
+        tts: Some(Arc::new(PiperVoice::load(&onnx, &json).unwrap())),
+    }
+}
+
+async fn expect_error(resp: reqwest::Response, status: StatusCode, param: Option<&str>) -> Value {
+    assert_eq!(resp.status(), status);
+    let body: Value = resp.json().await.expect("errors are JSON");
+    let err = &body["error"];
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(err["type"].is_string(), "{body}");
+    if let Some(p) = param {
+        assert_eq!(err["param"], p, "{body}");
+    }
+    body
+}
+
+fn chat_body() -> Value {
+    json!({"model": "gemma-3-270m", "messages": [
+        {"role": "system", "content": "You are the receptionist of Sunny Dental."},
+        {"role": "user", "content": "Hi, are you open on Monday?"}
+    ], "max_tokens": 32})
+}
+
+#[tokio::test]
+async fn health_readiness_and_unknown_routes() {
+    let s = unloaded().await;
+    let c = reqwest::Client::new();
+    let r = c.get(format!("{}/healthz", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c.get(format!("{}/readyz", s.base)).send().await.unwrap();
+    expect_error(r, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    let r = c
+        .post(format!("{}/v1/audio/speech", s.base))
+        .json(&json!({"model": "tts-1", "input": "Hello."}))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_error(r, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert_eq!(body["error"]["code"], "model_loading");
+    // A build without the LLM says so rather than pretending to load it.
+    #[cfg(not(feature = "llama"))]
+    {
+        let r = c
+            .post(format!("{}/v1/chat/completions", s.base))
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(r, StatusCode::NOT_FOUND, None).await;
+        assert_eq!(body["error"]["code"], "engine_not_served");
+    }
+    let r = c
+        .get(format!("{}/v1/nothing", s.base))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::NOT_FOUND, None).await;
+    let r = c
+        .get(format!("{}/v1/chat/completions", s.base))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::METHOD_NOT_ALLOWED, None).await;
+    let models: Value = c
+        .get(format!("{}/v1/models", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    let metrics = c
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("grokcast_engine_requests_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("code=\"404\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn malformed_chat_requests_get_openai_errors() {
+    let s = unloaded().await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", s.base);
+    let send = |body: Value| c.post(&url).json(&body).send();
+
+    let r = c
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, None).await;
+    let r = c.post(&url).body("{}").send().await.unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, None).await;
+    let r = send(json!({"model": "gemma-3-270m", "messages": "hello"}))
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::UNPROCESSABLE_ENTITY, None).await;
+
+    let mut b = chat_body();
+    b.as_object_mut().unwrap().remove("model");
+    expect_error(
+        send(b).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        Some("model"),
+    )
+    .await;
+    let mut b = chat_body();
+    b["model"] = json!("gpt-9");
+    let body = expect_error(send(b).await.unwrap(), StatusCode::NOT_FOUND, Some("model")).await;
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let mut b = chat_body();
+    b["messages"] = json!([]);
+    expect_error(
+        send(b).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        Some("messages"),
+    )
+    .await;
+    let mut b = chat_body();
+    b["messages"] = json!([{"role": "tool", "content": "x"}, {"role": "user", "content": "hi"}]);
+    expect_error(
+        send(b).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        Some("messages"),
+    )
+    .await;
+    let mut b = chat_body();
+    b["messages"] = json!([{"role": "system", "content": "only instructions"}]);
+    expect_error(
+        send(b).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        Some("messages"),
+    )
+    .await;
+    for bad in [json!(0), json!(-5), json!(100_000)] {
+        let mut b = chat_body();
+        b["max_tokens"] = bad;
+        expect_error(
+            send(b).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            Some("max_tokens"),
+        )
+        .await;
+    }
+    let mut b = chat_body();
+    b["temperature"] = json!(7.5);
+    expect_error(
+        send(b).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        Some("temperature"),
+    )
+    .await;
+    let mut b = chat_body();
+    b["n"] = json!(3);
+    expect_error(send(b).await.unwrap(), StatusCode::BAD_REQUEST, Some("n")).await;
+}
+
+#[tokio::test]
+async fn malformed_transcription_requests_get_openai_errors() {
+    let s = start(
+        ServerConfig {
+            max_body_bytes: 64 * 1024,
+            ..ServerConfig::default()
+        },
+        None,
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/audio/transcriptions", s.base);
+    let wav = audio::wav_bytes(&[0.0; 1600], 16_000);
+    let form = |model: &str, file: Option<Vec<u8>>| {
+        let mut f = Form::new().text("model", model.to_owned());
+        if let Some(bytes) = file {
+            f = f.part("file", Part::bytes(bytes).file_name("a.wav"));
+        }
+        f
+    };
+
+    let r = c
+        .post(&url)
+        .json(&json!({"model": "whisper-1"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, None).await;
+    let r = c
+        .post(&url)
+        .multipart(form("whisper-1", None))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("file")).await;
+    let r = c
+        .post(&url)
+        .multipart(form("nope", Some(wav.clone())))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::NOT_FOUND, Some("model")).await;
+    let r = c
+        .post(&url)
+        .multipart(Form::new().part("file", Part::bytes(wav.clone()).file_name("a.wav")))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("model")).await;
+    let r = c
+        .post(&url)
+        .multipart(form(
+            "whisper-1",
+            Some(b"RIFF\x04\x00\x00\x00WAVE".to_vec()),
+        ))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("file")).await;
+    let r = c
+        .post(&url)
+        .multipart(form("whisper-1", Some(vec![1, 2, 3])))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("file")).await;
+    let r = c
+        .post(&url)
+        .multipart(form("whisper-1", Some(Vec::new())))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("file")).await;
+    let r = c
+        .post(&url)
+        .multipart(form("whisper-1", Some(wav.clone())).text("response_format", "srt"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("response_format")).await;
+    let r = c
+        .post(&url)
+        .multipart(form("whisper-1", Some(vec![0; 100])).text("sample_rate", "12"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("sample_rate")).await;
+    let big = audio::wav_bytes(&vec![0.1; 64 * 1024], 16_000);
+    let r = c
+        .post(&url)
+        .multipart(form("whisper-1", Some(big)))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::PAYLOAD_TOO_LARGE, None).await;
+}
+
+#[tokio::test]
+async fn malformed_speech_requests_get_openai_errors() {
+    let s = unloaded().await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/audio/speech", s.base);
+    let ok = json!({"model": "tts-1", "input": "Hello there.", "voice": "joe", "response_format": "pcm"});
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b[k] = v;
+        b
+    };
+    for (body, status, param) in [
+        (
+            with("input", json!("")),
+            StatusCode::BAD_REQUEST,
+            Some("input"),
+        ),
+        (
+            with("input", json!("a".repeat(5000))),
+            StatusCode::BAD_REQUEST,
+            Some("input"),
+        ),
+        (
+            with("voice", json!("alloy-unknown")),
+            StatusCode::BAD_REQUEST,
+            Some("voice"),
+        ),
+        (
+            with("response_format", json!("mp3")),
+            StatusCode::BAD_REQUEST,
+            Some("response_format"),
+        ),
+        (
+            with("speed", json!(2.0)),
+            StatusCode::BAD_REQUEST,
+            Some("speed"),
+        ),
+        (
+            with("model", json!("csm-unknown")),
+            StatusCode::NOT_FOUND,
+            Some("model"),
+        ),
+        (
+            with("input", json!(42)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            None,
+        ),
+    ] {
+        let r = c.post(&url).json(&body).send().await.unwrap();
+        expect_error(r, status, param).await;
+    }
+    let mut b = ok.clone();
+    b.as_object_mut().unwrap().remove("input");
+    let r = c.post(&url).json(&b).send().await.unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("input")).await;
+    // Well-formed, but the models are not loaded yet.
+    let r = c.post(&url).json(&ok).send().await.unwrap();
+    expect_error(r, StatusCode::SERVICE_UNAVAILABLE, None).await;
+}
+
+#[tokio::test]
+async fn speech_streams_pcm_and_whole_wav_that_whisper_understands() {
+    let Some(paths) = models() else { return };
+    let s = start(ServerConfig::default(), Some(load_all(&paths))).await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/v1/audio/speech", s.base))
+        .json(&json!({"model": "tts-1", "input": "Your table is booked, see you on Friday.", "voice": "joe", "response_format": "pcm"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-sample-rate"], "22050");
+    let pcm = r.bytes().await.unwrap();
+    assert!(
+        pcm.len() > 22_050,
+        "at least half a second of audio, got {} bytes",
+        pcm.len()
+    );
+    assert_eq!(pcm.len() % 2, 0);
+
+    let r = c
+        .post(format!("{}/v1/audio/speech", s.base))
+        .json(&json!({"model": "tts-1", "input": "Your table is booked, see you on Friday.", "response_format": "wav"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let wav = r.bytes().await.unwrap().to_vec();
+    let clip = audio::decode_clip(&wav, 0).unwrap();
+    assert_eq!(clip.sample_rate, 22_050);
+
+    #[cfg(feature = "whisper")]
+    {
+        // The WAV goes straight back in as an upload.
+        let form = Form::new()
+            .text("model", "whisper-1")
+            .text("response_format", "text")
+            .part("file", Part::bytes(wav).file_name("reply.wav"));
+        let r = c
+            .post(format!("{}/v1/audio/transcriptions", s.base))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert_has_words(&r.text().await.unwrap(), &["table", "booked", "friday"]);
+    }
+}
+
+#[cfg(feature = "whisper")]
+#[tokio::test]
+async fn transcriptions_of_wav_and_raw_pcm() {
+    let Some(paths) = models() else { return };
+    let s = start(ServerConfig::default(), Some(load_all(&paths))).await;
+    let c = reqwest::Client::new();
+    let speech = espeak_16k("Please call me back tomorrow afternoon.");
+    let wav = audio::wav_bytes(&speech, 16_000);
+    let form = Form::new()
+        .text("model", "whisper-tiny.en")
+        .part("file", Part::bytes(wav).file_name("q.wav"));
+    let r = c
+        .post(format!("{}/v1/audio/transcriptions", s.base))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_has_words(
+        body["text"].as_str().unwrap(),
+        &["call", "back", "tomorrow", "afternoon"],
+    );
+
+    // Raw s16le at 8 kHz, as a phone line carries it.
+    let mut raw = Vec::new();
+    audio::push_s16le(&mut raw, &audio::resample(&speech, 16_000, 8_000));
+    let form = Form::new()
+        .text("model", "whisper-1")
+        .text("sample_rate", "8000")
+        .text("language", "en")
+        .part("file", Part::bytes(raw).file_name("q.pcm"));
+    let r = c
+        .post(format!("{}/v1/audio/transcriptions", s.base))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_has_words(body["text"].as_str().unwrap(), &["tomorrow", "afternoon"]);
+
+    let form = Form::new()
+        .text("model", "whisper-1")
+        .text("language", "de")
+        .part(
+            "file",
+            Part::bytes(audio::wav_bytes(&speech, 16_000)).file_name("q.wav"),
+        );
+    let r = c
+        .post(format!("{}/v1/audio/transcriptions", s.base))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, StatusCode::BAD_REQUEST, Some("language")).await;
+}
+
+#[cfg(feature = "llama")]
+#[tokio::test]
+async fn chat_completions_whole_and_streamed() {
+    let Some(paths) = models() else { return };
+    let s = start(ServerConfig::default(), Some(load_all(&paths))).await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", s.base);
+
+    let r = c.post(&url).json(&chat_body()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!content.trim().is_empty(), "{body}");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() <= 32);
+
+    let mut b = chat_body();
+    b["stream"] = json!(true);
+    let r = c.post(&url).json(&b).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = r.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .expect("every event is a data line")
+        })
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!streamed.trim().is_empty());
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+    let models: Value = c
+        .get(format!("{}/v1/models", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&"gemma-3-270m") && ids.contains(&"whisper-1") && ids.contains(&"tts-1"),
+        "{ids:?}"
+    );
+}
+
+#[cfg(feature = "llama")]
+#[tokio::test]
+async fn a_full_queue_answers_503_and_the_server_keeps_serving() {
+    let Some(paths) = models() else { return };
+    let s = start(
+        ServerConfig {
+            queue_capacity: 1,
+            ..ServerConfig::default()
+        },
+        Some(load_all(&paths)),
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", s.base);
+    // Four requests at once against a lane of one: reading the prompt alone takes far
+    // longer than sending them, so the others find the lane full.
+    let sends = (0..4).map(|_| c.post(&url).json(&chat_body()).send());
+    let results = futures::future::join_all(sends).await;
+    let mut ok = 0;
+    let mut full = 0;
+    for r in results {
+        let r = r.unwrap();
+        match r.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let body = expect_error(r, StatusCode::SERVICE_UNAVAILABLE, None).await;
+                assert_eq!(body["error"]["code"], "queue_full");
+                full += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok >= 1 && full >= 1, "ok {ok}, full {full}");
+    // Once the lane drains, requests are served again.
+    let r = c.post(&url).json(&chat_body()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

