@@ -1,3 +1,20 @@
 //! The GrokCast operator: reconcilers, autoscaler and offline rendering.
+//!
+//! Pure steps (no API client): [`model_pool`], [`voice_agent`], [`status`], [`render`],
+//! [`rbac`]. Around them: [`controller`] (dereference, apply, status), [`leader`] (Lease
+//! election), [`http`] and [`metrics`].
 
 pub mod autoscale;
+pub mod children;
+pub mod controller;
+pub mod http;
+pub mod leader;
+pub mod meta;
+pub mod metrics;
+pub mod model_pool;
+pub mod rbac;
+pub mod render;
+pub mod run;
+pub mod settings;
+pub mod status;
+pub mod voice_agent;

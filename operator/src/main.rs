@@ -1,0 +1,261 @@
+//! `grokcast-operator`: run the controllers, or print CRDs, RBAC and rendered children.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use grokcast_operator::run::OperatorConfig;
+use grokcast_operator::settings::BuildSettings;
+use grokcast_operator::{http, leader, metrics, rbac, render};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "grokcast-operator",
+    version,
+    about = "Reconciles ModelPool and VoiceAgent resources"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (the default).
+    Run(Box<RunArgs>),
+    /// Print both CRDs as YAML.
+    Crd,
+    /// Print the children the operator would apply for the ModelPools and VoiceAgents in
+    /// FILE or DIR, without a cluster. References resolve only within the input.
+    Render {
+        /// A YAML file or a directory of them (searched recursively).
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+        #[command(flatten)]
+        images: ImageArgs,
+    },
+    /// Print the ClusterRole with exactly the permissions the operator uses.
+    Rbac {
+        /// metadata.name of the ClusterRole.
+        #[arg(long, default_value = "grokcast-operator")]
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+struct ImageArgs {
+    /// Image for engine vllm.
+    #[arg(long, env = "GROKCAST_VLLM_IMAGE", default_value_t = BuildSettings::default().vllm_image)]
+    vllm_image: String,
+    /// Image for engine whisper.
+    #[arg(long, env = "GROKCAST_WHISPER_IMAGE", default_value_t = BuildSettings::default().whisper_image)]
+    whisper_image: String,
+    /// Image for engine csm.
+    #[arg(long, env = "GROKCAST_CSM_IMAGE", default_value_t = BuildSettings::default().csm_image)]
+    csm_image: String,
+    /// Image for engine grokcast (grokcast-serve).
+    #[arg(long, env = "GROKCAST_SERVE_IMAGE", default_value_t = BuildSettings::default().grokcast_serve_image)]
+    serve_image: String,
+    /// Image for the weight preload Job (Python with huggingface_hub).
+    #[arg(long, env = "GROKCAST_PRELOAD_IMAGE", default_value_t = BuildSettings::default().preload_image)]
+    preload_image: String,
+    /// Image for VoiceAgent pods.
+    #[arg(long, env = "GROKCAST_AGENT_IMAGE", default_value_t = BuildSettings::default().agent_image)]
+    agent_image: String,
+}
+
+impl ImageArgs {
+    fn settings(&self) -> BuildSettings {
+        BuildSettings {
+            vllm_image: self.vllm_image.clone(),
+            whisper_image: self.whisper_image.clone(),
+            csm_image: self.csm_image.clone(),
+            grokcast_serve_image: self.serve_image.clone(),
+            preload_image: self.preload_image.clone(),
+            agent_image: self.agent_image.clone(),
+            service_monitors: false,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "GROKCAST_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Namespaces to watch, comma separated; empty watches all.
+    #[arg(
+        long,
+        env = "GROKCAST_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    watch_namespaces: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "GROKCAST_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "GROKCAST_LOG", default_value = "info")]
+    log: String,
+    /// Elect a leader through a Lease; set false only when running exactly one replica.
+    #[arg(long, env = "GROKCAST_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Lease name.
+    #[arg(
+        long,
+        env = "GROKCAST_LEASE_NAME",
+        default_value = "grokcast-operator-leader"
+    )]
+    lease_name: String,
+    /// Lease namespace (normally the operator's own).
+    #[arg(long, env = "GROKCAST_LEASE_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease and in Events.
+    #[arg(long, env = "GROKCAST_POD_NAME")]
+    pod_name: Option<String>,
+    /// Prometheus base URL; enables the latency-SLO autoscaler.
+    #[arg(long, env = "GROKCAST_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    #[command(flatten)]
+    images: ImageArgs,
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+                () = token.cancelled() => return,
+            }
+            tracing::info!("shutting down");
+            token.cancel();
+            return;
+        }
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = token.cancelled() => return,
+    }
+    token.cancel();
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format, &args.log);
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
+    let metrics = metrics::Metrics::new().context("registering metrics")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let http_task = tokio::spawn(http::serve(
+        args.http_addr,
+        metrics.clone(),
+        ready,
+        shutdown.clone(),
+    ));
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("grokcast-operator-{}", std::process::id()));
+    let namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
+    let config = OperatorConfig {
+        settings: args.images.settings(),
+        namespaces,
+        lease: args.leader_elect.then(|| {
+            leader::LeaseConfig::new(
+                args.lease_name.clone(),
+                args.lease_namespace.clone(),
+                identity.clone(),
+            )
+        }),
+        identity,
+        prometheus_url: args.prometheus_url.clone(),
+    };
+    let result = grokcast_operator::run::run(client, config, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    match http_task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "metrics server failed"),
+        Err(e) => tracing::error!(error = %e, "metrics server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result.context("operator stopped")
+}
+
+fn print_crds() -> anyhow::Result<()> {
+    for crd in grokcast_crds::crds() {
+        print!("---\n{}", grokcast_crds::crd_yaml(&crd)?);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Crd) => print_crds(),
+        Some(Command::Rbac { name }) => serde_yaml::to_string(&rbac::cluster_role(&name))
+            .map(|y| print!("{y}"))
+            .map_err(Into::into),
+        Some(Command::Render { path, images }) => (|| {
+            let input = render::read_input(&path)?;
+            let out = render::render(&input, &images.settings())?;
+            print!("{}", out.yaml);
+            if !out.problems.is_empty() {
+                for p in &out.problems {
+                    eprintln!("grokcast-operator render: {p}");
+                }
+                anyhow::bail!("{} resource(s) could not be rendered", out.problems.len());
+            }
+            Ok(())
+        })(),
+        Some(Command::Run(args)) => tokio_main(*args),
+        None => tokio_main(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("grokcast-operator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tokio_main(args: RunArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(args))
+}

@@ -1,0 +1,665 @@
+//! ModelPool pipeline, pure steps: validate the spec, then build the children.
+//!
+//! `build` takes a [`ValidPool`], so it cannot see a spec that broke a rule.
+
+use std::collections::BTreeMap;
+
+use grokcast_crds::{Engine, ModelPool, Quantization, Role};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretKeySelector, SecurityContext, TCPSocketAction, Toleration, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::children::{self, Child};
+use crate::meta::{self, MAX_NAME_LEN, Owner};
+use crate::settings::BuildSettings;
+
+/// Port every preset engine listens on.
+pub const PRESET_PORT: i32 = 8000;
+/// The GPU extended resource.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Node label set by NVIDIA GPU feature discovery.
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// Where weights live inside model server pods (cache PVC or an emptyDir).
+pub const MODELS_DIR: &str = "/models";
+/// vLLM's default context would size KV cache for 128K-token prompts; voice turns are short.
+pub const DEFAULT_MAX_MODEL_LEN: i32 = 8192;
+
+/// Why a ModelPool spec cannot be built. Mirrors the CRD's CEL rules so that `render` and
+/// API servers without CEL give the same answer, plus rules CEL cannot state.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValidationError {
+    /// The object has no namespace (only possible for offline input).
+    #[error("ModelPool {name} has no namespace")]
+    NoNamespace {
+        /// Resource name.
+        name: String,
+    },
+    /// Children names must fit DNS labels.
+    #[error("name {name:?} is {len} characters; ModelPool names may have at most {max}")]
+    NameTooLong {
+        /// Resource name.
+        name: String,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Engine custom without image or port.
+    #[error("engine custom needs image and port")]
+    CustomNeedsImageAndPort,
+    /// Engine custom/grokcast without a role.
+    #[error("engine {engine} needs role (stt, llm or tts)")]
+    RoleRequired {
+        /// The engine.
+        engine: &'static str,
+    },
+    /// Engine/role pair that cannot work.
+    #[error("engine {engine} cannot serve role {role}")]
+    WrongRole {
+        /// The engine.
+        engine: &'static str,
+        /// The requested role.
+        role: Role,
+    },
+    /// Quantization asked of an engine that cannot derive it.
+    #[error(
+        "quantization is only derived for engine vllm; use a quantized model for engine {engine}"
+    )]
+    QuantizationUnsupported {
+        /// The engine.
+        engine: &'static str,
+    },
+    /// A GPU engine with gpu.count 0.
+    #[error("engine {engine} needs at least one GPU (gpu.count > 0)")]
+    NeedsGpu {
+        /// The engine.
+        engine: &'static str,
+    },
+    /// autoscaling.minReplicas > autoscaling.maxReplicas.
+    #[error("autoscaling.minReplicas ({min}) must not exceed autoscaling.maxReplicas ({max})")]
+    MinAboveMax {
+        /// minReplicas.
+        min: i32,
+        /// maxReplicas.
+        max: i32,
+    },
+    /// A pool with no image to run.
+    #[error("no image for engine {engine}: set spec.image")]
+    NoImage {
+        /// The engine.
+        engine: &'static str,
+    },
+}
+
+/// A ModelPool whose spec passed validation, with everything derived from it resolved.
+#[derive(Clone, Debug)]
+pub struct ValidPool<'a> {
+    /// The resource.
+    pub pool: &'a ModelPool,
+    /// Owner of the children.
+    pub owner: Owner,
+    /// Resolved role.
+    pub role: Role,
+    /// Image to run.
+    pub image: String,
+    /// Container port.
+    pub port: i32,
+}
+
+/// Pod label for model-server pods.
+pub const APP: &str = "grokcast-model-server";
+
+/// Check the spec and resolve role, image and port.
+pub fn validate<'a>(
+    pool: &'a ModelPool,
+    settings: &BuildSettings,
+) -> Result<ValidPool<'a>, ValidationError> {
+    let spec = &pool.spec;
+    let name = pool.metadata.name.clone().unwrap_or_default();
+    if name.len() > MAX_NAME_LEN {
+        return Err(ValidationError::NameTooLong {
+            len: name.len(),
+            name,
+            max: MAX_NAME_LEN,
+        });
+    }
+    let owner = Owner::of(pool, APP, meta::MODEL_POOL_LABEL)
+        .ok_or_else(|| ValidationError::NoNamespace { name: name.clone() })?;
+    let engine = spec.engine.as_str();
+    if spec.engine == Engine::Custom && (spec.image.is_none() || spec.port.is_none()) {
+        return Err(ValidationError::CustomNeedsImageAndPort);
+    }
+    let role = spec
+        .resolved_role()
+        .ok_or(ValidationError::RoleRequired { engine })?;
+    let role_ok = match spec.engine {
+        Engine::Vllm => role != Role::Tts,
+        Engine::Whisper => role == Role::Stt,
+        Engine::Csm => role == Role::Tts,
+        Engine::Grokcast | Engine::Custom => true,
+    };
+    if !role_ok {
+        return Err(ValidationError::WrongRole { engine, role });
+    }
+    if spec.quantization != Quantization::None && spec.engine != Engine::Vllm {
+        return Err(ValidationError::QuantizationUnsupported { engine });
+    }
+    if spec.gpu.count == 0 && !matches!(spec.engine, Engine::Grokcast | Engine::Custom) {
+        return Err(ValidationError::NeedsGpu { engine });
+    }
+    if let Some(a) = &spec.autoscaling
+        && a.min_replicas > a.max_replicas
+    {
+        return Err(ValidationError::MinAboveMax {
+            min: a.min_replicas,
+            max: a.max_replicas,
+        });
+    }
+    let image = match (&spec.image, settings.engine_image(spec.engine)) {
+        (Some(image), _) if !image.is_empty() => image.clone(),
+        (_, Some(default)) => default.to_string(),
+        _ => return Err(ValidationError::NoImage { engine }),
+    };
+    let port = spec.port.unwrap_or(PRESET_PORT);
+    Ok(ValidPool {
+        pool,
+        owner,
+        role,
+        image,
+        port,
+    })
+}
+
+/// The in-cluster base URL of a pool's OpenAI-compatible API.
+pub fn endpoint(name: &str, namespace: &str, port: i32) -> String {
+    format!("http://{name}.{namespace}.svc:{port}/v1")
+}
+
+/// Pre-quantized checkpoints for models whose publishers ship none. vLLM reads the
+/// quantization scheme from the checkpoint, so no `--quantization` flag is needed for these.
+const QUANTIZED_VARIANTS: &[(&str, Quantization, &str)] = &[
+    // GPTQ W4A16, group size 128, compressed-tensors; about 17 GB, fits one A100 80GB with
+    // ample KV cache. Served by vLLM's Marlin kernels on Ampere.
+    (
+        "google/gemma-3-27b-it",
+        Quantization::Int4,
+        "ISTA-DASLab/gemma-3-27b-it-GPTQ-4b-128g",
+    ),
+    (
+        "google/gemma-3-27b-it",
+        Quantization::Int8,
+        "RedHatAI/gemma-3-27b-it-quantized.w8a8",
+    ),
+    (
+        "google/gemma-3-12b-it",
+        Quantization::Int4,
+        "ISTA-DASLab/gemma-3-12b-it-GPTQ-4b-128g",
+    ),
+];
+
+/// The checkpoint vLLM loads for `model` at `quantization`: a known quantized variant, or
+/// the model itself (then it must already be quantized, or fp8 is applied at load time).
+pub fn vllm_checkpoint(model: &str, quantization: Quantization) -> &str {
+    QUANTIZED_VARIANTS
+        .iter()
+        .find(|(base, q, _)| *base == model && *q == quantization)
+        .map(|(_, _, repo)| *repo)
+        .unwrap_or(model)
+}
+
+/// How to run one engine: command, args, env and the endpoints the probes hit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineRun {
+    /// Container command; empty keeps the image's entrypoint.
+    pub command: Vec<String>,
+    /// Arguments, the spec's `args` last.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<EnvVar>,
+    /// HTTP path for the liveness probe; `None` probes the TCP port.
+    pub health_path: Option<&'static str>,
+    /// HTTP path for startup and readiness probes (model loaded); `None` probes the TCP port.
+    pub ready_path: Option<&'static str>,
+    /// The checkpoint the preload Job downloads.
+    pub checkpoint: String,
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// The engine preset for a validated pool.
+pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
+    let spec = &v.pool.spec;
+    let port = v.port.to_string();
+    let mut run = match spec.engine {
+        Engine::Vllm => {
+            let checkpoint = vllm_checkpoint(&spec.model, spec.quantization).to_string();
+            let mut args = vec![
+                checkpoint.clone(),
+                // Agents ask for the model by the name in the spec, whichever variant loads.
+                "--served-model-name".into(),
+                spec.model.clone(),
+                "--host".into(),
+                "0.0.0.0".into(),
+                "--port".into(),
+                port,
+                // Gemma 3 is trained in bfloat16; float16 overflows in its activations.
+                "--dtype".into(),
+                "bfloat16".into(),
+                "--max-model-len".into(),
+                spec.max_model_len
+                    .unwrap_or(DEFAULT_MAX_MODEL_LEN)
+                    .to_string(),
+                "--gpu-memory-utilization".into(),
+                format!("{}", spec.gpu.memory_utilization),
+                "--download-dir".into(),
+                format!("{MODELS_DIR}/hf/hub"),
+            ];
+            if spec.gpu.count > 1 {
+                args.extend(["--tensor-parallel-size".into(), spec.gpu.count.to_string()]);
+            }
+            if spec.quantization == Quantization::Fp8 && checkpoint == spec.model {
+                args.extend(["--quantization".into(), "fp8".into()]);
+            }
+            if v.role == Role::Llm && spec.model.starts_with("google/gemma-3-") {
+                // Voice turns are text only: skip the vision encoder's memory and warm-up.
+                args.extend(["--limit-mm-per-prompt".into(), r#"{"image":0}"#.into()]);
+            }
+            EngineRun {
+                command: vec!["vllm".into(), "serve".into()],
+                args,
+                env: Vec::new(),
+                health_path: Some("/health"),
+                ready_path: Some("/health"),
+                checkpoint,
+            }
+        }
+        // speaches (formerly faster-whisper-server) loads models on request; preloading the
+        // one model makes the first call as fast as the rest.
+        Engine::Whisper => EngineRun {
+            command: Vec::new(),
+            args: Vec::new(),
+            env: vec![
+                env("PRELOAD_MODELS", format!("[\"{}\"]", spec.model)),
+                env("WHISPER__INFERENCE_DEVICE", "cuda"),
+                env("UVICORN_HOST", "0.0.0.0"),
+                env("UVICORN_PORT", port),
+            ],
+            health_path: Some("/health"),
+            ready_path: Some("/health"),
+            checkpoint: spec.model.clone(),
+        },
+        Engine::Csm => EngineRun {
+            command: Vec::new(),
+            args: vec![
+                "--model".into(),
+                spec.model.clone(),
+                "--host".into(),
+                "0.0.0.0".into(),
+                "--port".into(),
+                port,
+            ],
+            env: Vec::new(),
+            health_path: Some("/health"),
+            ready_path: Some("/health"),
+            checkpoint: spec.model.clone(),
+        },
+        // grokcast-serve ships its models in the image; the role picks which engine loads.
+        Engine::Grokcast => EngineRun {
+            command: Vec::new(),
+            args: vec![
+                "--role".into(),
+                v.role.as_str().into(),
+                "--listen".into(),
+                format!("0.0.0.0:{port}"),
+            ],
+            env: Vec::new(),
+            health_path: Some("/healthz"),
+            ready_path: Some("/readyz"),
+            checkpoint: spec.model.clone(),
+        },
+        Engine::Custom => EngineRun {
+            command: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            health_path: None,
+            ready_path: None,
+            checkpoint: spec.model.clone(),
+        },
+    };
+    run.args.extend(spec.args.iter().cloned());
+    run.env.push(env("HF_HOME", format!("{MODELS_DIR}/hf")));
+    if let Some(secret) = &spec.hugging_face_token_secret_ref {
+        run.env.push(EnvVar {
+            name: "HF_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    run
+}
+
+fn probe(health_path: Option<&str>, period: i32, failure_threshold: i32, timeout: i32) -> Probe {
+    let (http_get, tcp_socket) = match health_path {
+        Some(path) => (
+            Some(HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::String("http".into()),
+                ..HTTPGetAction::default()
+            }),
+            None,
+        ),
+        None => (
+            None,
+            Some(TCPSocketAction {
+                port: IntOrString::String("http".into()),
+                ..TCPSocketAction::default()
+            }),
+        ),
+    };
+    Probe {
+        http_get,
+        tcp_socket,
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(timeout),
+        ..Probe::default()
+    }
+}
+
+/// Name of the cache PVC.
+pub fn cache_name(pool: &str) -> String {
+    format!("{pool}-cache")
+}
+
+/// Name of the preload Job; content-addressed by checkpoint because a Job's pod template is
+/// immutable, so a model change needs a new Job rather than an update.
+pub fn preload_job_name(pool: &str, checkpoint: &str) -> String {
+    format!(
+        "{pool}-preload-{}",
+        meta::short_hash(checkpoint.as_bytes(), 8)
+    )
+}
+
+/// Every child of a validated pool, in apply order.
+pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
+    let spec = &v.pool.spec;
+    let name = v.owner.name.clone();
+    let run = engine_run(v);
+
+    let gpus = spec.gpu.count;
+    let mut resources = spec.resources.clone().unwrap_or_default();
+    if gpus > 0 {
+        let gpu = Quantity(gpus.to_string());
+        resources
+            .limits
+            .get_or_insert_with(BTreeMap::new)
+            .insert(GPU_RESOURCE.into(), gpu.clone());
+        resources
+            .requests
+            .get_or_insert_with(BTreeMap::new)
+            .insert(GPU_RESOURCE.into(), gpu);
+    }
+
+    let mut node_selector = spec.node_selector.clone();
+    if let Some(product) = spec.gpu.product.as_ref().filter(|p| !p.is_empty())
+        && gpus > 0
+    {
+        node_selector.insert(GPU_PRODUCT_LABEL.into(), product.clone());
+    }
+    let mut tolerations = Vec::new();
+    if gpus > 0 {
+        // GPU nodes are commonly tainted so only GPU workloads land there.
+        tolerations.push(Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        });
+    }
+    tolerations.extend(spec.tolerations.iter().cloned());
+
+    let models_volume = match &spec.cache {
+        Some(_) => Volume {
+            name: "models".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: cache_name(&name),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "models".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    };
+    let volumes = vec![
+        models_volume,
+        // Engines share tensors between processes through /dev/shm; the container default
+        // of 64 MiB makes NCCL and PyTorch workers fail.
+        Volume {
+            name: "dshm".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("16Gi".into())),
+            }),
+            ..Volume::default()
+        },
+    ];
+    let container = Container {
+        name: "server".into(),
+        image: Some(v.image.clone()),
+        command: (!run.command.is_empty()).then(|| run.command.clone()),
+        args: (!run.args.is_empty()).then(|| run.args.clone()),
+        env: Some(run.env.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: v.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(resources),
+        // Loading a 27B checkpoint takes minutes (longer when it downloads): the startup
+        // probe allows 30 minutes so liveness never kills a pod that is still loading.
+        startup_probe: Some(probe(run.ready_path, 10, 180, 5)),
+        readiness_probe: Some(probe(run.ready_path, 5, 3, 5)),
+        liveness_probe: Some(probe(run.health_path, 15, 4, 10)),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "models".into(),
+                mount_path: MODELS_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "dshm".into(),
+                mount_path: "/dev/shm".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: v.owner.child_meta(name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: v.owner.label_selector(),
+            // Surge one pod and keep all serving ones: no dropped capacity when a spare GPU
+            // exists; without one the rollout waits (Progressing) instead of cutting capacity.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    labels: Some(v.owner.labels()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector.clone()),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations.clone()),
+                    priority_class_name: spec.priority_class_name.clone(),
+                    termination_grace_period_seconds: Some(60),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+
+    let mut out = Vec::new();
+    if let Some(cache) = &spec.cache {
+        out.push(Child::PersistentVolumeClaim(PersistentVolumeClaim {
+            metadata: v.owner.child_meta(cache_name(&name)),
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec![cache.access_mode.as_str().into()]),
+                storage_class_name: cache.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".into(), cache.size.clone())])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }));
+        if cache.preload {
+            out.push(Child::Job(Box::new(preload_job(
+                v,
+                &run,
+                settings,
+                node_selector,
+                tolerations,
+            ))));
+        }
+    }
+    out.push(Child::Deployment(Box::new(deployment)));
+    out.push(Child::Service(children::service(
+        &v.owner,
+        name.clone(),
+        v.port,
+    )));
+    out.push(Child::PodDisruptionBudget(children::pod_disruption_budget(
+        &v.owner, name,
+    )));
+    out
+}
+
+/// Downloads the checkpoint into the cache volume with `huggingface_hub`, which the vLLM
+/// image ships; runs on the same nodes as the servers so a ReadWriteOnce volume works.
+fn preload_job(
+    v: &ValidPool<'_>,
+    run: &EngineRun,
+    settings: &BuildSettings,
+    node_selector: BTreeMap<String, String>,
+    tolerations: Vec<Toleration>,
+) -> Job {
+    let name = &v.owner.name;
+    let mut env = vec![env("MODEL_REPO", run.checkpoint.clone())];
+    env.extend(
+        run.env
+            .iter()
+            .filter(|e| e.name.starts_with("HF_"))
+            .cloned(),
+    );
+    Job {
+        metadata: v.owner.child_meta(preload_job_name(name, &run.checkpoint)),
+        spec: Some(JobSpec {
+            backoff_limit: Some(6),
+            ttl_seconds_after_finished: Some(86_400),
+            template: PodTemplateSpec {
+                metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    labels: Some(BTreeMap::from([
+                        (meta::MANAGED_BY_LABEL.into(), meta::MANAGED_BY.into()),
+                        (meta::MODEL_POOL_LABEL.into(), name.clone()),
+                    ])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("OnFailure".into()),
+                    containers: vec![Container {
+                        name: "preload".into(),
+                        image: Some(settings.preload_image.clone()),
+                        command: Some(vec![
+                            "python3".into(),
+                            "-c".into(),
+                            "import os; from huggingface_hub import snapshot_download; \
+                             snapshot_download(os.environ['MODEL_REPO'])"
+                                .into(),
+                        ]),
+                        env: Some(env),
+                        resources: Some(ResourceRequirements {
+                            requests: Some(BTreeMap::from([
+                                ("cpu".into(), Quantity("500m".into())),
+                                ("memory".into(), Quantity("1Gi".into())),
+                            ])),
+                            ..ResourceRequirements::default()
+                        }),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "models".into(),
+                            mount_path: MODELS_DIR.into(),
+                            ..VolumeMount::default()
+                        }]),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                ..Capabilities::default()
+                            }),
+                            ..SecurityContext::default()
+                        }),
+                        ..Container::default()
+                    }],
+                    volumes: Some(vec![Volume {
+                        name: "models".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: cache_name(name),
+                            read_only: Some(false),
+                        }),
+                        ..Volume::default()
+                    }]),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}

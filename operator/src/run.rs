@@ -1,0 +1,140 @@
+//! The operator process minus CLI and HTTP: leader election, ServiceMonitor discovery, the
+//! controllers and the autoscaler, until shutdown or lost leadership. Tests run it in-process.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::watch;
+pub use tokio_util::sync::CancellationToken;
+
+use crate::autoscale;
+use crate::controller::{self, RunConfig};
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::settings::BuildSettings;
+
+/// Everything `run` needs besides the client.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Images and defaults for the builders.
+    pub settings: BuildSettings,
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// This replica's identity (Lease holder, Event reporting instance).
+    pub identity: String,
+    /// Lease to elect a leader with; `None` runs as the only replica.
+    pub lease: Option<LeaseConfig>,
+    /// Prometheus base URL; `Some` runs the autoscaler.
+    pub prometheus_url: Option<String>,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Leadership was lost; the process must exit rather than write unlocked.
+    #[error(transparent)]
+    Leader(#[from] leader::LeaderError),
+    /// The leader election task panicked or was aborted.
+    #[error("leader election task failed: {0}")]
+    LeaderTask(String),
+}
+
+/// Run until `shutdown` is cancelled or leadership is lost. Only the leader starts the
+/// controllers; the autoscaler receives the leadership channel and writes only while it
+/// reads `true`.
+pub async fn run(
+    client: kube::Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let leader_task = match config.lease.clone() {
+        Some(cfg) => {
+            let stop = shutdown.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let result = leader::run(client, cfg, leader_tx, stop.clone()).await;
+                // Without the lease nobody may write: stop everything.
+                stop.cancel();
+                result
+            })
+        }
+        None => {
+            let _ = leader_tx.send(true);
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                // Hold the sender so receivers never see a closed channel before shutdown.
+                stop.cancelled().await;
+                let _ = leader_tx.send(false);
+                Ok(())
+            })
+        }
+    };
+    {
+        let gauge = metrics.leader.clone();
+        let mut rx = leader_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                gauge.set(i64::from(*rx.borrow_and_update()));
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let service_monitors = Arc::new(AtomicBool::new(false));
+    tokio::spawn(controller::watch_service_monitor_support(
+        client.clone(),
+        service_monitors.clone(),
+        shutdown.clone(),
+    ));
+
+    let autoscaler = config.prometheus_url.clone().map(|url| {
+        let mut cfg = autoscale::AutoscalerConfig::new(url);
+        cfg.namespaces = config.namespaces.clone();
+        cfg.instance = Some(config.identity.clone());
+        tokio::spawn(autoscale::run(
+            client.clone(),
+            cfg,
+            leader_rx.clone(),
+            shutdown.clone(),
+        ))
+    });
+
+    let mut wait_leader = leader_rx.clone();
+    let is_leader = tokio::select! {
+        r = wait_leader.wait_for(|l| *l) => r.is_ok(),
+        () = shutdown.cancelled() => false,
+    };
+    if is_leader && !shutdown.is_cancelled() {
+        tracing::info!(identity = %config.identity, "leading: starting controllers");
+        let run_config = RunConfig {
+            settings: config.settings.clone(),
+            namespaces: config.namespaces.clone(),
+            instance: Some(config.identity.clone()),
+        };
+        controller::run_controllers(
+            client,
+            run_config,
+            metrics,
+            service_monitors,
+            leader_rx,
+            shutdown.clone(),
+        )
+        .await;
+    }
+    shutdown.cancel();
+    if let Some(task) = autoscaler {
+        match task.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "autoscaler stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "autoscaler task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+    match leader_task.await {
+        Ok(result) => result.map_err(RunError::from),
+        Err(e) => Err(RunError::LeaderTask(e.to_string())),
+    }
+}

@@ -1,0 +1,668 @@
+//! VoiceAgent pipeline, pure steps: resolve references against what dereference read,
+//! validate, then build the children (ConfigMap with `agent.yaml`, Deployment, Service,
+//! PodDisruptionBudget, ServiceMonitor).
+
+use std::collections::BTreeMap;
+
+use grokcast_crds::{ModelPool, Role, StageBackend, VoiceAgent, condition, condition::reason};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, SleepAction, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use crate::children::{self, Child};
+use crate::meta::{self, MAX_NAME_LEN, Owner};
+use crate::model_pool;
+use crate::settings::BuildSettings;
+
+/// Pod label for agent pods.
+pub const APP: &str = "grokcast-agent";
+/// Port the agent serves Twilio webhooks, the Media Streams WebSocket, metrics and probes on.
+pub const AGENT_PORT: i32 = 8080;
+/// Where the ConfigMap is mounted.
+pub const CONFIG_DIR: &str = "/etc/grokcast";
+/// File name of the agent config inside the ConfigMap.
+pub const CONFIG_FILE: &str = "agent.yaml";
+/// Env var the agent reads the Twilio auth token from.
+pub const TWILIO_TOKEN_ENV: &str = "GROKCAST_TWILIO_AUTH_TOKEN";
+/// Seconds the preStop hook waits so load balancers stop sending new calls before SIGTERM.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// UID/GID of the agent process (the distroless `nonroot` user).
+pub const AGENT_UID: i64 = 65532;
+
+/// Name of every agent child (Deployment, Service, ConfigMap, PDB, ServiceMonitor).
+/// Suffixed so that a VoiceAgent and a ModelPool may share a name.
+pub fn child_name(agent: &str) -> String {
+    format!("{agent}-agent")
+}
+
+/// What the dereference step read for one `modelPoolRef`.
+#[derive(Clone, Debug)]
+pub enum PoolLookup<'a> {
+    /// The pool exists.
+    Found(&'a ModelPool),
+    /// No pool of that name in the namespace.
+    Missing,
+}
+
+/// What the dereference step read for the Twilio Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretLookup {
+    /// Secret exists and has the key.
+    Present,
+    /// No such Secret.
+    Missing,
+    /// Secret exists, key absent.
+    KeyMissing,
+}
+
+/// Why a VoiceAgent cannot be built yet or at all. `reason()` gives the condition reason.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Problem {
+    /// The spec is wrong; it waits for the user to change it.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// A referenced pool does not exist.
+    #[error("{stage} modelPoolRef {pool:?}: ModelPool not found in namespace {namespace}")]
+    PoolNotFound {
+        /// Stage name.
+        stage: &'static str,
+        /// Pool name.
+        pool: String,
+        /// Namespace.
+        namespace: String,
+    },
+    /// A referenced pool serves another role.
+    #[error(
+        "{stage} modelPoolRef {pool:?}: ModelPool serves role {actual}, {stage} needs {expected}"
+    )]
+    PoolWrongRole {
+        /// Stage name.
+        stage: &'static str,
+        /// Pool name.
+        pool: String,
+        /// Role the stage needs.
+        expected: Role,
+        /// Role the pool serves.
+        actual: String,
+    },
+    /// The Twilio Secret does not exist.
+    #[error("telephony.twilio.authTokenSecretRef: Secret {name:?} not found")]
+    SecretNotFound {
+        /// Secret name.
+        name: String,
+    },
+    /// The Twilio Secret lacks the key.
+    #[error("telephony.twilio.authTokenSecretRef: Secret {name:?} has no key {key:?}")]
+    SecretKeyMissing {
+        /// Secret name.
+        name: String,
+        /// Key.
+        key: String,
+    },
+}
+
+impl Problem {
+    /// The condition reason constant for this problem.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::InvalidSpec(_) => reason::INVALID_SPEC,
+            Problem::PoolNotFound { .. } => reason::MODEL_POOL_NOT_FOUND,
+            Problem::PoolWrongRole { .. } => reason::MODEL_POOL_WRONG_ROLE,
+            Problem::SecretNotFound { .. } => reason::SECRET_NOT_FOUND,
+            Problem::SecretKeyMissing { .. } => reason::SECRET_KEY_MISSING,
+        }
+    }
+}
+
+/// One stage's backend, resolved to a URL and a model name. Serialized as the agent's
+/// stage settings (`backend`, `url`, `model`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResolvedStage {
+    /// Wire protocol; the agent's `backend` setting (`openai`).
+    pub backend: &'static str,
+    /// OpenAI-compatible base URL, ending in `/v1`.
+    pub url: String,
+    /// Model name to send in requests.
+    pub model: String,
+    /// The ModelPool behind it, if any.
+    #[serde(skip)]
+    pub model_pool: Option<String>,
+    /// Whether that pool reports Ready (always true for external endpoints).
+    #[serde(skip)]
+    pub ready: bool,
+}
+
+/// A VoiceAgent that passed validation with its references resolved.
+#[derive(Clone, Debug)]
+pub struct ValidAgent<'a> {
+    /// The resource.
+    pub agent: &'a VoiceAgent,
+    /// Owner of the children.
+    pub owner: Owner,
+    /// STT backend.
+    pub stt: ResolvedStage,
+    /// LLM backend.
+    pub llm: ResolvedStage,
+    /// TTS backend.
+    pub tts: ResolvedStage,
+}
+
+impl ValidAgent<'_> {
+    /// Pools that are referenced but not Ready yet, by name.
+    pub fn pools_not_ready(&self) -> Vec<&str> {
+        [&self.stt, &self.llm, &self.tts]
+            .into_iter()
+            .filter(|s| !s.ready)
+            .filter_map(|s| s.model_pool.as_deref())
+            .collect()
+    }
+}
+
+/// Whether a pool's status says Ready=True.
+pub fn pool_is_ready(pool: &ModelPool) -> bool {
+    pool.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::READY && c.status == "True")
+    })
+}
+
+fn resolve_stage<'a>(
+    stage: &'static str,
+    role: Role,
+    backend: StageBackend<'_>,
+    namespace: &str,
+    lookup: &impl Fn(&str) -> PoolLookup<'a>,
+) -> Result<ResolvedStage, Problem> {
+    match (backend.model_pool_ref, backend.endpoint) {
+        (Some(pool_name), None) => {
+            let pool = match lookup(pool_name) {
+                PoolLookup::Found(p) => p,
+                PoolLookup::Missing => {
+                    return Err(Problem::PoolNotFound {
+                        stage,
+                        pool: pool_name.into(),
+                        namespace: namespace.into(),
+                    });
+                }
+            };
+            let actual = pool.spec.resolved_role();
+            if actual != Some(role) {
+                return Err(Problem::PoolWrongRole {
+                    stage,
+                    pool: pool_name.into(),
+                    expected: role,
+                    actual: actual.map_or("none".into(), |r| r.to_string()),
+                });
+            }
+            let port = pool.spec.port.unwrap_or(model_pool::PRESET_PORT);
+            Ok(ResolvedStage {
+                url: model_pool::endpoint(pool_name, namespace, port),
+                model: backend
+                    .model
+                    .map_or_else(|| pool.spec.model.clone(), str::to_string),
+                backend: "openai",
+                model_pool: Some(pool_name.into()),
+                ready: pool_is_ready(pool),
+            })
+        }
+        (None, Some(url)) => {
+            let model = backend.model.ok_or_else(|| {
+                Problem::InvalidSpec(format!("{stage}.model is required with {stage}.endpoint"))
+            })?;
+            Ok(ResolvedStage {
+                url: url.trim_end_matches('/').into(),
+                model: model.into(),
+                backend: "openai",
+                model_pool: None,
+                ready: true,
+            })
+        }
+        _ => Err(Problem::InvalidSpec(format!(
+            "{stage} needs exactly one of modelPoolRef and endpoint"
+        ))),
+    }
+}
+
+/// Check the spec and resolve every reference. `lookup` answers from the pool cache;
+/// `secret` is what dereference read for the Twilio auth token.
+pub fn validate<'a>(
+    agent: &'a VoiceAgent,
+    lookup: impl Fn(&str) -> PoolLookup<'a>,
+    secret: SecretLookup,
+) -> Result<ValidAgent<'a>, Problem> {
+    let spec = &agent.spec;
+    let name = agent.metadata.name.clone().unwrap_or_default();
+    if name.len() > MAX_NAME_LEN {
+        return Err(Problem::InvalidSpec(format!(
+            "name {name:?} is {} characters; VoiceAgent names may have at most {MAX_NAME_LEN}",
+            name.len()
+        )));
+    }
+    let owner = Owner::of(agent, APP, meta::VOICE_AGENT_LABEL)
+        .ok_or_else(|| Problem::InvalidSpec(format!("VoiceAgent {name} has no namespace")))?;
+    if let Some(s) = &spec.scaling {
+        if s.min_replicas > s.max_replicas {
+            return Err(Problem::InvalidSpec(format!(
+                "scaling.minReplicas ({}) must not exceed scaling.maxReplicas ({})",
+                s.min_replicas, s.max_replicas
+            )));
+        }
+        if s.target_calls_per_pod > spec.telephony.max_concurrent_calls_per_pod {
+            return Err(Problem::InvalidSpec(format!(
+                "scaling.targetCallsPerPod ({}) must not exceed telephony.maxConcurrentCallsPerPod ({})",
+                s.target_calls_per_pod, spec.telephony.max_concurrent_calls_per_pod
+            )));
+        }
+    }
+    if spec.slo.turn_latency_p95_ms <= 0 {
+        return Err(Problem::InvalidSpec(
+            "slo.turnLatencyP95Ms must be greater than 0".into(),
+        ));
+    }
+    if !spec.telephony.twilio.public_url.starts_with("https://") {
+        return Err(Problem::InvalidSpec(
+            "telephony.twilio.publicUrl must be an https:// URL (Twilio signs against it)".into(),
+        ));
+    }
+    let ns = owner.namespace.clone();
+    let stt = resolve_stage("stt", Role::Stt, spec.stt.backend(), &ns, &lookup)?;
+    let llm = resolve_stage("llm", Role::Llm, spec.llm.backend(), &ns, &lookup)?;
+    let tts = resolve_stage("tts", Role::Tts, spec.tts.backend(), &ns, &lookup)?;
+    let twilio = &spec.telephony.twilio.auth_token_secret_ref;
+    match secret {
+        SecretLookup::Present => {}
+        SecretLookup::Missing => {
+            return Err(Problem::SecretNotFound {
+                name: twilio.name.clone(),
+            });
+        }
+        SecretLookup::KeyMissing => {
+            return Err(Problem::SecretKeyMissing {
+                name: twilio.name.clone(),
+                key: twilio.key.clone(),
+            });
+        }
+    }
+    Ok(ValidAgent {
+        agent,
+        owner,
+        stt,
+        llm,
+        tts,
+    })
+}
+
+/// The file the agent reads, `agent.yaml`, in the agent's own schema (camelCase keys,
+/// unknown keys rejected; see docs/operator.md). The Twilio token is never in it: it
+/// arrives as `GROKCAST_TWILIO_AUTH_TOKEN` from the Secret.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentConfig {
+    /// Which VoiceAgent this pod belongs to; also the `voiceagent` metric label.
+    pub voice_agent: String,
+    /// Namespace; the `namespace` metric label.
+    pub namespace: String,
+    /// Address to listen on.
+    pub listen_addr: String,
+    /// Public base URL Twilio uses; signatures are computed over it.
+    pub public_url: String,
+    /// Calls per pod before answering busy.
+    pub max_calls: i32,
+    /// Seconds live calls get to finish after SIGTERM.
+    pub drain_timeout_seconds: i32,
+    /// Prompt and greeting.
+    pub persona: PersonaConfig,
+    /// STT backend plus language.
+    pub stt: SttConfig,
+    /// LLM backend plus sampling.
+    pub llm: LlmConfig,
+    /// TTS backend plus voice.
+    pub tts: TtsConfig,
+    /// Turn-taking.
+    pub turn_taking: TurnTakingConfig,
+}
+
+/// Persona section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersonaConfig {
+    /// System prompt.
+    pub system_prompt: String,
+    /// Greeting; empty means none.
+    pub greeting: String,
+}
+
+/// STT section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SttConfig {
+    /// Backend.
+    #[serde(flatten)]
+    pub backend: ResolvedStage,
+    /// Language code.
+    pub language: String,
+}
+
+/// LLM section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmConfig {
+    /// Backend.
+    #[serde(flatten)]
+    pub backend: ResolvedStage,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Reply token limit.
+    pub max_tokens: i32,
+}
+
+/// TTS section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TtsConfig {
+    /// Backend.
+    #[serde(flatten)]
+    pub backend: ResolvedStage,
+    /// Voice; empty means the server's default.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub voice: String,
+}
+
+/// Turn-taking section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnTakingConfig {
+    /// VAD threshold.
+    pub vad_threshold: f64,
+    /// End-of-turn silence in ms.
+    pub end_of_turn_silence_ms: i32,
+    /// Barge-in enabled.
+    pub barge_in: bool,
+    /// Minimum barge-in speech in ms.
+    pub min_barge_in_ms: i32,
+}
+
+/// The resolved pipeline config for a validated agent.
+pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
+    let spec = &v.agent.spec;
+    AgentConfig {
+        voice_agent: v.owner.name.clone(),
+        namespace: v.owner.namespace.clone(),
+        listen_addr: format!("0.0.0.0:{AGENT_PORT}"),
+        public_url: spec
+            .telephony
+            .twilio
+            .public_url
+            .trim_end_matches('/')
+            .into(),
+        max_calls: spec.telephony.max_concurrent_calls_per_pod,
+        drain_timeout_seconds: spec.drain_timeout_seconds,
+        persona: PersonaConfig {
+            system_prompt: spec.persona.system_prompt.clone(),
+            greeting: spec.persona.greeting.clone(),
+        },
+        stt: SttConfig {
+            backend: v.stt.clone(),
+            language: spec.stt.language.clone(),
+        },
+        llm: LlmConfig {
+            backend: v.llm.clone(),
+            temperature: spec.llm.temperature,
+            max_tokens: spec.llm.max_tokens,
+        },
+        tts: TtsConfig {
+            backend: v.tts.clone(),
+            voice: spec.tts.voice.clone(),
+        },
+        turn_taking: TurnTakingConfig {
+            vad_threshold: spec.turn_taking.vad_threshold,
+            end_of_turn_silence_ms: spec.turn_taking.end_of_turn_silence_ms,
+            barge_in: spec.turn_taking.barge_in,
+            min_barge_in_ms: spec.turn_taking.min_barge_in_ms,
+        },
+    }
+}
+
+/// The Twilio voice webhook URL for an agent.
+pub fn webhook_url(public_url: &str) -> String {
+    format!("{}/twilio/voice", public_url.trim_end_matches('/'))
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// Every child of a validated agent, in apply order (ConfigMap before the pods that mount it).
+pub fn build(v: &ValidAgent<'_>, settings: &BuildSettings) -> Vec<Child> {
+    let spec = &v.agent.spec;
+    let name = child_name(&v.owner.name);
+    let config = agent_config(v);
+    // serde_yaml cannot fail on this plain struct of strings and numbers; fall back to JSON
+    // (also valid YAML) rather than panic if it ever did.
+    let config_yaml = serde_yaml::to_string(&config)
+        .unwrap_or_else(|_| serde_json::to_string(&config).unwrap_or_default());
+    let config_hash = meta::short_hash(config_yaml.as_bytes(), 16);
+
+    let config_map = ConfigMap {
+        metadata: v.owner.child_meta(name.clone()),
+        data: Some(BTreeMap::from([(CONFIG_FILE.into(), config_yaml)])),
+        ..ConfigMap::default()
+    };
+
+    let twilio = &spec.telephony.twilio.auth_token_secret_ref;
+    let container = Container {
+        name: "agent".into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| settings.agent_image.clone()),
+        ),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        ]),
+        env: Some(vec![
+            env("GROKCAST_CONFIG", format!("{CONFIG_DIR}/{CONFIG_FILE}")),
+            EnvVar {
+                name: TWILIO_TOKEN_ENV.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: twilio.name.clone(),
+                        key: twilio.key.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "GROKCAST_POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: AGENT_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(
+            spec.resources
+                .clone()
+                .unwrap_or_else(|| ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".into(), Quantity("500m".into())),
+                        ("memory".into(), Quantity("256Mi".into())),
+                    ])),
+                    limits: Some(BTreeMap::from([("memory".into(), Quantity("1Gi".into()))])),
+                    ..ResourceRequirements::default()
+                }),
+        ),
+        // Not ready while draining or full, so Services stop sending it new calls.
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        lifecycle: Some(Lifecycle {
+            // Endpoints removal races SIGTERM; a short sleep lets load balancers stop routing
+            // new calls here before the agent starts draining live ones on SIGTERM.
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(AGENT_UID),
+            run_as_group: Some(AGENT_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+
+    let mut pod_labels = v.owner.labels();
+    pod_labels.insert(meta::VOICE_AGENT_LABEL.into(), v.owner.name.clone());
+    let deployment = Deployment {
+        metadata: v.owner.child_meta(name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: v.owner.label_selector(),
+            // Never drop below the serving replicas during a rollout: calls in progress drain
+            // on old pods while new ones take new calls.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        meta::CONFIG_HASH_ANNOTATION.into(),
+                        config_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    // The agent talks to nothing in the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(AGENT_UID),
+                        run_as_group: Some(AGENT_UID),
+                        fs_group: Some(AGENT_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    termination_grace_period_seconds: Some(
+                        i64::from(spec.drain_timeout_seconds) + PRE_STOP_SLEEP_SECONDS + 15,
+                    ),
+                    node_selector: (!spec.node_selector.is_empty())
+                        .then(|| spec.node_selector.clone()),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name.clone(),
+                                ..ConfigMapVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "tmp".into(),
+                            empty_dir: Some(EmptyDirVolumeSource {
+                                size_limit: Some(Quantity("64Mi".into())),
+                                ..EmptyDirVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+
+    let mut out = vec![
+        Child::ConfigMap(config_map),
+        Child::Deployment(Box::new(deployment)),
+        Child::Service(children::service(&v.owner, name.clone(), AGENT_PORT)),
+        Child::PodDisruptionBudget(children::pod_disruption_budget(&v.owner, name.clone())),
+    ];
+    if settings.service_monitors {
+        out.push(Child::ServiceMonitor(children::service_monitor(
+            &v.owner, name, "15s",
+        )));
+    }
+    out
+}

@@ -1,0 +1,701 @@
+//! The pure pipeline steps: YAML in, objects out. No API server.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use grokcast_crds::{ModelPool, VoiceAgent, condition};
+use grokcast_operator::children::Child;
+use grokcast_operator::settings::BuildSettings;
+use grokcast_operator::voice_agent::{PoolLookup, Problem, SecretLookup};
+use grokcast_operator::{meta, model_pool, render, voice_agent};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec};
+
+fn samples_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples")
+}
+
+fn with_uid<K: kube::Resource>(mut obj: K) -> K {
+    obj.meta_mut().uid = Some("5f1c3a5e-0000-4000-8000-000000000001".into());
+    obj
+}
+
+fn sample<K: serde::de::DeserializeOwned + kube::Resource>(file: &str) -> K {
+    let text = std::fs::read_to_string(samples_dir().join(file)).expect("sample");
+    with_uid(serde_yaml::from_str(&text).expect("parse sample"))
+}
+
+fn pool_yaml(yaml: &str) -> ModelPool {
+    with_uid(serde_yaml::from_str(yaml).expect("pool yaml"))
+}
+
+fn agent_yaml(yaml: &str) -> VoiceAgent {
+    with_uid(serde_yaml::from_str(yaml).expect("agent yaml"))
+}
+
+fn deployment(children: &[Child]) -> &Deployment {
+    children
+        .iter()
+        .find_map(|c| match c {
+            Child::Deployment(d) => Some(d.as_ref()),
+            _ => None,
+        })
+        .expect("a Deployment")
+}
+
+fn config_map(children: &[Child]) -> &ConfigMap {
+    children
+        .iter()
+        .find_map(|c| match c {
+            Child::ConfigMap(d) => Some(d),
+            _ => None,
+        })
+        .expect("a ConfigMap")
+}
+
+fn pod(d: &Deployment) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn container(d: &Deployment) -> &Container {
+    &pod(d).containers[0]
+}
+
+fn build_pool(pool: &ModelPool) -> Vec<Child> {
+    let settings = BuildSettings::default();
+    let valid = model_pool::validate(pool, &settings).expect("valid pool");
+    model_pool::build(&valid, &settings)
+}
+
+fn pools() -> Vec<ModelPool> {
+    vec![
+        sample("gemma-27b.yaml"),
+        sample("whisper.yaml"),
+        sample("csm.yaml"),
+    ]
+}
+
+fn build_agent(
+    agent: &VoiceAgent,
+    pools: &[ModelPool],
+    settings: &BuildSettings,
+) -> Result<Vec<Child>, Problem> {
+    let lookup = |name: &str| {
+        pools
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .map_or(PoolLookup::Missing, PoolLookup::Found)
+    };
+    let valid = voice_agent::validate(agent, lookup, SecretLookup::Present)?;
+    Ok(voice_agent::build(&valid, settings))
+}
+
+fn args_pair<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+#[test]
+fn gemma_sample_runs_quantized_gemma_on_one_a100_with_vllm() {
+    let children = build_pool(&sample("gemma-27b.yaml"));
+    let d = deployment(&children);
+    let c = container(d);
+    assert_eq!(
+        c.image.as_deref(),
+        Some(BuildSettings::default().vllm_image.as_str())
+    );
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["vllm".to_string(), "serve".to_string()][..])
+    );
+    let args = c.args.as_ref().unwrap();
+    assert_eq!(
+        args[0], "ISTA-DASLab/gemma-3-27b-it-GPTQ-4b-128g",
+        "int4 loads the W4A16 variant"
+    );
+    assert_eq!(
+        args_pair(args, "--served-model-name"),
+        Some("google/gemma-3-27b-it")
+    );
+    assert_eq!(args_pair(args, "--dtype"), Some("bfloat16"));
+    assert_eq!(args_pair(args, "--max-model-len"), Some("8192"));
+    assert_eq!(args_pair(args, "--gpu-memory-utilization"), Some("0.85"));
+    assert_eq!(args_pair(args, "--port"), Some("8000"));
+    assert!(
+        !args.contains(&"--tensor-parallel-size".to_string()),
+        "one GPU needs no TP flag"
+    );
+
+    let res = c.resources.as_ref().unwrap();
+    assert_eq!(res.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+    assert_eq!(res.requests.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+    assert_eq!(
+        res.requests.as_ref().unwrap()["memory"].0,
+        "32Gi",
+        "spec resources kept"
+    );
+    let p = pod(d);
+    assert_eq!(
+        p.node_selector.as_ref().unwrap()["nvidia.com/gpu.product"],
+        "NVIDIA-A100-SXM4-80GB"
+    );
+    assert!(
+        p.tolerations
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("nvidia.com/gpu")
+                && t.effect.as_deref() == Some("NoSchedule"))
+    );
+    let shm = p
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "dshm")
+        .unwrap();
+    assert_eq!(
+        shm.empty_dir.as_ref().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+    assert!(
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == "/dev/shm")
+    );
+    let hf = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "HF_TOKEN")
+        .unwrap();
+    let sel = hf
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!((sel.name.as_str(), sel.key.as_str()), ("hf", "token"));
+    assert!(
+        hf.value.is_none(),
+        "the token never appears in the manifest"
+    );
+
+    // Model loading takes minutes: startup allows long, liveness only starts after it.
+    let startup = c.startup_probe.as_ref().unwrap();
+    assert!(startup.period_seconds.unwrap() * startup.failure_threshold.unwrap() >= 1800);
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/health")
+    );
+
+    let kinds: Vec<&str> = children.iter().map(Child::kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "PersistentVolumeClaim",
+            "Job",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget"
+        ]
+    );
+    for child in &children {
+        let y = serde_yaml::to_string(child).unwrap();
+        assert!(
+            y.contains("controller: true"),
+            "{} lacks a controller owner reference",
+            child.kind()
+        );
+        assert!(y.contains("app.kubernetes.io/managed-by: grokcast-operator"));
+    }
+}
+
+#[test]
+fn tensor_parallel_and_fp8_follow_the_spec() {
+    let pool = pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: big, namespace: ns}\n\
+         spec: {engine: vllm, model: meta-llama/Llama-3.1-70B-Instruct, quantization: fp8, gpu: {count: 2}}\n",
+    );
+    let children = build_pool(&pool);
+    let args = container(deployment(&children)).args.clone().unwrap();
+    assert_eq!(
+        args[0], "meta-llama/Llama-3.1-70B-Instruct",
+        "no known variant: the model itself"
+    );
+    assert_eq!(args_pair(&args, "--tensor-parallel-size"), Some("2"));
+    assert_eq!(args_pair(&args, "--quantization"), Some("fp8"));
+    assert!(
+        !args.iter().any(|a| a == "--limit-mm-per-prompt"),
+        "only Gemma 3 is multimodal here"
+    );
+}
+
+#[test]
+fn cpu_grokcast_pool_requests_no_gpu_and_uses_its_own_probes() {
+    let pool = pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: gemma-cpu, namespace: voice}\n\
+         spec: {engine: grokcast, role: llm, model: gemma-3-270m, gpu: {count: 0}}\n",
+    );
+    let children = build_pool(&pool);
+    let d = deployment(&children);
+    let c = container(d);
+    assert_eq!(
+        c.args.as_ref().unwrap(),
+        &["--role", "llm", "--listen", "0.0.0.0:8000"]
+    );
+    assert!(
+        c.resources.as_ref().unwrap().limits.is_none(),
+        "no nvidia.com/gpu"
+    );
+    assert!(pod(d).tolerations.is_none());
+    assert!(pod(d).node_selector.is_none());
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    let kinds: Vec<&str> = children.iter().map(Child::kind).collect();
+    assert_eq!(
+        kinds,
+        ["Deployment", "Service", "PodDisruptionBudget"],
+        "no cache, no PVC or Job"
+    );
+}
+
+#[test]
+fn custom_engine_uses_spec_image_port_and_tcp_probes() {
+    let pool = pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: tts, namespace: ns}\n\
+         spec: {engine: custom, role: tts, model: kokoro, image: example.com/kokoro:1, port: 8880, args: [--fast], gpu: {count: 0}}\n",
+    );
+    let children = build_pool(&pool);
+    let c = container(deployment(&children));
+    assert_eq!(c.image.as_deref(), Some("example.com/kokoro:1"));
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8880);
+    assert_eq!(c.args.as_ref().unwrap(), &["--fast"]);
+    assert!(c.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
+}
+
+#[test]
+fn invalid_pools_get_clear_messages() {
+    let settings = BuildSettings::default();
+    let cases = [
+        (
+            "{engine: custom, role: llm, model: m}",
+            "engine custom needs image and port",
+        ),
+        (
+            "{engine: grokcast, model: m, gpu: {count: 0}}",
+            "engine grokcast needs role (stt, llm or tts)",
+        ),
+        (
+            "{engine: whisper, role: llm, model: m}",
+            "engine whisper cannot serve role llm",
+        ),
+        (
+            "{engine: csm, model: m, quantization: int4}",
+            "quantization is only derived for engine vllm",
+        ),
+        (
+            "{engine: vllm, model: m, gpu: {count: 0}}",
+            "engine vllm needs at least one GPU",
+        ),
+        (
+            "{engine: vllm, model: m, autoscaling: {minReplicas: 5, maxReplicas: 2}}",
+            "autoscaling.minReplicas (5) must not exceed autoscaling.maxReplicas (2)",
+        ),
+    ];
+    for (spec, want) in cases {
+        let pool = pool_yaml(&format!(
+            "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {{name: p, namespace: ns}}\nspec: {spec}\n"
+        ));
+        let err = model_pool::validate(&pool, &settings)
+            .expect_err(spec)
+            .to_string();
+        assert!(err.contains(want), "{spec}: got {err:?}, want {want:?}");
+    }
+    let long = "p".repeat(meta::MAX_NAME_LEN + 1);
+    let pool = pool_yaml(&format!(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {{name: {long}, namespace: ns}}\nspec: {{engine: vllm, model: m}}\n"
+    ));
+    assert!(
+        model_pool::validate(&pool, &settings)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 45")
+    );
+}
+
+#[test]
+fn agent_pods_are_locked_down_and_drain_calls() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let children = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap();
+    let d = deployment(&children);
+    let p = pod(d);
+    let c = container(d);
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    let psc = p.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    assert_eq!(p.automount_service_account_token, Some(false));
+    assert!(c.lifecycle.as_ref().unwrap().pre_stop.is_some());
+    assert!(
+        p.termination_grace_period_seconds.unwrap() > 600,
+        "grace period must outlast drainTimeoutSeconds (600)"
+    );
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
+    let token = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "GROKCAST_TWILIO_AUTH_TOKEN")
+        .unwrap();
+    let sel = token
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (sel.name.as_str(), sel.key.as_str()),
+        ("twilio", "authToken")
+    );
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+    let kinds: Vec<&str> = children.iter().map(Child::kind).collect();
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    );
+}
+
+#[test]
+fn agent_config_resolves_pool_endpoints_and_models() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let children = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap();
+    let yaml = &config_map(&children).data.as_ref().unwrap()["agent.yaml"];
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(v["voiceAgent"].as_str(), Some("receptionist"));
+    assert_eq!(v["namespace"].as_str(), Some("voice"));
+    assert_eq!(v["publicUrl"].as_str(), Some("https://voice.example.com"));
+    assert_eq!(
+        v["llm"]["url"].as_str(),
+        Some("http://gemma-27b.voice.svc:8000/v1")
+    );
+    assert_eq!(v["llm"]["model"].as_str(), Some("google/gemma-3-27b-it"));
+    assert_eq!(v["llm"]["backend"].as_str(), Some("openai"));
+    assert_eq!(
+        v["stt"]["url"].as_str(),
+        Some("http://whisper-v3.voice.svc:8000/v1")
+    );
+    assert_eq!(v["stt"]["language"].as_str(), Some("en"));
+    assert_eq!(
+        v["tts"]["url"].as_str(),
+        Some("http://csm-1b.voice.svc:8000/v1")
+    );
+    assert_eq!(v["turnTaking"]["endOfTurnSilenceMs"].as_i64(), Some(300));
+    assert_eq!(v["maxCalls"].as_i64(), Some(50));
+    assert!(
+        !yaml.contains("REPLACE"),
+        "no secret material in the ConfigMap"
+    );
+}
+
+#[test]
+fn external_endpoint_needs_a_model_name() {
+    let yaml = std::fs::read_to_string(samples_dir().join("receptionist.yaml"))
+        .unwrap()
+        .replace(
+            "modelPoolRef: gemma-27b",
+            "endpoint: https://llm.example.com/v1",
+        );
+    let agent = agent_yaml(&yaml);
+    let err = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap_err();
+    assert_eq!(err.to_string(), "llm.model is required with llm.endpoint");
+    let agent = agent_yaml(&yaml.replace(
+        "endpoint: https://llm.example.com/v1",
+        "endpoint: https://llm.example.com/v1/\n    model: gpt-4o-mini",
+    ));
+    let children = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap();
+    let v: serde_yaml::Value =
+        serde_yaml::from_str(&config_map(&children).data.as_ref().unwrap()["agent.yaml"]).unwrap();
+    assert_eq!(v["llm"]["url"].as_str(), Some("https://llm.example.com/v1"));
+    assert_eq!(v["llm"]["model"].as_str(), Some("gpt-4o-mini"));
+}
+
+fn config_hash(agent: &VoiceAgent) -> String {
+    let children = build_agent(agent, &pools(), &BuildSettings::default()).unwrap();
+    deployment(&children)
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()[meta::CONFIG_HASH_ANNOTATION]
+        .clone()
+}
+
+#[test]
+fn config_hash_changes_exactly_when_the_config_changes() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let same = config_hash(&agent);
+    assert_eq!(same, config_hash(&agent), "building twice is deterministic");
+    let mut prompt = agent.clone();
+    prompt.spec.persona.system_prompt.push_str(" Be brief.");
+    assert_ne!(
+        same,
+        config_hash(&prompt),
+        "a prompt change must roll the pods"
+    );
+    let mut silence = agent.clone();
+    silence.spec.turn_taking.end_of_turn_silence_ms = 400;
+    assert_ne!(same, config_hash(&silence));
+    let mut replicas = agent.clone();
+    replicas.spec.replicas = 7;
+    assert_eq!(
+        same,
+        config_hash(&replicas),
+        "scaling must not restart pods"
+    );
+}
+
+#[test]
+fn fields_removed_from_the_spec_disappear_from_children() {
+    let yaml = std::fs::read_to_string(samples_dir().join("gemma-27b.yaml")).unwrap();
+    let with = yaml.replace(
+        "  resources:",
+        "  tolerations:\n  - {key: dedicated, operator: Equal, value: voice, effect: NoSchedule}\n  nodeSelector: {pool: voice}\n  resources:",
+    );
+    let children = build_pool(&pool_yaml(&with));
+    let p = pod(deployment(&children));
+    assert!(
+        p.tolerations
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("dedicated"))
+    );
+    assert_eq!(
+        p.node_selector
+            .as_ref()
+            .unwrap()
+            .get("pool")
+            .map(String::as_str),
+        Some("voice")
+    );
+
+    let children = build_pool(&pool_yaml(&yaml));
+    let p = pod(deployment(&children));
+    assert!(
+        !p.tolerations
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("dedicated"))
+    );
+    assert!(!p.node_selector.as_ref().unwrap().contains_key("pool"));
+    // The applied object is the whole desired state: a field missing here is dropped by SSA.
+    let y = serde_yaml::to_string(&children[2]).unwrap();
+    assert!(!y.contains("dedicated"));
+
+    let without_cache = yaml.replace("  cache:\n    size: 100Gi\n    accessMode: ReadWriteOnce       # ReadWriteMany when replicas run on several nodes\n    preload: true\n", "");
+    assert_ne!(
+        without_cache, yaml,
+        "sample layout changed; update this test"
+    );
+    let children = build_pool(&pool_yaml(&without_cache));
+    let p = pod(deployment(&children));
+    let models = p
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "models")
+        .unwrap();
+    assert!(models.persistent_volume_claim.is_none() && models.empty_dir.is_some());
+}
+
+#[test]
+fn dangling_and_wrong_role_references_name_the_stage_and_pool() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let only_two: Vec<ModelPool> = pools()
+        .into_iter()
+        .filter(|p| p.metadata.name.as_deref() != Some("csm-1b"))
+        .collect();
+    let err = build_agent(&agent, &only_two, &BuildSettings::default()).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::MODEL_POOL_NOT_FOUND);
+    assert_eq!(
+        err.to_string(),
+        "tts modelPoolRef \"csm-1b\": ModelPool not found in namespace voice"
+    );
+
+    let yaml = std::fs::read_to_string(samples_dir().join("receptionist.yaml"))
+        .unwrap()
+        .replace("modelPoolRef: csm-1b", "modelPoolRef: gemma-27b");
+    let err = build_agent(&agent_yaml(&yaml), &pools(), &BuildSettings::default()).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::MODEL_POOL_WRONG_ROLE);
+    assert_eq!(
+        err.to_string(),
+        "tts modelPoolRef \"gemma-27b\": ModelPool serves role llm, tts needs tts"
+    );
+}
+
+#[test]
+fn missing_secret_or_key_blocks_with_its_own_reason() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let p = pools();
+    let lookup = |name: &str| {
+        p.iter()
+            .find(|x| x.metadata.name.as_deref() == Some(name))
+            .map_or(PoolLookup::Missing, PoolLookup::Found)
+    };
+    let err = voice_agent::validate(&agent, lookup, SecretLookup::Missing).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::SECRET_NOT_FOUND);
+    let err = voice_agent::validate(&agent, lookup, SecretLookup::KeyMissing).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::SECRET_KEY_MISSING);
+    assert!(err.to_string().contains("has no key \"authToken\""));
+}
+
+#[test]
+fn invalid_agent_specs_are_flagged() {
+    let base = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
+    let cases = [
+        (
+            "minReplicas: 2",
+            "minReplicas: 30",
+            "scaling.minReplicas (30) must not exceed scaling.maxReplicas (20)",
+        ),
+        (
+            "targetCallsPerPod: 40",
+            "targetCallsPerPod: 80",
+            "scaling.targetCallsPerPod (80) must not exceed",
+        ),
+        (
+            "publicUrl: https://voice.example.com",
+            "publicUrl: http://voice.example.com",
+            "must be an https:// URL",
+        ),
+        (
+            "turnLatencyP95Ms: 800",
+            "turnLatencyP95Ms: 0",
+            "slo.turnLatencyP95Ms must be greater than 0",
+        ),
+        (
+            "modelPoolRef: whisper-v3",
+            "modelPoolRef: whisper-v3\n    endpoint: https://x/v1",
+            "stt needs exactly one of modelPoolRef and endpoint",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let yaml = base.replace(from, to);
+        assert_ne!(yaml, base, "{from} not in sample");
+        let err = build_agent(&agent_yaml(&yaml), &pools(), &BuildSettings::default()).unwrap_err();
+        assert_eq!(err.reason(), condition::reason::INVALID_SPEC);
+        assert!(err.to_string().contains(want), "got {err}, want {want}");
+    }
+}
+
+#[test]
+fn service_monitor_only_when_the_crd_exists() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let without = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap();
+    assert!(!without.iter().any(|c| c.kind() == "ServiceMonitor"));
+    let settings = BuildSettings {
+        service_monitors: true,
+        ..BuildSettings::default()
+    };
+    let with = build_agent(&agent, &pools(), &settings).unwrap();
+    let sm = with.iter().find(|c| c.kind() == "ServiceMonitor").unwrap();
+    let y = serde_yaml::to_string(sm).unwrap();
+    assert!(y.contains("apiVersion: monitoring.coreos.com/v1"), "{y}");
+    assert!(y.contains("path: /metrics"));
+}
+
+#[test]
+fn render_samples_directory_renders_every_resource() {
+    let input = render::read_input(&samples_dir()).unwrap();
+    assert_eq!(
+        (input.pools.len(), input.agents.len(), input.secrets.len()),
+        (3, 1, 2)
+    );
+    let out = render::render(&input, &BuildSettings::default()).unwrap();
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out.yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    // gemma: 5, whisper: 5, csm: 5, receptionist: 4
+    assert_eq!(docs.len(), 19);
+    assert!(
+        docs.iter()
+            .all(|d| d["apiVersion"].is_string() && d["kind"].is_string())
+    );
+}
+
+#[test]
+fn render_notes_a_pool_missing_from_the_input() {
+    let mut input = render::Input::default();
+    let text = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
+    render::parse_into(&mut input, &PathBuf::from("receptionist.yaml"), &text).unwrap();
+    let out = render::render(&input, &BuildSettings::default()).unwrap();
+    assert_eq!(out.problems.len(), 1);
+    assert!(
+        out.problems[0].contains("ModelPool not found"),
+        "{:?}",
+        out.problems
+    );
+    assert!(
+        out.yaml
+            .contains("# note: not rendered: VoiceAgent voice/receptionist")
+    );
+}
+
+#[test]
+fn render_rejects_malformed_documents_with_file_and_index() {
+    let mut input = render::Input::default();
+    let err = render::parse_into(
+        &mut input,
+        &PathBuf::from("bad.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: x}\nspec: {engine: tpu, model: m}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("bad.yaml: document 2:"), "{err}");
+    assert!(err.contains("tpu"), "{err}");
+}
