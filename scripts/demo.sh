@@ -7,4 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
 # The dev profile builds dependencies at opt-level 2 and shares the test build.
+# Gemma runs in its own server process: llama.cpp and whisper.cpp cannot share one binary.
+cargo build -p grokcast-engines --no-default-features --features llama --bin grokcast-serve-llm
 cargo run -p grokcast-agent -- demo "$@"

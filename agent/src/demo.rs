@@ -1,5 +1,6 @@
-//! The local demo: an agent on the embedded engines (Silero VAD, Whisper, Gemma, Piper) and one
-//! simulated Twilio call to it over real sockets, with both sides' words, each turn's latency
+//! The local demo: an agent on the embedded engines (Silero VAD, Whisper and Piper in-process,
+//! Gemma in `grokcast-serve-llm` over the OpenAI chat API) and one simulated Twilio call to it
+//! over real sockets, with both sides' words, each turn's latency
 //! and its stage breakdown, and the call written to a WAV (caller left, agent right).
 
 use std::path::PathBuf;
@@ -47,8 +48,72 @@ pub struct DemoReport {
     pub turns: Vec<TurnSample>,
 }
 
+/// `grokcast-serve-llm` (Gemma on llama.cpp) as a child process: llama.cpp and whisper.cpp
+/// cannot share one binary, so the demo's LLM speaks the same OpenAI chat API a vLLM pool does.
+struct LlmServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for LlmServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LlmServer {
+    async fn start() -> Result<Self, DemoError> {
+        let binary = serve_llm_binary();
+        if !binary.exists() {
+            return Err(DemoError::Other(format!(
+                "{} not found; build it with: cargo build -p grokcast-engines --no-default-features --features llama --bin grokcast-serve-llm",
+                binary.display()
+            )));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| DemoError::Other(e.to_string()))?
+            .port();
+        let child = std::process::Command::new(&binary)
+            .args(["--role", "llm", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| DemoError::Other(format!("starting {}: {e}", binary.display())))?;
+        let server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/v1"),
+        };
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        for _ in 0..1200 {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(DemoError::Other(
+            "grokcast-serve-llm did not become ready within 120 s".into(),
+        ))
+    }
+}
+
+/// Where `grokcast-serve-llm` is: next to this binary (or its parent, for test binaries that
+/// live in `target/*/deps`).
+pub fn serve_llm_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let beside = exe.with_file_name("grokcast-serve-llm");
+    match exe.parent().and_then(|d| d.parent()) {
+        Some(up) if !beside.exists() => up.join("grokcast-serve-llm"),
+        _ => beside,
+    }
+}
+
 /// Runs the demo.
 pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
+    let llm = LlmServer::start().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| DemoError::Other(e.to_string()))?;
@@ -57,13 +122,19 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         .map_err(|e| DemoError::Other(e.to_string()))?;
     // A fresh token per run: the caller signs like Twilio and the agent checks it.
     let token = format!("demo-{}", std::process::id());
-    let config = AgentConfig {
+    let mut config = AgentConfig {
         voice_agent: "demo".into(),
         public_url: format!("http://{addr}"),
         listen_addr: addr.to_string(),
         twilio_auth_token: Some(token.clone()),
         ..AgentConfig::default()
     };
+    config.llm.stage.url = llm.url.clone();
+    config.llm.stage.model = "gemma-3-270m".into();
+    // A CPU model is slower than a GPU pool; give it room before apologising.
+    config.llm.stage.timeout_ms = 30_000;
+    config.stt.stage.timeout_ms = 30_000;
+    config.tts.stage.timeout_ms = 30_000;
     config
         .validate()
         .map_err(|e| DemoError::Other(e.to_string()))?;
@@ -100,6 +171,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     caller::write_wav(&options.record, &[&call.said, &call.heard])?;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+    drop(llm);
     Ok(DemoReport {
         call,
         transcript: state.take_transcript(),

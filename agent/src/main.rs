@@ -127,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { say, record } => {
             let options = grokcast_agent::demo::DemoOptions { say, record };
             eprintln!(
-                "Starting an agent on the embedded engines (Silero VAD, Whisper tiny.en, Gemma 3 270M, Piper) and calling it..."
+                "Starting an agent on the embedded engines (Silero VAD, Whisper tiny.en and Piper in-process, Gemma 3 270M in grokcast-serve-llm) and calling it..."
             );
             let report = grokcast_agent::demo::run(&options).await?;
             println!("{}", report.render(&options));

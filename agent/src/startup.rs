@@ -119,7 +119,7 @@ fn embedded_stt(_: &AgentConfig) -> Result<Arc<dyn Stt>, StartupError> {
     Err(StartupError::NotBuilt("stt", "STT"))
 }
 
-#[cfg(feature = "embedded")]
+#[cfg(feature = "embedded-llm")]
 fn embedded_llm(config: &AgentConfig) -> Result<Arc<dyn Llm>, StartupError> {
     let path = models(config)?.llm()?;
     let engine =
@@ -135,7 +135,7 @@ fn embedded_llm(config: &AgentConfig) -> Result<Arc<dyn Llm>, StartupError> {
     )))
 }
 
-#[cfg(not(feature = "embedded"))]
+#[cfg(not(feature = "embedded-llm"))]
 fn embedded_llm(_: &AgentConfig) -> Result<Arc<dyn Llm>, StartupError> {
     Err(StartupError::NotBuilt("llm", "LLM"))
 }

@@ -1,5 +1,5 @@
-//! In-process backends on `grokcast-engines`: Piper TTS always; Whisper STT and Gemma LLM with
-//! the `embedded` feature. Engines block, so each request runs on tokio's blocking pool and
+//! In-process backends on `grokcast-engines`: Piper TTS always; Whisper STT with the `embedded`
+//! feature; Gemma with `embedded-llm` (never both: their ggml builds clash). Engines block, so each request runs on tokio's blocking pool and
 //! streams back through a small bounded channel; when the call drops the stream (barge-in),
 //! the engine's callback sees the closed channel and stops.
 
@@ -59,19 +59,17 @@ impl Tts for EmbeddedTts {
 }
 
 #[cfg(feature = "embedded")]
-pub use heavy::{EmbeddedLlm, EmbeddedStt};
+pub use whisper::EmbeddedStt;
 
 #[cfg(feature = "embedded")]
-mod heavy {
+mod whisper {
     use std::sync::Arc;
 
     use futures::FutureExt;
     use futures::future::BoxFuture;
-    use grokcast_engines::llm::{GemmaLlm, GenerationParams};
     use grokcast_engines::stt::WhisperStt;
 
-    use super::receiver_stream;
-    use crate::backend::{BackendError, ChatMessage, Llm, StageName, Stt, TokenStream};
+    use crate::backend::{BackendError, StageName, Stt};
 
     /// Whisper through whisper.cpp.
     pub struct EmbeddedStt {
@@ -109,6 +107,21 @@ mod heavy {
             .boxed()
         }
     }
+}
+
+#[cfg(feature = "embedded-llm")]
+pub use gemma::EmbeddedLlm;
+
+#[cfg(feature = "embedded-llm")]
+mod gemma {
+    use std::sync::Arc;
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    use grokcast_engines::llm::{GemmaLlm, GenerationParams};
+
+    use super::receiver_stream;
+    use crate::backend::{BackendError, ChatMessage, Llm, StageName, TokenStream};
 
     /// Gemma through llama.cpp.
     pub struct EmbeddedLlm {
