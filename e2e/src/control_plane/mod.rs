@@ -247,6 +247,11 @@ impl TestControlPlane {
             path: self.kubeconfig.clone(),
             message: e.to_string(),
         };
+        // With more than one rustls provider compiled into a test binary, rustls
+        // cannot pick one itself; kube is built with ring, so choose it.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|e| err(&e))?;
         let cfg =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())

@@ -1,0 +1,150 @@
+//! The project's own CRDs and samples on the test control plane: the committed
+//! CRD YAML registers, the samples are accepted with their defaults, and the
+//! CEL rules reject what they should with the rule's message.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use grokcast_e2e::TestControlPlane;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Error};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn documents(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = vec![];
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("readable");
+        for d in serde_yaml::Deserializer::from_str(&text) {
+            let v = Value::deserialize(d).expect("yaml");
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    docs
+}
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for doc in documents(&repo().join("crds/yaml")) {
+        let crd: CustomResourceDefinition = serde_json::from_value(doc).expect("a CRD");
+        let name = crd.metadata.name.clone().expect("name");
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("CRD registers");
+        let est = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), est)
+            .await
+            .expect("in time")
+            .expect("watch");
+    }
+}
+
+fn api(client: &Client, kind: &str, plural: &str, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("grokcast.io", "v1alpha1", kind),
+        plural,
+    );
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+fn invalid_message(e: Error) -> String {
+    match e {
+        Error::Api(s) if s.code == 422 => s.message,
+        other => panic!("expected 422 Invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn samples_are_accepted_and_cel_rules_reject_bad_specs() {
+    let cp = TestControlPlane::start().await.expect("control plane");
+    let client = cp.client().await.expect("client");
+    install_crds(&client).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "voice"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+
+    let pools = api(&client, "ModelPool", "modelpools", "voice");
+    let agents = api(&client, "VoiceAgent", "voiceagents", "voice");
+    let mut applied = 0;
+    for doc in documents(&repo().join("config/samples")) {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+        let target = match kind.as_str() {
+            "ModelPool" => &pools,
+            "VoiceAgent" => &agents,
+            _ => continue,
+        };
+        let obj = target
+            .patch(
+                &name,
+                &PatchParams::apply("samples").validation_strict(),
+                &Patch::Apply(doc),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("sample {kind}/{name} rejected: {e}"));
+        assert_eq!(obj.metadata.generation, Some(1));
+        applied += 1;
+    }
+    assert!(
+        applied >= 4,
+        "expected the three pools and the receptionist, applied {applied}"
+    );
+
+    let gemma = pools.get("gemma-27b").await.expect("sample pool");
+    let mut bad = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "ModelPool", "metadata": {"name": "bad-range"}, "spec": gemma.data["spec"].clone()});
+    bad["spec"]["autoscaling"] =
+        json!({"minReplicas": 5, "maxReplicas": 1, "targetLatencyMs": 250});
+    let msg = invalid_message(
+        pools
+            .patch("bad-range", &PatchParams::apply("test"), &Patch::Apply(bad))
+            .await
+            .expect_err("min > max rejected"),
+    );
+    assert!(msg.starts_with("ModelPool.grokcast.io \"bad-range\" is invalid: spec.autoscaling: Invalid value: \"object\":"), "{msg}");
+    assert!(
+        pools.get_opt("bad-range").await.expect("get").is_none(),
+        "nothing stored"
+    );
+
+    let receptionist = agents.get("receptionist").await.expect("sample agent");
+    let mut both = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "both-refs"}, "spec": receptionist.data["spec"].clone()});
+    both["spec"]["llm"]["endpoint"] = json!("http://llm.example:8000/v1");
+    let msg = invalid_message(
+        agents
+            .patch(
+                "both-refs",
+                &PatchParams::apply("test"),
+                &Patch::Apply(both),
+            )
+            .await
+            .expect_err("modelPoolRef and endpoint together rejected"),
+    );
+    assert!(
+        msg.contains("spec.llm: Invalid value: \"object\":"),
+        "{msg}"
+    );
+    cp.shutdown().await;
+}
