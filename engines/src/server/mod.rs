@@ -130,6 +130,7 @@ pub struct AppState {
     metrics: ServerMetrics,
     #[cfg_attr(not(feature = "llama"), allow(dead_code))]
     chat_lane: Arc<Lane>,
+    #[cfg_attr(not(feature = "whisper"), allow(dead_code))]
     stt_lane: Arc<Lane>,
     tts_lane: Arc<Lane>,
     #[cfg_attr(not(feature = "llama"), allow(dead_code))]

@@ -19,6 +19,7 @@ pub(crate) enum ResponseFormat {
 
 /// A validated upload.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "whisper"), allow(dead_code))]
 pub(crate) struct TranscriptionJob {
     /// 16 kHz mono samples.
     pub(crate) pcm16k: Vec<f32>,
