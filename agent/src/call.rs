@@ -203,30 +203,68 @@ async fn session(
     let (playout_tx, playout_rx) = mpsc::channel(64);
     let (clear_tx, clear_rx) = mpsc::channel(4);
 
-    let receiver = receive(state.clone(), stream, parser, events_tx, shared.clone());
-    let sender = send(
-        state.clone(),
-        sink,
-        stream_sid,
-        playout_rx,
-        clear_rx,
-        shared.clone(),
-    );
+    // Receiving and sending run as their own tasks (in parallel on a multi-thread runtime);
+    // the conversation runs here. Dropping the guards aborts whichever is still running.
+    let mut receiver = TaskGuard(tokio::spawn(
+        receive(state.clone(), stream, parser, events_tx, shared.clone()).in_current_span(),
+    ));
+    let mut sender = TaskGuard(tokio::spawn(
+        send(
+            state.clone(),
+            sink,
+            stream_sid,
+            playout_rx,
+            clear_rx,
+            shared.clone(),
+        )
+        .in_current_span(),
+    ));
     let conversation = converse(state.clone(), events_rx, playout_tx, clear_tx, shared);
     let timeout = Duration::from_secs(state.config.session_timeout_seconds);
 
     tokio::select! {
-        result = receiver => match result {
-            Ok(()) => Outcome::Completed,
-            Err(CallError::Protocol(e)) => { warn!(error = %e, "call ended by a protocol error"); Outcome::ProtocolError }
-            Err(e) => { warn!(error = %e, "call failed"); Outcome::Disconnected }
+        result = &mut receiver.0 => receive_outcome(result),
+        outcome = conversation => match outcome {
+            Some(outcome) => outcome,
+            // The receive task ended and closed the event channel: its result says why.
+            None => receive_outcome((&mut receiver.0).await),
         },
-        outcome = conversation => outcome,
-        result = sender => {
-            if let Err(e) = result { warn!(error = %e, "sending to the caller failed"); }
+        result = &mut sender.0 => {
+            match result {
+                Ok(Err(e)) => warn!(error = %e, "sending to the caller failed"),
+                Err(e) => warn!(error = %e, "send task failed"),
+                Ok(Ok(())) => {}
+            }
             Outcome::Disconnected
         }
         _ = tokio::time::sleep(timeout) => Outcome::Timeout,
+    }
+}
+
+fn receive_outcome(result: Result<Result<(), CallError>, tokio::task::JoinError>) -> Outcome {
+    match result {
+        Ok(Ok(())) => Outcome::Completed,
+        Ok(Err(CallError::Protocol(e))) => {
+            warn!(error = %e, "call ended by a protocol error");
+            Outcome::ProtocolError
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "call failed");
+            Outcome::Disconnected
+        }
+        Err(e) => {
+            warn!(error = %e, "receive task failed");
+            Outcome::Disconnected
+        }
+    }
+}
+
+/// Aborts a call's task when the call ends, however it ends.
+struct TaskGuard<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for TaskGuard<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -469,7 +507,7 @@ async fn converse(
     playout: mpsc::Sender<Playout>,
     clears: mpsc::Sender<()>,
     shared: Arc<Shared>,
-) -> Outcome {
+) -> Option<Outcome> {
     let mut history: Vec<ChatMessage> = Vec::new();
     let mut acked: HashSet<String> = HashSet::new();
     let mut turn_number = 0u64;
@@ -502,12 +540,13 @@ async fn converse(
     loop {
         tokio::select! {
             event = events.recv() => {
-                let Some(event) = event else { return Outcome::Disconnected };
+                // Closed: the receive task ended, and its result says why.
+                let event = event?;
                 match event {
                     CallEvent::Mark(name) => { acked.insert(name); }
                     CallEvent::Stop => {
                         finish_turn(&mut running, &mut history, &acked);
-                        return Outcome::Completed;
+                        return Some(Outcome::Completed);
                     }
                     CallEvent::BargeIn => {
                         state.metrics.barge_ins.inc();
@@ -548,7 +587,7 @@ async fn converse(
                     };
                     let _ = tokio::time::timeout(GOODBYE_TIMEOUT, heard).await;
                 }
-                return Outcome::Drained;
+                return Some(Outcome::Drained);
             }
         }
     }
