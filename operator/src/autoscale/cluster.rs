@@ -572,6 +572,11 @@ fn pool_input(
         key: pool_key.to_owned(),
         spec,
         current: to_u32(pool.spec.replicas),
+        ready: pool
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .map(to_u32),
         gpus_per_replica: to_u32(pool.spec.gpu.count),
         product: pool.spec.gpu.product.clone().filter(|p| !p.is_empty()),
         engine,
@@ -689,6 +694,9 @@ pub fn reason_text(reason: Reason) -> &'static str {
         Reason::LiveCalls => "live calls still need these pods",
         Reason::CapacityLimited => "limited by the GPUs the cluster has",
         Reason::Held => "metrics unavailable; holding replicas",
+        Reason::WaitingForNewReplicas => {
+            "waiting for the replicas added last to be ready and measured"
+        }
         Reason::NearBreachLoad => {
             "one replica fewer would carry nearly the load of the last breach"
         }

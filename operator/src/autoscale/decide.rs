@@ -151,6 +151,9 @@ pub struct Behaviour {
     /// A pool shrinks only if the calls per replica it would then carry stay below this
     /// fraction of the calls per replica at which it last went over budget.
     pub breach_load_margin: f64,
+    /// After a pool grows, further growth waits this long (and for the new replicas to be
+    /// ready): the SLO window still holds the slow turns from before the growth.
+    pub pool_scale_up_cooldown: Duration,
 }
 
 impl Default for Behaviour {
@@ -168,6 +171,7 @@ impl Default for Behaviour {
             agent_stage_budget_ms: 50.0,
             waiting_per_replica: 2.0,
             breach_load_margin: 0.85,
+            pool_scale_up_cooldown: Duration::from_secs(180),
         }
     }
 }
@@ -229,6 +233,8 @@ pub enum Reason {
     CapacityLimited,
     /// Metrics unusable; see [`HoldReason`].
     Held,
+    /// Replicas added earlier are not ready yet, or the last growth is too recent to judge.
+    WaitingForNewReplicas,
 }
 
 impl Reason {
@@ -251,6 +257,7 @@ impl Reason {
             Reason::LiveCalls => "LiveCalls",
             Reason::CapacityLimited => "CapacityLimited",
             Reason::Held => "Held",
+            Reason::WaitingForNewReplicas => "WaitingForNewReplicas",
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct PoolInput {
     pub spec: Option<PoolSpec>,
     /// `spec.replicas` now.
     pub current: u32,
+    /// Replicas ready to serve (`None`: unknown, taken as `current`).
+    pub ready: Option<u32>,
     /// GPUs per replica.
     pub gpus_per_replica: u32,
     /// `spec.gpu.product`.
@@ -108,6 +110,8 @@ pub struct Autoscaler {
     pool_history: HashMap<String, History>,
     /// Calls per replica at which each pool last went over budget.
     breach_load: HashMap<String, f64>,
+    /// When each pool last grew.
+    last_growth: HashMap<String, Duration>,
 }
 
 impl Autoscaler {
@@ -210,8 +214,21 @@ impl Autoscaler {
                     steps: Steps::pool(behaviour),
                     window,
                 };
-                let decision =
+                let mut decision =
                     decide::stabilise(pool.current, recommendation, history, now, limits);
+                let starting = pool.ready.is_some_and(|ready| ready < pool.current);
+                let recent = self
+                    .last_growth
+                    .get(&pool.key)
+                    .is_some_and(|at| now.saturating_sub(*at) < behaviour.pool_scale_up_cooldown);
+                // Growth from below minReplicas is not held: that is a spec change.
+                if decision.desired > pool.current
+                    && pool.current >= spec.bounds.min
+                    && (starting || recent)
+                {
+                    decision.desired = pool.current;
+                    decision.reason = Reason::WaitingForNewReplicas;
+                }
                 use_.desired = decision.desired;
                 use_.priority = match recommendation {
                     Recommendation::Replicas(_, Reason::SloBreachAttributed) => 2,
@@ -246,6 +263,9 @@ impl Autoscaler {
             }
         }
         let pools: Vec<PoolPlan> = pools.into_iter().map(|(_, p)| p).collect();
+        for pool in pools.iter().filter(|p| p.decision.desired > p.current) {
+            self.last_growth.insert(pool.key.clone(), now);
+        }
         for (agent, input) in agents.iter_mut().zip(&snapshot.agents) {
             agent.capacity_limited_pools = input
                 .pools
@@ -265,6 +285,8 @@ impl Autoscaler {
                 .any(|p| &p.key == k && p.spec.is_some())
         });
         self.breach_load
+            .retain(|k, _| self.pool_history.contains_key(k));
+        self.last_growth
             .retain(|k, _| self.pool_history.contains_key(k));
         Plan { agents, pools }
     }
@@ -313,6 +335,7 @@ mod tests {
                 target_latency_ms: budget,
             }),
             current,
+            ready: None,
             gpus_per_replica: 1,
             product: Some(A100.into()),
             engine: None,
@@ -459,6 +482,27 @@ mod tests {
         }
         // 150 calls * 1.25 / 40 -> 5 pods, reached once; gemma stays at 2.
         assert_eq!(changes, vec![(0, (4, 2), (5, 2))]);
+    }
+
+    #[test]
+    fn growth_waits_for_new_replicas_and_the_cooldown() {
+        let mut autoscaler = Autoscaler::default();
+        let over = || Ok(observation(500.0, 150.0));
+        let mut snap = snapshot(over(), 16, 2);
+        snap.pools[1].ready = Some(1);
+        let plan = autoscaler.evaluate(Duration::ZERO, &snap);
+        assert_eq!(plan.pools[1].decision.desired, 2);
+        assert_eq!(plan.pools[1].decision.reason, Reason::WaitingForNewReplicas);
+        snap.pools[1].ready = Some(2);
+        let plan = autoscaler.evaluate(Duration::from_secs(15), &snap);
+        assert_eq!(plan.pools[1].decision.desired, 4, "{plan:?}");
+        // Still slow in the window right after: no further growth for the cooldown.
+        let mut snap = snapshot(over(), 16, 4);
+        snap.pools[1].ready = Some(4);
+        let plan = autoscaler.evaluate(Duration::from_secs(30), &snap);
+        assert_eq!(plan.pools[1].decision.desired, 4);
+        let plan = autoscaler.evaluate(Duration::from_secs(15 + 180), &snap);
+        assert_eq!(plan.pools[1].decision.desired, 6);
     }
 
     #[test]

@@ -137,7 +137,7 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
 
 fn main() {
     let seed = arg("--seed").unwrap_or(7);
-    let gpus = u32::try_from(arg("--gpus").unwrap_or(16)).unwrap_or(16);
+    let gpus = u32::try_from(arg("--gpus").unwrap_or(24)).unwrap_or(24);
     let behaviour = Behaviour {
         period: Duration::from_secs(PERIOD_S),
         ..Behaviour::default()
@@ -306,6 +306,7 @@ fn main() {
                         target_latency_ms: p.budget_ms,
                     }),
                     current: p.spec_replicas,
+                    ready: Some(p.ready),
                     gpus_per_replica: 1,
                     product: Some(GPU_PRODUCT.into()),
                     engine: None,
