@@ -535,20 +535,33 @@ async fn reconcile_agent_inner(
     let current = agent.status.clone().unwrap_or_default();
     let settings = ctx.settings();
 
-    // dereference: pools from the cache, the Twilio Secret from the API
-    let pools: HashMap<String, Arc<ModelPool>> = [
+    // dereference: pools from the cache (a read only when the cache lacks one, so a pool
+    // created a moment ago is never reported missing), the Twilio Secret from the API
+    let mut pools: HashMap<String, Arc<ModelPool>> = HashMap::new();
+    let pool_api: Api<ModelPool> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in [
         &agent.spec.stt.model_pool_ref,
         &agent.spec.llm.model_pool_ref,
         &agent.spec.tts.model_pool_ref,
     ]
     .into_iter()
     .flatten()
-    .filter_map(|name| {
-        ctx.pools
-            .get(&ObjectRef::new(name).within(&ns))
-            .map(|p| (name.clone(), p))
-    })
-    .collect();
+    {
+        if pools.contains_key(name) {
+            continue;
+        }
+        let found = match ctx.pools.get(&ObjectRef::new(name).within(&ns)) {
+            Some(p) => Some(p),
+            None => pool_api
+                .get_opt(name)
+                .await
+                .map_err(api_err("get", "ModelPool", name))?
+                .map(Arc::new),
+        };
+        if let Some(p) = found {
+            pools.insert(name.clone(), p);
+        }
+    }
     let secret = lookup_secret(
         &ctx.client,
         &ns,
@@ -777,7 +790,7 @@ pub async fn run_controllers(
             config.settings.clone(),
             service_monitors.clone(),
             metrics.clone(),
-            pools.clone(),
+            pools,
             leader.clone(),
             config.instance.clone(),
         ));
@@ -816,10 +829,6 @@ pub async fn run_controllers(
             );
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
-            // Until the pool cache is filled every reference would look dangling.
-            if pools.wait_until_ready().await.is_err() {
-                return;
-            }
             agent_ctrl
                 .graceful_shutdown_on(async move { stop.cancelled().await })
                 .run(

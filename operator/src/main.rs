@@ -167,6 +167,7 @@ async fn shutdown_signal(token: CancellationToken) {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, &args.log);
+    grokcast_operator::run::install_crypto_provider();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;

@@ -13,6 +13,13 @@ use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::settings::BuildSettings;
 
+/// Choose rustls' ring provider for the whole process. Both ring (kube) and aws-lc-rs
+/// (reqwest, for Prometheus) are linked, and rustls refuses to guess; call this before
+/// building any client. Calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Everything `run` needs besides the client.
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
