@@ -80,8 +80,14 @@ fn load_engines(
                 WhisperStt::load_with(&path, opts).map_err(|e| e.to_string())?,
             ));
         }
+        // `all` means every engine this build has; naming a missing one is an error.
         #[cfg(not(feature = "whisper"))]
-        return Err("this build has no Whisper engine (cargo feature `whisper`)".to_owned());
+        if role == ServeRole::Stt {
+            return Err(
+                "this build has no Whisper engine: use grokcast-serve built with the default features"
+                    .to_owned(),
+            );
+        }
     }
     if wants(ServeRole::Llm) {
         #[cfg(feature = "llama")]
@@ -97,7 +103,12 @@ fn load_engines(
             ));
         }
         #[cfg(not(feature = "llama"))]
-        return Err("this build has no LLM engine (cargo feature `llama`)".to_owned());
+        if role == ServeRole::Llm {
+            return Err(
+                "this build has no LLM engine: use grokcast-serve-llm (--no-default-features --features llama)"
+                    .to_owned(),
+            );
+        }
     }
     let _ = threads;
     Ok(engines)
