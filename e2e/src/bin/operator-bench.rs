@@ -1,0 +1,320 @@
+//! Operator benchmark on the test control plane: from cold, N VoiceAgents and M ModelPools
+//! (default 1,000 and 200) until every one is Ready; prints time to converge, reconcile
+//! p50/p95, API requests per object, steady-state requests per minute and operator RSS.
+//!
+//! The operator runs as its own process (the real `grokcast-operator` binary) so its RSS is
+//! its own. Build both first:
+//!
+//! ```text
+//! cargo build --release -p grokcast-operator -p grokcast-e2e --bins
+//! target/release/operator-bench [--agents 1000] [--pools 200] [--steady-seconds 60]
+//! ```
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use grokcast_crds::{ModelPool, VoiceAgent, condition};
+use grokcast_e2e::TestControlPlane;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+#[command(about = "Time the operator converging N VoiceAgents and M ModelPools from cold")]
+struct Args {
+    /// VoiceAgents to create.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// ModelPools to create (split evenly across stt, llm and tts).
+    #[arg(long, default_value_t = 200)]
+    pools: usize,
+    /// How long to watch request counts after convergence.
+    #[arg(long, default_value_t = 60)]
+    steady_seconds: u64,
+    /// Give up converging after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_seconds: u64,
+    /// The operator binary (default: grokcast-operator next to this one).
+    #[arg(long, env = "GROKCAST_OPERATOR_BIN")]
+    operator_bin: Option<PathBuf>,
+}
+
+const NS: &str = "bench";
+
+fn ready(conds: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>) -> bool {
+    conds.is_some_and(|c| {
+        c.iter()
+            .any(|c| c.type_ == condition::READY && c.status == "True")
+    })
+}
+
+fn pool_obj(i: usize) -> ModelPool {
+    let role = ["stt", "llm", "tts"][i % 3];
+    serde_json::from_value(json!({
+        "apiVersion": "grokcast.io/v1alpha1", "kind": "ModelPool",
+        "metadata": {"name": format!("pool-{i}"), "namespace": NS},
+        "spec": {"engine": "grokcast", "role": role, "model": format!("model-{role}"), "gpu": {"count": 0}, "replicas": 1}
+    }))
+    .expect("pool")
+}
+
+fn agent_obj(i: usize, pools: usize) -> VoiceAgent {
+    // Pool k serves role k % 3; pick one of each role.
+    let pick = |role: usize| {
+        let per_role = pools.div_ceil(3).max(1);
+        let k = (i % per_role) * 3 + role;
+        format!("pool-{}", if k < pools { k } else { role })
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent",
+        "metadata": {"name": format!("agent-{i}"), "namespace": NS},
+        "spec": {
+            "telephony": {"twilio": {"authTokenSecretRef": {"name": "twilio", "key": "authToken"}, "publicUrl": format!("https://a{i}.example.com")}},
+            "stt": {"modelPoolRef": pick(0)}, "llm": {"modelPoolRef": pick(1)}, "tts": {"modelPoolRef": pick(2)},
+            "replicas": 1
+        }
+    }))
+    .expect("agent")
+}
+
+async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
+/// Quantile from Prometheus histogram buckets (both controllers summed), interpolated
+/// linearly inside the bucket as `histogram_quantile` does.
+fn quantile(metrics: &str, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("grokcast_operator_reconcile_duration_seconds_bucket{")
+        else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ")?;
+        let le = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("le=\""))?
+            .trim_end_matches('"');
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        let count: f64 = value.trim().parse().ok()?;
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some(b) => b.1 += count,
+            None => buckets.push((le, count)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in &buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let width = count - prev.1;
+            let frac = if width > 0.0 {
+                (rank - prev.1) / width
+            } else {
+                0.0
+            };
+            return Some(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn setup(client: &Client, args: &Args) -> anyhow_free::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in grokcast_crds::crds() {
+        crds.create(&PostParams::default(), &crd).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
+    )
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "twilio"}, "stringData": {"authToken": "x"}}),
+            )?,
+        )
+        .await?;
+    let pools: Api<ModelPool> = Api::namespaced(client.clone(), NS);
+    for i in 0..args.pools {
+        pools.create(&PostParams::default(), &pool_obj(i)).await?;
+    }
+    let agents: Api<VoiceAgent> = Api::namespaced(client.clone(), NS);
+    for i in 0..args.agents {
+        agents
+            .create(&PostParams::default(), &agent_obj(i, args.pools))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Tiny error alias so the bench needs no extra dependency.
+mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+#[tokio::main]
+async fn main() -> anyhow_free::Result<()> {
+    let args = Args::parse();
+    let operator_bin = match &args.operator_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("grokcast-operator"),
+    };
+    if !operator_bin.exists() {
+        return Err(format!(
+            "{} not found; build it with `cargo build --release -p grokcast-operator` or pass --operator-bin",
+            operator_bin.display()
+        )
+        .into());
+    }
+    let cp = TestControlPlane::start().await?;
+    let client = cp.client().await?;
+    setup(&client, &args).await?;
+    println!(
+        "created {} ModelPools and {} VoiceAgents; starting the operator",
+        args.pools, args.agents
+    );
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let metrics_addr = listener.local_addr()?.to_string();
+    drop(listener);
+    cp.reset_request_counts();
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(&operator_bin)
+        .args([
+            "run",
+            "--leader-elect",
+            "false",
+            "--http-addr",
+            &metrics_addr,
+            "--log",
+            "warn",
+        ])
+        .env("KUBECONFIG", cp.kubeconfig_path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+
+    let pools: Api<ModelPool> = Api::namespaced(client.clone(), NS);
+    let agents: Api<VoiceAgent> = Api::namespaced(client.clone(), NS);
+    let mut own_requests = 0u64;
+    let converged = loop {
+        if started.elapsed() > Duration::from_secs(args.timeout_seconds) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        own_requests += 2;
+        let p = pools.list(&ListParams::default()).await?;
+        let a = agents.list(&ListParams::default()).await?;
+        let pools_ready = p
+            .items
+            .iter()
+            .filter(|x| ready(x.status.as_ref().map(|s| s.conditions.as_slice())))
+            .count();
+        let agents_ready = a
+            .items
+            .iter()
+            .filter(|x| ready(x.status.as_ref().map(|s| s.conditions.as_slice())))
+            .count();
+        if pools_ready == args.pools && agents_ready == args.agents {
+            break Some(started.elapsed());
+        }
+    };
+    let Some(converged) = converged else {
+        return Err(format!("did not converge within {} s", args.timeout_seconds).into());
+    };
+    let counts = cp.request_counts();
+    let operator_requests = counts.total().saturating_sub(own_requests);
+    let objects = (args.agents + args.pools) as f64;
+    let metrics = http_get(&metrics_addr, "/metrics")
+        .await
+        .unwrap_or_default();
+    let (rss_converged, _) = rss_kib(pid);
+
+    cp.reset_request_counts();
+    tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let steady = cp.request_counts();
+    let (rss, hwm) = rss_kib(pid);
+    let _ = child.kill().await;
+
+    println!(
+        "objects: {} VoiceAgents + {} ModelPools",
+        args.agents, args.pools
+    );
+    println!(
+        "time to all Ready: {:.2} s (target < 60 s)",
+        converged.as_secs_f64()
+    );
+    match (quantile(&metrics, 0.5), quantile(&metrics, 0.95)) {
+        (Some(p50), Some(p95)) => println!(
+            "reconcile duration: p50 {:.1} ms, p95 {:.1} ms",
+            p50 * 1e3,
+            p95 * 1e3
+        ),
+        _ => println!("reconcile duration: no samples"),
+    }
+    println!(
+        "API requests until Ready: {operator_requests} ({:.2} per object); by verb: {:?}",
+        operator_requests as f64 / objects,
+        counts.by_verb
+    );
+    println!(
+        "steady state: {} requests in {} s = {:.1} per minute; by verb: {:?}",
+        steady.total(),
+        args.steady_seconds,
+        steady.total() as f64 * 60.0 / args.steady_seconds as f64,
+        steady.by_verb
+    );
+    println!(
+        "operator RSS: {:.1} MiB at convergence, {:.1} MiB after steady state, peak {:.1} MiB (target < 100 MiB)",
+        rss_converged as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    cp.shutdown().await;
+    Ok(())
+}
