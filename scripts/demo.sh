@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
+# Shares the build with scripts/test.sh (an explicit CARGO_TARGET_DIR wins).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/grokcast/target}"
 # The dev profile builds dependencies at opt-level 2 and shares the test build.
 # Gemma runs in its own server process: llama.cpp and whisper.cpp cannot share one binary.
 cargo build -p grokcast-engines --no-default-features --features llama --bin grokcast-serve-llm
