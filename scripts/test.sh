@@ -21,10 +21,12 @@ run() {
 }
 
 run cargo fmt --all --check
+run cargo clippy --workspace --all-targets -- -D warnings
 # whisper.cpp and llama.cpp each link their own ggml, so Gemma lives in a separate build of the
 # engines crate (grokcast-serve-llm); the agent's end-to-end model test starts that binary.
 run cargo build -p grokcast-engines --no-default-features --features llama --bin grokcast-serve-llm
 run cargo nextest run --workspace --no-fail-fast
+run cargo clippy -p grokcast-engines --no-default-features --features llama --all-targets -- -D warnings
 run cargo nextest run -p grokcast-engines --no-default-features --features llama --no-fail-fast
 run python3 -m pytest -p no:cloudcoil -p no:cacheprovider tests/chart -q
 
