@@ -33,7 +33,12 @@ struct Args {
     /// ModelPools to create (split evenly across stt, llm and tts).
     #[arg(long, default_value_t = 200)]
     pools: usize,
-    /// How long to watch request counts after convergence.
+    /// How long to wait after every object reports Ready before measuring steady state:
+    /// the last readiness flips still owe each owner one reconcile, which is convergence
+    /// work, not steady-state work.
+    #[arg(long, default_value_t = 30)]
+    settle_seconds: u64,
+    /// How long to watch request counts once settled.
     #[arg(long, default_value_t = 60)]
     steady_seconds: u64,
     /// Give up converging after this many seconds.
@@ -276,6 +281,9 @@ async fn main() -> anyhow_free::Result<()> {
     let (rss_converged, _) = rss_kib(pid);
 
     cp.reset_request_counts();
+    tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
+    let settling = cp.request_counts();
+    cp.reset_request_counts();
     tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
     let steady = cp.request_counts();
     let (rss, hwm) = rss_kib(pid);
@@ -301,6 +309,12 @@ async fn main() -> anyhow_free::Result<()> {
         "API requests until Ready: {operator_requests} ({:.2} per object); by verb: {:?}",
         operator_requests as f64 / objects,
         counts.by_verb
+    );
+    println!(
+        "settling after Ready: {} requests in {} s; by verb: {:?}",
+        settling.total(),
+        args.settle_seconds,
+        settling.by_verb
     );
     println!(
         "steady state: {} requests in {} s = {:.1} per minute; by verb: {:?}",
