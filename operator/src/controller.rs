@@ -392,18 +392,35 @@ pub async fn reconcile_pool(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     ctx.ensure_leader()?;
+    measured(
+        &ctx,
+        "modelpool",
+        key(&*pool),
+        reconcile_pool_inner(&pool, &ctx),
+    )
+    .await
+}
+
+/// Counts and times one reconcile under its controller's static label, and forgets the
+/// object's failure streak once it succeeds, so the next failure backs off from the start.
+async fn measured(
+    ctx: &Context,
+    controller: &'static str,
+    object: String,
+    reconcile: impl std::future::Future<Output = Result<Action, ReconcileError>>,
+) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     ctx.metrics
         .reconciles
-        .with_label_values(&["modelpool"])
+        .with_label_values(&[controller])
         .inc();
-    let result = reconcile_pool_inner(&pool, &ctx).await;
+    let result = reconcile.await;
     ctx.metrics
         .duration
-        .with_label_values(&["modelpool"])
+        .with_label_values(&[controller])
         .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
-        ctx.failures.lock().await.remove(&key(&*pool));
+        ctx.failures.lock().await.remove(&object);
     }
     result
 }
@@ -511,20 +528,13 @@ pub async fn reconcile_agent(
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     ctx.ensure_leader()?;
-    let started = Instant::now();
-    ctx.metrics
-        .reconciles
-        .with_label_values(&["voiceagent"])
-        .inc();
-    let result = reconcile_agent_inner(&agent, &ctx).await;
-    ctx.metrics
-        .duration
-        .with_label_values(&["voiceagent"])
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.failures.lock().await.remove(&key(&*agent));
-    }
-    result
+    measured(
+        &ctx,
+        "voiceagent",
+        key(&*agent),
+        reconcile_agent_inner(&agent, &ctx),
+    )
+    .await
 }
 
 async fn reconcile_agent_inner(
