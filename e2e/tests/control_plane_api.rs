@@ -42,22 +42,12 @@ fn api_message(e: &Error) -> String {
 }
 
 /// Polls `check` until it returns Some, failing the test after `WAIT`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    grokcast_e2e::eventually(what, WAIT, Duration::from_millis(20), check).await
 }
 
 async fn start() -> (TestControlPlane, Client) {

@@ -49,22 +49,12 @@ where
     eventually_within(what, WAIT, check).await
 }
 
-async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+async fn eventually_within<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    grokcast_e2e::eventually(what, limit, Duration::from_millis(50), check).await
 }
 
 struct Harness {
