@@ -8,7 +8,7 @@ use prometheus::{
 
 /// Buckets for a 0.1-2 s per-turn budget: fine around the 0.5 s target, up to 5 s for outliers.
 pub const TURN_BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
+    0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
 ];
 
 /// Buckets for one stage; the agent's own overhead is in milliseconds, so they start low.

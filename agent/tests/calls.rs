@@ -105,13 +105,24 @@ impl Harness {
         }
     }
 
+    /// The agent's /metrics once every call has ended on the agent's side. The caller
+    /// returns when it hangs up; the agent counts the call's outcome a moment later, just
+    /// before it releases the call slot, so reading at once would race with that.
     async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = reqwest::get(format!("{}/metrics", self.url))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let active = metric(&text, "grokcast_active_calls", &AGENT);
+            if active == Some(0.0) || tokio::time::Instant::now() >= deadline {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn stop(mut self) {
