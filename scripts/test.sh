@@ -26,6 +26,8 @@ run cargo clippy --workspace --all-targets -- -D warnings
 # engines crate (grokcast-serve-llm); the agent's end-to-end model test starts that binary.
 run cargo build -p grokcast-engines --no-default-features --features llama --bin grokcast-serve-llm
 run cargo nextest run --workspace --no-fail-fast
+# The README's first command, end to end: the demo exits non-zero when the agent does not answer.
+run ./scripts/demo.sh --record "${TMPDIR:-/tmp}/grokcast-ci-demo-call.wav"
 run cargo clippy -p grokcast-engines --no-default-features --features llama --all-targets -- -D warnings
 run cargo nextest run -p grokcast-engines --no-default-features --features llama --no-fail-fast
 run python3 -m pytest -p no:cloudcoil -p no:cacheprovider tests/chart -q

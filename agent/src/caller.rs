@@ -7,7 +7,7 @@
 //! Users point it at their VoiceAgents; the tests and the benchmark use it as the phone.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures::{SinkExt, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -47,6 +48,9 @@ pub enum CallerError {
     /// Caller audio could not be prepared.
     #[error("caller audio: {0}")]
     Audio(String),
+    /// TLS trust for an `https://` agent could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// How the simulated caller behaves.
@@ -74,6 +78,10 @@ pub struct CallerOptions {
     pub dtmf: Option<(Duration, char)>,
     /// Call SID to use.
     pub call_sid: String,
+    /// A PEM file of extra CA certificates to trust for an `https://` agent (and its
+    /// `wss://` stream), on top of the system's roots: an agent behind an ingress whose
+    /// certificate a private CA issued.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for CallerOptions {
@@ -89,6 +97,7 @@ impl Default for CallerOptions {
             linger: None,
             dtmf: None,
             call_sid: "CA00000000000000000000000000000001".into(),
+            ca_file: None,
         }
     }
 }
@@ -237,6 +246,68 @@ pub fn write_wav(path: &Path, tracks: &[&[u8]]) -> Result<(), CallerError> {
     w.finalize().map_err(err)
 }
 
+/// An error with its causes, outermost first: reqwest's own message ("error sending
+/// request") hides the reason, such as an untrusted certificate, in its sources.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The certificates in `ca_file` (PEM), or none without one.
+fn extra_roots(
+    ca_file: Option<&Path>,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, CallerError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    let tls = |e: String| CallerError::Tls(format!("CA file {}: {e}", path.display()));
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| tls(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(tls("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// The rustls client configuration for a `wss://` stream: the system's roots plus
+/// `ca_file`. The provider is named rather than taken from the process default, because a
+/// build that links both of rustls' providers (as this workspace's does) has no default.
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, CallerError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    for cert in extra_roots(ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| CallerError::Tls(format!("CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(CallerError::Tls(
+            "no trusted CA certificates: the system has none and no CA file was given".into(),
+        ));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| CallerError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Posts the voice webhook like Twilio and returns the TwiML answer.
 pub async fn answer(options: &CallerOptions) -> Result<Answer, CallerError> {
     let url = format!("{}/twilio/voice", options.agent_url.trim_end_matches('/'));
@@ -252,7 +323,16 @@ pub async fn answer(options: &CallerOptions) -> Result<Answer, CallerError> {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let mut request = reqwest::Client::new().post(&url).form(&params);
+    let mut client = reqwest::Client::builder();
+    for der in extra_roots(options.ca_file.as_deref())? {
+        let cert = reqwest::Certificate::from_der(der.as_ref())
+            .map_err(|e| CallerError::Tls(e.to_string()))?;
+        client = client.add_root_certificate(cert);
+    }
+    let client = client
+        .build()
+        .map_err(|e| CallerError::Tls(e.to_string()))?;
+    let mut request = client.post(&url).form(&params);
     if let Some(token) = &options.auth_token {
         request = request.header(
             "X-Twilio-Signature",
@@ -263,7 +343,7 @@ pub async fn answer(options: &CallerOptions) -> Result<Answer, CallerError> {
         url: url.clone(),
         message,
     };
-    let response = request.send().await.map_err(|e| webhook(e.to_string()))?;
+    let response = request.send().await.map_err(|e| webhook(with_causes(&e)))?;
     let status = response.status();
     let body = response.text().await.map_err(|e| webhook(e.to_string()))?;
     if !status.is_success() {
@@ -319,9 +399,15 @@ pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerErr
             .map_err(|e: http::header::InvalidHeaderValue| stream_err(e.to_string()))?;
         request.headers_mut().insert("X-Twilio-Signature", value);
     }
-    let (socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| stream_err(e.to_string()))?;
+    let connector = if url.starts_with("wss://") {
+        Some(Connector::Rustls(tls_config(options.ca_file.as_deref())?))
+    } else {
+        None
+    };
+    let (socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
     let (mut tx, mut rx) = socket.split();
 
     let stream_sid = format!("MZ{}", &options.call_sid.trim_start_matches("CA"));

@@ -55,6 +55,10 @@ enum Command {
         /// Longest wait for a reply, in seconds.
         #[arg(long, default_value_t = 20)]
         reply_timeout_s: u64,
+        /// PEM file of CA certificates to trust for an https:// agent, on top of the
+        /// system's roots (an ingress certificate from a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Local demo: an agent on the embedded engines answers one simulated call.
     Demo {
@@ -106,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             record,
             calls,
             reply_timeout_s,
+            ca_file,
         } => {
             let mut utterances = Vec::new();
             for text in &say {
@@ -120,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
                 utterances,
                 interrupt_after: interrupt_after_ms.map(Duration::from_millis),
                 reply_timeout: Duration::from_secs(reply_timeout_s),
+                ca_file,
                 ..CallerOptions::default()
             };
             call(options, calls, record).await

@@ -470,3 +470,106 @@ async fn over_capacity_calls_hear_busy() {
     assert!(answered(&live.await.unwrap().unwrap(), 0));
     h.stop().await;
 }
+
+/// A TLS-terminating front for the agent, as an ingress is in production: it serves a
+/// certificate for `localhost` issued by a CA made for the test and pipes each connection to
+/// the agent's plain listener. Returns the CA's PEM file.
+async fn tls_front(listener: tokio::net::TcpListener, agent: String) -> std::path::PathBuf {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let ca_pem = std::env::temp_dir().join(format!(
+        "grokcast-test-ca-{}-{}.pem",
+        std::process::id(),
+        listener.local_addr().unwrap().port()
+    ));
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                // A client that does not trust the CA aborts the handshake; that is the point.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(&agent).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                }
+            });
+        }
+    });
+    ca_pem
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_a_tls_ingress_uses_https_and_wss() {
+    if !models_present() {
+        return;
+    }
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public_url = format!("https://localhost:{}", front.local_addr().unwrap().port());
+    let h = start(|c| c.public_url = public_url.clone()).await;
+    let agent = h.url.trim_start_matches("http://").to_string();
+    let ca_pem = tls_front(front, agent).await;
+    let q = question();
+
+    // Without the CA the caller refuses the ingress's certificate, and says so.
+    let mut untrusted = h.caller(&[&q]);
+    untrusted.agent_url = public_url.clone();
+    let err = caller::place_call(&untrusted)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/twilio/voice") && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // A CA file that is not there is named in the error.
+    let mut missing = untrusted.clone();
+    missing.ca_file = Some(std::env::temp_dir().join("grokcast-no-such-ca.pem"));
+    let err = caller::place_call(&missing).await.unwrap_err().to_string();
+    assert!(err.contains("grokcast-no-such-ca.pem"), "{err}");
+
+    // Trusting the CA: the webhook goes over https and the TwiML names a wss:// stream,
+    // which the caller opens through the same front.
+    let mut trusted = untrusted.clone();
+    trusted.ca_file = Some(ca_pem.clone());
+    let answer = caller::answer(&trusted).await.unwrap();
+    match answer {
+        grokcast_agent::twilio::twiml::Answer::Stream { url, .. } => {
+            assert_eq!(
+                url,
+                format!("{}/twilio/stream", public_url.replace("https", "wss"))
+            );
+        }
+        other => panic!("expected a stream answer, got {other:?}"),
+    }
+    let report = caller::place_call(&trusted).await.unwrap();
+    let _ = std::fs::remove_file(&ca_pem);
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    assert!(report.greeting_frames > 50, "{}", report.greeting_frames);
+    h.stop().await;
+}
