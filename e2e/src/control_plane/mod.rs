@@ -14,7 +14,9 @@
 mod cel;
 mod clock;
 mod controllers;
+mod events;
 mod fields;
+mod openapi;
 mod patch;
 mod resources;
 mod schema;
@@ -22,6 +24,7 @@ mod selector;
 mod server;
 mod status;
 mod store;
+mod table;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -29,6 +29,10 @@ pub struct PrinterColumn {
     pub json_path: String,
     /// 0 for default output, higher for `-o wide`.
     pub priority: i64,
+    /// Column description (kubectl shows it nowhere, but Tables carry it).
+    pub description: String,
+    /// OpenAPI format of the cell, e.g. `int32`.
+    pub format: String,
 }
 
 /// One served resource (a group, version and plural).
@@ -78,6 +82,12 @@ impl ResourceInfo {
 
     /// The storage key shared by every version of the resource.
     pub fn storage_key(&self) -> String {
+        // `events.k8s.io/v1` is another view of the core Events, as on a real
+        // server: what the operator records there, `kubectl describe` reads as
+        // core/v1 (see `events.rs`).
+        if super::events::is_events_v1(self) {
+            return "/events".to_string();
+        }
         format!("{}/{}", self.group, self.plural)
     }
 
@@ -380,6 +390,10 @@ impl Registry {
                                 type_: str_at(c, "/type").unwrap_or("string").to_string(),
                                 json_path: str_at(c, "/jsonPath")?.to_string(),
                                 priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
+                                description: str_at(c, "/description")
+                                    .unwrap_or_default()
+                                    .to_string(),
+                                format: str_at(c, "/format").unwrap_or_default().to_string(),
                             })
                         })
                         .collect()
@@ -548,76 +562,20 @@ impl Registry {
 }
 
 impl Registry {
-    /// `GET /openapi/v3`: one entry per served group-version.
-    pub fn openapi_root(&self) -> Value {
-        let mut paths = serde_json::Map::new();
-        for r in self.by_path.values() {
-            let gv = if r.group.is_empty() {
-                format!("api/{}", r.version)
-            } else {
-                format!("apis/{}/{}", r.group, r.version)
-            };
-            paths.insert(
-                gv.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{gv}")}),
-            );
-        }
-        json!({"paths": paths})
+    /// Every served resource, in (group, version, plural) order.
+    pub fn all(&self) -> impl Iterator<Item = Arc<ResourceInfo>> + '_ {
+        self.by_path.values().cloned()
     }
 
-    /// `GET /openapi/v3/apis/G/V`: only the operations and parameters, enough
-    /// for clients to learn that the server validates fields
-    /// (`fieldValidation`); schemas are not published.
-    pub fn openapi_group_version(&self, group: &str, version: &str) -> Option<Value> {
-        let mut paths = serde_json::Map::new();
-        for r in self
+    /// Every served (group, version), the core group as `""`.
+    pub fn group_versions(&self) -> Vec<(String, String)> {
+        let mut gvs: Vec<(String, String)> = self
             .by_path
-            .values()
-            .filter(|r| r.group == group && r.version == version)
-        {
-            let prefix = if group.is_empty() {
-                format!("/api/{version}")
-            } else {
-                format!("/apis/{group}/{version}")
-            };
-            let gvk = json!({"group": group, "version": version, "kind": r.kind});
-            let params = json!([
-                {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
-                {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}
-            ]);
-            let op = |action: &str| {
-                json!({
-                    "operationId": format!("{action}{}", r.kind),
-                    "parameters": params,
-                    "responses": {"200": {"description": "OK"}},
-                    "x-kubernetes-action": action,
-                    "x-kubernetes-group-version-kind": gvk,
-                })
-            };
-            let (collection, item) = if r.namespaced {
-                (
-                    format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
-                    format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
-                )
-            } else {
-                (
-                    format!("{prefix}/{}", r.plural),
-                    format!("{prefix}/{}/{{name}}", r.plural),
-                )
-            };
-            paths.insert(collection, json!({"post": op("post")}));
-            paths.insert(item, json!({"put": op("put"), "patch": op("patch")}));
-        }
-        if paths.is_empty() {
-            return None;
-        }
-        Some(json!({
-            "openapi": "3.0.0",
-            "info": {"title": "Kubernetes", "version": "v1.33.0"},
-            "paths": paths,
-            "components": {"schemas": {}},
-        }))
+            .keys()
+            .map(|(g, v, _)| (g.clone(), v.clone()))
+            .collect();
+        gvs.dedup();
+        gvs
     }
 }
 

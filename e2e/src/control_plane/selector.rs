@@ -143,14 +143,10 @@ fn supported(kind: &str, field: &str) -> bool {
         || match kind {
             "Event" => {
                 field.starts_with("involvedObject.")
+                    || field.starts_with("regarding.")
                     || matches!(
                         field,
-                        "reason"
-                            | "type"
-                            | "regarding.name"
-                            | "regarding.kind"
-                            | "regarding.namespace"
-                            | "regarding.uid"
+                        "reason" | "type" | "source" | "reportingComponent" | "reportingController"
                     )
             }
             "Pod" => matches!(
@@ -183,7 +179,14 @@ impl FieldSelector {
             if !supported(kind, f) {
                 return Err(SelectorError::UnsupportedField(f.to_string()));
             }
-            reqs.push((f.to_string(), eq, v.trim().to_string()));
+            // Events are stored in the core/v1 form; `events.k8s.io/v1` names
+            // (`regarding.name`) select the same fields.
+            let f = if kind == "Event" {
+                super::events::core_field(f)
+            } else {
+                f.to_string()
+            };
+            reqs.push((f, eq, v.trim().to_string()));
         }
         Ok(Self(reqs))
     }

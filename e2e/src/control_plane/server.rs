@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
-use super::clock;
+use super::openapi;
 use super::resources::ResourceInfo;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -20,6 +20,7 @@ use super::store::{
     DeleteOpts, Event, EventType, FieldValidation, ListOpts, PatchBody, Propagation, Store,
     WriteCtx,
 };
+use super::table::{self, IncludeObject};
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
@@ -105,19 +106,17 @@ async fn route(
         }
         ["openapi", "v3"] => {
             sh.count("discovery");
-            return Ok(json_response(200, &registry().openapi_root()));
+            return Ok(json_response(200, &openapi::index(&registry())));
         }
         ["openapi", "v3", "api", v] | ["openapi", "v3", "apis", "", v] => {
             sh.count("discovery");
-            return registry()
-                .openapi_group_version("", v)
+            return openapi::group_version(&registry(), "", v)
                 .map(|x| json_response(200, &x))
                 .ok_or_else(|| ApiError::no_route(path));
         }
         ["openapi", "v3", "apis", g, v] => {
             sh.count("discovery");
-            return registry()
-                .openapi_group_version(g, v)
+            return openapi::group_version(&registry(), g, v)
                 .map(|x| json_response(200, &x))
                 .ok_or_else(|| ApiError::no_route(path));
         }
@@ -192,20 +191,21 @@ async fn route(
             let v = sh
                 .store
                 .list(&info, ns.filter(|_| info.namespaced), &list)?;
-            Ok(if wants_table(headers) {
-                json_response(200, &table(&info, &v))
-            } else {
-                json_response(200, &v)
+            Ok(match table_request(headers, params)? {
+                Some(include) => table_response(&table::table(&info, &v, include)),
+                None => json_response(200, &v),
             })
         }
         (&Method::GET, Some(n), None) => {
             sh.count("get");
             let v = sh.store.get(&info, ns_str, n)?;
-            Ok(if wants_table(headers) {
-                let list = json!({"metadata": {"resourceVersion": v.pointer("/metadata/resourceVersion")}, "items": [v]});
-                json_response(200, &table(&info, &list))
-            } else {
-                json_response(200, &v)
+            Ok(match table_request(headers, params)? {
+                Some(include) => {
+                    // A single object is printed as a one-row Table.
+                    let list = json!({"metadata": {"resourceVersion": v.pointer("/metadata/resourceVersion")}, "items": [v]});
+                    table_response(&table::table(&info, &list, include))
+                }
+                None => json_response(200, &v),
             })
         }
         (&Method::GET, Some(n), Some("status")) if info.status_subresource => {
@@ -325,11 +325,49 @@ fn is_true(v: Option<&String>) -> bool {
     v.is_some_and(|s| s == "true" || s == "1")
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
-    headers
+/// The media type of a Table response, as the real server labels it.
+const TABLE_MEDIA_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
+/// Whether the client asked for a Table (kubectl's `get` sends
+/// `application/json;as=Table;v=v1;g=meta.k8s.io,...,application/json`), and
+/// with which `includeObject`. Only JSON Tables of `meta.k8s.io/v1` are served;
+/// a client that lists other media types after them falls back to those.
+fn table_request(headers: &HeaderMap, params: &Params) -> Result<Option<IncludeObject>, ApiError> {
+    let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"))
+        .unwrap_or_default();
+    let wants = accept.split(',').any(|media| {
+        let mut parts = media.split(';').map(str::trim);
+        let base = parts.next().unwrap_or_default();
+        let mut as_table = false;
+        let mut version_ok = true;
+        let mut group_ok = true;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("as", v)) => as_table = v == "Table",
+                Some(("v", v)) => version_ok = v == "v1",
+                Some(("g", g)) => group_ok = g == "meta.k8s.io",
+                _ => {}
+            }
+        }
+        base == "application/json" && as_table && version_ok && group_ok
+    });
+    if !wants {
+        return Ok(None);
+    }
+    IncludeObject::parse(params.get("includeObject").map(String::as_str))
+        .map(Some)
+        .map_err(ApiError::bad_request)
+}
+
+fn table_response(v: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, TABLE_MEDIA_TYPE)],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 fn user_agent_manager(headers: &HeaderMap) -> String {
@@ -691,112 +729,4 @@ fn watch_response(
         .header(header::TRANSFER_ENCODING, "chunked")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| error_response(&ApiError::internal("building the watch response"))))
-}
-
-/// Evaluates the JSONPath subset printer columns use: `.a.b`, `.a[0].b` and
-/// `.a[?(@.type=="Ready")].status`.
-fn json_path(obj: &Value, path: &str) -> Option<Value> {
-    let mut cur = obj.clone();
-    let mut rest = path
-        .trim()
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .trim_start_matches('.');
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix('[') {
-            let end = r.find(']')?;
-            let inner = &r[..end];
-            rest = r[end + 1..].trim_start_matches('.');
-            if let Ok(i) = inner.parse::<usize>() {
-                cur = cur.get(i)?.clone();
-            } else if let Some(f) = inner.strip_prefix("?(@.").and_then(|x| x.strip_suffix(')')) {
-                let (field, want) = f.split_once("==")?;
-                let want = want.trim().trim_matches('"').trim_matches('\'');
-                cur = cur
-                    .as_array()?
-                    .iter()
-                    .find(|it| it.get(field.trim()).and_then(Value::as_str) == Some(want))?
-                    .clone();
-            } else {
-                return None;
-            }
-            continue;
-        }
-        let end = rest.find(['.', '[']).unwrap_or(rest.len());
-        cur = cur.get(&rest[..end])?.clone();
-        rest = rest[end..].trim_start_matches('.');
-    }
-    Some(cur)
-}
-
-fn cell(v: Option<Value>, type_: &str) -> Value {
-    match (v, type_) {
-        (None, _) => json!("<none>"),
-        (Some(Value::String(s)), "date") => json!(
-            clock::parse_rfc3339(&s)
-                .map(|t| clock::age(clock::unix_now() - t))
-                .unwrap_or(s)
-        ),
-        (Some(v @ (Value::Number(_) | Value::Bool(_))), _) => v,
-        (Some(Value::String(s)), _) => json!(s),
-        (Some(other), _) => json!(other.to_string()),
-    }
-}
-
-/// The `meta.k8s.io/v1` Table kubectl asks for.
-fn table(info: &ResourceInfo, list: &Value) -> Value {
-    let mut cols = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
-    ];
-    let custom: Vec<_> = info.printer_columns.clone();
-    let age_col = custom.is_empty();
-    for c in &custom {
-        cols.push(json!({"name": c.name, "type": c.type_, "format": "", "description": "", "priority": c.priority}));
-    }
-    if age_col {
-        cols.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp", "priority": 0}));
-    }
-    let rows: Vec<Value> = list
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|obj| {
-            let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
-            for c in &custom {
-                cells.push(cell(json_path(obj, &c.json_path), &c.type_));
-            }
-            if age_col {
-                cells.push(cell(obj.pointer("/metadata/creationTimestamp").cloned(), "date"));
-            }
-            json!({
-                "cells": cells,
-                "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))},
-            })
-        })
-        .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list.get("metadata").cloned().unwrap_or(json!({})),
-        "columnDefinitions": cols,
-        "rows": rows,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printer_column_paths() {
-        let obj = json!({"status": {"replicas": 2, "conditions": [{"type": "Ready", "status": "True"}, {"type": "X", "status": "False"}]}, "spec": {"l": [{"a": 1}]}});
-        assert_eq!(json_path(&obj, ".status.replicas"), Some(json!(2)));
-        assert_eq!(
-            json_path(&obj, ".status.conditions[?(@.type==\"Ready\")].status"),
-            Some(json!("True"))
-        );
-        assert_eq!(json_path(&obj, ".spec.l[0].a"), Some(json!(1)));
-        assert_eq!(json_path(&obj, ".status.missing"), None);
-    }
 }

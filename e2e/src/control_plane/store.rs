@@ -399,6 +399,9 @@ impl Store {
 
     /// Rewrites the stored object's apiVersion to the version requested.
     pub fn present(info: &ResourceInfo, obj: &Value) -> Value {
+        if super::events::is_events_v1(info) {
+            return super::events::to_events_v1(obj);
+        }
         let mut v = obj.clone();
         v["apiVersion"] = json!(info.api_version());
         v["kind"] = json!(info.kind);
@@ -691,6 +694,10 @@ impl Store {
                     "deletionTimestamp",
                 ] {
                     remove_meta(&mut config, f);
+                }
+                if super::events::is_events_v1(info) {
+                    // Merged against the stored core/v1 form.
+                    config = super::events::to_core(&config);
                 }
                 let writer = Writer {
                     manager: &ctx.manager,
@@ -1012,8 +1019,13 @@ impl Store {
                 _ => {}
             }
         }
-        new["apiVersion"] = json!(info.api_version());
-        new["kind"] = json!(info.kind);
+        if super::events::is_events_v1(info) {
+            // Stored in the core/v1 form both Event APIs share.
+            new = super::events::to_core(&new);
+        } else {
+            new["apiVersion"] = json!(info.api_version());
+            new["kind"] = json!(info.kind);
+        }
         let now = clock::now_rfc3339();
         let name;
         match &old {
