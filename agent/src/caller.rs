@@ -204,12 +204,18 @@ fn wav_bytes_audio(bytes: &[u8]) -> Result<Vec<u8>, CallerError> {
         .chunks(channels)
         .map(|c| c.iter().sum::<f32>() / channels as f32)
         .collect();
-    let pcm8k = if spec.sample_rate == 8000 {
+    pcm_audio(mono, spec.sample_rate)
+}
+
+/// Mono samples in -1..1 at `rate` (a recording, or a TTS voice's output) as caller audio:
+/// 8 kHz mu-law with leading and trailing silence trimmed.
+pub fn pcm_audio(mono: Vec<f32>, rate: u32) -> Result<Vec<u8>, CallerError> {
+    let pcm8k = if rate == 8000 {
         mono
     } else {
-        let mut r = StreamResampler::new(spec.sample_rate, 8000)
-            .map_err(|e| CallerError::Audio(e.to_string()))?;
-        let mut out = Vec::with_capacity(mono.len() * 8000 / spec.sample_rate as usize + 400);
+        let mut r =
+            StreamResampler::new(rate, 8000).map_err(|e| CallerError::Audio(e.to_string()))?;
+        let mut out = Vec::with_capacity(mono.len() * 8000 / rate.max(1) as usize + 400);
         r.push(&mono, &mut |s| out.extend_from_slice(s))
             .map_err(|e| CallerError::Audio(e.to_string()))?;
         r.flush(&mut |s| out.extend_from_slice(s))

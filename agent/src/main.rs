@@ -62,7 +62,7 @@ enum Command {
     },
     /// Local demo: an agent on the embedded engines answers one simulated call.
     Demo {
-        /// What the caller asks (spoken by espeak-ng); repeat for several turns.
+        /// What the caller asks (spoken by the Piper voice); repeat for several turns.
         #[arg(long, default_value = "Hi, what are your opening hours today?")]
         say: Vec<String>,
         /// Where to write the call (stereo WAV: caller left, agent right).
