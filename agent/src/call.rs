@@ -290,12 +290,11 @@ async fn receive(
     let mut detector = Detector {
         vad_state: state.vad.new_state(),
         endpointer: Endpointer::new(state.config.turn_taking.turn_taking()),
+        incoming: Vec::with_capacity(4 * CHUNK_SAMPLES),
         chunk: vec![0.0; CHUNK_SAMPLES],
-        filled: 0,
         previous: vec![0.0; CHUNK_SAMPLES],
         utterance: Vec::new(),
         pending: Vec::with_capacity(4),
-        error: None,
     };
     while let Some(message) = stream.next().await {
         let text = match message.map_err(socket_err)? {
@@ -318,14 +317,20 @@ async fn receive(
                 let speaking = shared.agent_speaking(now);
                 upsampler
                     .push(&decoded[..n], &mut |samples| {
-                        detector.push(&state, samples, speaking, now)
+                        detector.incoming.extend_from_slice(samples)
                     })
                     .map_err(resample_err)?;
-                if let Some(message) = detector.error.take() {
-                    return Err(CallError::Vad {
-                        call: call.clone(),
-                        message,
-                    });
+                while detector.next_chunk() {
+                    // Batched with the other calls' chunks (vad_batch): one ONNX run for all.
+                    let probability = state
+                        .vad_batch
+                        .speech_probability(&mut detector.vad_state, &mut detector.chunk)
+                        .await
+                        .map_err(|message| CallError::Vad {
+                            call: call.clone(),
+                            message,
+                        })?;
+                    detector.decide(&state, probability, speaking, now);
                 }
                 for event in detector.pending.drain(..) {
                     if events.send(event).await.is_err() {
@@ -357,70 +362,56 @@ async fn receive(
 struct Detector {
     vad_state: VadState,
     endpointer: Endpointer,
+    /// 16 kHz samples not yet in a chunk.
+    incoming: Vec<f32>,
     chunk: Vec<f32>,
-    filled: usize,
     previous: Vec<f32>,
     utterance: Vec<f32>,
     pending: Vec<CallEvent>,
-    error: Option<String>,
 }
 
 impl Detector {
-    fn push(
-        &mut self,
-        state: &AgentState,
-        mut samples: &[f32],
-        agent_speaking: bool,
-        now: Instant,
-    ) {
-        while !samples.is_empty() {
-            let take = (CHUNK_SAMPLES - self.filled).min(samples.len());
-            self.chunk[self.filled..self.filled + take].copy_from_slice(&samples[..take]);
-            self.filled += take;
-            samples = &samples[take..];
-            if self.filled < CHUNK_SAMPLES {
-                return;
-            }
-            self.filled = 0;
-            // A Silero run is ~0.1 ms: cheaper inline than a thread hop every 32 ms.
-            let probability = match state
-                .vad
-                .speech_probability(&mut self.vad_state, &self.chunk)
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    self.error = Some(e.to_string());
-                    return;
-                }
-            };
-            let event = self.endpointer.push(probability, VAD_CHUNK, agent_speaking);
-            match event {
-                Some(TurnEvent::SpeechStarted) => {
-                    self.utterance.clear();
-                    // Keep the chunk before the onset: word starts are quiet.
-                    self.utterance.extend_from_slice(&self.previous);
-                }
-                Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn),
-                Some(TurnEvent::EndOfTurn { .. }) => {
-                    self.utterance.extend_from_slice(&self.chunk);
-                    let silence = state.config.turn_taking.turn_taking().end_of_turn_silence;
-                    self.pending.push(CallEvent::EndOfTurn {
-                        audio: std::mem::take(&mut self.utterance),
-                        caller_stopped: now.checked_sub(silence).unwrap_or(now),
-                        endpointing: silence,
-                    });
-                }
-                Some(TurnEvent::Discarded) => {
-                    self.utterance.clear();
-                    self.utterance.shrink_to(16_000);
-                }
-                None => {}
-            }
-            if self.endpointer.in_speech() {
-                self.utterance.extend_from_slice(&self.chunk);
-            }
-            std::mem::swap(&mut self.previous, &mut self.chunk);
+    /// Moves the next whole chunk from `incoming` into `chunk`, if there is one.
+    fn next_chunk(&mut self) -> bool {
+        if self.incoming.len() < CHUNK_SAMPLES {
+            return false;
         }
+        self.chunk.clear();
+        self.chunk
+            .extend_from_slice(&self.incoming[..CHUNK_SAMPLES]);
+        self.incoming.drain(..CHUNK_SAMPLES);
+        true
+    }
+
+    /// Endpointing on the VAD's verdict for `chunk`: starts, ends or drops the utterance.
+    fn decide(&mut self, state: &AgentState, probability: f32, agent_speaking: bool, now: Instant) {
+        let event = self.endpointer.push(probability, VAD_CHUNK, agent_speaking);
+        match event {
+            Some(TurnEvent::SpeechStarted) => {
+                self.utterance.clear();
+                // Keep the chunk before the onset: word starts are quiet.
+                self.utterance.extend_from_slice(&self.previous);
+            }
+            Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn),
+            Some(TurnEvent::EndOfTurn { .. }) => {
+                self.utterance.extend_from_slice(&self.chunk);
+                let silence = state.config.turn_taking.turn_taking().end_of_turn_silence;
+                self.pending.push(CallEvent::EndOfTurn {
+                    audio: std::mem::take(&mut self.utterance),
+                    caller_stopped: now.checked_sub(silence).unwrap_or(now),
+                    endpointing: silence,
+                });
+            }
+            Some(TurnEvent::Discarded) => {
+                self.utterance.clear();
+                self.utterance.shrink_to(16_000);
+            }
+            None => {}
+        }
+        if self.endpointer.in_speech() {
+            self.utterance.extend_from_slice(&self.chunk);
+        }
+        std::mem::swap(&mut self.previous, &mut self.chunk);
     }
 }
 

@@ -19,3 +19,4 @@ pub mod server;
 pub mod startup;
 pub mod turn;
 pub mod twilio;
+pub mod vad_batch;

@@ -34,6 +34,8 @@ pub struct AgentState {
     pub backends: Backends,
     /// The VAD model (state is per call).
     pub vad: Arc<SileroVad>,
+    /// Runs every call's VAD chunks in shared batches.
+    pub vad_batch: crate::vad_batch::VadBatcher,
     /// Metrics.
     pub metrics: Metrics,
     /// Cancelled when live calls must say goodbye and end.
@@ -62,6 +64,7 @@ impl AgentState {
         Self {
             config,
             backends,
+            vad_batch: crate::vad_batch::VadBatcher::new(vad.clone()),
             vad,
             metrics,
             goodbye: CancellationToken::new(),

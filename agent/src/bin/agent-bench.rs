@@ -177,9 +177,16 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
             .stderr(std::process::Stdio::null())
             .spawn()?;
         let mut rss_peak = rss_before;
+        // Call-seconds are integrated from the agent's live-call count, so the callers'
+        // start-up (espeak-ng, dialling) and hang-up do not dilute the CPU per call-minute.
+        let mut call_seconds = 0.0;
+        let mut last = Instant::now();
         while child.try_wait()?.is_none() {
             rss_peak = rss_peak.max(rss_kib());
             std::thread::sleep(Duration::from_millis(100));
+            let now = Instant::now();
+            call_seconds += state.active_calls() as f64 * (now - last).as_secs_f64();
+            last = now;
         }
         let output = child.wait_with_output()?;
         let wall = started.elapsed();
@@ -188,6 +195,13 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
         if !output.status.success() {
             eprintln!("caller at {calls} calls reported failures:\n{stdout}");
         }
+        let call_minutes = call_seconds.max(f64::EPSILON) / 60.0;
+        eprintln!(
+            "{calls} calls: {:.1} s wall, {:.1} call-minutes, {:.2} CPU-s",
+            wall.as_secs_f64(),
+            call_minutes,
+            cpu.as_secs_f64()
+        );
         let samples = state.take_turn_samples();
         let mut overhead: Vec<Duration> = samples
             .iter()
@@ -197,7 +211,6 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
         overhead.sort();
         let mut latency: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
         latency.sort();
-        let call_minutes = calls as f64 * wall.as_secs_f64() / 60.0;
         let cpu_per_call_minute = cpu.as_secs_f64() / call_minutes;
         println!(
             "| {calls} | {} | {:.2} ms | {:.2} ms | {} ms | {:.3} | {:.0} | {:.2} MiB | {} |",

@@ -179,5 +179,31 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     row("VAD time per 32 ms chunk", "us", per_chunk);
+
+    // VAD for many calls in one run, as an agent carrying that many calls batches them:
+    // time per call's chunk, so it compares with the row above.
+    for calls in [8usize, 32, 100] {
+        let mut states: Vec<_> = (0..calls).map(|_| vad.new_state()).collect();
+        let mut probabilities = vec![0.0; calls];
+        let mut per_call_chunk = Vec::with_capacity(args.vad_chunks / calls + 1);
+        let runs = (args.vad_chunks / calls).max(20);
+        for i in 0..runs + 5 {
+            let mut batch: Vec<_> = states
+                .iter_mut()
+                .enumerate()
+                .map(|(c, s)| (s, chunks[(i + c) % chunks.len()]))
+                .collect();
+            let start = Instant::now();
+            vad.speech_probabilities(&mut batch, &mut probabilities)?;
+            if i >= 5 {
+                per_call_chunk.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+            }
+        }
+        row(
+            &format!("VAD per call's chunk, {calls} calls batched"),
+            "us",
+            per_call_chunk,
+        );
+    }
     Ok(())
 }
