@@ -225,6 +225,17 @@ impl Harness {
             .cloned()
     }
 
+    /// Wait until the control plane serves no request for a while: the operator has
+    /// finished converging, so what follows is caused by the test alone.
+    async fn quiet(&self) {
+        eventually("no requests for 500 ms", || async {
+            self.cp.reset_request_counts();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            (self.cp.request_count() == 0).then_some(())
+        })
+        .await;
+    }
+
     async fn events_for(&self, name: &str, reason: &str) -> usize {
         let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
         events
@@ -484,6 +495,85 @@ async fn deleted_child_is_recreated_and_deleting_the_cr_removes_children() {
             .is_some(),
         "pools untouched"
     );
+    op.stop().await;
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reconcile_with_nothing_to_change_writes_nothing_but_deleted_or_drifted_children_return()
+{
+    let h = Harness::start().await;
+    let op = h.operator("op-a", false);
+    h.apply_samples().await;
+    h.wait_agent("receptionist", "True", condition::reason::AVAILABLE)
+        .await;
+    h.quiet().await;
+    let finished = |m: &Metrics| {
+        m.duration
+            .with_label_values(&["voiceagent"])
+            .get_sample_count()
+    };
+    let skipped = |m: &Metrics| {
+        m.child_applies
+            .with_label_values(&["Deployment", "skipped"])
+            .get()
+    };
+    let (reconciled, skipped_before) = (finished(&op.metrics), skipped(&op.metrics));
+
+    // An annotation that is not ours changes the Deployment (so the agent is reconciled)
+    // but nothing the operator would send.
+    h.cp.reset_request_counts();
+    h.deployments()
+        .patch(
+            "receptionist-agent",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"example.com/note": "touched"}}})),
+        )
+        .await
+        .expect("annotate");
+    eventually("agent reconciled", || async {
+        (finished(&op.metrics) > reconciled).then_some(())
+    })
+    .await;
+    let counts = h.cp.request_counts();
+    assert_eq!(
+        counts.writes(),
+        1,
+        "only the test's own patch, no apply or status write: {counts:?}"
+    );
+    assert!(skipped(&op.metrics) > skipped_before);
+
+    // Someone else edits a field the operator owns: applied again, the edit reverted.
+    h.deployments()
+        .patch(
+            "receptionist-agent",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .expect("scale by hand");
+    eventually("replicas restored", || async {
+        let d = h.deployments().get("receptionist-agent").await.ok()?;
+        (d.spec?.replicas == Some(2)).then_some(())
+    })
+    .await;
+
+    // A deleted child comes back, as a new object.
+    let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), NS);
+    let old_uid = cms
+        .get("receptionist-agent")
+        .await
+        .expect("configmap")
+        .metadata
+        .uid;
+    cms.delete("receptionist-agent", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("ConfigMap recreated", || async {
+        let c = cms.get_opt("receptionist-agent").await.ok()??;
+        (c.metadata.uid != old_uid).then_some(())
+    })
+    .await;
     op.stop().await;
     h.cp.shutdown().await;
 }

@@ -1,9 +1,13 @@
 //! The two controllers around the pure steps: dereference (reads the cluster) -> validate ->
 //! build -> apply (server-side apply, one field manager, owner references) -> status.
 //!
-//! Watches: the custom resources, their children (by the managed-by label, trigger only, no
-//! cache), and ModelPools for VoiceAgents (a pool change re-reconciles the agents that
-//! reference it). A converged object waits for a change: steady state costs no requests.
+//! Watches ([`crate::watches`]): the custom resources (a reconcile per new generation, not per
+//! status write), their children (each controller its own, by label, into slim caches), and
+//! ModelPools for VoiceAgents (a pool's spec or readiness change re-reconciles the agents that
+//! reference it). The apply step skips children whose last apply is still in place
+//! ([`crate::last_applied`]) and the status step skips writes that change nothing, so a
+//! reconcile with nothing to do costs only its Secret read, and a converged object waits for
+//! a change: steady state costs no requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +21,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::Config as ControllerConfig;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -30,11 +35,13 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::children::{Child, service_monitor_resource};
+use crate::last_applied::{self, ChildKey, LastApplied};
 use crate::meta;
 use crate::metrics::Metrics;
 use crate::settings::BuildSettings;
 use crate::status::{self, Desired, Transition};
 use crate::voice_agent::{PoolLookup, Problem, SecretLookup};
+use crate::watches::{self, ChildCaches};
 use crate::{model_pool, voice_agent};
 
 /// Why a reconcile failed; `label()` is the metric label.
@@ -100,16 +107,23 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Metrics,
-    /// Cache of every ModelPool, for VoiceAgent dereference without API reads.
+    /// Cache of every ModelPool, for VoiceAgent dereference without API reads; for the agent
+    /// controller, filled by the same watch whose pool changes trigger it.
     pub pools: Store<ModelPool>,
     /// Leadership; writes happen only while it is `true`.
     pub leader: watch::Receiver<bool>,
+    /// Caches of this controller's children, for skipping unchanged ones.
+    pub children: ChildCaches,
+    /// What this controller last applied to each child.
+    pub applied: Arc<LastApplied>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// Build a context.
+    /// Build a context for one controller, with the caches of the children it owns and
+    /// the last-applied record those caches' deletions prune.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         settings: BuildSettings,
@@ -118,6 +132,8 @@ impl Context {
         pools: Store<ModelPool>,
         leader: watch::Receiver<bool>,
         instance: Option<String>,
+        children: ChildCaches,
+        applied: Arc<LastApplied>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -134,6 +150,8 @@ impl Context {
             metrics,
             pools,
             leader,
+            children,
+            applied,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -157,58 +175,96 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(OPERATOR_FIELD_MANAGER).force()
 }
 
-/// Server-side apply one child. Returns the applied Deployment, whose status says how many
-/// pods are ready, so readiness needs no extra read.
-pub async fn apply_child(
+/// Server-side apply one child. Returns the metadata the server answered with (for the
+/// last-applied record) and, for a Deployment, the applied object, whose status says how
+/// many pods are ready, so readiness needs no extra read.
+async fn apply_child(
     client: &Client,
     ns: &str,
     child: &Child,
-) -> Result<Option<Deployment>, ReconcileError> {
-    let name = child.name().to_string();
-    let err = api_err("apply", child.kind(), &name);
+) -> Result<(ObjectMeta, Option<Deployment>), ReconcileError> {
+    let name = child.name();
+    let err = api_err("apply", child.kind(), name);
     let pp = apply_params();
     match child {
         Child::Deployment(o) => {
             let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
             return api
-                .patch(&name, &pp, &Patch::Apply(o))
+                .patch(name, &pp, &Patch::Apply(o))
                 .await
-                .map(Some)
+                .map(|d| (d.metadata.clone(), Some(d)))
                 .map_err(err);
         }
         Child::ConfigMap(o) => Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(o))
+            .patch(name, &pp, &Patch::Apply(o))
             .await
-            .map(drop),
+            .map(|o| o.metadata),
         Child::Service(o) => Api::<Service>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(o))
+            .patch(name, &pp, &Patch::Apply(o))
             .await
-            .map(drop),
+            .map(|o| o.metadata),
         Child::PodDisruptionBudget(o) => Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(o))
+            .patch(name, &pp, &Patch::Apply(o))
             .await
-            .map(drop),
+            .map(|o| o.metadata),
         Child::PersistentVolumeClaim(o) => {
             Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
-                .patch(&name, &pp, &Patch::Apply(o))
+                .patch(name, &pp, &Patch::Apply(o))
                 .await
-                .map(drop)
+                .map(|o| o.metadata)
         }
         Child::Job(o) => Api::<Job>::namespaced(client.clone(), ns)
-            .patch(&name, &pp, &Patch::Apply(o))
+            .patch(name, &pp, &Patch::Apply(o))
             .await
-            .map(drop),
+            .map(|o| o.metadata),
         Child::ServiceMonitor(o) => Api::<kube::api::DynamicObject>::namespaced_with(
             client.clone(),
             ns,
             &service_monitor_resource(),
         )
-        .patch(&name, &pp, &Patch::Apply(o))
+        .patch(name, &pp, &Patch::Apply(o))
         .await
-        .map(drop),
+        .map(|o| o.metadata),
     }
-    .map_err(err)?;
-    Ok(None)
+    .map(|meta| (meta, None))
+    .map_err(err)
+}
+
+/// The apply step: server-side apply every child whose last apply is not still in place
+/// (see [`crate::last_applied`]). Returns the Deployment among them, as applied or, when
+/// unchanged, from the cache, for readiness.
+async fn apply_children(
+    ctx: &Context,
+    ns: &str,
+    children: &[Child],
+) -> Result<Option<Arc<Deployment>>, ReconcileError> {
+    let mut deployment = None;
+    for child in children {
+        let key = ChildKey::new(child.kind(), ns, child.name());
+        let body = last_applied::body_hash(child);
+        let live = ctx.children.live_meta(ns, child);
+        if ctx.applied.is_current(&key, body, live.as_ref()) {
+            ctx.metrics
+                .child_applies
+                .with_label_values(&[child.kind(), "skipped"])
+                .inc();
+            if matches!(child, Child::Deployment(_)) {
+                deployment = ctx.children.deployment(ns, child.name());
+            }
+            continue;
+        }
+        ctx.ensure_leader()?;
+        let (meta, applied) = apply_child(&ctx.client, ns, child).await?;
+        ctx.metrics
+            .child_applies
+            .with_label_values(&[child.kind(), "applied"])
+            .inc();
+        ctx.applied.record(key, body, &meta);
+        if let Some(d) = applied {
+            deployment = Some(Arc::new(d));
+        }
+    }
+    Ok(deployment)
 }
 
 /// Read a Secret and say whether it has `key`. The value is never logged or kept.
@@ -242,7 +298,9 @@ async fn lookup_secret(
 fn deployment_readiness(d: Option<&Deployment>) -> (i32, i32, bool) {
     let Some(d) = d else { return (0, 0, false) };
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let st = d.status.clone().unwrap_or_default();
+    let Some(st) = d.status.as_ref() else {
+        return (0, 0, false);
+    };
     let current_gen = st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
     let updated = st.updated_replicas.unwrap_or(0);
     let rolled_out = current_gen && updated >= desired && st.replicas.unwrap_or(0) <= desired;
@@ -427,7 +485,8 @@ async fn measured(
 
 async fn reconcile_pool_inner(pool: &ModelPool, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
-    let current = pool.status.clone().unwrap_or_default();
+    let no_status = Default::default();
+    let current = pool.status.as_ref().unwrap_or(&no_status);
     let settings = ctx.settings();
 
     // validate (pure)
@@ -482,15 +541,9 @@ async fn reconcile_pool_inner(pool: &ModelPool, ctx: &Context) -> Result<Action,
     }
     // build (pure) + apply
     let children = model_pool::build(&valid, &settings);
-    let mut deployment = None;
-    for child in &children {
-        ctx.ensure_leader()?;
-        if let Some(d) = apply_child(&ctx.client, &ns, child).await? {
-            deployment = Some(d);
-        }
-    }
+    let deployment = apply_children(ctx, &ns, &children).await?;
     // status
-    let (ready, replicas, rolled_out) = deployment_readiness(deployment.as_ref());
+    let (ready, replicas, rolled_out) = deployment_readiness(deployment.as_deref());
     let desired_replicas = pool.spec.replicas;
     let desired = readiness_conditions(ready, desired_replicas, rolled_out, None);
     let fields = json!({
@@ -542,7 +595,8 @@ async fn reconcile_agent_inner(
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
     let ns = agent.namespace().unwrap_or_default();
-    let current = agent.status.clone().unwrap_or_default();
+    let no_status = Default::default();
+    let current = agent.status.as_ref().unwrap_or(&no_status);
     let settings = ctx.settings();
 
     // dereference: pools from the cache (a read only when the cache lacks one, so a pool
@@ -626,16 +680,10 @@ async fn reconcile_agent_inner(
 
     // build (pure) + apply
     let children = voice_agent::build(&valid, &settings);
-    let mut deployment = None;
-    for child in &children {
-        ctx.ensure_leader()?;
-        if let Some(d) = apply_child(&ctx.client, &ns, child).await? {
-            deployment = Some(d);
-        }
-    }
+    let deployment = apply_children(ctx, &ns, &children).await?;
 
     // status
-    let (ready, replicas, rolled_out) = deployment_readiness(deployment.as_ref());
+    let (ready, replicas, rolled_out) = deployment_readiness(deployment.as_deref());
     let not_ready_pools = valid.pools_not_ready();
     let models = if not_ready_pools.is_empty() {
         Desired::yes(
@@ -769,6 +817,11 @@ pub struct RunConfig {
     pub instance: Option<String>,
 }
 
+/// How many reconciles of one controller run at once. Unbounded, a cold start with
+/// thousands of objects opens thousands of concurrent requests: the API server queues them
+/// anyway, and every one in flight holds buffers in the operator.
+const CONCURRENT_RECONCILES: u16 = 16;
+
 /// Run both controllers for every watched namespace until `shutdown`.
 pub async fn run_controllers(
     client: Client,
@@ -783,29 +836,79 @@ pub async fn run_controllers(
     } else {
         config.namespaces.iter().cloned().map(Some).collect()
     };
-    let owned = watcher::Config::default().labels(&meta::managed_selector());
+    // Each controller watches only its own children, so no child is cached twice.
+    let pool_children = watcher::Config::default().labels(&format!(
+        "{},{}",
+        meta::managed_selector(),
+        meta::MODEL_POOL_LABEL
+    ));
+    let agent_children = watcher::Config::default().labels(&format!(
+        "{},{}",
+        meta::managed_selector(),
+        meta::VOICE_AGENT_LABEL
+    ));
+    let controller_config = ControllerConfig::default().concurrency(CONCURRENT_RECONCILES);
     let mut tasks = Vec::new();
     for scope in scopes {
         let ns = scope.as_deref();
-        let pool_ctrl =
-            Controller::new(scoped::<ModelPool>(&client, ns), watcher::Config::default())
-                .owns(scoped::<Deployment>(&client, ns), owned.clone())
-                .owns(scoped::<Service>(&client, ns), owned.clone())
-                .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
-                .owns(scoped::<PersistentVolumeClaim>(&client, ns), owned.clone())
-                .owns(scoped::<Job>(&client, ns), owned.clone());
-        let pools = pool_ctrl.store();
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            config.settings.clone(),
-            service_monitors.clone(),
-            metrics.clone(),
-            pools,
-            leader.clone(),
-            config.instance.clone(),
-        ));
+        let context = |pools: Store<ModelPool>, children, applied| {
+            Arc::new(Context::new(
+                client.clone(),
+                config.settings.clone(),
+                service_monitors.clone(),
+                metrics.clone(),
+                pools,
+                leader.clone(),
+                config.instance.clone(),
+                children,
+                applied,
+            ))
+        };
+
+        let (pools, pool_triggers) = watches::owners(scoped::<ModelPool>(&client, ns));
+        let applied = Arc::new(LastApplied::new());
+        let (deployments, deployment_triggers) =
+            watches::owned_deployments(scoped(&client, ns), pool_children.clone(), applied.clone());
+        let (services, service_triggers) = watches::owned_metadata::<Service>(
+            scoped(&client, ns),
+            pool_children.clone(),
+            applied.clone(),
+        );
+        let (pdbs, pdb_triggers) = watches::owned_metadata::<PodDisruptionBudget>(
+            scoped(&client, ns),
+            pool_children.clone(),
+            applied.clone(),
+        );
+        let (pvcs, pvc_triggers) = watches::owned_metadata::<PersistentVolumeClaim>(
+            scoped(&client, ns),
+            pool_children.clone(),
+            applied.clone(),
+        );
+        let (jobs, job_triggers) = watches::owned_metadata::<Job>(
+            scoped(&client, ns),
+            pool_children.clone(),
+            applied.clone(),
+        );
+        let pool_ctx = context(
+            pools.clone(),
+            ChildCaches {
+                deployments: Some(deployments),
+                services: Some(services),
+                pod_disruption_budgets: Some(pdbs),
+                persistent_volume_claims: Some(pvcs),
+                jobs: Some(jobs),
+                ..ChildCaches::default()
+            },
+            applied,
+        );
+        let pool_ctrl = Controller::for_stream(pool_triggers, pools.clone())
+            .with_config(controller_config.clone())
+            .owns_stream(deployment_triggers)
+            .owns_stream(service_triggers)
+            .owns_stream(pdb_triggers)
+            .owns_stream(pvc_triggers)
+            .owns_stream(job_triggers);
         let stop = shutdown.clone();
-        let pool_ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
             pool_ctrl
                 .graceful_shutdown_on(async move { stop.cancelled().await })
@@ -822,21 +925,51 @@ pub async fn run_controllers(
                 .await;
         }));
 
-        let agent_ctrl = Controller::new(
-            scoped::<VoiceAgent>(&client, ns),
-            watcher::Config::default(),
+        let (agents, agent_triggers) = watches::owners(scoped::<VoiceAgent>(&client, ns));
+        let applied = Arc::new(LastApplied::new());
+        let (deployments, deployment_triggers) = watches::owned_deployments(
+            scoped(&client, ns),
+            agent_children.clone(),
+            applied.clone(),
         );
-        let agents = agent_ctrl.store();
-        let agent_ctrl = agent_ctrl
-            .owns(scoped::<Deployment>(&client, ns), owned.clone())
-            .owns(scoped::<Service>(&client, ns), owned.clone())
-            .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
-            .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
-            .watches(
-                scoped::<ModelPool>(&client, ns),
-                watcher::Config::default(),
-                move |pool| agents_referencing(&agents.state(), &pool),
-            );
+        let (services, service_triggers) = watches::owned_metadata::<Service>(
+            scoped(&client, ns),
+            agent_children.clone(),
+            applied.clone(),
+        );
+        let (pdbs, pdb_triggers) = watches::owned_metadata::<PodDisruptionBudget>(
+            scoped(&client, ns),
+            agent_children.clone(),
+            applied.clone(),
+        );
+        let (config_maps, config_map_triggers) = watches::owned_metadata::<ConfigMap>(
+            scoped(&client, ns),
+            agent_children.clone(),
+            applied.clone(),
+        );
+        let (pools_seen_by_agents, pool_triggers) =
+            watches::pools_for_agents(scoped::<ModelPool>(&client, ns));
+        let agent_ctx = context(
+            pools_seen_by_agents,
+            ChildCaches {
+                deployments: Some(deployments),
+                services: Some(services),
+                pod_disruption_budgets: Some(pdbs),
+                config_maps: Some(config_maps),
+                ..ChildCaches::default()
+            },
+            applied,
+        );
+        let referencing = agents.clone();
+        let agent_ctrl = Controller::for_stream(agent_triggers, agents)
+            .with_config(controller_config.clone())
+            .owns_stream(deployment_triggers)
+            .owns_stream(service_triggers)
+            .owns_stream(pdb_triggers)
+            .owns_stream(config_map_triggers)
+            .watches_stream(pool_triggers, move |pool| {
+                agents_referencing(&referencing.state(), &pool)
+            });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             agent_ctrl
@@ -844,7 +977,7 @@ pub async fn run_controllers(
                 .run(
                     reconcile_agent,
                     error_policy::<VoiceAgent>("voiceagent"),
-                    ctx,
+                    agent_ctx,
                 )
                 .for_each(|r| async move {
                     if let Err(e) = r {

@@ -1,13 +1,15 @@
 //! The GrokCast operator: reconcilers, autoscaler and offline rendering.
 //!
 //! Pure steps (no API client): [`model_pool`], [`voice_agent`], [`status`], [`render`],
-//! [`rbac`]. Around them: [`controller`] (dereference, apply, status), [`leader`] (Lease
-//! election), [`http`] and [`metrics`].
+//! [`rbac`], [`last_applied`]. Around them: [`controller`] (dereference, apply, status),
+//! [`watches`] (the streams and caches behind it), [`leader`] (Lease election), [`http`] and
+//! [`metrics`].
 
 pub mod autoscale;
 pub mod children;
 pub mod controller;
 pub mod http;
+pub mod last_applied;
 pub mod leader;
 pub mod meta;
 pub mod metrics;
@@ -18,3 +20,4 @@ pub mod run;
 pub mod settings;
 pub mod status;
 pub mod voice_agent;
+pub mod watches;

@@ -15,6 +15,9 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Reconcile duration, by controller.
     pub duration: HistogramVec,
+    /// Children server-side applied or skipped as unchanged, by kind and outcome
+    /// (`applied`, `skipped`).
+    pub child_applies: IntCounterVec,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
 }
@@ -45,6 +48,13 @@ impl Metrics {
             ]),
             &["controller"],
         )?;
+        let child_applies = IntCounterVec::new(
+            Opts::new(
+                "grokcast_operator_child_applies_total",
+                "Children server-side applied, or skipped because the last apply is still in place",
+            ),
+            &["kind", "outcome"],
+        )?;
         let leader = IntGauge::new(
             "grokcast_operator_leader",
             "1 while this replica holds the leader lease",
@@ -52,12 +62,14 @@ impl Metrics {
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(child_applies.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         Ok(Self {
             registry,
             reconciles,
             failures,
             duration,
+            child_applies,
             leader,
         })
     }

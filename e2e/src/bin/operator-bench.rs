@@ -2,12 +2,13 @@
 //! (default 1,000 and 200) until every one is Ready; prints time to converge, reconcile
 //! p50/p95, API requests per object, steady-state requests per minute and operator RSS.
 //!
-//! The operator runs as its own process (the real `grokcast-operator` binary) so its RSS is
-//! its own. Build both first:
+//! The operator runs as its own process (the real `grokcast-operator` binary) so the RSS
+//! reported is the operator's alone; the control plane and this bench are another process.
+//! Build the operator first; the bench looks for it next to itself:
 //!
 //! ```text
-//! cargo build --release -p grokcast-operator -p grokcast-e2e --bins
-//! target/release/operator-bench [--agents 1000] [--pools 200] [--steady-seconds 60]
+//! cargo build --release -p grokcast-operator --bin grokcast-operator
+//! cargo run --release -p grokcast-e2e --bin operator-bench -- [--agents 1000] [--pools 200]
 //! ```
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ struct Args {
     /// Give up converging after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_seconds: u64,
+    /// The operator's log filter (its stderr is passed through).
+    #[arg(long, default_value = "warn")]
+    operator_log: String,
     /// The operator binary (default: grokcast-operator next to this one).
     #[arg(long, env = "GROKCAST_OPERATOR_BIN")]
     operator_bin: Option<PathBuf>,
@@ -149,6 +153,23 @@ fn quantile(metrics: &str, q: f64) -> Option<f64> {
     None
 }
 
+/// Sum of one counter over every label set whose labels contain `filter`.
+fn counter_sum(metrics: &str, name: &str, filter: &str) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter(|rest| rest.contains(filter))
+        .filter_map(|rest| rest.split_once("} ")?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// The 1, 5 and 15 minute load averages, to say how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -225,6 +246,7 @@ async fn main() -> anyhow_free::Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let metrics_addr = listener.local_addr()?.to_string();
     drop(listener);
+    let load_before = load_average();
     cp.reset_request_counts();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&operator_bin)
@@ -235,7 +257,7 @@ async fn main() -> anyhow_free::Result<()> {
             "--http-addr",
             &metrics_addr,
             "--log",
-            "warn",
+            &args.operator_log,
         ])
         .env("KUBECONFIG", cp.kubeconfig_path())
         .stdout(Stdio::null())
@@ -268,6 +290,15 @@ async fn main() -> anyhow_free::Result<()> {
         if pools_ready == args.pools && agents_ready == args.agents {
             break Some(started.elapsed());
         }
+        // A line every 10 s, so a slow or stuck run shows where it stands.
+        if own_requests.is_multiple_of(80) {
+            eprintln!(
+                "{:>4.0} s: {pools_ready}/{} ModelPools and {agents_ready}/{} VoiceAgents Ready",
+                started.elapsed().as_secs_f64(),
+                args.pools,
+                args.agents
+            );
+        }
     };
     let Some(converged) = converged else {
         return Err(format!("did not converge within {} s", args.timeout_seconds).into());
@@ -279,6 +310,7 @@ async fn main() -> anyhow_free::Result<()> {
         .await
         .unwrap_or_default();
     let (rss_converged, _) = rss_kib(pid);
+    let load_converged = load_average();
 
     cp.reset_request_counts();
     tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
@@ -310,6 +342,12 @@ async fn main() -> anyhow_free::Result<()> {
         operator_requests as f64 / objects,
         counts.by_verb
     );
+    let applies = "grokcast_operator_child_applies_total";
+    println!(
+        "children until Ready: {} applied, {} skipped as unchanged",
+        counter_sum(&metrics, applies, "outcome=\"applied\""),
+        counter_sum(&metrics, applies, "outcome=\"skipped\"")
+    );
     println!(
         "settling after Ready: {} requests in {} s; by verb: {:?}",
         settling.total(),
@@ -328,6 +366,10 @@ async fn main() -> anyhow_free::Result<()> {
         rss_converged as f64 / 1024.0,
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
+    );
+    println!(
+        "load average (1, 5, 15 min): {load_before} at start, {load_converged} at convergence, {} at the end",
+        load_average()
     );
     cp.shutdown().await;
     Ok(())
