@@ -140,7 +140,7 @@ impl Harness {
                 l.lease_duration = Duration::from_secs(3);
                 l
             }),
-            prometheus_url: None,
+            autoscaler: None,
         };
         let task = tokio::spawn(grokcast_operator::run::run(
             self.client.clone(),
