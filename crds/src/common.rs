@@ -109,6 +109,9 @@ pub mod condition {
         pub const SLO_BREACHED: &str = "SLOBreached";
         /// Written by the autoscaler: Prometheus is unreachable or returned no samples.
         pub const METRICS_UNAVAILABLE: &str = "MetricsUnavailable";
+        /// Written by the autoscaler: the operator runs without a Prometheus URL, so nothing
+        /// measures the SLO and replicas follow `spec.replicas`.
+        pub const AUTOSCALER_DISABLED: &str = "AutoscalerDisabled";
         /// Written by the autoscaler: not enough GPUs of the requested product.
         pub const INSUFFICIENT_GPUS: &str = "InsufficientGPUs";
         /// Written by the autoscaler: enough GPUs.

@@ -6,6 +6,8 @@
 //! See `e2e/README.md` for what it implements and, as importantly, what it does not.
 
 pub mod control_plane;
+pub mod project;
+pub mod prometheus;
 pub mod wait;
 
 pub use control_plane::{ControlPlaneError, Options, RequestCounts, TestControlPlane};

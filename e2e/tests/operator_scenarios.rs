@@ -14,9 +14,7 @@ use grokcast_operator::run::{CancellationToken, OperatorConfig};
 use grokcast_operator::settings::BuildSettings;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -79,47 +77,9 @@ impl Running {
 
 impl Harness {
     async fn start() -> Self {
-        grokcast_operator::run::install_crypto_provider();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .with_test_writer()
-            .try_init();
-        let cp = TestControlPlane::start().await.expect("control plane");
-        let client = cp.client().await.expect("client");
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        for crd in grokcast_crds::crds() {
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .expect("CRD created");
-            let name = crd.metadata.name.clone().expect("crd name");
-            let established = kube::runtime::wait::await_condition(
-                crds.clone(),
-                &name,
-                kube::runtime::conditions::is_crd_established(),
-            );
-            tokio::time::timeout(WAIT, established)
-                .await
-                .expect("established")
-                .expect("watch");
-        }
-        let nss: Api<Namespace> = Api::all(client.clone());
-        nss.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NS}})).expect("ns"),
-        )
-        .await
-        .expect("namespace");
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-        for (name, key) in [("hf", "token"), ("twilio", "authToken")] {
-            let s: Secret = serde_json::from_value(json!({
-                "metadata": {"name": name}, "stringData": {key: "test-value"}
-            }))
-            .expect("secret");
-            secrets
-                .create(&PostParams::default(), &s)
-                .await
-                .expect("secret created");
-        }
+        let (cp, client) = grokcast_e2e::project::start(NS, WAIT)
+            .await
+            .expect("control plane with CRDs, namespace and secrets");
         Self { cp, client }
     }
 
@@ -140,7 +100,7 @@ impl Harness {
                 l.lease_duration = Duration::from_secs(3);
                 l
             }),
-            prometheus_url: None,
+            autoscaler: None,
         };
         let task = tokio::spawn(grokcast_operator::run::run(
             self.client.clone(),
@@ -237,18 +197,9 @@ impl Harness {
     }
 
     async fn events_for(&self, name: &str, reason: &str) -> usize {
-        let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
-        events
-            .list(&ListParams::default())
+        grokcast_e2e::project::events_for(&self.client, NS, name, reason)
             .await
             .expect("events")
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                    && e.reason.as_deref() == Some(reason)
-            })
-            .count()
     }
 }
 

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use grokcast_operator::autoscale::AutoscalerConfig;
+use grokcast_operator::autoscale::prometheus::parse_timeout;
 use grokcast_operator::run::OperatorConfig;
 use grokcast_operator::settings::BuildSettings;
 use grokcast_operator::{http, leader, metrics, rbac, render};
@@ -126,11 +129,38 @@ struct RunArgs {
     /// This replica's identity in the Lease and in Events.
     #[arg(long, env = "GROKCAST_POD_NAME")]
     pod_name: Option<String>,
-    /// Prometheus base URL; enables the latency-SLO autoscaler.
+    /// Prometheus base URL; enables the latency-SLO autoscaler (unset or empty: off).
     #[arg(long, env = "GROKCAST_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// Timeout of one Prometheus query, e.g. 5s or 500ms.
+    #[arg(long, env = "GROKCAST_PROMETHEUS_TIMEOUT", default_value = "5s", value_parser = parse_timeout)]
+    prometheus_timeout: Duration,
+    /// File holding a bearer token for Prometheus, read on every query so rotated tokens work.
+    #[arg(long, env = "GROKCAST_PROMETHEUS_BEARER_TOKEN_FILE")]
+    prometheus_bearer_token_file: Option<PathBuf>,
+    /// PEM file of CAs to trust for an https Prometheus URL, besides the system roots.
+    #[arg(long, env = "GROKCAST_PROMETHEUS_CA_FILE")]
+    prometheus_ca_file: Option<PathBuf>,
     #[command(flatten)]
     images: ImageArgs,
+}
+
+impl RunArgs {
+    /// The autoscaler's settings, or `None` when no Prometheus URL is given: the chart leaves
+    /// the variable unset for an empty value, but an empty one must not start a client that
+    /// fails every query.
+    fn autoscaler(&self) -> Option<AutoscalerConfig> {
+        let url = self
+            .prometheus_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())?;
+        let mut config = AutoscalerConfig::new(url);
+        config.prometheus.timeout = self.prometheus_timeout;
+        config.prometheus.bearer_token_file = self.prometheus_bearer_token_file.clone();
+        config.prometheus.ca_file = self.prometheus_ca_file.clone();
+        Some(config)
+    }
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -168,6 +198,13 @@ async fn shutdown_signal(token: CancellationToken) {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, &args.log);
     grokcast_operator::run::install_crypto_provider();
+    if let Some(path) = &args.prometheus_bearer_token_file {
+        // Checked once here for an early hint; queries read it again each time (rotation),
+        // and only the path is ever logged, never the token.
+        if let Err(error) = std::fs::metadata(path) {
+            tracing::warn!(path = %path.display(), %error, "Prometheus bearer token file is not readable yet");
+        }
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (kubeconfig or in-cluster config)")?;
@@ -203,7 +240,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             )
         }),
         identity,
-        prometheus_url: args.prometheus_url.clone(),
+        autoscaler: args.autoscaler(),
     };
     let result = grokcast_operator::run::run(client, config, metrics, shutdown.clone()).await;
     shutdown.cancel();

@@ -31,8 +31,10 @@ pub struct OperatorConfig {
     pub identity: String,
     /// Lease to elect a leader with; `None` runs as the only replica.
     pub lease: Option<LeaseConfig>,
-    /// Prometheus base URL; `Some` runs the autoscaler.
-    pub prometheus_url: Option<String>,
+    /// The latency-SLO autoscaler (Prometheus URL, auth, decision tunables); `None` leaves
+    /// replicas to the specs and says so on autoscaled VoiceAgents. Its `namespaces` and
+    /// `instance` are replaced by this config's, so both loops act on the same objects.
+    pub autoscaler: Option<autoscale::AutoscalerConfig>,
 }
 
 /// Why the operator stopped.
@@ -98,17 +100,40 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let autoscaler = config.prometheus_url.clone().map(|url| {
-        let mut cfg = autoscale::AutoscalerConfig::new(url);
-        cfg.namespaces = config.namespaces.clone();
-        cfg.instance = Some(config.identity.clone());
-        tokio::spawn(autoscale::run(
-            client.clone(),
-            cfg,
-            leader_rx.clone(),
-            shutdown.clone(),
-        ))
-    });
+    let autoscaler = match config.autoscaler.clone() {
+        Some(mut cfg) => {
+            tracing::info!(
+                prometheus = %cfg.prometheus.url,
+                period_s = cfg.behaviour.period.as_secs_f64(),
+                "latency-SLO autoscaling is on"
+            );
+            cfg.namespaces = config.namespaces.clone();
+            cfg.instance = Some(config.identity.clone());
+            if cfg.metrics_registry.is_none() {
+                cfg.metrics_registry = Some(metrics.registry().clone());
+            }
+            let run = autoscale::run(client.clone(), cfg, leader_rx.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                // Logged when it happens (a bad CA file stops it at start), not at shutdown;
+                // the controllers keep running without it.
+                if let Err(error) = run.await {
+                    tracing::error!(%error, "autoscaler stopped; replicas follow the specs until restart");
+                }
+            }))
+        }
+        None => {
+            tracing::info!(
+                "latency-SLO autoscaling is off: no Prometheus URL (--prometheus-url / GROKCAST_PROMETHEUS_URL); replicas follow spec.replicas, and autoscaled VoiceAgents get SLOMet=Unknown (AutoscalerDisabled)"
+            );
+            tokio::spawn(autoscale::report_disabled(
+                client.clone(),
+                config.namespaces.clone(),
+                leader_rx.clone(),
+                shutdown.clone(),
+            ));
+            None
+        }
+    };
 
     let mut wait_leader = leader_rx.clone();
     let is_leader = tokio::select! {
@@ -133,12 +158,10 @@ pub async fn run(
         .await;
     }
     shutdown.cancel();
-    if let Some(task) = autoscaler {
-        match task.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "autoscaler stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "autoscaler task failed"),
-            Ok(Ok(())) => {}
-        }
+    if let Some(task) = autoscaler
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "autoscaler task failed");
     }
     match leader_task.await {
         Ok(result) => result.map_err(RunError::from),

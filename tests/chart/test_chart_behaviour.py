@@ -133,7 +133,8 @@ def test_without_auth_settings_no_token_or_ca_is_configured():
 
 
 def test_empty_prometheus_url_leaves_the_autoscaler_off():
-    # The operator starts the autoscaler whenever GROKCAST_PROMETHEUS_URL is set, even to "".
+    # An empty URL means off in the operator too, but unset says so without relying on it, and
+    # keeps the auth settings (which only matter with a URL) out of the pod.
     env = env_of(only(render_objects({"prometheus": {"url": "", "bearerToken": {
         "useServiceAccountToken": True}}}), "Deployment"))
     assert not [name for name in env if name.startswith("GROKCAST_PROMETHEUS_")]

@@ -10,14 +10,10 @@ import chartlib
 
 OPERATOR_SRC = chartlib.REPO / "operator" / "src"
 
-# Prometheus client options the operator's client supports (operator/src/autoscale/prometheus.rs)
-# but whose flags the binary does not expose yet. The chart sets them only when a user asks
-# for Prometheus auth; once the flags exist they count as known and this set is moot.
-AWAITING_FLAGS = {
-    "GROKCAST_PROMETHEUS_TIMEOUT",
-    "GROKCAST_PROMETHEUS_BEARER_TOKEN_FILE",
-    "GROKCAST_PROMETHEUS_CA_FILE",
-}
+# Settings the chart may pass before the operator has a flag for them. Empty: every env name
+# the chart sets is read by the operator (the Prometheus timeout, token file and CA file
+# included). Add a name here only while its flag is being written.
+AWAITING_FLAGS = set()
 
 
 def operator_env_names():

@@ -11,9 +11,14 @@ pub mod prometheus;
 pub mod queries;
 
 mod cluster;
+mod disabled;
 
 pub use cluster::{AutoscaleError, AutoscalerConfig, reason_text, run};
+pub use disabled::{DISABLED_MESSAGE, report_disabled};
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod client_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod config_tests;

@@ -3,7 +3,7 @@
 //! tokens rotate) and an optional CA bundle for in-cluster TLS.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -191,13 +191,10 @@ impl PrometheusClient {
             .append_pair("timeout", &format!("{}ms", self.timeout.as_millis()));
         let mut request = self.http.get(url);
         if let Some(path) = &self.bearer_token_file {
-            let token = tokio::fs::read_to_string(path).await.map_err(|source| {
-                PrometheusError::TokenFile {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            request = request.bearer_auth(token.trim());
+            // Read per request: projected service-account tokens are rotated in place.
+            let token = read_token(path).await?;
+            // reqwest marks the header sensitive, so it stays out of its debug output too.
+            request = request.bearer_auth(token);
         }
         let unreachable = |source| PrometheusError::Unreachable {
             url: self.query_url.to_string(),
@@ -213,6 +210,49 @@ impl PrometheusClient {
     pub async fn query_value(&self, promql: &str) -> Result<Option<f64>, PrometheusError> {
         Ok(self.query(promql).await?.first().map(|s| s.value))
     }
+}
+
+/// Reads a bearer token file; an empty one is an error rather than an empty `Bearer` header.
+async fn read_token(path: &Path) -> Result<String, PrometheusError> {
+    let token_error = |source| PrometheusError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let raw = tokio::fs::read_to_string(path).await.map_err(token_error)?;
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(token_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is empty",
+        )));
+    }
+    Ok(token.to_owned())
+}
+
+/// Parses a timeout as the chart writes it: `5s`, `500ms`, `1m`, `1.5s`, or bare seconds.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 5s, 500ms or 1m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s or m)"
+            ));
+        }
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
+        return Err(format!("{text:?} must be more than 0 and at most 1h"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn parse_response(
