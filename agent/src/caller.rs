@@ -623,16 +623,24 @@ pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerErr
     Ok(report)
 }
 
-/// Places `n` calls at once (call SIDs numbered) and returns every report.
+/// Places `n` concurrent calls (call SIDs numbered), dialled over `spread`, and returns
+/// every report.
 pub async fn place_calls(
     options: &CallerOptions,
     n: usize,
+    spread: Duration,
 ) -> Vec<Result<CallReport, CallerError>> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let mut o = options.clone();
             o.call_sid = format!("CA{:032}", i + 1);
-            tokio::spawn(async move { place_call(&o).await })
+            // Calls dialled at evenly spaced moments over `spread`, as independent callers
+            // would; zero dials them all at once, so every turn of every call coincides.
+            let delay = spread.mul_f64(i as f64 / n.max(1) as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                place_call(&o).await
+            })
         })
         .collect();
     let mut out = Vec::with_capacity(n);

@@ -52,6 +52,10 @@ enum Command {
         /// Concurrent calls.
         #[arg(long, default_value_t = 1)]
         calls: usize,
+        /// Dial the calls at evenly spaced moments over this many ms, as independent
+        /// callers would, instead of all at once (when every turn of every call coincides).
+        #[arg(long, default_value_t = 0)]
+        spread_ms: u64,
         /// Longest wait for a reply, in seconds.
         #[arg(long, default_value_t = 20)]
         reply_timeout_s: u64,
@@ -109,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             interrupt_after_ms,
             record,
             calls,
+            spread_ms,
             reply_timeout_s,
             ca_file,
         } => {
@@ -128,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 ca_file,
                 ..CallerOptions::default()
             };
-            call(options, calls, record).await
+            call(options, calls, Duration::from_millis(spread_ms), record).await
         }
         Command::Demo { say, record } => {
             let options = grokcast_agent::demo::DemoOptions { say, record };
@@ -205,8 +210,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn call(options: CallerOptions, calls: usize, record: Option<PathBuf>) -> anyhow::Result<()> {
-    let reports = caller::place_calls(&options, calls).await;
+async fn call(
+    options: CallerOptions,
+    calls: usize,
+    spread: Duration,
+    record: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let reports = caller::place_calls(&options, calls, spread).await;
     let mut latencies = Vec::new();
     let mut failures = 0;
     for (i, report) in reports.iter().enumerate() {

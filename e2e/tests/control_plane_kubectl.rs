@@ -329,7 +329,7 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
             namespaces: Vec::new(),
             identity: "kubectl-e2e".into(),
             lease: None,
-            prometheus_url: None,
+            autoscaler: None,
         },
         grokcast_operator::metrics::Metrics::new().expect("metrics"),
         stop.clone(),

@@ -146,12 +146,14 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
+    let kind = <K as k8s_openapi::Resource>::KIND;
     let stream = watcher(api, config)
+        .default_backoff()
         .modify(|o: &mut PartialObjectMeta<K>| strip_metadata(&mut o.metadata))
         .reflect(writer)
-        .inspect(forget_deleted(applied, <K as k8s_openapi::Resource>::KIND))
+        .inspect(forget_deleted(applied, kind))
         .touched_objects();
-    (store, stream)
+    (store, without_errors(kind, stream))
 }
 
 /// A watch of owned Deployments, slimmed by [`slim_deployment`], that fills a cache and
@@ -166,11 +168,12 @@ pub fn owned_deployments(
 ) {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
+        .default_backoff()
         .modify(slim_deployment)
         .reflect(writer)
         .inspect(forget_deleted(applied, "Deployment"))
         .touched_objects();
-    (store, stream)
+    (store, without_errors("Deployment", stream))
 }
 
 /// A watch of the custom resources of kind `K` (managedFields stripped) that fills the
@@ -188,11 +191,12 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
         .modify(|o: &mut K| strip_metadata(o.meta_mut()))
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, PredicateConfig::default());
-    (store, stream)
+    (store, without_errors(std::any::type_name::<K>(), stream))
 }
 
 /// What a VoiceAgent reads of a ModelPool: its spec (role, port, model; tracked by the
@@ -217,6 +221,7 @@ pub fn pools_for_agents(
     let (store, writer) = reflector::store();
     let mut seen: HashMap<ObjectRef<ModelPool>, (Option<i64>, bool)> = HashMap::new();
     let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
         .modify(|p: &mut ModelPool| strip_metadata(&mut p.metadata))
         .reflect(writer)
         .filter(move |event| {
@@ -229,11 +234,28 @@ pub fn pools_for_agents(
                     seen.remove(&ObjectRef::from_obj(p));
                     true
                 }
-                // Init markers and errors: touched_objects and the controller handle them.
+                // Init markers and errors: touched_objects and without_errors handle them.
                 _ => true,
             };
             future::ready(pass)
         })
         .touched_objects();
-    (store, stream)
+    (store, without_errors("ModelPool", stream))
+}
+
+/// Logs a watch's errors and keeps them out of the controller. Each watch backs off on its
+/// own (`default_backoff` above); kube-runtime's controller would otherwise back off the
+/// merged stream of all its watches on any one error, so when every watch fails at once (an
+/// API server restart answers each with 410 Gone) that one backoff grows with every watch's
+/// error and the operator stops seeing changes for about a minute.
+fn without_errors<K: Send + 'static>(
+    watch: &'static str,
+    stream: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    stream.filter(move |item| {
+        if let Err(error) = item {
+            tracing::warn!(watch, %error, "watch failed; it restarts after its own backoff");
+        }
+        future::ready(item.is_ok())
+    })
 }

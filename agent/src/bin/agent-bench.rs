@@ -1,13 +1,14 @@
 //! Agent benchmark: how many calls one core carries, and what the agent itself adds to a turn.
 //!
-//! The agent runs in this process on ONE thread (a current-thread tokio runtime, Silero VAD
-//! inline on every 32 ms chunk of every call). The model servers are the instant test double
+//! The agent runs in this process on ONE thread (a current-thread tokio runtime; Silero VAD
+//! on every 32 ms chunk of every call, batched across calls by the agent's VAD task). The model servers are the instant test double
 //! (`grokcast-agent instant-servers`) and the callers are `grokcast-agent call --calls N`, each
 //! in its own process so their CPU and memory are not counted. For each concurrency level it
 //! prints the agent overhead per turn (turn latency minus configured end-of-turn silence minus
 //! model time) p50/p95, CPU per call-minute, RSS per call and late frames.
 //!
 //! `cargo run --release -p grokcast-agent --bin agent-bench -- --levels 1,10,50,100,200`
+//! (docs/benchmarks.md has the figures and how to read them).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,10 @@ struct Args {
     /// Caller turns per call.
     #[arg(long, default_value_t = 3)]
     turns: usize,
+    /// Dial each level's calls over this many ms, as independent callers would; 0 dials
+    /// them all at once, so every call's turns end on the same VAD chunk (a worst case).
+    #[arg(long, default_value_t = 4000)]
+    spread_ms: u64,
 }
 
 fn proc_field(path: &str, key: &str) -> Option<u64> {
@@ -168,6 +173,8 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
             "bench-token",
             "--calls",
             &calls.to_string(),
+            "--spread-ms",
+            &args.spread_ms.to_string(),
         ]);
         for p in phrases.iter().cycle().take(args.turns) {
             caller.args(["--say", p]);
