@@ -288,7 +288,7 @@ async fn receive(
     let mut upsampler = StreamResampler::new(8000, 16_000).map_err(resample_err)?;
     let mut decoded = vec![0f32; MAX_MEDIA_BYTES];
     let mut detector = Detector {
-        vad_state: state.vad.new_state(),
+        vad_state: state.vad_batch.vad().new_state(),
         endpointer: Endpointer::new(state.config.turn_taking.turn_taking()),
         incoming: Vec::with_capacity(4 * CHUNK_SAMPLES),
         chunk: vec![0.0; CHUNK_SAMPLES],

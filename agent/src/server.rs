@@ -32,9 +32,7 @@ pub struct AgentState {
     pub config: AgentConfig,
     /// Model backends.
     pub backends: Backends,
-    /// The VAD model (state is per call).
-    pub vad: Arc<SileroVad>,
-    /// Runs every call's VAD chunks in shared batches.
+    /// The VAD model (state is per call), run over every call's chunks in shared batches.
     pub vad_batch: crate::vad_batch::VadBatcher,
     /// Metrics.
     pub metrics: Metrics,
@@ -64,8 +62,7 @@ impl AgentState {
         Self {
             config,
             backends,
-            vad_batch: crate::vad_batch::VadBatcher::new(vad.clone()),
-            vad,
+            vad_batch: crate::vad_batch::VadBatcher::new(vad),
             metrics,
             goodbye: CancellationToken::new(),
             validator,

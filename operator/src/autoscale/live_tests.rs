@@ -7,12 +7,11 @@
 //! here. The test drives "turns" into it with a slow LLM stage, so the SLO breaches.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ::prometheus::{Histogram, HistogramOpts, HistogramVec, IntGauge, Registry};
-use tokio::process::{Child, Command};
+use grokcast_e2e::prometheus::{Target, TestPrometheus};
 
 use super::decide::{
     AgentSpec, Behaviour, Bounds, HoldReason, PoolSpec, Reason, Role, StageValues,
@@ -29,20 +28,9 @@ const STAGE_BUCKETS: &[f64] = &[
     5.0,
 ];
 
-fn prometheus_binary() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("GROKCAST_PROMETHEUS_BIN") {
-        return Some(PathBuf::from(path));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("prometheus"))
-            .find(|p| p.is_file())
-    })
-}
-
 /// The prometheus binary, or `None` (printed) when it is absent and not required.
 fn prometheus_or_skip() -> Option<PathBuf> {
-    let binary = prometheus_binary();
+    let binary = grokcast_e2e::prometheus::binary();
     if binary.is_none() {
         let required = std::env::var_os("GROKCAST_REQUIRE_PROMETHEUS").is_some()
             || std::env::var_os("GROKCAST_REQUIRE_MODELS").is_some();
@@ -149,69 +137,16 @@ impl Exporter {
     }
 }
 
-struct PrometheusServer {
-    child: Child,
-    url: String,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl PrometheusServer {
-    async fn start(binary: &PathBuf, target: SocketAddr) -> PrometheusServer {
-        let dir = std::env::temp_dir().join(format!(
-            "grokcast-prom-{}-{}",
-            std::process::id(),
-            target.port()
-        ));
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: agent\n    static_configs:\n      - targets: ['{target}']\n        labels: {{service: llm-pool}}\n"
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let child = Command::new(binary)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start prometheus");
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        for _ in 0..100 {
-            if http
-                .get(format!("{url}/-/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return PrometheusServer {
-                    child,
-                    url,
-                    _dir: TempDir(dir),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("prometheus did not become ready at {url}");
-    }
+/// Debian's Prometheus scraping the exporter every second, labelled as a ServiceMonitor
+/// would label the LLM pool's Service.
+async fn prometheus(binary: &Path, target: SocketAddr) -> TestPrometheus {
+    let targets = [Target {
+        addr: target,
+        labels: &[("service", "llm-pool")],
+    }];
+    TestPrometheus::start(binary, &targets, Duration::from_secs(10))
+        .await
+        .expect("start prometheus")
 }
 
 fn spec() -> AgentSpec {
@@ -285,8 +220,8 @@ async fn slow_llm_grows_the_llm_pool_and_an_outage_holds() {
     };
     let exporter = std::sync::Arc::new(Exporter::new());
     let (target, exporter_task) = exporter.clone().serve().await;
-    let mut server = PrometheusServer::start(&binary, target).await;
-    let client = PrometheusClient::new(&PrometheusConfig::new(server.url.clone())).unwrap();
+    let mut server = prometheus(&binary, target).await;
+    let client = PrometheusClient::new(&PrometheusConfig::new(server.url())).unwrap();
 
     // 120 live calls; every turn's LLM stage takes ~600 ms against a 250 ms budget.
     exporter.calls.set(120);
@@ -387,7 +322,7 @@ async fn slow_llm_grows_the_llm_pool_and_an_outage_holds() {
     );
 
     // Prometheus itself goes down: every replica count holds.
-    server.child.kill().await.unwrap();
+    server.kill().await.unwrap();
     let failure = queries::observe_agent(&client, &queries, AGENT)
         .await
         .unwrap_err();
@@ -417,8 +352,8 @@ async fn steady_load_does_not_oscillate() {
     };
     let exporter = std::sync::Arc::new(Exporter::new());
     let (target, _exporter_task) = exporter.clone().serve().await;
-    let server = PrometheusServer::start(&binary, target).await;
-    let client = PrometheusClient::new(&PrometheusConfig::new(server.url.clone())).unwrap();
+    let server = prometheus(&binary, target).await;
+    let client = PrometheusClient::new(&PrometheusConfig::new(server.url())).unwrap();
     // A healthy steady load: every stage inside its budget but not idle.
     exporter.calls.set(100);
     let load = {
