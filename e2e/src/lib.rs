@@ -1,14 +1,15 @@
 //! End-to-end harness for GrokCast.
 //!
-//! The main piece is [`TestControlPlane`]: an in-process server that speaks the
-//! Kubernetes HTTP API on 127.0.0.1, so the operator and `kubectl` can be tested
-//! against real HTTP, real watches and real server-side apply without a cluster.
-//! See `e2e/README.md` for what it implements and, as importantly, what it does not.
+//! The main piece is [`cluster`]: a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler) with kwok's fake CPU and A100 nodes, built from
+//! pinned Go modules and started on 127.0.0.1, shared by the tests of one test binary.
+//! [`project`] installs GrokCast into it as a user would (CRDs, Secrets, the chart's RBAC),
+//! [`prometheus`] runs Debian's Prometheus, and [`wait`] polls with deadlines.
+//! See `e2e/README.md`.
 
-pub mod control_plane;
+pub mod cluster;
 pub mod project;
 pub mod prometheus;
 pub mod wait;
 
-pub use control_plane::{ControlPlaneError, Options, RequestCounts, TestControlPlane};
 pub use wait::eventually;

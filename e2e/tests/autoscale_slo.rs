@@ -1,11 +1,15 @@
-//! The latency-SLO autoscaler with real parts: the operator in-process against the test
-//! control plane, Debian's `prometheus` scraping a real grokcast agent's `/metrics` on
+//! The latency-SLO autoscaler with real parts: the operator in-process, as the chart's
+//! ServiceAccount, against the real test cluster (kube-apiserver, scheduler, kwok nodes),
+//! Debian's `prometheus` scraping a real grokcast agent's `/metrics` on
 //! 127.0.0.1 every second, and load from the project's Twilio-protocol caller speaking to
 //! that agent (real Silero VAD) in real time. The instant model servers stand in for the GPU
 //! pools; making the LLM one slow is how a scenario breaches the SLO.
 //!
-//! The agent exports `namespace="voice", voiceagent="receptionist"`, so the VoiceAgent of that
-//! name in the control plane is the one whose turns Prometheus measures. Every wait has a
+//! The agent exports `namespace=<the test's namespace>, voiceagent="receptionist"`, so the
+//! VoiceAgent of that name in the cluster is the one whose turns Prometheus measures. Each
+//! scenario's pools ask for a GPU product of their own, on a kwok node made for the
+//! scenario, so GPU capacity is exactly what the scenario sets up even while other tests use
+//! the cluster. Every wait has a
 //! deadline (`grokcast_e2e::eventually`); nothing sleeps and then asserts.
 
 #![allow(clippy::unwrap_used)]
@@ -21,7 +25,8 @@ use grokcast_agent::instant::InstantServers;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
 use grokcast_crds::{AUTOSCALER_FIELD_MANAGER, ModelPool, VoiceAgent, condition};
-use grokcast_e2e::TestControlPlane;
+use grokcast_e2e::cluster::{Cluster, NodePool};
+use grokcast_e2e::project::Project;
 use grokcast_e2e::prometheus::{Target, TestPrometheus};
 use grokcast_operator::autoscale::AutoscalerConfig;
 use grokcast_operator::autoscale::decide::Behaviour;
@@ -36,12 +41,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-const NS: &str = "voice";
 const AGENT: &str = "receptionist";
 const LLM: &str = "gemma-27b";
 const STT: &str = "whisper-v3";
 const TTS: &str = "csm-1b";
-const A100: &str = "NVIDIA-A100-SXM4-80GB";
 const TWILIO_TOKEN: &str = "test-auth-token";
 /// Long enough for the agent, Prometheus and a few turns on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(45);
@@ -90,7 +93,7 @@ struct Agent {
 }
 
 impl Agent {
-    async fn start(llm_delay: Duration) -> Agent {
+    async fn start(llm_delay: Duration, ns: &str) -> Agent {
         let servers = InstantServers::default();
         // A short reply keeps each turn short, so the SLO window fills with turns quickly.
         servers.set(|b| {
@@ -122,7 +125,7 @@ impl Agent {
         config.validate().unwrap();
         let vad = startup::load_vad(&config).unwrap();
         let backends = startup::build_backends(&config).unwrap();
-        let metrics = grokcast_agent::metrics::Metrics::new(AGENT, NS).unwrap();
+        let metrics = grokcast_agent::metrics::Metrics::new(AGENT, ns).unwrap();
         let state = Arc::new(AgentState::new(config, backends, vad, metrics));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(listener, state, async {
@@ -193,10 +196,10 @@ async fn prometheus(binary: &Path, agent: SocketAddr) -> TestPrometheus {
 }
 
 /// Turn p95 of the agent over `window`, in ms, as Prometheus computes it.
-async fn turn_p95_ms(prometheus: &TestPrometheus, window: &str) -> Option<f64> {
+async fn turn_p95_ms(prometheus: &TestPrometheus, ns: &str, window: &str) -> Option<f64> {
     let client = PrometheusClient::new(&PrometheusConfig::new(prometheus.url())).ok()?;
     let q = format!(
-        "histogram_quantile(0.95, sum by (le) (rate(grokcast_turn_latency_seconds_bucket{{namespace=\"{NS}\",voiceagent=\"{AGENT}\"}}[{window}])))"
+        "histogram_quantile(0.95, sum by (le) (rate(grokcast_turn_latency_seconds_bucket{{namespace=\"{ns}\",voiceagent=\"{AGENT}\"}}[{window}])))"
     );
     let v = client.query_value(&q).await.ok()??;
     v.is_finite().then_some(v * 1000.0)
@@ -239,7 +242,7 @@ impl Default for Setup {
 struct Scenario {
     agent: Agent,
     prometheus: TestPrometheus,
-    cluster: Cluster,
+    cluster: Operated,
     load: Vec<JoinHandle<()>>,
 }
 
@@ -247,9 +250,10 @@ impl Scenario {
     /// Starts it all, or `None` (printed) when the models or prometheus are missing.
     async fn start(setup: Setup) -> Option<Scenario> {
         let binary = prerequisites()?;
-        let agent = Agent::start(setup.llm_delay).await;
+        let project = project().await;
+        let agent = Agent::start(setup.llm_delay, project.ns()).await;
         let prometheus = prometheus(&binary, agent.addr).await;
-        let cluster = Cluster::start(&setup, Some(prometheus.url())).await;
+        let cluster = Operated::start(project, &setup, Some(prometheus.url())).await;
         let load = agent.load(setup.callers);
         Some(Scenario {
             agent,
@@ -270,23 +274,45 @@ impl Scenario {
 
 const WINDOW: &str = "15s";
 
-/// The control plane with CRDs, secrets, a GPU node, the three pools and the agent, and the
-/// operator running with a one-second autoscaler against `prometheus`.
-struct Cluster {
-    cp: TestControlPlane,
+/// The test cluster's shared instance, with the CRDs, a fresh namespace, the sample Secrets
+/// and the operator's chart-made identity.
+async fn project() -> Project {
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::shared(env!("CARGO_BIN_EXE_grokcast-e2e").as_ref())
+    })
+    .await
+    .unwrap()
+    .expect("test cluster");
+    Project::start(cluster, "autoscale", WAIT)
+        .await
+        .expect("CRDs, namespace, secrets and the operator's identity")
+}
+
+/// The scenario's namespace with a GPU node, the three pools and the agent, and the operator
+/// running with a one-second autoscaler against `prometheus`.
+struct Operated {
+    p: Project,
     client: Client,
+    ns: String,
+    /// The GPU product of this scenario's node (`nvidia.com/gpu.product`).
+    product: String,
     metrics: Metrics,
     stop: CancellationToken,
     task: JoinHandle<Result<(), RunError>>,
 }
 
-fn pool(file: &str, autoscaling: Option<(u32, u32)>, budget_ms: u32) -> Value {
+fn pool(file: &str, product: &str, autoscaling: Option<(u32, u32)>, budget_ms: u32) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../config/samples")
         .join(file);
     let mut pool: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // The Api the test applies through names the scenario's namespace.
+    pool["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
     let spec = pool["spec"].as_object_mut().unwrap();
-    spec.insert("gpu".into(), json!({"count": 1, "product": A100}));
+    spec.insert("gpu".into(), json!({"count": 1, "product": product}));
     match autoscaling {
         Some((min, replicas)) => {
             spec.insert("replicas".into(), json!(replicas));
@@ -307,6 +333,10 @@ fn agent(setup: &Setup) -> Value {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples/receptionist.yaml");
     let mut agent: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    agent["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
     let spec = agent["spec"].as_object_mut().unwrap();
     spec.insert(
         "slo".into(),
@@ -324,45 +354,46 @@ fn agent(setup: &Setup) -> Value {
     agent
 }
 
-impl Cluster {
-    async fn start(setup: &Setup, prometheus_url: Option<&str>) -> Cluster {
-        let (cp, client) = grokcast_e2e::project::start(NS, WAIT)
-            .await
-            .expect("control plane with CRDs, namespace and secrets");
+impl Operated {
+    async fn start(p: Project, setup: &Setup, prometheus_url: Option<&str>) -> Operated {
+        let client = p.admin.clone();
+        let ns = p.ns().to_owned();
+        // A product no other test asks for: this scenario's node is all the capacity it has.
+        let product = format!("NVIDIA-A100-{ns}");
         if setup.a100s > 0 {
+            let gpu_pool = NodePool {
+                prefix: "kwok-gpu",
+                count: 1,
+                cpus: 64,
+                gpus: setup.a100s,
+                gpu_product: product.clone(),
+                labels: Vec::new(),
+                taints: Vec::new(),
+            };
             let nodes: Api<Node> = Api::all(client.clone());
-            let node: Node = serde_json::from_value(json!({"metadata": {
-                "name": "gpu-node-1",
-                "labels": {"nvidia.com/gpu.product": A100},
-            }}))
-            .unwrap();
-            nodes.create(&PostParams::default(), &node).await.unwrap();
-            let gpus = setup.a100s.to_string();
-            nodes
-                .patch_status(
-                    "gpu-node-1",
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {
-                        "allocatable": {"nvidia.com/gpu": gpus, "cpu": "64", "memory": "512Gi"},
-                        "capacity": {"nvidia.com/gpu": gpus, "cpu": "64", "memory": "512Gi"},
-                    }})),
-                )
-                .await
-                .unwrap();
+            for mut node in gpu_pool.nodes() {
+                node["metadata"]["name"] = json!(format!("kwok-gpu-{ns}"));
+                let node: Node = serde_json::from_value(node).unwrap();
+                nodes.create(&PostParams::default(), &node).await.unwrap();
+            }
         }
         let apply = PatchParams::apply("kubectl").force();
-        let pools: Api<ModelPool> = Api::namespaced(client.clone(), NS);
+        let pools: Api<ModelPool> = Api::namespaced(client.clone(), &ns);
         for (file, name, autoscaling, budget) in [
             ("gemma-27b.yaml", LLM, setup.llm, setup.llm_budget_ms),
             ("whisper.yaml", STT, setup.other_pools, 300),
             ("csm.yaml", TTS, setup.other_pools, 300),
         ] {
             pools
-                .patch(name, &apply, &Patch::Apply(pool(file, autoscaling, budget)))
+                .patch(
+                    name,
+                    &apply,
+                    &Patch::Apply(pool(file, &product, autoscaling, budget)),
+                )
                 .await
                 .unwrap();
         }
-        let agents: Api<VoiceAgent> = Api::namespaced(client.clone(), NS);
+        let agents: Api<VoiceAgent> = Api::namespaced(client.clone(), &ns);
         agents
             .patch(AGENT, &apply, &Patch::Apply(agent(setup)))
             .await
@@ -384,20 +415,22 @@ impl Cluster {
         let stop = CancellationToken::new();
         let config = OperatorConfig {
             settings: BuildSettings::default(),
-            namespaces: Vec::new(),
+            namespaces: vec![ns.clone()],
             identity: "autoscale-e2e".into(),
             lease: None,
             autoscaler,
         };
         let task = tokio::spawn(grokcast_operator::run::run(
-            client.clone(),
+            p.operator.client.clone(),
             config,
             metrics.clone(),
             stop.clone(),
         ));
-        Cluster {
-            cp,
+        Operated {
+            p,
             client,
+            ns,
+            product,
             metrics,
             stop,
             task,
@@ -407,15 +440,19 @@ impl Cluster {
     async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(WAIT, self.task).await;
-        self.cp.shutdown().await;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let _ = nodes
+            .delete(&format!("kwok-gpu-{}", self.ns), &Default::default())
+            .await;
+        drop(self.p);
     }
 
     fn pools(&self) -> Api<ModelPool> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     fn agents(&self) -> Api<VoiceAgent> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     async fn pool(&self, name: &str) -> ModelPool {
@@ -481,7 +518,7 @@ impl Cluster {
     }
 
     async fn events(&self, name: &str, reason: &str) -> usize {
-        grokcast_e2e::project::events_for(&self.client, NS, name, reason)
+        grokcast_e2e::project::events_for(&self.client, &self.ns, name, reason)
             .await
             .expect("events")
     }
@@ -498,9 +535,9 @@ impl Cluster {
 }
 
 /// Waits until Prometheus has turns of the agent in the SLO window.
-async fn wait_for_turns(prometheus: &TestPrometheus) -> f64 {
+async fn wait_for_turns(prometheus: &TestPrometheus, ns: &str) -> f64 {
     eventually("turn latency in Prometheus", || {
-        turn_p95_ms(prometheus, WINDOW)
+        turn_p95_ms(prometheus, ns, WINDOW)
     })
     .await
 }
@@ -530,7 +567,7 @@ async fn a_slow_llm_breaches_the_slo_and_only_the_llm_pool_grows() {
     );
     assert!(status.last_scale_time.is_some());
     // The operator reconciles the new count into the pool's Deployment.
-    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), NS);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &cluster.ns);
     eventually("the llm Deployment at 2 replicas", || async {
         let d = deployments.get_opt(LLM).await.ok()??;
         (d.spec?.replicas == Some(2)).then_some(())
@@ -587,7 +624,7 @@ async fn steady_load_holds_still_and_a_prometheus_outage_holds_replicas() {
         return;
     };
     let cluster = &scenario.cluster;
-    wait_for_turns(&scenario.prometheus).await;
+    wait_for_turns(&scenario.prometheus, &scenario.cluster.ns).await;
     eventually("SLOMet=True with a measured p95", || async {
         let (s, r, m) = cluster.condition(None, condition::SLO_MET).await?;
         (s == "True" && r == "WithinSLO" && m.starts_with("turn p95")).then_some(())
@@ -667,7 +704,7 @@ async fn a_gpu_shortage_is_capacity_limited_with_one_event_and_the_slo_at_risk()
     .await;
     assert_eq!(reason, "InsufficientGPUs");
     assert!(
-        message.contains(&format!("needs 2 more GPUs ({A100})")),
+        message.contains(&format!("needs 2 more GPUs ({})", cluster.product)),
         "{message}"
     );
     let status = cluster.pool(LLM).await.status.unwrap().autoscaling.unwrap();
@@ -720,7 +757,7 @@ async fn objects_without_autoscaling_are_never_touched() {
     let cluster = &scenario.cluster;
     // One autoscaled pool nothing uses: its status shows the autoscaler evaluating.
     let spare = {
-        let mut p = pool("gemma-27b.yaml", Some((1, 1)), 250);
+        let mut p = pool("gemma-27b.yaml", &cluster.product, Some((1, 1)), 250);
         p["metadata"]["name"] = json!("spare-llm");
         p
     };
@@ -734,7 +771,7 @@ async fn objects_without_autoscaling_are_never_touched() {
         .await
         .unwrap();
     let p95 = eventually("a breaching p95 in Prometheus", || async {
-        turn_p95_ms(&scenario.prometheus, WINDOW)
+        turn_p95_ms(&scenario.prometheus, &scenario.cluster.ns, WINDOW)
             .await
             .filter(|p| *p > 1000.0)
     })
@@ -791,7 +828,7 @@ async fn without_a_prometheus_url_the_agent_status_says_autoscaling_is_off() {
         a100s: 0,
         ..Setup::default()
     };
-    let cluster = Cluster::start(&setup, None).await;
+    let cluster = Operated::start(project().await, &setup, None).await;
     let (_, reason, message) = eventually("SLOMet=Unknown (AutoscalerDisabled)", || async {
         let c = cluster.condition(None, condition::SLO_MET).await?;
         (c.0 == "Unknown").then_some(c)

@@ -1,5 +1,7 @@
-//! The operator against the test control plane: what a platform team sees after
-//! `kubectl apply`. Each scenario has a deadline so a wrong sequence fails fast.
+//! The operator against the real test cluster (kube-apiserver, controller-manager,
+//! scheduler, kwok nodes): what a platform team sees after `kubectl apply`. The operator runs
+//! in-process as the Helm chart's ServiceAccount, with the chart's RBAC, watching this
+//! test's namespace only; each scenario has a deadline so a wrong sequence fails fast.
 
 #![allow(clippy::unwrap_used)]
 
@@ -7,7 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use grokcast_crds::{ModelPool, VoiceAgent, condition};
-use grokcast_e2e::TestControlPlane;
+use grokcast_e2e::cluster::{AuditMark, Cluster};
+use grokcast_e2e::project::Project;
 use grokcast_operator::leader::LeaseConfig;
 use grokcast_operator::metrics::Metrics;
 use grokcast_operator::run::{CancellationToken, OperatorConfig};
@@ -20,8 +23,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-const WAIT: Duration = Duration::from_secs(20);
-const NS: &str = "voice";
+const WAIT: Duration = Duration::from_secs(30);
 
 fn samples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples")
@@ -29,14 +31,6 @@ fn samples() -> PathBuf {
 
 fn sample_text(file: &str) -> String {
     std::fs::read_to_string(samples().join(file)).expect("sample file")
-}
-
-fn pool(file: &str) -> ModelPool {
-    serde_yaml::from_str(&sample_text(file)).expect("pool sample")
-}
-
-fn agent_from(text: &str) -> VoiceAgent {
-    serde_yaml::from_str(text).expect("agent yaml")
 }
 
 async fn eventually<T, F, Fut>(what: &str, check: F) -> T
@@ -52,12 +46,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    grokcast_e2e::eventually(what, limit, Duration::from_millis(50), check).await
+    grokcast_e2e::eventually(what, limit, Duration::from_millis(100), check).await
 }
 
 struct Harness {
-    cp: TestControlPlane,
-    client: Client,
+    p: Project,
 }
 
 struct Running {
@@ -77,10 +70,37 @@ impl Running {
 
 impl Harness {
     async fn start() -> Self {
-        let (cp, client) = grokcast_e2e::project::start(NS, WAIT)
+        // Attaching may start the shared cluster: blocking, and before any deadline.
+        let cluster = tokio::task::spawn_blocking(|| {
+            Cluster::shared(env!("CARGO_BIN_EXE_grokcast-e2e").as_ref())
+        })
+        .await
+        .unwrap()
+        .expect("test cluster");
+        let p = Project::start(cluster, "op", WAIT)
             .await
-            .expect("control plane with CRDs, namespace and secrets");
-        Self { cp, client }
+            .expect("CRDs, namespace, secrets and the operator's identity");
+        Self { p }
+    }
+
+    fn ns(&self) -> &str {
+        self.p.ns()
+    }
+
+    fn client(&self) -> Client {
+        self.p.admin.clone()
+    }
+
+    fn pool(&self, file: &str) -> ModelPool {
+        let mut p: ModelPool = serde_yaml::from_str(&sample_text(file)).expect("pool sample");
+        p.metadata.namespace = Some(self.ns().to_owned());
+        p
+    }
+
+    fn agent_from(&self, text: &str) -> VoiceAgent {
+        let mut a: VoiceAgent = serde_yaml::from_str(text).expect("agent yaml");
+        a.metadata.namespace = Some(self.ns().to_owned());
+        a
     }
 
     fn operator(&self, identity: &str, lease: bool) -> Running {
@@ -88,12 +108,12 @@ impl Harness {
         let stop = CancellationToken::new();
         let config = OperatorConfig {
             settings: BuildSettings::default(),
-            namespaces: Vec::new(),
+            namespaces: vec![self.ns().to_owned()],
             identity: identity.into(),
             lease: lease.then(|| {
                 let mut l = LeaseConfig::new(
                     "grokcast-operator-leader".into(),
-                    "default".into(),
+                    self.ns().to_owned(),
                     identity.into(),
                 );
                 l.retry_period = Duration::from_millis(500);
@@ -103,7 +123,7 @@ impl Harness {
             autoscaler: None,
         };
         let task = tokio::spawn(grokcast_operator::run::run(
-            self.client.clone(),
+            self.p.operator.client.clone(),
             config,
             metrics.clone(),
             stop.clone(),
@@ -116,15 +136,15 @@ impl Harness {
     }
 
     fn pools(&self) -> Api<ModelPool> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client(), self.ns())
     }
 
     fn agents(&self) -> Api<VoiceAgent> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client(), self.ns())
     }
 
     fn deployments(&self) -> Api<Deployment> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client(), self.ns())
     }
 
     async fn apply_pool(&self, p: &ModelPool) {
@@ -150,9 +170,9 @@ impl Harness {
 
     async fn apply_samples(&self) {
         for f in ["gemma-27b.yaml", "whisper.yaml", "csm.yaml"] {
-            self.apply_pool(&pool(f)).await;
+            self.apply_pool(&self.pool(f)).await;
         }
-        self.apply_agent(&agent_from(&sample_text("receptionist.yaml")))
+        self.apply_agent(&self.agent_from(&sample_text("receptionist.yaml")))
             .await
             .expect("agent applied");
     }
@@ -185,19 +205,24 @@ impl Harness {
             .cloned()
     }
 
-    /// Wait until the control plane serves no request for a while: the operator has
-    /// finished converging, so what follows is caused by the test alone.
-    async fn quiet(&self) {
-        eventually("no requests for 500 ms", || async {
-            self.cp.reset_request_counts();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            (self.cp.request_count() == 0).then_some(())
+    /// The operator's requests, as the API server's audit log recorded them, since `mark`.
+    fn operator_requests(&self, mark: AuditMark) -> Vec<grokcast_e2e::cluster::AuditEntry> {
+        self.p.cluster.audit().by_user(mark, &self.p.operator.user)
+    }
+
+    /// Wait until the operator sends no request for a second: it has finished converging,
+    /// so what follows is caused by the test alone. Returns the audit mark at that point.
+    async fn quiet(&self) -> AuditMark {
+        eventually("the operator quiet for 1 s", || async {
+            let mark = self.p.cluster.audit().mark();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.operator_requests(mark).is_empty().then_some(mark)
         })
-        .await;
+        .await
     }
 
     async fn events_for(&self, name: &str, reason: &str) -> usize {
-        grokcast_e2e::project::events_for(&self.client, NS, name, reason)
+        grokcast_e2e::project::events_for(&self.client(), self.ns(), name, reason)
             .await
             .expect("events")
     }
@@ -218,7 +243,7 @@ async fn samples_apply_and_reach_ready() {
     );
     assert_eq!(
         st.endpoint.as_deref(),
-        Some("http://receptionist-agent.voice.svc:8080")
+        Some(format!("http://receptionist-agent.{}.svc:8080", h.ns()).as_str())
     );
     assert_eq!(st.ready_replicas, Some(2));
     assert_eq!(st.observed_generation, agent.metadata.generation);
@@ -233,7 +258,7 @@ async fn samples_apply_and_reach_ready() {
     let ps = gemma.status.expect("pool status");
     assert_eq!(
         ps.endpoint.as_deref(),
-        Some("http://gemma-27b.voice.svc:8000/v1")
+        Some(format!("http://gemma-27b.{}.svc:8000/v1", h.ns()).as_str())
     );
     assert_eq!(ps.gpus_requested, Some(1));
     for name in ["gemma-27b", "whisper-v3", "csm-1b", "receptionist-agent"] {
@@ -241,22 +266,23 @@ async fn samples_apply_and_reach_ready() {
             h.deployments().get_opt(name).await.expect("get").is_some(),
             "Deployment {name}"
         );
-        let svc: Api<Service> = Api::namespaced(h.client.clone(), NS);
+        let svc: Api<Service> = Api::namespaced(h.client(), h.ns());
         assert!(
             svc.get_opt(name).await.expect("get").is_some(),
             "Service {name}"
         );
     }
-    let cm: Api<ConfigMap> = Api::namespaced(h.client.clone(), NS);
+    let cm: Api<ConfigMap> = Api::namespaced(h.client(), h.ns());
     let data = cm
         .get("receptionist-agent")
         .await
         .expect("configmap")
         .data
         .expect("data");
-    assert!(data["agent.yaml"].contains("http://gemma-27b.voice.svc:8000/v1"));
+    assert!(
+        data["agent.yaml"].contains(format!("http://gemma-27b.{}.svc:8000/v1", h.ns()).as_str())
+    );
     op.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
@@ -264,9 +290,9 @@ async fn dangling_pool_ref_is_reported_once_and_recovers() {
     let h = Harness::start().await;
     let op = h.operator("op-a", false);
     for f in ["gemma-27b.yaml", "whisper.yaml"] {
-        h.apply_pool(&pool(f)).await;
+        h.apply_pool(&h.pool(f)).await;
     }
-    h.apply_agent(&agent_from(&sample_text("receptionist.yaml")))
+    h.apply_agent(&h.agent_from(&sample_text("receptionist.yaml")))
         .await
         .expect("agent");
     let msg = h
@@ -278,7 +304,10 @@ async fn dangling_pool_ref_is_reported_once_and_recovers() {
         .await;
     assert_eq!(
         msg,
-        "tts modelPoolRef \"csm-1b\": ModelPool not found in namespace voice"
+        format!(
+            "tts modelPoolRef \"csm-1b\": ModelPool not found in namespace {}",
+            h.ns()
+        )
     );
     assert!(
         h.deployments()
@@ -297,7 +326,7 @@ async fn dangling_pool_ref_is_reported_once_and_recovers() {
     })
     .await;
 
-    h.apply_pool(&pool("csm.yaml")).await;
+    h.apply_pool(&h.pool("csm.yaml")).await;
     h.wait_agent("receptionist", "True", condition::reason::AVAILABLE)
         .await;
     assert_eq!(
@@ -306,13 +335,12 @@ async fn dangling_pool_ref_is_reported_once_and_recovers() {
         1
     );
     op.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
 async fn missing_secret_blocks_then_recovers_when_created() {
     let h = Harness::start().await;
-    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(h.client(), h.ns());
     secrets
         .delete("twilio", &DeleteParams::default())
         .await
@@ -346,7 +374,6 @@ async fn missing_secret_blocks_then_recovers_when_created() {
     .await
     .expect("recovers after the Secret appears");
     op.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
@@ -368,7 +395,7 @@ async fn spec_change_rolls_pods_and_removed_fields_disappear() {
         "  nodeSelector: {tier: voice}\n  replicas: 2 ",
     );
     assert_ne!(with_selector, changed);
-    h.apply_agent(&agent_from(&with_selector))
+    h.apply_agent(&h.agent_from(&with_selector))
         .await
         .expect("apply");
     let after = eventually("pod template hash changes", || async {
@@ -387,7 +414,7 @@ async fn spec_change_rolls_pods_and_removed_fields_disappear() {
             .then_some(())
     })
     .await;
-    h.apply_agent(&agent_from(&changed))
+    h.apply_agent(&h.agent_from(&changed))
         .await
         .expect("apply without nodeSelector");
     eventually("nodeSelector removed", || async {
@@ -402,7 +429,6 @@ async fn spec_change_rolls_pods_and_removed_fields_disappear() {
         "selector is not config"
     );
     op.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
@@ -412,7 +438,7 @@ async fn deleted_child_is_recreated_and_deleting_the_cr_removes_children() {
     h.apply_samples().await;
     h.wait_agent("receptionist", "True", condition::reason::AVAILABLE)
         .await;
-    let svc: Api<Service> = Api::namespaced(h.client.clone(), NS);
+    let svc: Api<Service> = Api::namespaced(h.client(), h.ns());
     let old_uid = svc
         .get("receptionist-agent")
         .await
@@ -432,11 +458,17 @@ async fn deleted_child_is_recreated_and_deleting_the_cr_removes_children() {
         .delete("receptionist", &DeleteParams::default())
         .await
         .expect("delete agent");
-    eventually("children garbage-collected", || async {
-        let d = h.deployments().get_opt("receptionist-agent").await.ok()?;
-        let s = svc.get_opt("receptionist-agent").await.ok()?;
-        (d.is_none() && s.is_none()).then_some(())
-    })
+    // The garbage collector learns a new CRD's kind on its 30 s discovery rescan, and the
+    // CRDs may be newer than that in this cluster.
+    eventually_within(
+        "children garbage-collected",
+        Duration::from_secs(75),
+        || async {
+            let d = h.deployments().get_opt("receptionist-agent").await.ok()?;
+            let s = svc.get_opt("receptionist-agent").await.ok()?;
+            (d.is_none() && s.is_none()).then_some(())
+        },
+    )
     .await;
     assert!(
         h.deployments()
@@ -447,7 +479,6 @@ async fn deleted_child_is_recreated_and_deleting_the_cr_removes_children() {
         "pools untouched"
     );
     op.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
@@ -458,7 +489,7 @@ async fn a_reconcile_with_nothing_to_change_writes_nothing_but_deleted_or_drifte
     h.apply_samples().await;
     h.wait_agent("receptionist", "True", condition::reason::AVAILABLE)
         .await;
-    h.quiet().await;
+    let _ = h.quiet().await;
     let finished = |m: &Metrics| {
         m.duration
             .with_label_values(&["voiceagent"])
@@ -471,10 +502,15 @@ async fn a_reconcile_with_nothing_to_change_writes_nothing_but_deleted_or_drifte
     };
     let (reconciled, skipped_before) = (finished(&op.metrics), skipped(&op.metrics));
 
-    // An annotation that is not ours changes the Deployment (so the agent is reconciled)
-    // but nothing the operator would send.
-    h.cp.reset_request_counts();
-    h.deployments()
+    // An annotation that is not ours changes the Service, so the agent is reconciled. A
+    // Service has no generation, so the cached metadata cannot tell a foreign annotation
+    // from an edit of what the operator owns: it applies the Service once more. That apply
+    // changes nothing (the server keeps the resourceVersion) and nothing else is written.
+    // (On a Deployment the real API server bumps the generation for annotations too, and the
+    // Deployment controller then re-observes it, so that edit also costs a status write.)
+    let services: Api<Service> = Api::namespaced(h.client(), h.ns());
+    let mark = h.p.cluster.audit().mark();
+    let annotated = services
         .patch(
             "receptionist-agent",
             &PatchParams::default(),
@@ -486,13 +522,28 @@ async fn a_reconcile_with_nothing_to_change_writes_nothing_but_deleted_or_drifte
         (finished(&op.metrics) > reconciled).then_some(())
     })
     .await;
-    let counts = h.cp.request_counts();
-    assert_eq!(
-        counts.writes(),
-        1,
-        "only the test's own patch, no apply or status write: {counts:?}"
+    let _ = h.quiet().await;
+    let writes: Vec<_> = h
+        .operator_requests(mark)
+        .into_iter()
+        .filter(|e| e.is_write())
+        .collect();
+    assert!(
+        writes.len() <= 1
+            && writes
+                .iter()
+                .all(|w| w.resource == "services" && w.subresource.is_empty()),
+        "at most the Service's no-op apply, no other apply or status write: {writes:?}"
     );
-    assert!(skipped(&op.metrics) > skipped_before);
+    let after = services.get("receptionist-agent").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, annotated.metadata.resource_version,
+        "the operator's apply changed nothing"
+    );
+    assert!(
+        skipped(&op.metrics) > skipped_before,
+        "the unchanged Deployment is skipped"
+    );
 
     // Someone else edits a field the operator owns: applied again, the edit reverted.
     h.deployments()
@@ -510,7 +561,7 @@ async fn a_reconcile_with_nothing_to_change_writes_nothing_but_deleted_or_drifte
     .await;
 
     // A deleted child comes back, as a new object.
-    let cms: Api<ConfigMap> = Api::namespaced(h.client.clone(), NS);
+    let cms: Api<ConfigMap> = Api::namespaced(h.client(), h.ns());
     let old_uid = cms
         .get("receptionist-agent")
         .await
@@ -526,7 +577,6 @@ async fn a_reconcile_with_nothing_to_change_writes_nothing_but_deleted_or_drifte
     })
     .await;
     op.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
@@ -535,7 +585,8 @@ async fn invalid_specs_are_rejected_or_flagged() {
     let op = h.operator("op-a", false);
     // Rejected by the CRD's CEL rules at apply time.
     let text = sample_text("gemma-27b.yaml").replace("minReplicas: 1", "minReplicas: 9");
-    let bad: ModelPool = serde_yaml::from_str(&text).expect("yaml");
+    let mut bad: ModelPool = serde_yaml::from_str(&text).expect("yaml");
+    bad.metadata.namespace = Some(h.ns().to_owned());
     let err = h
         .pools()
         .patch(
@@ -558,13 +609,13 @@ async fn invalid_specs_are_rejected_or_flagged() {
     }
     // Passes the schema but cannot be built: flagged on status, nothing created.
     for f in ["gemma-27b.yaml", "whisper.yaml", "csm.yaml"] {
-        h.apply_pool(&pool(f)).await;
+        h.apply_pool(&h.pool(f)).await;
     }
     let text = sample_text("receptionist.yaml").replace(
         "modelPoolRef: gemma-27b",
         "endpoint: https://llm.example.com/v1",
     );
-    h.apply_agent(&agent_from(&text))
+    h.apply_agent(&h.agent_from(&text))
         .await
         .expect("schema-valid");
     let msg = h
@@ -579,7 +630,6 @@ async fn invalid_specs_are_rejected_or_flagged() {
             .is_none()
     );
     op.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
@@ -604,14 +654,13 @@ async fn restart_mid_reconcile_leaves_no_duplicates() {
         ["csm-1b", "gemma-27b", "receptionist-agent", "whisper-v3"]
     );
     second.stop().await;
-    h.cp.shutdown().await;
 }
 
 #[tokio::test]
 async fn with_two_replicas_only_the_leader_writes() {
     let h = Harness::start().await;
     let a = h.operator("op-a", true);
-    let leases: Api<Lease> = Api::namespaced(h.client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(h.client(), h.ns());
     eventually("op-a holds the lease", || async {
         let l = leases.get_opt("grokcast-operator-leader").await.ok()??;
         (l.spec?.holder_identity.as_deref() == Some("op-a")).then_some(())
@@ -637,7 +686,7 @@ async fn with_two_replicas_only_the_leader_writes() {
         (l.spec?.holder_identity.as_deref() == Some("op-b")).then_some(())
     })
     .await;
-    let svc: Api<Service> = Api::namespaced(h.client.clone(), NS);
+    let svc: Api<Service> = Api::namespaced(h.client(), h.ns());
     svc.delete("receptionist-agent", &DeleteParams::default())
         .await
         .expect("delete");
@@ -647,32 +696,4 @@ async fn with_two_replicas_only_the_leader_writes() {
     .await;
     assert!(reconciles(&b.metrics) > 0);
     b.stop().await;
-    h.cp.shutdown().await;
-}
-
-#[tokio::test]
-async fn watches_recover_after_410_gone() {
-    let h = Harness::start().await;
-    let op = h.operator("op-a", false);
-    h.apply_samples().await;
-    h.wait_agent("receptionist", "True", condition::reason::AVAILABLE)
-        .await;
-    let before = h.template_hash("receptionist-agent").await.expect("hash");
-    // History compacted and every watch dropped: resuming from the old version gets 410,
-    // and the watchers must re-list to see what follows.
-    h.cp.compact();
-    h.cp.close_watches();
-    let text = sample_text("receptionist.yaml")
-        .replace("How can I help you today?", "What can I do for you?");
-    h.apply_agent(&agent_from(&text)).await.expect("apply");
-    // Every watch gets 410 at once. Each backs off on its own (the first retry within about
-    // a second) and re-lists; a backoff shared by all of a controller's watches would grow
-    // with each one's error and leave the operator blind for about a minute.
-    eventually_within("change seen after 410", Duration::from_secs(20), || async {
-        let now = h.template_hash("receptionist-agent").await?;
-        (now != before).then_some(())
-    })
-    .await;
-    op.stop().await;
-    h.cp.shutdown().await;
 }

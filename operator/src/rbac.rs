@@ -20,8 +20,9 @@ pub struct Rule {
 
 /// Every permission the operator (including the autoscaler) calls.
 ///
-/// Server-side apply creates missing objects through `patch`, so children need no `create`.
-/// Children are never deleted by the operator: owner references let the garbage collector do it.
+/// Server-side apply creates missing objects through `patch`, and the API server authorizes
+/// such a patch as a `create` too (a real kube-apiserver answers 403 without it), so every
+/// child kind needs both. Children are never deleted by the operator: owner references let the garbage collector do it.
 pub const RBAC_RULES: &[Rule] = &[
     Rule {
         api_group: "grokcast.io",
@@ -44,25 +45,25 @@ pub const RBAC_RULES: &[Rule] = &[
     Rule {
         api_group: "apps",
         resources: &["deployments"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
         why: "model server and agent Deployments",
     },
     Rule {
         api_group: "",
         resources: &["services", "configmaps", "persistentvolumeclaims"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
         why: "Services, agent config, weight caches",
     },
     Rule {
         api_group: "policy",
         resources: &["poddisruptionbudgets"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
         why: "PodDisruptionBudgets",
     },
     Rule {
         api_group: "batch",
         resources: &["jobs"],
-        verbs: &["list", "watch", "patch"],
+        verbs: &["list", "watch", "create", "patch"],
         why: "weight preload Jobs",
     },
     Rule {
@@ -86,7 +87,7 @@ pub const RBAC_RULES: &[Rule] = &[
     Rule {
         api_group: "monitoring.coreos.com",
         resources: &["servicemonitors"],
-        verbs: &["patch"],
+        verbs: &["create", "patch"],
         why: "ServiceMonitors for agents when the Prometheus Operator is installed",
     },
     Rule {
@@ -143,7 +144,7 @@ mod tests {
             ("policy", "poddisruptionbudgets"),
             ("batch", "jobs"),
         ] {
-            for verb in ["list", "watch", "patch"] {
+            for verb in ["list", "watch", "create", "patch"] {
                 assert!(allows(group, resource, verb), "{group}/{resource} {verb}");
             }
         }

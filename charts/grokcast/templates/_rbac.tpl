@@ -2,8 +2,9 @@
 The operator's permissions, split by where they apply. tests/chart/test_rbac.py compares the
 union of these rules with what `grokcast-operator rbac` prints (operator/src/rbac.rs), so a
 permission the code stops using, or starts using, fails the tests until this file follows.
-Children are created by server-side apply (`patch`) and deleted by the garbage collector
-through their owner references, so there is no `create` or `delete` on them.
+Children are created by server-side apply: a `patch` that the API server also authorizes as
+a `create` when the object does not exist yet. They are deleted by the garbage collector
+through their owner references, so there is no `delete` on them.
 */}}
 
 {{- define "grokcast.namespacedRules" -}}
@@ -18,16 +19,16 @@ through their owner references, so there is no `create` or `delete` on them.
   verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "persistentvolumeclaims"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
@@ -36,7 +37,7 @@ through their owner references, so there is no `create` or `delete` on them.
   verbs: ["create", "patch"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{- define "grokcast.clusterRules" -}}

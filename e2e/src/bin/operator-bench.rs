@@ -1,10 +1,14 @@
-//! Operator benchmark on the test control plane: from cold, N VoiceAgents and M ModelPools
-//! (default 1,000 and 200) until every one is Ready; prints time to converge, reconcile
-//! p50/p95, API requests per object, steady-state requests per minute and operator RSS.
+//! Operator benchmark on a real cluster (the e2e harness's kube-apiserver, etcd,
+//! controller-manager, scheduler and kwok nodes, started by this bench): from cold, N
+//! VoiceAgents and M ModelPools (default 1,000 and 200) until every one is Ready, which needs
+//! their Deployments' pods scheduled and made Ready by kwok; prints time to converge,
+//! reconcile p50/p95, API requests per object, steady-state requests per minute and
+//! operator RSS. Requests are counted from the API server's audit log, for the operator's
+//! ServiceAccount only (it runs with the chart's RBAC and a token from the API server).
 //!
 //! The operator runs as its own process (the real `grokcast-operator` binary) so the RSS
-//! reported is the operator's alone; the control plane and this bench are another process.
-//! Build the operator first; the bench looks for it next to itself:
+//! reported is the operator's alone. Build the operator first; the bench looks for it next
+//! to itself:
 //!
 //! ```text
 //! cargo build --release -p grokcast-operator --bin grokcast-operator
@@ -17,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use grokcast_crds::{ModelPool, VoiceAgent, condition};
-use grokcast_e2e::TestControlPlane;
+use grokcast_e2e::cluster::{AuditEntry, Cluster, ClusterOptions, NodePool};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -51,6 +54,21 @@ struct Args {
     /// The operator binary (default: grokcast-operator next to this one).
     #[arg(long, env = "GROKCAST_OPERATOR_BIN")]
     operator_bin: Option<PathBuf>,
+    /// Fake CPU nodes (256 cores, 250 pods each) for the agents' and pools' pods.
+    #[arg(long, default_value_t = 10)]
+    nodes: u32,
+    /// Where the cluster keeps its files (default: a fresh temporary directory).
+    #[arg(long)]
+    cluster_dir: Option<PathBuf>,
+}
+
+/// Requests by verb, from audit entries.
+fn by_verb(entries: &[AuditEntry]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for e in entries {
+        *m.entry(e.verb.clone()).or_insert(0) += 1;
+    }
+    m
 }
 
 const NS: &str = "bench";
@@ -183,11 +201,7 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 }
 
 async fn setup(client: &Client, args: &Args) -> anyhow_free::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in grokcast_crds::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    grokcast_e2e::project::install_crds(client, Duration::from_secs(60)).await?;
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(
         &PostParams::default(),
@@ -235,9 +249,39 @@ async fn main() -> anyhow_free::Result<()> {
         )
         .into());
     }
-    let cp = TestControlPlane::start().await?;
-    let client = cp.client().await?;
+    let dir = match &args.cluster_dir {
+        Some(d) => d.clone(),
+        None => {
+            std::env::temp_dir().join(format!("grokcast-operator-bench-{}", std::process::id()))
+        }
+    };
+    let cpu = NodePool {
+        prefix: "kwok-bench",
+        count: args.nodes,
+        cpus: 256,
+        gpus: 0,
+        gpu_product: String::new(),
+        labels: Vec::new(),
+        taints: Vec::new(),
+    };
+    let options = ClusterOptions {
+        pools: vec![cpu],
+        // The controllers create a ReplicaSet and a pod per object: let them go fast.
+        controller_qps: 400,
+        ..ClusterOptions::default()
+    };
+    let cluster_started = Instant::now();
+    let cluster = Cluster::start(&dir, &options).await?;
+    println!(
+        "cluster up in {:.1} s ({} nodes, Kubernetes {})",
+        cluster_started.elapsed().as_secs_f64(),
+        args.nodes,
+        grokcast_e2e::cluster::kubernetes_version()
+    );
+    let client = cluster.client().await?;
     setup(&client, &args).await?;
+    let identity = grokcast_e2e::project::operator_identity(&cluster, NS, &[]).await?;
+    let audit = cluster.audit();
     println!(
         "created {} ModelPools and {} VoiceAgents; starting the operator",
         args.pools, args.agents
@@ -247,19 +291,21 @@ async fn main() -> anyhow_free::Result<()> {
     let metrics_addr = listener.local_addr()?.to_string();
     drop(listener);
     let load_before = load_average();
-    cp.reset_request_counts();
+    let mark = audit.mark();
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&operator_bin)
         .args([
             "run",
             "--leader-elect",
             "false",
+            "--watch-namespaces",
+            NS,
             "--http-addr",
             &metrics_addr,
             "--log",
             &args.operator_log,
         ])
-        .env("KUBECONFIG", cp.kubeconfig_path())
+        .env("KUBECONFIG", &identity.kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -268,13 +314,13 @@ async fn main() -> anyhow_free::Result<()> {
 
     let pools: Api<ModelPool> = Api::namespaced(client.clone(), NS);
     let agents: Api<VoiceAgent> = Api::namespaced(client.clone(), NS);
-    let mut own_requests = 0u64;
+    let mut polls = 0u64;
     let converged = loop {
         if started.elapsed() > Duration::from_secs(args.timeout_seconds) {
             break None;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        own_requests += 2;
+        polls += 1;
         let p = pools.list(&ListParams::default()).await?;
         let a = agents.list(&ListParams::default()).await?;
         let pools_ready = p
@@ -291,7 +337,7 @@ async fn main() -> anyhow_free::Result<()> {
             break Some(started.elapsed());
         }
         // A line every 10 s, so a slow or stuck run shows where it stands.
-        if own_requests.is_multiple_of(80) {
+        if polls.is_multiple_of(40) {
             eprintln!(
                 "{:>4.0} s: {pools_ready}/{} ModelPools and {agents_ready}/{} VoiceAgents Ready",
                 started.elapsed().as_secs_f64(),
@@ -303,8 +349,12 @@ async fn main() -> anyhow_free::Result<()> {
     let Some(converged) = converged else {
         return Err(format!("did not converge within {} s", args.timeout_seconds).into());
     };
-    let counts = cp.request_counts();
-    let operator_requests = counts.total().saturating_sub(own_requests);
+    let (until_ready, mark) = audit.since(mark);
+    let until_ready: Vec<AuditEntry> = until_ready
+        .into_iter()
+        .filter(|e| e.user == identity.user)
+        .collect();
+    let operator_requests = until_ready.len();
     let objects = (args.agents + args.pools) as f64;
     let metrics = http_get(&metrics_addr, "/metrics")
         .await
@@ -312,12 +362,11 @@ async fn main() -> anyhow_free::Result<()> {
     let (rss_converged, _) = rss_kib(pid);
     let load_converged = load_average();
 
-    cp.reset_request_counts();
     tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
-    let settling = cp.request_counts();
-    cp.reset_request_counts();
+    let settling = audit.by_user(mark, &identity.user);
+    let mark = audit.mark();
     tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
-    let steady = cp.request_counts();
+    let steady = audit.by_user(mark, &identity.user);
     let (rss, hwm) = rss_kib(pid);
     let _ = child.kill().await;
 
@@ -340,7 +389,7 @@ async fn main() -> anyhow_free::Result<()> {
     println!(
         "API requests until Ready: {operator_requests} ({:.2} per object); by verb: {:?}",
         operator_requests as f64 / objects,
-        counts.by_verb
+        by_verb(&until_ready)
     );
     let applies = "grokcast_operator_child_applies_total";
     println!(
@@ -350,16 +399,16 @@ async fn main() -> anyhow_free::Result<()> {
     );
     println!(
         "settling after Ready: {} requests in {} s; by verb: {:?}",
-        settling.total(),
+        settling.len(),
         args.settle_seconds,
-        settling.by_verb
+        by_verb(&settling)
     );
     println!(
         "steady state: {} requests in {} s = {:.1} per minute; by verb: {:?}",
-        steady.total(),
+        steady.len(),
         args.steady_seconds,
-        steady.total() as f64 * 60.0 / args.steady_seconds as f64,
-        steady.by_verb
+        steady.len() as f64 * 60.0 / args.steady_seconds as f64,
+        by_verb(&steady)
     );
     println!(
         "operator RSS: {:.1} MiB at convergence, {:.1} MiB after steady state, peak {:.1} MiB (target < 100 MiB)",
@@ -371,6 +420,9 @@ async fn main() -> anyhow_free::Result<()> {
         "load average (1, 5, 15 min): {load_before} at start, {load_converged} at convergence, {} at the end",
         load_average()
     );
-    cp.shutdown().await;
+    drop(cluster);
+    if args.cluster_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }

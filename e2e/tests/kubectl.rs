@@ -1,11 +1,11 @@
-//! The test control plane through kubectl and the kubeconfig it writes.
+//! Real kubectl (the pinned build from `e2e/cluster/build.sh`) against the operator's work on
+//! the samples in the test cluster: what a platform team sees.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use grokcast_e2e::TestControlPlane;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::Api;
+use grokcast_e2e::cluster::{Cluster, binary};
+use grokcast_e2e::project::Project;
 
 struct Kubectl {
     kubeconfig: PathBuf,
@@ -19,17 +19,17 @@ struct Out {
 }
 
 impl Kubectl {
-    fn new(cp: &TestControlPlane) -> Self {
-        let cache = cp.kubeconfig_path().with_file_name("kubectl-cache");
+    fn new(cluster: &Cluster, cache: PathBuf) -> Self {
         Self {
-            kubeconfig: cp.kubeconfig_path().to_path_buf(),
+            kubeconfig: cluster.kubeconfig_path().to_path_buf(),
             cache,
         }
     }
 
     async fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
         use tokio::io::AsyncWriteExt;
-        let mut cmd = tokio::process::Command::new("kubectl");
+        // kubectl is built by scripts/install.sh: missing is a failure, never a skip.
+        let mut cmd = tokio::process::Command::new(binary("kubectl").expect("kubectl built"));
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
@@ -66,162 +66,21 @@ impl Kubectl {
     }
 }
 
-fn kubectl_available() -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join("kubectl").is_file()))
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var_os("GROKCAST_REQUIRE_KUBECTL").is_none(),
-            "GROKCAST_REQUIRE_KUBECTL is set but kubectl is not on PATH"
-        );
-        eprintln!("SKIPPED: kubectl is not on PATH (install kubectl to run the kubectl tests)");
-    }
-    found
-}
-
-const CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.example.com
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wg]}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {status: {}}
-    additionalPrinterColumns:
-    - {name: Engine, type: string, jsonPath: .spec.engine}
-    - {name: Replicas, type: integer, jsonPath: .spec.replicas}
-    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            required: [engine]
-            properties:
-              engine: {type: string, enum: [vllm, whisper]}
-              replicas: {type: integer, minimum: 0, default: 1}
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_applies_gets_and_deletes_through_the_kubeconfig() {
-    if !kubectl_available() {
-        return;
-    }
-    let cp = TestControlPlane::start().await.expect("control plane");
-    let k = Kubectl::new(&cp);
-
-    let out = k
-        .ok(&["apply", "--server-side", "-f", "-"], Some(CRD))
-        .await;
-    assert!(
-        out.contains(
-            "customresourcedefinition.apiextensions.k8s.io/widgets.example.com serverside-applied"
-        ),
-        "{out}"
-    );
-    let crds: Api<CustomResourceDefinition> = Api::all(cp.client().await.expect("client"));
-    let established = kube::runtime::wait::await_condition(
-        crds,
-        "widgets.example.com",
-        kube::runtime::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(10), established)
-        .await
-        .expect("established")
-        .expect("watch");
-
-    let manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: demo}\ndata: {a: '1', b: '2'}\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1, namespace: demo}\nspec: {engine: vllm, replicas: 3}\n";
-    let out = k
-        .ok(&["apply", "--server-side", "-f", "-"], Some(manifest))
-        .await;
-    assert!(out.contains("namespace/demo serverside-applied"), "{out}");
-    assert!(
-        out.contains("configmap/settings serverside-applied"),
-        "{out}"
-    );
-    assert!(
-        out.contains("widget.example.com/w1 serverside-applied"),
-        "{out}"
-    );
-
-    let table = k.ok(&["get", "widgets", "-n", "demo"], None).await;
-    let lines: Vec<Vec<&str>> = table
-        .lines()
-        .map(|l| l.split_whitespace().collect())
+/// The sample manifests in `dir` with their namespace changed to `ns`.
+fn samples_in(dir: &str, ns: &str) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_path(dir))
+        .expect("samples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
-    assert_eq!(
-        lines[0],
-        vec!["NAME", "ENGINE", "REPLICAS", "AGE"],
-        "{table}"
-    );
-    assert_eq!(&lines[1][..3], &["w1", "vllm", "3"], "{table}");
-    let short = k
-        .ok(
-            &[
-                "get",
-                "wg",
-                "w1",
-                "-n",
-                "demo",
-                "-o",
-                "jsonpath={.spec.engine}",
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(short, "vllm");
-
-    // Re-applying without `b` removes it: kubectl's manager owned it.
-    let smaller = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: demo}\ndata: {a: '1'}\n";
-    k.ok(&["apply", "--server-side", "-f", "-"], Some(smaller))
-        .await;
-    let data = k
-        .ok(
-            &[
-                "get",
-                "configmap",
-                "settings",
-                "-n",
-                "demo",
-                "-o",
-                "jsonpath={.data}",
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(data, r#"{"a":"1"}"#);
-
-    let bad = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w2, namespace: demo}\nspec: {engine: tgi}\n";
-    let out = k
-        .run(&["apply", "--server-side", "-f", "-"], Some(bad))
-        .await;
-    assert!(!out.ok, "invalid widget accepted: {}", out.stdout);
-    assert!(
-        out.stderr.contains(
-            "spec.engine: Unsupported value: \"tgi\": supported values: \"vllm\", \"whisper\""
-        ),
-        "{}",
-        out.stderr
-    );
-
-    let out = k.ok(&["delete", "widget", "w1", "-n", "demo"], None).await;
-    assert!(out.contains("widget.example.com \"w1\" deleted"), "{out}");
-    let out = k.run(&["get", "widget", "w1", "-n", "demo"], None).await;
-    assert!(!out.ok);
-    assert!(
-        out.stderr.contains("NotFound") || out.stderr.contains("not found"),
-        "{}",
-        out.stderr
-    );
-    cp.shutdown().await;
+    files.sort();
+    let mut out = String::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("sample");
+        out.push_str(&text.replace("namespace: voice", &format!("namespace: {ns}")));
+        out.push_str("\n---\n");
+    }
+    out
 }
 
 fn repo_path(rel: &str) -> String {
@@ -285,37 +144,29 @@ fn crd_description(file: &str, pointer: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_shows_the_operators_work_on_the_samples() {
     use grokcast_operator::run::{CancellationToken, OperatorConfig};
-    if !kubectl_available() {
-        return;
-    }
     let limit = Duration::from_secs(30);
     let poll = Duration::from_millis(200);
     grokcast_operator::run::install_crypto_provider();
-    let cp = TestControlPlane::start().await.expect("control plane");
-    let k = Kubectl::new(&cp);
-    k.ok(
-        &["apply", "--server-side", "-f", &repo_path("crds/yaml")],
-        None,
-    )
-    .await;
-    grokcast_e2e::eventually("the CRDs served", limit, poll, || async {
-        k.run(&["get", "voiceagents,modelpools", "-A"], None)
-            .await
-            .ok
-            .then_some(())
+    let cluster = tokio::task::spawn_blocking(|| {
+        Cluster::shared(env!("CARGO_BIN_EXE_grokcast-e2e").as_ref())
     })
-    .await;
-    k.ok(
-        &["apply", "--server-side", "-f", "-"],
-        Some("apiVersion: v1\nkind: Namespace\nmetadata: {name: voice}\n"),
-    )
-    .await;
+    .await
+    .expect("attach")
+    .expect("test cluster");
+    // The CRDs, a namespace with the samples' Secrets, the operator's chart identity.
+    let p = Project::start(cluster, "kubectl", limit)
+        .await
+        .expect("project installed");
+    let ns = p.ns().to_owned();
+    let k = Kubectl::new(cluster, cluster.dir().join(format!("kubectl-cache-{ns}")));
+    // What a user applies: the CRD YAML, as kubectl would, taking over from the harness.
     k.ok(
         &[
             "apply",
             "--server-side",
+            "--force-conflicts",
             "-f",
-            &repo_path("config/samples/secrets"),
+            &repo_path("crds/yaml"),
         ],
         None,
     )
@@ -323,10 +174,10 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
 
     let stop = CancellationToken::new();
     let operator = tokio::spawn(grokcast_operator::run::run(
-        cp.client().await.expect("client"),
+        p.operator.client.clone(),
         OperatorConfig {
             settings: Default::default(),
-            namespaces: Vec::new(),
+            namespaces: vec![ns.clone()],
             identity: "kubectl-e2e".into(),
             lease: None,
             autoscaler: None,
@@ -335,21 +186,21 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
         stop.clone(),
     ));
     k.ok(
-        &["apply", "--server-side", "-f", &repo_path("config/samples")],
-        None,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&samples_in("config/samples", &ns)),
     )
     .await;
 
     // Columns and their values, once the operator reports every object Ready.
     let out = grokcast_e2e::eventually("everything Ready in kubectl get", limit, poll, || async {
         let out = k
-            .ok(&["get", "voiceagents,modelpools", "-n", "voice"], None)
+            .ok(&["get", "voiceagents,modelpools", "-n", &ns], None)
             .await;
         let ready = out.matches("True").count() == 4;
         ready.then_some(out)
     })
     .await;
-    eprintln!("kubectl get voiceagents,modelpools -n voice\n{out}");
+    eprintln!("kubectl get voiceagents,modelpools -n {ns}\n{out}");
     let mut sections = out.split("\n\n");
     let agents = table_rows(sections.next().expect("voiceagents"));
     let pools = table_rows(sections.next().expect("modelpools"));
@@ -394,7 +245,7 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
     assert_eq!(gemma["GPUS"], "1");
 
     // The category lists both kinds; the short name resolves through discovery.
-    let all = k.ok(&["get", "grokcast", "-n", "voice"], None).await;
+    let all = k.ok(&["get", "grokcast", "-n", &ns], None).await;
     for name in [
         "voiceagent.grokcast.io/receptionist",
         "modelpool.grokcast.io/gemma-27b",
@@ -403,7 +254,7 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
     ] {
         assert!(all.contains(name), "{name} missing from:\n{all}");
     }
-    let short = k.ok(&["get", "va", "-n", "voice"], None).await;
+    let short = k.ok(&["get", "va", "-n", &ns], None).await;
     assert_eq!(
         squash(short.lines().next().unwrap_or_default()),
         "NAME READY REPLICAS CALLS P95 SLO AGE"
@@ -414,10 +265,7 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
     let described =
         grokcast_e2e::eventually("the operator's Event in describe", limit, poll, || async {
             let out = k
-                .ok(
-                    &["describe", "voiceagent", "receptionist", "-n", "voice"],
-                    None,
-                )
+                .ok(&["describe", "voiceagent", "receptionist", "-n", &ns], None)
                 .await;
             let events = out.split("\nEvents:\n").nth(1).unwrap_or_default();
             let ours = events.lines().any(|l| {
@@ -430,7 +278,7 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
             ours.then_some(out)
         })
         .await;
-    eprintln!("kubectl describe voiceagent receptionist -n voice\n{described}");
+    eprintln!("kubectl describe voiceagent receptionist -n {ns}\n{described}");
     let conditions = described
         .split("  Conditions:\n")
         .nth(1)
@@ -485,5 +333,4 @@ async fn kubectl_shows_the_operators_work_on_the_samples() {
 
     stop.cancel();
     let _ = tokio::time::timeout(limit, operator).await;
-    cp.shutdown().await;
 }
