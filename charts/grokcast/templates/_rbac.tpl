@@ -3,7 +3,11 @@ The operator's permissions, split by where they apply. tests/chart/test_rbac.py 
 union of these rules with what `grokcast-operator rbac` prints (operator/src/rbac.rs), so a
 permission the code stops using, or starts using, fails the tests until this file follows.
 Children are created by server-side apply (`patch`) and deleted by the garbage collector
-through their owner references, so there is no `create` or `delete` on them.
+through their owner references, so there is no `create` on them and `delete` only on Jobs
+(preload Jobs of an older template). `get` reads a child the operator's cache does not hold,
+so an object of the same name that is not the operator's is left alone. Secrets are watched
+metadata-only, to notice a referenced Secret within seconds of its creation; list/watch on
+Secrets is why the chart binds these rules per namespace when watchNamespaces is set.
 */}}
 
 {{- define "grokcast.namespacedRules" -}}
@@ -18,31 +22,31 @@ through their owner references, so there is no `create` or `delete` on them.
   verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "persistentvolumeclaims"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["patch"]
+  verbs: ["get", "patch"]
 {{- end }}
 
 {{- define "grokcast.clusterRules" -}}
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{- define "grokcast.leaderElectionRules" -}}
