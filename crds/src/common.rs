@@ -103,6 +103,13 @@ pub mod condition {
         pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
         /// The Kubernetes API refused or failed a write; the operator retries with backoff.
         pub const APPLY_FAILED: &str = "ApplyFailed";
+        /// A child's name is taken by an object this resource does not control (no controller
+        /// owner reference to it); the operator leaves that object alone.
+        pub const NAME_CONFLICT: &str = "NameConflict";
+        /// The weight preload Job is downloading the checkpoint into the cache volume.
+        pub const PRELOADING: &str = "Preloading";
+        /// The weight preload Job failed (its backoff limit was reached).
+        pub const PRELOAD_FAILED: &str = "PreloadFailed";
         /// Written by the autoscaler: p95 within budget.
         pub const WITHIN_SLO: &str = "WithinSLO";
         /// Written by the autoscaler: p95 over budget.

@@ -13,7 +13,7 @@ pub use common::{
 };
 pub use model_pool::{
     CacheAccessMode, CacheSpec, Engine, GpuSpec, ModelPool, ModelPoolSpec, ModelPoolStatus,
-    PoolAutoscaling, PoolAutoscalingStatus, Protocol, Quantization,
+    PoolAutoscaling, PoolAutoscalingStatus, PreloadStatus, Protocol, Quantization,
 };
 pub use voice_agent::{
     AgentAutoscalingStatus, AgentScaling, LlmSpec, PersonaSpec, SloSpec, StageBackend,

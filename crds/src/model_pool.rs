@@ -327,9 +327,30 @@ pub struct ModelPoolStatus {
     /// GPUs requested by the desired replicas (`replicas` x `gpu.count`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus_requested: Option<i32>,
+    /// The weight preload that last completed. The operator never runs a preload Job again
+    /// for a `templateHash` recorded here, so the Job's TTL deletion does not start the
+    /// download again; a new checkpoint or a changed Job template (new hash) does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preload: Option<PreloadStatus>,
     /// Written only by the autoscaler (field manager `grokcast-autoscaler`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<PoolAutoscalingStatus>,
+}
+
+/// A completed weight preload, as recorded in `status.preload`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreloadStatus {
+    /// Name of the Job that downloaded the weights (`<pool>-preload-<templateHash>`); the Job
+    /// itself may since have been deleted by its TTL.
+    pub job_name: String,
+    /// Hash of the Job's pod template and checkpoint; the part of `jobName` after `-preload-`.
+    pub template_hash: String,
+    /// The checkpoint (Hugging Face repository) that was downloaded.
+    pub checkpoint: String,
+    /// When the Job completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
 }
 
 /// What the autoscaler observed and decided for a pool. Only the autoscaler writes it.
@@ -342,7 +363,9 @@ pub struct PoolAutoscalingStatus {
     /// Requests waiting in the engine's queue (vLLM `num_requests_waiting`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_requests: Option<f64>,
-    /// When the figures above were read from Prometheus.
+    /// When the figures above were read from Prometheus. The autoscaler writes status only
+    /// when something shown here changes, so this is the time of the sample the current
+    /// figures came from, not of the last evaluation (which runs every period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled_at: Option<Time>,
     /// Replicas the autoscaler wants, before the GPU capacity cap.

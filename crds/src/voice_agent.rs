@@ -400,7 +400,9 @@ pub struct AgentAutoscalingStatus {
     /// p95 per stage, in milliseconds, to see where a breach comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_latency: Option<StageLatency>,
-    /// When the figures above were read from Prometheus.
+    /// When the figures above were read from Prometheus. The autoscaler writes status only
+    /// when something shown here changes, so this is the time of the sample the current
+    /// figures came from, not of the last evaluation (which runs every period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled_at: Option<Time>,
     /// Agent replicas the autoscaler wants.

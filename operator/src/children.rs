@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use kube::core::{ApiResource, GroupVersionKind};
@@ -50,7 +51,21 @@ impl Child {
 
     /// Object name.
     pub fn name(&self) -> &str {
-        let meta = match self {
+        self.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// The uid in the child's controller owner reference: the resource that builds it.
+    pub fn owner_uid(&self) -> Option<&str> {
+        self.meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .map(|r| r.uid.as_str())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
             Child::ConfigMap(o) => &o.metadata,
             Child::Deployment(o) => &o.metadata,
             Child::Service(o) => &o.metadata,
@@ -58,8 +73,7 @@ impl Child {
             Child::PersistentVolumeClaim(o) => &o.metadata,
             Child::Job(o) => &o.metadata,
             Child::ServiceMonitor(o) => &o.metadata,
-        };
-        meta.name.as_deref().unwrap_or_default()
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Servi
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::Config as ControllerConfig;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -60,6 +60,21 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// The API server refused to apply a child; the status says so (`ApplyFailed`) and the
+    /// reconcile is retried with backoff.
+    #[error("{owner} child {kind} {name}: the API server refused the apply ({code}): {message}")]
+    Refused {
+        /// Kind of the owning resource.
+        owner: &'static str,
+        /// Kind of the child.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// HTTP status code.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
     /// This replica is not the leader; nothing was written.
     #[error("not the leader; skipped writes")]
     NotLeader,
@@ -76,6 +91,7 @@ impl ReconcileError {
                 action: "status", ..
             } => "status_failed",
             ReconcileError::Api { .. } => "read_failed",
+            ReconcileError::Refused { .. } => "apply_refused",
             ReconcileError::NotLeader => "not_leader",
         }
     }
@@ -175,48 +191,169 @@ fn apply_params() -> PatchParams {
     PatchParams::apply(OPERATOR_FIELD_MANAGER).force()
 }
 
-/// Server-side apply one child. Returns the metadata the server answered with (for the
-/// last-applied record) and, for a Deployment, the applied object, whose status says how
-/// many pods are ready, so readiness needs no extra read.
+/// Why one child was left unapplied. The status step reports the first one; the other
+/// children are still applied, so a preload Job the server refuses does not hold back the
+/// Deployment behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildProblem {
+    /// The child's name is taken by an object this resource does not control.
+    NameConflict {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The API server refused the apply (any 4xx or 5xx answer).
+    Refused {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// HTTP status code.
+        code: u16,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl ChildProblem {
+    /// Condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ChildProblem::NameConflict { .. } => reason::NAME_CONFLICT,
+            ChildProblem::Refused { .. } => reason::APPLY_FAILED,
+        }
+    }
+
+    /// Condition message and Event note.
+    pub fn message(&self, owner_kind: &str) -> String {
+        match self {
+            ChildProblem::NameConflict { kind, name } => format!(
+                "{kind} {name} already exists and is not controlled by this {owner_kind}; \
+                 it is left untouched: delete or rename it, or rename the {owner_kind}"
+            ),
+            ChildProblem::Refused {
+                kind,
+                name,
+                code,
+                message,
+            } => format!("the API server refused {kind} {name} ({code}): {message}"),
+        }
+    }
+
+    fn problem(kind: &'static str, name: &str, e: &kube::Error) -> Option<Self> {
+        match e {
+            kube::Error::Api(s) => Some(ChildProblem::Refused {
+                kind,
+                name: name.to_string(),
+                code: s.code,
+                message: s.message.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the owner with uid `owner_uid` may apply over an existing object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// No such object: applying creates it.
+    Absent,
+    /// It has a controller owner reference to this owner.
+    Ours,
+    /// It exists and this owner does not control it.
+    Foreign,
+}
+
+/// The [`Ownership`] of `live` (the object as read, `None` when absent), pure. Only a
+/// controller reference with the owner's uid counts: the same name and kind from an earlier
+/// incarnation of the resource (another uid) or a mere label is not ours.
+pub fn ownership(live: Option<&ObjectMeta>, owner_uid: &str) -> Ownership {
+    let Some(live) = live else {
+        return Ownership::Absent;
+    };
+    let ours = live
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == owner_uid);
+    if ours {
+        Ownership::Ours
+    } else {
+        Ownership::Foreign
+    }
+}
+
+/// What the apply step did: the Deployment and preload Job among the children (as applied or
+/// from the cache), and the children it left alone.
+#[derive(Default)]
+struct Applied {
+    deployment: Option<Arc<Deployment>>,
+    job: Option<Arc<Job>>,
+    problems: Vec<ChildProblem>,
+}
+
+/// What one apply returned: the metadata (for the last-applied record) and, for a
+/// Deployment or Job, the object, whose status readiness and preload read.
+struct ApplyResponse {
+    meta: ObjectMeta,
+    deployment: Option<Deployment>,
+    job: Option<Job>,
+}
+
+impl ApplyResponse {
+    fn meta(meta: ObjectMeta) -> Self {
+        Self {
+            meta,
+            deployment: None,
+            job: None,
+        }
+    }
+}
+
+/// Server-side apply one child.
 async fn apply_child(
     client: &Client,
     ns: &str,
     child: &Child,
-) -> Result<(ObjectMeta, Option<Deployment>), ReconcileError> {
+) -> Result<ApplyResponse, kube::Error> {
     let name = child.name();
-    let err = api_err("apply", child.kind(), name);
     let pp = apply_params();
     match child {
-        Child::Deployment(o) => {
-            let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-            return api
-                .patch(name, &pp, &Patch::Apply(o))
-                .await
-                .map(|d| (d.metadata.clone(), Some(d)))
-                .map_err(err);
-        }
+        Child::Deployment(o) => Api::<Deployment>::namespaced(client.clone(), ns)
+            .patch(name, &pp, &Patch::Apply(o))
+            .await
+            .map(|d| ApplyResponse {
+                meta: d.metadata.clone(),
+                deployment: Some(d),
+                job: None,
+            }),
+        Child::Job(o) => Api::<Job>::namespaced(client.clone(), ns)
+            .patch(name, &pp, &Patch::Apply(o))
+            .await
+            .map(|j| ApplyResponse {
+                meta: j.metadata.clone(),
+                deployment: None,
+                job: Some(j),
+            }),
         Child::ConfigMap(o) => Api::<ConfigMap>::namespaced(client.clone(), ns)
             .patch(name, &pp, &Patch::Apply(o))
             .await
-            .map(|o| o.metadata),
+            .map(|o| ApplyResponse::meta(o.metadata)),
         Child::Service(o) => Api::<Service>::namespaced(client.clone(), ns)
             .patch(name, &pp, &Patch::Apply(o))
             .await
-            .map(|o| o.metadata),
+            .map(|o| ApplyResponse::meta(o.metadata)),
         Child::PodDisruptionBudget(o) => Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
             .patch(name, &pp, &Patch::Apply(o))
             .await
-            .map(|o| o.metadata),
+            .map(|o| ApplyResponse::meta(o.metadata)),
         Child::PersistentVolumeClaim(o) => {
             Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
                 .patch(name, &pp, &Patch::Apply(o))
                 .await
-                .map(|o| o.metadata)
+                .map(|o| ApplyResponse::meta(o.metadata))
         }
-        Child::Job(o) => Api::<Job>::namespaced(client.clone(), ns)
-            .patch(name, &pp, &Patch::Apply(o))
-            .await
-            .map(|o| o.metadata),
         Child::ServiceMonitor(o) => Api::<kube::api::DynamicObject>::namespaced_with(
             client.clone(),
             ns,
@@ -224,21 +361,85 @@ async fn apply_child(
         )
         .patch(name, &pp, &Patch::Apply(o))
         .await
-        .map(|o| o.metadata),
+        .map(|o| ApplyResponse::meta(o.metadata)),
     }
-    .map(|meta| (meta, None))
-    .map_err(err)
+}
+
+async fn get_meta<K>(api: Api<K>, name: &str) -> Result<Option<ObjectMeta>, kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_metadata_opt(name).await?.map(|o| o.metadata))
+}
+
+/// Read the metadata of the live object `child` would be applied over.
+async fn live_child_meta(
+    client: &Client,
+    ns: &str,
+    child: &Child,
+) -> Result<Option<ObjectMeta>, kube::Error> {
+    let name = child.name();
+    let c = client.clone();
+    match child {
+        Child::Deployment(_) => get_meta(Api::<Deployment>::namespaced(c, ns), name).await,
+        Child::Job(_) => get_meta(Api::<Job>::namespaced(c, ns), name).await,
+        Child::ConfigMap(_) => get_meta(Api::<ConfigMap>::namespaced(c, ns), name).await,
+        Child::Service(_) => get_meta(Api::<Service>::namespaced(c, ns), name).await,
+        Child::PodDisruptionBudget(_) => {
+            get_meta(Api::<PodDisruptionBudget>::namespaced(c, ns), name).await
+        }
+        Child::PersistentVolumeClaim(_) => {
+            get_meta(Api::<PersistentVolumeClaim>::namespaced(c, ns), name).await
+        }
+        Child::ServiceMonitor(_) => {
+            let api = Api::<kube::api::DynamicObject>::namespaced_with(
+                c,
+                ns,
+                &service_monitor_resource(),
+            );
+            get_meta(api, name).await
+        }
+    }
+}
+
+/// Whether `child` may be applied: ours when the cache or our own last apply says so (no
+/// request), else read once. A child missing from the cache is either absent, not yet seen
+/// (the cache is still listing after a start), or someone else's object with the same name,
+/// which the label-filtered cache never holds.
+async fn child_ownership(
+    ctx: &Context,
+    ns: &str,
+    key: &ChildKey,
+    child: &Child,
+    live: Option<&ObjectMeta>,
+) -> Result<Ownership, kube::Error> {
+    let uid = child.owner_uid().unwrap_or_default();
+    if let Some(live) = live {
+        return Ok(ownership(Some(live), uid));
+    }
+    if !ctx.children.caches(child) && ctx.applied.knows(key) {
+        // An uncached kind we applied before: reading it back every reconcile would double
+        // its cost. Cached kinds are read instead: a deletion missed while a watch was down
+        // leaves a record behind, and someone may have taken the name since.
+        return Ok(Ownership::Ours);
+    }
+    ctx.children.wait_synced(child).await;
+    if let Some(live) = ctx.children.live_meta(ns, child) {
+        return Ok(ownership(Some(&live), uid));
+    }
+    let live = live_child_meta(&ctx.client, ns, child).await?;
+    Ok(ownership(live.as_ref(), uid))
 }
 
 /// The apply step: server-side apply every child whose last apply is not still in place
-/// (see [`crate::last_applied`]). Returns the Deployment among them, as applied or, when
-/// unchanged, from the cache, for readiness.
+/// (see [`crate::last_applied`]) and that is not someone else's object. Children already in
+/// the cache cost no request when unchanged; one the cache does not hold is read first.
 async fn apply_children(
     ctx: &Context,
     ns: &str,
     children: &[Child],
-) -> Result<Option<Arc<Deployment>>, ReconcileError> {
-    let mut deployment = None;
+) -> Result<Applied, ReconcileError> {
+    let mut out = Applied::default();
     for child in children {
         let key = ChildKey::new(child.kind(), ns, child.name());
         let body = last_applied::body_hash(child);
@@ -248,23 +449,82 @@ async fn apply_children(
                 .child_applies
                 .with_label_values(&[child.kind(), "skipped"])
                 .inc();
-            if matches!(child, Child::Deployment(_)) {
-                deployment = ctx.children.deployment(ns, child.name());
+            match child {
+                Child::Deployment(_) => out.deployment = ctx.children.deployment(ns, child.name()),
+                Child::Job(_) => out.job = ctx.children.job(ns, child.name()),
+                _ => {}
             }
             continue;
         }
+        let owned = match child_ownership(ctx, ns, &key, child, live.as_ref()).await {
+            Ok(o) => o,
+            Err(e) => match ChildProblem::problem(child.kind(), child.name(), &e) {
+                Some(p) => {
+                    out.problems.push(p);
+                    continue;
+                }
+                None => return Err(api_err("get", child.kind(), child.name())(e)),
+            },
+        };
+        if owned == Ownership::Foreign {
+            ctx.metrics
+                .child_applies
+                .with_label_values(&[child.kind(), "conflict"])
+                .inc();
+            out.problems.push(ChildProblem::NameConflict {
+                kind: child.kind(),
+                name: child.name().to_string(),
+            });
+            continue;
+        }
         ctx.ensure_leader()?;
-        let (meta, applied) = apply_child(&ctx.client, ns, child).await?;
+        let applied = match apply_child(&ctx.client, ns, child).await {
+            Ok(a) => a,
+            Err(e) => match ChildProblem::problem(child.kind(), child.name(), &e) {
+                Some(p) => {
+                    tracing::warn!(kind = child.kind(), name = child.name(), error = %e, "apply refused");
+                    ctx.metrics
+                        .child_applies
+                        .with_label_values(&[child.kind(), "refused"])
+                        .inc();
+                    out.problems.push(p);
+                    continue;
+                }
+                None => return Err(api_err("apply", child.kind(), child.name())(e)),
+            },
+        };
         ctx.metrics
             .child_applies
             .with_label_values(&[child.kind(), "applied"])
             .inc();
-        ctx.applied.record(key, body, &meta);
-        if let Some(d) = applied {
-            deployment = Some(Arc::new(d));
+        ctx.applied.record(key, body, &applied.meta);
+        if let Some(d) = applied.deployment {
+            out.deployment = Some(Arc::new(d));
+        }
+        if let Some(j) = applied.job {
+            out.job = Some(Arc::new(j));
         }
     }
-    Ok(deployment)
+    Ok(out)
+}
+
+/// Delete this pool's preload Jobs other than `keep` (older templates), found in the cache,
+/// with background propagation so their pods go too. Best effort: a failure is logged and
+/// retried on the next reconcile, and never blocks the rest.
+async fn delete_stale_preload_jobs(ctx: &Context, ns: &str, pool: &str, keep: Option<&str>) {
+    let names = ctx.children.pool_jobs(ns, pool);
+    let stale = model_pool::stale_preload_jobs(pool, keep, names.iter().map(String::as_str));
+    if stale.is_empty() || ctx.ensure_leader().is_err() {
+        return;
+    }
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    for name in stale {
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => tracing::info!(job = %name, "deleted preload Job of an older template"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(error) => tracing::warn!(job = %name, %error, "could not delete old preload Job"),
+        }
+    }
 }
 
 /// Read a Secret and say whether it has `key`. The value is never logged or kept.
@@ -438,11 +698,6 @@ where
     Ok(())
 }
 
-fn requeue_for_reference() -> Action {
-    // Secrets are not watched (that would need list/watch on every Secret); poll for the fix.
-    Action::requeue(Duration::from_secs(30))
-}
-
 /// Reconcile one ModelPool.
 #[tracing::instrument(skip_all, fields(pool = %pool.name_any(), ns = pool.namespace().unwrap_or_default()))]
 pub async fn reconcile_pool(
@@ -483,31 +738,114 @@ async fn measured(
     result
 }
 
+/// How often a resource whose child name is taken looks again: the foreign object carries
+/// none of our labels, so no watch says when it is gone.
+const NAME_CONFLICT_RECHECK: Duration = Duration::from_secs(60);
+
+/// What to do after the apply step left `problems`: a refused apply fails the reconcile (so
+/// it backs off and retries) once its status is written; a name conflict looks again later.
+fn after_problems(
+    problems: &[ChildProblem],
+    owner_kind: &'static str,
+) -> Result<Action, ReconcileError> {
+    if let Some(ChildProblem::Refused {
+        kind,
+        name,
+        code,
+        message,
+    }) = problems
+        .iter()
+        .find(|p| matches!(p, ChildProblem::Refused { .. }))
+    {
+        return Err(ReconcileError::Refused {
+            owner: owner_kind,
+            kind,
+            name: name.clone(),
+            code: *code,
+            message: message.clone(),
+        });
+    }
+    if problems.is_empty() {
+        Ok(Action::await_change())
+    } else {
+        Ok(Action::requeue(NAME_CONFLICT_RECHECK))
+    }
+}
+
+/// Replica counts from a Deployment, when there is one to read; otherwise the status keeps
+/// what it said (the Deployment may be someone else's, or not yet in the cache).
+fn readiness_fields(d: Option<&Deployment>) -> Option<(i32, i32)> {
+    d.map(|d| {
+        let (ready, replicas, _) = deployment_readiness(Some(d));
+        (ready, replicas)
+    })
+}
+
+/// The ModelPool conditions, pure: readiness, then what the preload is doing, then the
+/// first child problem, which overrides both.
+pub fn pool_conditions(
+    readiness: (i32, i32, bool),
+    desired_replicas: i32,
+    preload: &model_pool::PreloadState,
+    problem: Option<(&'static str, String)>,
+) -> Vec<Desired> {
+    let (ready, _, rolled_out) = readiness;
+    let mut desired = readiness_conditions(ready, desired_replicas, rolled_out, None);
+    for d in &mut desired {
+        match (d.type_, preload) {
+            (condition::PROGRESSING, model_pool::PreloadState::Running { job, checkpoint }) => {
+                *d = Desired::yes(
+                    condition::PROGRESSING,
+                    reason::PRELOADING,
+                    format!("preload Job {job} is downloading {checkpoint} into the cache volume"),
+                );
+            }
+            (condition::DEGRADED, model_pool::PreloadState::Failed { job, message }) => {
+                *d = Desired::yes(
+                    condition::DEGRADED,
+                    reason::PRELOAD_FAILED,
+                    format!("preload Job {job} failed: {message}"),
+                );
+            }
+            _ => {}
+        }
+    }
+    match problem {
+        Some((reason, message)) => status::with_problem(desired, reason, &message),
+        None => desired,
+    }
+}
+
 async fn reconcile_pool_inner(pool: &ModelPool, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
     let no_status = Default::default();
     let current = pool.status.as_ref().unwrap_or(&no_status);
     let settings = ctx.settings();
+    // Every status write starts from what the status says, so a problem path keeps the
+    // fields that are still true (selector for /scale, endpoint for agents).
+    let mut fields = status::PoolFields::from_status(current);
+    if let Some((ready, replicas)) =
+        readiness_fields(ctx.children.deployment(&ns, &name).as_deref())
+    {
+        (fields.ready_replicas, fields.replicas) = (Some(ready), Some(replicas));
+    }
 
     // validate (pure)
     let valid = match model_pool::validate(pool, &settings) {
         Ok(v) => v,
         Err(e) => {
             let desired = problem_conditions(reason::INVALID_SPEC, &e.to_string());
-            write_status(
-                ctx,
-                "ModelPool",
-                pool,
-                &current.conditions,
-                &desired,
-                json!({}),
-                false,
-            )
-            .await?;
+            write_pool_status(ctx, pool, current, &desired, &fields).await?;
             // Only a spec change can fix it; the watch brings that.
             return Ok(Action::await_change());
         }
     };
+    fields.selector = Some(valid.owner.selector_string());
+    fields.role = Some(valid.role);
+    fields.endpoint = Some(model_pool::endpoint(&valid.owner.name, &ns, valid.port));
+    fields.gpus_requested = Some(pool.spec.replicas * pool.spec.gpu.count);
+
     // dereference
     if let Some(r) = &pool.spec.hugging_face_token_secret_ref {
         let problem = match lookup_secret(&ctx.client, &ns, r).await? {
@@ -526,52 +864,78 @@ async fn reconcile_pool_inner(pool: &ModelPool, ctx: &Context) -> Result<Action,
         };
         if let Some((reason, message)) = problem {
             let desired = problem_conditions(reason, &message);
-            write_status(
-                ctx,
-                "ModelPool",
-                pool,
-                &current.conditions,
-                &desired,
-                json!({}),
-                false,
-            )
-            .await?;
-            return Ok(requeue_for_reference());
+            write_pool_status(ctx, pool, current, &desired, &fields).await?;
+            // Secrets are watched: creating or fixing it triggers this pool.
+            return Ok(Action::await_change());
         }
     }
+
     // build (pure) + apply
+    let wanted = model_pool::preload_for(&valid, &settings);
     let children = model_pool::build(&valid, &settings);
-    let deployment = apply_children(ctx, &ns, &children).await?;
+    let applied = apply_children(ctx, &ns, &children).await?;
+    delete_stale_preload_jobs(
+        ctx,
+        &ns,
+        &name,
+        wanted.as_ref().map(|p| p.job_name.as_str()),
+    )
+    .await;
+
     // status
-    let (ready, replicas, rolled_out) = deployment_readiness(deployment.as_deref());
-    let desired_replicas = pool.spec.replicas;
-    let desired = readiness_conditions(ready, desired_replicas, rolled_out, None);
-    let fields = json!({
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "selector": valid.owner.selector_string(),
-        "role": valid.role,
-        "endpoint": model_pool::endpoint(&valid.owner.name, &ns, valid.port),
-        "gpusRequested": desired_replicas * pool.spec.gpu.count,
+    let live_job = applied.job.clone().or_else(|| {
+        wanted
+            .as_ref()
+            .and_then(|w| ctx.children.job(&ns, &w.job_name))
     });
-    let fields_changed = current.replicas != Some(replicas)
-        || current.ready_replicas != Some(ready)
-        || current.selector.as_deref() != fields["selector"].as_str()
-        || current.role != Some(valid.role)
-        || current.endpoint.as_deref() != fields["endpoint"].as_str()
-        || current.gpus_requested != Some(desired_replicas * pool.spec.gpu.count)
+    let preload = model_pool::preload_state(
+        wanted.as_ref(),
+        live_job.as_deref(),
+        current.preload.as_ref(),
+    );
+    if let model_pool::PreloadState::Completed(done) = &preload {
+        fields.preload = Some(done.clone());
+    }
+    let deployment = applied
+        .deployment
+        .clone()
+        .or_else(|| ctx.children.deployment(&ns, &name));
+    if let Some((ready, replicas)) = readiness_fields(deployment.as_deref()) {
+        (fields.ready_replicas, fields.replicas) = (Some(ready), Some(replicas));
+    }
+    let problem = applied
+        .problems
+        .first()
+        .map(|p| (p.reason(), p.message("ModelPool")));
+    let desired = pool_conditions(
+        deployment_readiness(deployment.as_deref()),
+        pool.spec.replicas,
+        &preload,
+        problem,
+    );
+    write_pool_status(ctx, pool, current, &desired, &fields).await?;
+    after_problems(&applied.problems, "ModelPool")
+}
+
+async fn write_pool_status(
+    ctx: &Context,
+    pool: &ModelPool,
+    current: &grokcast_crds::ModelPoolStatus,
+    desired: &[Desired],
+    fields: &status::PoolFields,
+) -> Result<(), ReconcileError> {
+    let changed = *fields != status::PoolFields::from_status(current)
         || current.observed_generation != pool.metadata.generation;
     write_status(
         ctx,
         "ModelPool",
         pool,
         &current.conditions,
-        &desired,
-        fields,
-        fields_changed,
+        desired,
+        status::fields_json(fields),
+        changed,
     )
-    .await?;
-    Ok(Action::await_change())
+    .await
 }
 
 /// Reconcile one VoiceAgent.
@@ -598,6 +962,25 @@ async fn reconcile_agent_inner(
     let no_status = Default::default();
     let current = agent.status.as_ref().unwrap_or(&no_status);
     let settings = ctx.settings();
+    let child = voice_agent::child_name(&agent.name_any());
+    // What stays true whatever the spec's problems: the names follow from the resource's
+    // name, the webhook from the spec, the counts from the Deployment if there is one.
+    let mut fields = status::AgentFields::from_status(current);
+    if let Some(owner) = meta::Owner::of(agent, voice_agent::APP, meta::VOICE_AGENT_LABEL) {
+        fields.selector = Some(owner.selector_string());
+    }
+    fields.endpoint = Some(format!(
+        "http://{child}.{ns}.svc:{}",
+        voice_agent::AGENT_PORT
+    ));
+    fields.webhook_url = Some(voice_agent::webhook_url(
+        &agent.spec.telephony.twilio.public_url,
+    ));
+    if let Some((ready, replicas)) =
+        readiness_fields(ctx.children.deployment(&ns, &child).as_deref())
+    {
+        (fields.ready_replicas, fields.replicas) = (Some(ready), Some(replicas));
+    }
 
     // dereference: pools from the cache (a read only when the cache lacks one, so a pool
     // created a moment ago is never reported missing), the Twilio Secret from the API
@@ -655,35 +1038,26 @@ async fn reconcile_agent_inner(
                 ),
             };
             desired.insert(1, models);
-            write_status(
-                ctx,
-                "VoiceAgent",
-                agent,
-                &current.conditions,
-                &desired,
-                json!({}),
-                false,
-            )
-            .await?;
-            return Ok(match problem {
-                Problem::InvalidSpec(_) => Action::await_change(),
-                // Pools are watched: a new or changed pool triggers us.
-                Problem::PoolNotFound { .. } | Problem::PoolWrongRole { .. } => {
-                    Action::await_change()
-                }
-                Problem::SecretNotFound { .. } | Problem::SecretKeyMissing { .. } => {
-                    requeue_for_reference()
-                }
-            });
+            write_agent_status(ctx, agent, current, &desired, &fields).await?;
+            // Pools and Secrets are watched: creating or fixing one triggers this agent, and
+            // an invalid spec waits for its own change.
+            return Ok(Action::await_change());
         }
     };
 
     // build (pure) + apply
     let children = voice_agent::build(&valid, &settings);
-    let deployment = apply_children(ctx, &ns, &children).await?;
+    let applied = apply_children(ctx, &ns, &children).await?;
 
     // status
-    let (ready, replicas, rolled_out) = deployment_readiness(deployment.as_deref());
+    let deployment = applied
+        .deployment
+        .clone()
+        .or_else(|| ctx.children.deployment(&ns, &child));
+    if let Some((ready, replicas)) = readiness_fields(deployment.as_deref()) {
+        (fields.ready_replicas, fields.replicas) = (Some(ready), Some(replicas));
+    }
+    let (ready, _, rolled_out) = deployment_readiness(deployment.as_deref());
     let not_ready_pools = valid.pools_not_ready();
     let models = if not_ready_pools.is_empty() {
         Desired::yes(
@@ -701,33 +1075,32 @@ async fn reconcile_agent_inner(
     let blocker = (!models.status).then(|| models.clone());
     let mut desired = readiness_conditions(ready, agent.spec.replicas, rolled_out, blocker);
     desired.insert(1, models);
-    let child = voice_agent::child_name(&valid.owner.name);
-    let endpoint = format!("http://{child}.{ns}.svc:{}", voice_agent::AGENT_PORT);
-    let webhook = voice_agent::webhook_url(&agent.spec.telephony.twilio.public_url);
-    let fields = json!({
-        "replicas": replicas,
-        "readyReplicas": ready,
-        "selector": valid.owner.selector_string(),
-        "endpoint": endpoint,
-        "webhookUrl": webhook,
-    });
-    let fields_changed = current.replicas != Some(replicas)
-        || current.ready_replicas != Some(ready)
-        || current.selector.as_deref() != fields["selector"].as_str()
-        || current.endpoint.as_deref() != Some(endpoint.as_str())
-        || current.webhook_url.as_deref() != Some(webhook.as_str())
+    if let Some(p) = applied.problems.first() {
+        desired = status::with_problem(desired, p.reason(), &p.message("VoiceAgent"));
+    }
+    write_agent_status(ctx, agent, current, &desired, &fields).await?;
+    after_problems(&applied.problems, "VoiceAgent")
+}
+
+async fn write_agent_status(
+    ctx: &Context,
+    agent: &VoiceAgent,
+    current: &grokcast_crds::VoiceAgentStatus,
+    desired: &[Desired],
+    fields: &status::AgentFields,
+) -> Result<(), ReconcileError> {
+    let changed = *fields != status::AgentFields::from_status(current)
         || current.observed_generation != agent.metadata.generation;
     write_status(
         ctx,
         "VoiceAgent",
         agent,
         &current.conditions,
-        &desired,
-        fields,
-        fields_changed,
+        desired,
+        status::fields_json(fields),
+        changed,
     )
-    .await?;
-    Ok(Action::await_change())
+    .await
 }
 
 fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
@@ -807,6 +1180,40 @@ pub fn agents_referencing(
         .collect()
 }
 
+/// Pools in `pools` whose `huggingFaceTokenSecretRef` names the Secret `secret` in its
+/// namespace.
+pub fn pools_referencing_secret(
+    pools: &[Arc<ModelPool>],
+    secret: &ObjectMeta,
+) -> Vec<ObjectRef<ModelPool>> {
+    pools
+        .iter()
+        .filter(|p| p.metadata.namespace == secret.namespace)
+        .filter(|p| {
+            p.spec
+                .hugging_face_token_secret_ref
+                .as_ref()
+                .is_some_and(|r| Some(&r.name) == secret.name.as_ref())
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Agents in `agents` whose Twilio auth token Secret is `secret`, in its namespace.
+pub fn agents_referencing_secret(
+    agents: &[Arc<VoiceAgent>],
+    secret: &ObjectMeta,
+) -> Vec<ObjectRef<VoiceAgent>> {
+    agents
+        .iter()
+        .filter(|a| a.metadata.namespace == secret.namespace)
+        .filter(|a| {
+            Some(&a.spec.telephony.twilio.auth_token_secret_ref.name) == secret.name.as_ref()
+        })
+        .map(|a| ObjectRef::from_obj(a.as_ref()))
+        .collect()
+}
+
 /// Inputs to [`run_controllers`].
 pub struct RunConfig {
     /// Images and defaults.
@@ -867,8 +1274,12 @@ pub async fn run_controllers(
 
         let (pools, pool_triggers) = watches::owners(scoped::<ModelPool>(&client, ns));
         let applied = Arc::new(LastApplied::new());
-        let (deployments, deployment_triggers) =
-            watches::owned_deployments(scoped(&client, ns), pool_children.clone(), applied.clone());
+        let (deployments, deployment_triggers) = watches::owned_objects(
+            scoped(&client, ns),
+            pool_children.clone(),
+            applied.clone(),
+            watches::slim_deployment,
+        );
         let (services, service_triggers) = watches::owned_metadata::<Service>(
             scoped(&client, ns),
             pool_children.clone(),
@@ -884,10 +1295,11 @@ pub async fn run_controllers(
             pool_children.clone(),
             applied.clone(),
         );
-        let (jobs, job_triggers) = watches::owned_metadata::<Job>(
+        let (jobs, job_triggers) = watches::owned_objects::<Job>(
             scoped(&client, ns),
             pool_children.clone(),
             applied.clone(),
+            watches::slim_job,
         );
         let pool_ctx = context(
             pools.clone(),
@@ -901,13 +1313,17 @@ pub async fn run_controllers(
             },
             applied,
         );
+        let referencing = pools.clone();
         let pool_ctrl = Controller::for_stream(pool_triggers, pools.clone())
             .with_config(controller_config.clone())
             .owns_stream(deployment_triggers)
             .owns_stream(service_triggers)
             .owns_stream(pdb_triggers)
             .owns_stream(pvc_triggers)
-            .owns_stream(job_triggers);
+            .owns_stream(job_triggers)
+            .watches_stream(watches::secrets(scoped(&client, ns)), move |secret| {
+                pools_referencing_secret(&referencing.state(), &secret.metadata)
+            });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             pool_ctrl
@@ -927,10 +1343,11 @@ pub async fn run_controllers(
 
         let (agents, agent_triggers) = watches::owners(scoped::<VoiceAgent>(&client, ns));
         let applied = Arc::new(LastApplied::new());
-        let (deployments, deployment_triggers) = watches::owned_deployments(
+        let (deployments, deployment_triggers) = watches::owned_objects(
             scoped(&client, ns),
             agent_children.clone(),
             applied.clone(),
+            watches::slim_deployment,
         );
         let (services, service_triggers) = watches::owned_metadata::<Service>(
             scoped(&client, ns),
@@ -961,6 +1378,7 @@ pub async fn run_controllers(
             applied,
         );
         let referencing = agents.clone();
+        let referencing_secret = agents.clone();
         let agent_ctrl = Controller::for_stream(agent_triggers, agents)
             .with_config(controller_config.clone())
             .owns_stream(deployment_triggers)
@@ -969,6 +1387,9 @@ pub async fn run_controllers(
             .owns_stream(config_map_triggers)
             .watches_stream(pool_triggers, move |pool| {
                 agents_referencing(&referencing.state(), &pool)
+            })
+            .watches_stream(watches::secrets(scoped(&client, ns)), move |secret| {
+                agents_referencing_secret(&referencing_secret.state(), &secret.metadata)
             });
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -1038,5 +1459,192 @@ mod tests {
     fn error_labels_are_static_names() {
         let e = ReconcileError::NotLeader;
         assert_eq!(e.label(), "not_leader");
+    }
+
+    fn owned_by(uid: &str, controller: bool) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("whisper".into()),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "grokcast.io/v1alpha1".into(),
+                    kind: "ModelPool".into(),
+                    name: "whisper".into(),
+                    uid: uid.into(),
+                    controller: Some(controller),
+                    ..Default::default()
+                },
+            ]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn only_a_controller_reference_to_this_uid_makes_a_child_ours() {
+        assert_eq!(ownership(None, "u1"), Ownership::Absent);
+        assert_eq!(
+            ownership(Some(&owned_by("u1", true)), "u1"),
+            Ownership::Ours
+        );
+        let users = ObjectMeta {
+            name: Some("whisper".into()),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(
+            ownership(Some(&users), "u1"),
+            Ownership::Foreign,
+            "a user's object"
+        );
+        assert_eq!(
+            ownership(Some(&owned_by("u0", true)), "u1"),
+            Ownership::Foreign,
+            "an earlier pool of the same name"
+        );
+        assert_eq!(
+            ownership(Some(&owned_by("u1", false)), "u1"),
+            Ownership::Foreign,
+            "a non-controller reference does not make it ours"
+        );
+    }
+
+    fn refused(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..kube::core::Status::default()
+        }))
+    }
+
+    #[test]
+    fn server_refusals_become_apply_failed_with_the_server_message() {
+        let msg = "Deployment.apps \"r-agent\" is invalid: lifecycle.preStop.sleep: field not declared in schema";
+        let p = ChildProblem::problem("Deployment", "r-agent", &refused(500, msg)).unwrap();
+        assert_eq!(p.reason(), reason::APPLY_FAILED);
+        assert!(p.message("VoiceAgent").contains(msg));
+        assert!(p.message("VoiceAgent").contains("Deployment r-agent (500)"));
+        let conflict = ChildProblem::NameConflict {
+            kind: "Service",
+            name: "whisper".into(),
+        };
+        assert_eq!(conflict.reason(), reason::NAME_CONFLICT);
+        assert!(
+            conflict
+                .message("ModelPool")
+                .starts_with("Service whisper already exists")
+        );
+        // A refusal fails the reconcile (backoff); a conflict looks again later; none waits.
+        assert!(matches!(
+            after_problems(&[conflict.clone(), p], "VoiceAgent"),
+            Err(ReconcileError::Refused { code: 500, .. })
+        ));
+        assert_eq!(
+            after_problems(&[conflict], "ModelPool").unwrap(),
+            Action::requeue(NAME_CONFLICT_RECHECK)
+        );
+        assert_eq!(
+            after_problems(&[], "ModelPool").unwrap(),
+            Action::await_change()
+        );
+    }
+
+    fn reason_of<'a>(desired: &'a [Desired], type_: &str) -> (&'a str, bool) {
+        let d = desired.iter().find(|d| d.type_ == type_).unwrap();
+        (d.reason, d.status)
+    }
+
+    #[test]
+    fn pool_conditions_say_preloading_failed_and_problems() {
+        use model_pool::PreloadState;
+        let running = PreloadState::Running {
+            job: "p-preload-0123abcd".into(),
+            checkpoint: "org/model".into(),
+        };
+        let d = pool_conditions((1, 1, true), 1, &running, None);
+        assert_eq!(reason_of(&d, condition::READY), (reason::AVAILABLE, true));
+        assert_eq!(
+            reason_of(&d, condition::PROGRESSING),
+            (reason::PRELOADING, true)
+        );
+        let failed = PreloadState::Failed {
+            job: "p-preload-0123abcd".into(),
+            message: "BackoffLimitExceeded".into(),
+        };
+        let d = pool_conditions((0, 0, false), 1, &failed, None);
+        assert_eq!(
+            reason_of(&d, condition::DEGRADED),
+            (reason::PRELOAD_FAILED, true)
+        );
+        let d = pool_conditions(
+            (1, 1, true),
+            1,
+            &PreloadState::Done,
+            Some((reason::APPLY_FAILED, "refused".into())),
+        );
+        assert_eq!(
+            reason_of(&d, condition::READY),
+            (reason::APPLY_FAILED, false)
+        );
+        assert_eq!(
+            reason_of(&d, condition::DEGRADED),
+            (reason::APPLY_FAILED, true)
+        );
+        let d = pool_conditions((1, 1, true), 1, &PreloadState::Done, None);
+        assert_eq!(
+            reason_of(&d, condition::PROGRESSING),
+            (reason::ROLLOUT_COMPLETE, false)
+        );
+        assert_eq!(reason_of(&d, condition::DEGRADED), (reason::HEALTHY, false));
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_resources_that_reference_it() {
+        let pool: ModelPool = serde_json::from_value(json!({
+            "apiVersion": "grokcast.io/v1alpha1", "kind": "ModelPool",
+            "metadata": {"name": "gemma", "namespace": "voice"},
+            "spec": {"engine": "vllm", "model": "google/gemma-3-27b-it",
+                     "huggingFaceTokenSecretRef": {"name": "hf", "key": "token"}}
+        }))
+        .unwrap();
+        let mut elsewhere = pool.clone();
+        elsewhere.metadata.namespace = Some("other".into());
+        let pools = vec![Arc::new(pool), Arc::new(elsewhere)];
+        let secret = |name: &str| ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("voice".into()),
+            ..ObjectMeta::default()
+        };
+        let hits = pools_referencing_secret(&pools, &secret("hf"));
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].namespace.as_deref(), Some("voice"));
+        assert!(pools_referencing_secret(&pools, &secret("twilio")).is_empty());
+
+        let agent: VoiceAgent = serde_json::from_value(json!({
+            "apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent",
+            "metadata": {"name": "r", "namespace": "voice"},
+            "spec": {
+                "telephony": {"twilio": {"authTokenSecretRef": {"name": "twilio", "key": "authToken"},
+                                         "publicUrl": "https://voice.example.com"}},
+                "persona": {"systemPrompt": "x"},
+                "stt": {"modelPoolRef": "w"}, "llm": {"modelPoolRef": "g"}, "tts": {"modelPoolRef": "c"}
+            }
+        }))
+        .unwrap();
+        let agents = vec![Arc::new(agent)];
+        assert_eq!(
+            agents_referencing_secret(&agents, &secret("twilio")).len(),
+            1
+        );
+        assert!(agents_referencing_secret(&agents, &secret("hf")).is_empty());
+    }
+
+    #[test]
+    fn readiness_fields_keep_the_status_without_a_deployment() {
+        assert_eq!(readiness_fields(None), None);
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "x", "generation": 2},
+            "spec": {"replicas": 3, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 2, "replicas": 3, "readyReplicas": 2, "updatedReplicas": 3}
+        }))
+        .unwrap();
+        assert_eq!(readiness_fields(Some(&d)), Some((2, 3)));
     }
 }

@@ -119,8 +119,17 @@ impl LastApplied {
             .insert(key, record);
     }
 
-    /// Drop the record of a deleted child, so the map does not grow with churn. Correctness
-    /// never depends on it: a child missing from the cache is applied regardless.
+    /// Whether this controller has applied the child and not seen it deleted since. Kinds
+    /// without a cache (ServiceMonitor) rely on this to know a child is theirs without a read.
+    pub fn knows(&self, key: &ChildKey) -> bool {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(key)
+    }
+
+    /// Drop the record of a deleted child, so the map does not grow with churn. A child
+    /// missing from the cache is applied regardless (after an ownership read for cached kinds).
     pub fn forget(&self, key: &ChildKey) {
         self.records
             .lock()

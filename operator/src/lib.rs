@@ -1,7 +1,7 @@
 //! The GrokCast operator: reconcilers, autoscaler and offline rendering.
 //!
 //! Pure steps (no API client): [`model_pool`], [`voice_agent`], [`status`], [`render`],
-//! [`rbac`], [`last_applied`]. Around them: [`controller`] (dereference, apply, status),
+//! [`rbac`], [`last_applied`], [`server_version`]. Around them: [`controller`] (dereference, apply, status),
 //! [`watches`] (the streams and caches behind it), [`leader`] (Lease election), [`http`] and
 //! [`metrics`].
 
@@ -17,6 +17,7 @@ pub mod model_pool;
 pub mod rbac;
 pub mod render;
 pub mod run;
+pub mod server_version;
 pub mod settings;
 pub mod status;
 pub mod voice_agent;

@@ -89,7 +89,8 @@ impl ImageArgs {
             grokcast_serve_image: self.serve_image.clone(),
             preload_image: self.preload_image.clone(),
             agent_image: self.agent_image.clone(),
-            service_monitors: false,
+            // Decided from the API server's version when running; render targets current ones.
+            ..BuildSettings::default()
         }
     }
 }

@@ -4,17 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use grokcast_crds::{Engine, ModelPool, Quantization, Role};
+use grokcast_crds::{Engine, ModelPool, PreloadStatus, Quantization, Role};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, SecurityContext, TCPSocketAction, Toleration, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction,
+    Toleration, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -394,13 +394,210 @@ pub fn cache_name(pool: &str) -> String {
     format!("{pool}-cache")
 }
 
-/// Name of the preload Job; content-addressed by checkpoint because a Job's pod template is
-/// immutable, so a model change needs a new Job rather than an update.
-pub fn preload_job_name(pool: &str, checkpoint: &str) -> String {
-    format!(
-        "{pool}-preload-{}",
-        meta::short_hash(checkpoint.as_bytes(), 8)
-    )
+/// Name of a preload Job: `<pool>-preload-<template hash>`. A Job's pod template is
+/// immutable, so anything that changes it (checkpoint, image, env, node selector,
+/// tolerations) must yield a new Job rather than an update the API server refuses with 422.
+pub fn preload_job_name(pool: &str, template_hash: &str) -> String {
+    format!("{pool}-preload-{template_hash}")
+}
+
+/// Content hash of a preload Job: its whole pod template plus the checkpoint, 8 hex digits.
+pub fn preload_template_hash(template: &PodTemplateSpec, checkpoint: &str) -> String {
+    // Serialising a PodTemplateSpec cannot fail (string-keyed maps only); an empty body would
+    // only make every template hash alike, which the checkpoint still separates.
+    let mut data = serde_json::to_vec(template).unwrap_or_default();
+    data.extend_from_slice(checkpoint.as_bytes());
+    meta::short_hash(&data, 8)
+}
+
+/// The preload Job a pool wants, with what `status.preload` records about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preload {
+    /// The Job to apply.
+    pub job: Job,
+    /// Its name.
+    pub job_name: String,
+    /// [`preload_template_hash`] of its template.
+    pub template_hash: String,
+    /// The checkpoint it downloads.
+    pub checkpoint: String,
+}
+
+impl Preload {
+    /// Whether `status.preload` says this very preload (same template hash) already completed.
+    pub fn completed(&self, status: Option<&PreloadStatus>) -> bool {
+        status.is_some_and(|s| s.template_hash == self.template_hash)
+    }
+}
+
+/// What the preload of a pool is doing, from the wanted [`Preload`] and the live Job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PreloadState {
+    /// No preload wanted (no cache, or `cache.preload: false`).
+    None,
+    /// `status.preload` already records this preload: no Job is applied.
+    Done,
+    /// The Job just completed: record it in `status.preload`.
+    Completed(PreloadStatus),
+    /// The Job is running or about to start.
+    Running {
+        /// Job name.
+        job: String,
+        /// Checkpoint being downloaded.
+        checkpoint: String,
+    },
+    /// The Job reached its backoff limit.
+    Failed {
+        /// Job name.
+        job: String,
+        /// The Job's Failed condition message.
+        message: String,
+    },
+}
+
+fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// The preload state of a pool, pure: `wanted` from [`preload`], `live` the Job of that name
+/// as last seen (cache or apply response), `recorded` the pool's `status.preload`.
+pub fn preload_state(
+    wanted: Option<&Preload>,
+    live: Option<&Job>,
+    recorded: Option<&PreloadStatus>,
+) -> PreloadState {
+    let Some(wanted) = wanted else {
+        return PreloadState::None;
+    };
+    if wanted.completed(recorded) {
+        return PreloadState::Done;
+    }
+    let live = live.filter(|j| j.metadata.name.as_deref() == Some(wanted.job_name.as_str()));
+    if let Some(job) = live {
+        if let Some(done) = job_condition(job, "Complete") {
+            return PreloadState::Completed(PreloadStatus {
+                job_name: wanted.job_name.clone(),
+                template_hash: wanted.template_hash.clone(),
+                checkpoint: wanted.checkpoint.clone(),
+                completed_at: job
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.completion_time.clone())
+                    .or_else(|| done.last_transition_time.clone()),
+            });
+        }
+        if let Some(failed) = job_condition(job, "Failed") {
+            return PreloadState::Failed {
+                job: wanted.job_name.clone(),
+                message: failed.message.clone().unwrap_or_default(),
+            };
+        }
+    }
+    PreloadState::Running {
+        job: wanted.job_name.clone(),
+        checkpoint: wanted.checkpoint.clone(),
+    }
+}
+
+/// Preload Jobs of this pool (by name, as listed from the cache) that are not `keep`: older
+/// templates, to delete. Only names with this pool's `-preload-` prefix are candidates, so
+/// another pool's Jobs never match even if a label was copied by hand.
+pub fn stale_preload_jobs<'a>(
+    pool: &str,
+    keep: Option<&str>,
+    jobs: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let prefix = format!("{pool}-preload-");
+    jobs.into_iter()
+        .filter(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .filter(|n| Some(*n) != keep)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Where model-server and preload pods run: the spec's node selector plus the GPU product
+/// label, and the spec's tolerations plus the GPU taint.
+fn placement(v: &ValidPool<'_>) -> (BTreeMap<String, String>, Vec<Toleration>) {
+    let spec = &v.pool.spec;
+    let gpus = spec.gpu.count;
+    let mut node_selector = spec.node_selector.clone();
+    if let Some(product) = spec.gpu.product.as_ref().filter(|p| !p.is_empty())
+        && gpus > 0
+    {
+        node_selector.insert(GPU_PRODUCT_LABEL.into(), product.clone());
+    }
+    let mut tolerations = Vec::new();
+    if gpus > 0 {
+        // GPU nodes are commonly tainted so only GPU workloads land there.
+        tolerations.push(Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        });
+    }
+    tolerations.extend(spec.tolerations.iter().cloned());
+    (node_selector, tolerations)
+}
+
+/// The user a preset engine's image runs as, when it is known not to be root: then the pods
+/// set `runAsNonRoot` (with that numeric uid, which the kubelet needs to verify it).
+/// - `vllm`: the official `vllm/vllm-openai` image runs as root (it writes to `/root` and
+///   its pip cache), so it gets no `runAsNonRoot`; everything else still applies.
+/// - `whisper`: speaches runs as its image's `ubuntu` user, uid 1000; the image names the
+///   user, not the uid, so the uid is set here.
+/// - `grokcast`: `grokcast-serve` runs as 65532 (docker/serve.Dockerfile).
+/// - `csm` and `custom`: images the operator cannot vouch for; no `runAsNonRoot`.
+pub fn engine_non_root_uid(engine: Engine) -> Option<i64> {
+    match engine {
+        Engine::Whisper => Some(1000),
+        Engine::Grokcast => Some(65_532),
+        Engine::Vllm | Engine::Csm | Engine::Custom => None,
+    }
+}
+
+/// The container security context of model-server and preload pods: no privilege
+/// escalation, every capability dropped, the runtime's default seccomp profile, and
+/// `runAsNonRoot` with `uid` where the image is known to run as that user.
+pub fn restricted_container(uid: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        run_as_non_root: uid.map(|_| true),
+        run_as_user: uid,
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod security context to go with [`restricted_container`]: RuntimeDefault seccomp, and
+/// the cache volume group-owned by the image's user so a non-root server can write weights.
+pub fn restricted_pod(uid: Option<i64>) -> PodSecurityContext {
+    PodSecurityContext {
+        seccomp_profile: Some(runtime_default_seccomp()),
+        run_as_non_root: uid.map(|_| true),
+        run_as_user: uid,
+        fs_group: uid,
+        ..PodSecurityContext::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
 }
 
 /// Every child of a validated pool, in apply order.
@@ -423,23 +620,8 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
             .insert(GPU_RESOURCE.into(), gpu);
     }
 
-    let mut node_selector = spec.node_selector.clone();
-    if let Some(product) = spec.gpu.product.as_ref().filter(|p| !p.is_empty())
-        && gpus > 0
-    {
-        node_selector.insert(GPU_PRODUCT_LABEL.into(), product.clone());
-    }
-    let mut tolerations = Vec::new();
-    if gpus > 0 {
-        // GPU nodes are commonly tainted so only GPU workloads land there.
-        tolerations.push(Toleration {
-            key: Some(GPU_RESOURCE.into()),
-            operator: Some("Exists".into()),
-            effect: Some("NoSchedule".into()),
-            ..Toleration::default()
-        });
-    }
-    tolerations.extend(spec.tolerations.iter().cloned());
+    let (node_selector, tolerations) = placement(v);
+    let uid = engine_non_root_uid(spec.engine);
 
     let models_volume = match &spec.cache {
         Some(_) => Volume {
@@ -499,14 +681,7 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
                 ..VolumeMount::default()
             },
         ]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container(uid)),
         ..Container::default()
     };
     let deployment = Deployment {
@@ -535,6 +710,9 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
                     tolerations: (!tolerations.is_empty()).then_some(tolerations.clone()),
                     priority_class_name: spec.priority_class_name.clone(),
                     termination_grace_period_seconds: Some(60),
+                    // Model servers never call the Kubernetes API.
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod(uid)),
                     ..PodSpec::default()
                 }),
             },
@@ -558,14 +736,10 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
             }),
             ..PersistentVolumeClaim::default()
         }));
-        if cache.preload {
-            out.push(Child::Job(Box::new(preload_job(
-                v,
-                &run,
-                settings,
-                node_selector,
-                tolerations,
-            ))));
+        if let Some(preload) = preload(v, &run, settings, node_selector, tolerations)
+            && !preload.completed(v.pool.status.as_ref().and_then(|s| s.preload.as_ref()))
+        {
+            out.push(Child::Job(Box::new(preload.job)));
         }
     }
     out.push(Child::Deployment(Box::new(deployment)));
@@ -580,15 +754,25 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
     out
 }
 
+/// The preload a validated pool wants, if any (`cache.preload`); the Job is included whether
+/// or not `status.preload` already records it (see [`Preload::completed`]).
+pub fn preload_for(v: &ValidPool<'_>, settings: &BuildSettings) -> Option<Preload> {
+    let (node_selector, tolerations) = placement(v);
+    preload(v, &engine_run(v), settings, node_selector, tolerations)
+}
+
 /// Downloads the checkpoint into the cache volume with `huggingface_hub`, which the vLLM
 /// image ships; runs on the same nodes as the servers so a ReadWriteOnce volume works.
-fn preload_job(
+fn preload(
     v: &ValidPool<'_>,
     run: &EngineRun,
     settings: &BuildSettings,
     node_selector: BTreeMap<String, String>,
     tolerations: Vec<Toleration>,
-) -> Job {
+) -> Option<Preload> {
+    if !v.pool.spec.cache.as_ref().is_some_and(|c| c.preload) {
+        return None;
+    }
     let name = &v.owner.name;
     let mut env = vec![env("MODEL_REPO", run.checkpoint.clone())];
     env.extend(
@@ -597,69 +781,76 @@ fn preload_job(
             .filter(|e| e.name.starts_with("HF_"))
             .cloned(),
     );
-    Job {
-        metadata: v.owner.child_meta(preload_job_name(name, &run.checkpoint)),
+    let template = PodTemplateSpec {
+        metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            labels: Some(BTreeMap::from([
+                (meta::MANAGED_BY_LABEL.into(), meta::MANAGED_BY.into()),
+                (meta::MODEL_POOL_LABEL.into(), name.clone()),
+            ])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            restart_policy: Some("OnFailure".into()),
+            containers: vec![Container {
+                name: "preload".into(),
+                image: Some(settings.preload_image.clone()),
+                command: Some(vec![
+                    "python3".into(),
+                    "-c".into(),
+                    "import os; from huggingface_hub import snapshot_download; \
+                             snapshot_download(os.environ['MODEL_REPO'])"
+                        .into(),
+                ]),
+                env: Some(env),
+                resources: Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".into(), Quantity("500m".into())),
+                        ("memory".into(), Quantity("1Gi".into())),
+                    ])),
+                    ..ResourceRequirements::default()
+                }),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "models".into(),
+                    mount_path: MODELS_DIR.into(),
+                    ..VolumeMount::default()
+                }]),
+                // The default preload image is vLLM's, which runs as root.
+                security_context: Some(restricted_container(None)),
+                ..Container::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "models".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: cache_name(name),
+                    read_only: Some(false),
+                }),
+                ..Volume::default()
+            }]),
+            node_selector: (!node_selector.is_empty()).then_some(node_selector),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            automount_service_account_token: Some(false),
+            security_context: Some(restricted_pod(None)),
+            ..PodSpec::default()
+        }),
+    };
+    let template_hash = preload_template_hash(&template, &run.checkpoint);
+    let job_name = preload_job_name(name, &template_hash);
+    let job = Job {
+        metadata: v.owner.child_meta(job_name.clone()),
         spec: Some(JobSpec {
             backoff_limit: Some(6),
+            // The TTL keeps finished Jobs from piling up; `status.preload` remembers the
+            // completion, so the deletion does not start the download again.
             ttl_seconds_after_finished: Some(86_400),
-            template: PodTemplateSpec {
-                metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                    labels: Some(BTreeMap::from([
-                        (meta::MANAGED_BY_LABEL.into(), meta::MANAGED_BY.into()),
-                        (meta::MODEL_POOL_LABEL.into(), name.clone()),
-                    ])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("OnFailure".into()),
-                    containers: vec![Container {
-                        name: "preload".into(),
-                        image: Some(settings.preload_image.clone()),
-                        command: Some(vec![
-                            "python3".into(),
-                            "-c".into(),
-                            "import os; from huggingface_hub import snapshot_download; \
-                             snapshot_download(os.environ['MODEL_REPO'])"
-                                .into(),
-                        ]),
-                        env: Some(env),
-                        resources: Some(ResourceRequirements {
-                            requests: Some(BTreeMap::from([
-                                ("cpu".into(), Quantity("500m".into())),
-                                ("memory".into(), Quantity("1Gi".into())),
-                            ])),
-                            ..ResourceRequirements::default()
-                        }),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "models".into(),
-                            mount_path: MODELS_DIR.into(),
-                            ..VolumeMount::default()
-                        }]),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Capabilities::default()
-                            }),
-                            ..SecurityContext::default()
-                        }),
-                        ..Container::default()
-                    }],
-                    volumes: Some(vec![Volume {
-                        name: "models".into(),
-                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: cache_name(name),
-                            read_only: Some(false),
-                        }),
-                        ..Volume::default()
-                    }]),
-                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
-                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
-                    ..PodSpec::default()
-                }),
-            },
+            template,
             ..JobSpec::default()
         }),
         ..Job::default()
-    }
+    };
+    Some(Preload {
+        job,
+        job_name,
+        template_hash,
+        checkpoint: run.checkpoint.clone(),
+    })
 }

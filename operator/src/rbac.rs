@@ -22,7 +22,11 @@ pub struct Rule {
 ///
 /// Server-side apply creates missing objects through `patch`, and the API server authorizes
 /// such a patch as a `create` too (a real kube-apiserver answers 403 without it), so every
-/// child kind needs both. Children are never deleted by the operator: owner references let the garbage collector do it.
+/// child kind needs both.
+/// `get` on children reads a child the cache does not hold before the first apply, to leave
+/// an object of the same name that is not ours alone. Children are deleted by the garbage
+/// collector through their owner references; the one exception is preload Jobs of an older
+/// template, which the operator deletes itself (their pods would otherwise keep running).
 pub const RBAC_RULES: &[Rule] = &[
     Rule {
         api_group: "grokcast.io",
@@ -45,32 +49,33 @@ pub const RBAC_RULES: &[Rule] = &[
     Rule {
         api_group: "apps",
         resources: &["deployments"],
-        verbs: &["list", "watch", "create", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         why: "model server and agent Deployments",
     },
     Rule {
         api_group: "",
         resources: &["services", "configmaps", "persistentvolumeclaims"],
-        verbs: &["list", "watch", "create", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         why: "Services, agent config, weight caches",
     },
     Rule {
         api_group: "policy",
         resources: &["poddisruptionbudgets"],
-        verbs: &["list", "watch", "create", "patch"],
+        verbs: &["get", "list", "watch", "create", "patch"],
         why: "PodDisruptionBudgets",
     },
     Rule {
         api_group: "batch",
         resources: &["jobs"],
-        verbs: &["list", "watch", "create", "patch"],
-        why: "weight preload Jobs",
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        why: "weight preload Jobs; older templates' Jobs are deleted",
     },
     Rule {
         api_group: "",
         resources: &["secrets"],
-        verbs: &["get"],
-        why: "check that referenced Secrets and keys exist (values are never read into logs)",
+        verbs: &["get", "list", "watch"],
+        why: "check that referenced Secrets and keys exist, and notice new ones through a \
+              metadata-only watch (values are never logged or kept)",
     },
     Rule {
         api_group: "events.k8s.io",
@@ -87,14 +92,14 @@ pub const RBAC_RULES: &[Rule] = &[
     Rule {
         api_group: "monitoring.coreos.com",
         resources: &["servicemonitors"],
-        verbs: &["create", "patch"],
+        verbs: &["get", "create", "patch"],
         why: "ServiceMonitors for agents when the Prometheus Operator is installed",
     },
     Rule {
         api_group: "",
         resources: &["nodes"],
-        verbs: &["list"],
-        why: "the autoscaler counts allocatable GPUs per product",
+        verbs: &["list", "watch"],
+        why: "the autoscaler counts allocatable GPUs per product, from a watch",
     },
 ];
 
@@ -144,16 +149,21 @@ mod tests {
             ("policy", "poddisruptionbudgets"),
             ("batch", "jobs"),
         ] {
-            for verb in ["list", "watch", "create", "patch"] {
+            for verb in ["get", "list", "watch", "create", "patch"] {
                 assert!(allows(group, resource, verb), "{group}/{resource} {verb}");
             }
         }
         assert!(allows("monitoring.coreos.com", "servicemonitors", "patch"));
-        assert!(allows("", "secrets", "get"));
-        assert!(
-            !allows("", "secrets", "list"),
-            "Secrets are read one by one, never listed"
-        );
+        assert!(allows("monitoring.coreos.com", "servicemonitors", "create"));
+        assert!(allows("monitoring.coreos.com", "servicemonitors", "get"));
+        assert!(allows("batch", "jobs", "delete"), "older preload Jobs");
+        for verb in ["get", "list", "watch"] {
+            assert!(allows("", "secrets", verb), "Secret watch: {verb}");
+        }
+        for verb in ["patch", "update", "create", "delete"] {
+            assert!(!allows("", "secrets", verb), "Secrets are never written");
+        }
+        assert!(allows("", "nodes", "watch"), "the autoscaler's node cache");
         for verb in ["get", "create", "update"] {
             assert!(allows("coordination.k8s.io", "leases", verb));
         }
@@ -167,8 +177,8 @@ mod tests {
         for r in RBAC_RULES {
             assert!(!r.verbs.contains(&"*") && !r.resources.contains(&"*"));
             assert!(
-                !r.verbs.contains(&"delete"),
-                "{:?}: owner references delete children",
+                !r.verbs.contains(&"delete") || r.resources == ["jobs"],
+                "{:?}: owner references delete children; only old preload Jobs are deleted",
                 r.resources
             );
         }

@@ -11,6 +11,7 @@ use crate::autoscale;
 use crate::controller::{self, RunConfig};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::server_version;
 use crate::settings::BuildSettings;
 
 /// Choose rustls' ring provider for the whole process. Both ring (kube) and aws-lc-rs
@@ -46,6 +47,40 @@ pub enum RunError {
     /// The leader election task panicked or was aborted.
     #[error("leader election task failed: {0}")]
     LeaderTask(String),
+}
+
+/// Read the API server's version, log an error when it is older than the operator supports,
+/// and switch off what it would refuse (see [`server_version`]).
+async fn settings_for_server(client: &kube::Client, mut settings: BuildSettings) -> BuildSettings {
+    let version = match client.apiserver_version().await {
+        Ok(info) => {
+            let version = server_version::parse(&info);
+            if version.is_none() {
+                tracing::warn!(git_version = %info.git_version, "cannot parse the API server version; assuming a current one");
+            }
+            version
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the API server version; assuming a current one");
+            None
+        }
+    };
+    let features = server_version::features(version);
+    if let Some(v) = version {
+        if features.supported {
+            tracing::info!(version = %v, "Kubernetes API server");
+        } else {
+            tracing::error!(
+                version = %v,
+                minimum = %server_version::MINIMUM_SUPPORTED,
+                "Kubernetes {v} is older than the minimum the operator supports ({}); \
+                 running with features it lacks switched off (agent pods get no preStop sleep)",
+                server_version::MINIMUM_SUPPORTED
+            );
+        }
+    }
+    settings.pre_stop_sleep = settings.pre_stop_sleep && features.pre_stop_sleep;
+    settings
 }
 
 /// Run until `shutdown` is cancelled or leadership is lost. Only the leader starts the
@@ -135,6 +170,7 @@ pub async fn run(
         }
     };
 
+    let settings = settings_for_server(&client, config.settings.clone()).await;
     let mut wait_leader = leader_rx.clone();
     let is_leader = tokio::select! {
         r = wait_leader.wait_for(|l| *l) => r.is_ok(),
@@ -143,7 +179,7 @@ pub async fn run(
     if is_leader && !shutdown.is_cancelled() {
         tracing::info!(identity = %config.identity, "leading: starting controllers");
         let run_config = RunConfig {
-            settings: config.settings.clone(),
+            settings,
             namespaces: config.namespaces.clone(),
             instance: Some(config.identity.clone()),
         };

@@ -21,6 +21,9 @@ pub struct BuildSettings {
     pub agent_image: String,
     /// Whether the `monitoring.coreos.com/v1` ServiceMonitor kind exists in the cluster.
     pub service_monitors: bool,
+    /// Whether agent pods get a `preStop` `sleep` action, which API servers before 1.30
+    /// refuse (see [`crate::server_version`]).
+    pub pre_stop_sleep: bool,
 }
 
 impl Default for BuildSettings {
@@ -33,6 +36,7 @@ impl Default for BuildSettings {
             preload_image: "vllm/vllm-openai:v0.10.1.1".into(),
             agent_image: "ghcr.io/grokcast/grokcast-agent:0.1.0".into(),
             service_monitors: false,
+            pre_stop_sleep: true,
         }
     }
 }

@@ -1,9 +1,99 @@
-//! Condition bookkeeping, pure: merge desired conditions into the current list so that
-//! `lastTransitionTime` moves only when a status flips, and find the transitions that
-//! deserve an Event.
+//! Status bookkeeping, pure: merge desired conditions into the current list so that
+//! `lastTransitionTime` moves only when a status flips, find the transitions that deserve an
+//! Event, and carry the other operator-owned fields from one write to the next.
+//!
+//! Status is written by server-side apply, so a field left out of a write is removed. The
+//! field sets ([`PoolFields`], [`AgentFields`]) therefore start from what the status already
+//! says and each path overwrites only what it knows: a missing Secret or a dangling
+//! reference does not blank the selector `/scale` reads or the endpoint agents use.
 
-use grokcast_crds::condition;
+use grokcast_crds::{ModelPoolStatus, PreloadStatus, Role, VoiceAgentStatus, condition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde::Serialize;
+
+/// The operator-owned fields of a ModelPool's status besides conditions and
+/// observedGeneration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolFields {
+    /// Pods of the server Deployment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Pod selector, for `/scale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Resolved role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// In-cluster URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// GPUs the desired replicas request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpus_requested: Option<i32>,
+    /// The completed preload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preload: Option<PreloadStatus>,
+}
+
+impl PoolFields {
+    /// The fields as the status has them now.
+    pub fn from_status(s: &ModelPoolStatus) -> Self {
+        Self {
+            replicas: s.replicas,
+            ready_replicas: s.ready_replicas,
+            selector: s.selector.clone(),
+            role: s.role,
+            endpoint: s.endpoint.clone(),
+            gpus_requested: s.gpus_requested,
+            preload: s.preload.clone(),
+        }
+    }
+}
+
+/// The operator-owned fields of a VoiceAgent's status besides conditions and
+/// observedGeneration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentFields {
+    /// Agent pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready agent pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Pod selector, for `/scale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// In-cluster URL of the agent Service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The Twilio voice webhook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
+impl AgentFields {
+    /// The fields as the status has them now.
+    pub fn from_status(s: &VoiceAgentStatus) -> Self {
+        Self {
+            replicas: s.replicas,
+            ready_replicas: s.ready_replicas,
+            selector: s.selector.clone(),
+            endpoint: s.endpoint.clone(),
+            webhook_url: s.webhook_url.clone(),
+        }
+    }
+}
+
+/// A field set as the JSON object to merge into a status write.
+pub fn fields_json<T: Serialize>(fields: &T) -> serde_json::Value {
+    // Plain structs of strings and numbers: serialising cannot fail.
+    serde_json::to_value(fields).unwrap_or_else(|_| serde_json::json!({}))
+}
 
 /// A condition the operator wants to set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +188,25 @@ pub enum Transition {
         /// Detail.
         message: String,
     },
+}
+
+/// Replace the Ready, Progressing and Degraded conditions in `desired` with the ones for a
+/// problem (`reason`, `message`), keeping the others (ModelsReady), so every write still
+/// carries every condition type and none is left stale.
+pub fn with_problem(desired: Vec<Desired>, reason: &'static str, message: &str) -> Vec<Desired> {
+    desired
+        .into_iter()
+        .map(|d| match d.type_ {
+            condition::READY => Desired::no(condition::READY, reason, message),
+            condition::PROGRESSING => Desired::no(
+                condition::PROGRESSING,
+                reason,
+                "waiting for the problem to be fixed",
+            ),
+            condition::DEGRADED => Desired::yes(condition::DEGRADED, reason, message),
+            _ => d,
+        })
+        .collect()
 }
 
 /// Reasons for which Ready=False is normal progress, not something to warn about.
@@ -230,5 +339,54 @@ mod tests {
             Some(Transition::BecameReady)
         );
         assert_eq!(ready_transition(&ok, &ok), None);
+    }
+
+    #[test]
+    fn problems_replace_readiness_conditions_but_keep_the_others() {
+        let desired = vec![
+            Desired::yes(condition::READY, reason::AVAILABLE, "1/1"),
+            Desired::yes(condition::MODELS_READY, reason::MODELS_AVAILABLE, "ok"),
+            Desired::no(condition::PROGRESSING, reason::ROLLOUT_COMPLETE, "done"),
+            Desired::no(condition::DEGRADED, reason::HEALTHY, "fine"),
+        ];
+        let out = with_problem(desired, reason::NAME_CONFLICT, "Service x is not ours");
+        let types: Vec<_> = out.iter().map(|d| (d.type_, d.status, d.reason)).collect();
+        assert_eq!(
+            types,
+            vec![
+                (condition::READY, false, reason::NAME_CONFLICT),
+                (condition::MODELS_READY, true, reason::MODELS_AVAILABLE),
+                (condition::PROGRESSING, false, reason::NAME_CONFLICT),
+                (condition::DEGRADED, true, reason::NAME_CONFLICT),
+            ]
+        );
+        assert_eq!(out[0].message, "Service x is not ours");
+    }
+
+    #[test]
+    fn field_sets_start_from_the_status_so_problem_paths_keep_them() {
+        let current = grokcast_crds::ModelPoolStatus {
+            replicas: Some(2),
+            ready_replicas: Some(2),
+            selector: Some("app.kubernetes.io/instance=w".into()),
+            endpoint: Some("http://w.voice.svc:8000/v1".into()),
+            role: Some(Role::Stt),
+            gpus_requested: Some(2),
+            ..Default::default()
+        };
+        let fields = PoolFields::from_status(&current);
+        let json = fields_json(&fields);
+        assert_eq!(json["selector"], "app.kubernetes.io/instance=w");
+        assert_eq!(json["endpoint"], "http://w.voice.svc:8000/v1");
+        assert_eq!(json["replicas"], 2);
+        assert!(json.get("preload").is_none(), "absent fields are left out");
+        let agent = grokcast_crds::VoiceAgentStatus {
+            selector: Some("s".into()),
+            webhook_url: Some("https://x/twilio/voice".into()),
+            ..Default::default()
+        };
+        let json = fields_json(&AgentFields::from_status(&agent));
+        assert_eq!(json["selector"], "s");
+        assert_eq!(json["webhookUrl"], "https://x/twilio/voice");
     }
 }

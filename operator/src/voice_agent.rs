@@ -538,9 +538,12 @@ pub fn build(v: &ValidAgent<'_>, settings: &BuildSettings) -> Vec<Child> {
         // Not ready while draining or full, so Services stop sending it new calls.
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        lifecycle: Some(Lifecycle {
-            // Endpoints removal races SIGTERM; a short sleep lets load balancers stop routing
-            // new calls here before the agent starts draining live ones on SIGTERM.
+        // Endpoints removal races SIGTERM; a short sleep lets load balancers stop routing
+        // new calls here before the agent starts draining live ones on SIGTERM. API servers
+        // before 1.30 refuse the sleep action; there the pod goes without the hook: the
+        // agent still drains on SIGTERM (readiness fails, live calls finish), only calls
+        // routed in the moment before endpoints update may be refused.
+        lifecycle: settings.pre_stop_sleep.then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
                     seconds: PRE_STOP_SLEEP_SECONDS,

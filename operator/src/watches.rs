@@ -6,12 +6,13 @@
 //! - the children each controller owns, whose caches let the apply step skip children that
 //!   have not changed (see [`crate::last_applied`]) and read a Deployment's readiness without
 //!   a request;
-//! - ModelPools for VoiceAgents, triggering only when what an agent reads of a pool changes.
+//! - ModelPools for VoiceAgents, triggering only when what an agent reads of a pool changes;
+//! - Secrets, metadata only and uncached, triggering the resources that reference one.
 //!
 //! Memory is what matters here (the operator watches every child in the cluster): children
-//! are watched metadata-only, except Deployments, whose status is needed; every cached object
-//! loses its managedFields, and Deployments also lose their pod template, which is most of
-//! their size and which the operator never reads back.
+//! are watched metadata-only, except Deployments and Jobs, whose status is needed; every cached
+//! object loses its managedFields, and Deployments and Jobs also lose their pod template,
+//! which is most of their size and which the operator never reads back.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -21,7 +22,7 @@ use futures::{Stream, StreamExt, future};
 use grokcast_crds::ModelPool;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
@@ -52,6 +53,14 @@ pub fn slim_deployment(d: &mut Deployment) {
     }
 }
 
+/// A Job cut down to what the preload step reads: metadata and status (Complete, Failed).
+pub fn slim_job(j: &mut Job) {
+    strip_metadata(&mut j.metadata);
+    if let Some(spec) = j.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
 /// Caches of one controller's children, by kind. A kind the controller does not own stays
 /// `None`, and its children are always applied.
 #[derive(Clone, Default)]
@@ -66,8 +75,23 @@ pub struct ChildCaches {
     pub pod_disruption_budgets: Option<Store<PartialObjectMeta<PodDisruptionBudget>>>,
     /// PersistentVolumeClaims, metadata only.
     pub persistent_volume_claims: Option<Store<PartialObjectMeta<PersistentVolumeClaim>>>,
-    /// Jobs, metadata only.
-    pub jobs: Option<Store<PartialObjectMeta<Job>>>,
+    /// Jobs: status (preload completion), slimmed.
+    pub jobs: Option<Store<Job>>,
+}
+
+/// How long the apply step waits for a child cache's first list before deciding, by a read,
+/// whether a child it does not see is ours. Only the first reconciles after a start wait.
+const CACHE_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn wait_synced<K>(store: Option<&Store<K>>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    if let Some(store) = store {
+        // A watch that cannot list (RBAC, API down) must not stall reconciles for ever: after
+        // the wait the caller falls back to a read.
+        let _ = tokio::time::timeout(CACHE_SYNC_WAIT, store.wait_until_ready()).await;
+    }
 }
 
 fn cached_meta<K>(store: Option<&Store<K>>, ns: &str, name: &str) -> Option<ObjectMeta>
@@ -98,6 +122,62 @@ impl ChildCaches {
             // Not watched: the CRD may not exist, and it is one object per agent.
             Child::ServiceMonitor(_) => None,
         }
+    }
+
+    /// Whether children of `child`'s kind are cached at all.
+    pub fn caches(&self, child: &Child) -> bool {
+        match child {
+            Child::Deployment(_) => self.deployments.is_some(),
+            Child::ConfigMap(_) => self.config_maps.is_some(),
+            Child::Service(_) => self.services.is_some(),
+            Child::PodDisruptionBudget(_) => self.pod_disruption_budgets.is_some(),
+            Child::PersistentVolumeClaim(_) => self.persistent_volume_claims.is_some(),
+            Child::Job(_) => self.jobs.is_some(),
+            Child::ServiceMonitor(_) => false,
+        }
+    }
+
+    /// Wait (bounded) until the cache of `child`'s kind has listed once, so that a child
+    /// missing from it is really not there or not ours, rather than not yet seen.
+    pub async fn wait_synced(&self, child: &Child) {
+        match child {
+            Child::Deployment(_) => wait_synced(self.deployments.as_ref()).await,
+            Child::ConfigMap(_) => wait_synced(self.config_maps.as_ref()).await,
+            Child::Service(_) => wait_synced(self.services.as_ref()).await,
+            Child::PodDisruptionBudget(_) => {
+                wait_synced(self.pod_disruption_budgets.as_ref()).await
+            }
+            Child::PersistentVolumeClaim(_) => {
+                wait_synced(self.persistent_volume_claims.as_ref()).await;
+            }
+            Child::Job(_) => wait_synced(self.jobs.as_ref()).await,
+            Child::ServiceMonitor(_) => {}
+        }
+    }
+
+    /// The cached Job `name` in `ns`.
+    pub fn job(&self, ns: &str, name: &str) -> Option<Arc<Job>> {
+        self.jobs.as_ref()?.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// Names of the cached Jobs in `ns` labelled as children of ModelPool `pool`.
+    pub fn pool_jobs(&self, ns: &str, pool: &str) -> Vec<String> {
+        let Some(store) = self.jobs.as_ref() else {
+            return Vec::new();
+        };
+        store
+            .state()
+            .iter()
+            .filter(|j| j.metadata.namespace.as_deref() == Some(ns))
+            .filter(|j| {
+                j.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::meta::MODEL_POOL_LABEL))
+                    .is_some_and(|p| p == pool)
+            })
+            .filter_map(|j| j.metadata.name.clone())
+            .collect()
     }
 
     /// The cached Deployment `name` in `ns`.
@@ -145,35 +225,81 @@ where
         + Sync
         + 'static,
 {
+    owned::<PartialObjectMeta<K>>(api, config, applied, K::KIND, |o| {
+        strip_metadata(&mut o.metadata);
+    })
+}
+
+/// A watch of owned children of kind `K` kept whole but for what `slim` drops
+/// ([`slim_deployment`], [`slim_job`]): fills a cache and yields every touched child to
+/// trigger its owner.
+pub fn owned_objects<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    applied: Arc<LastApplied>,
+    slim: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    owned(api, config, applied, K::KIND, slim)
+}
+
+/// The watch behind [`owned_metadata`] and [`owned_objects`]: `slim` each object, cache it,
+/// forget the last-applied record of deleted ones, yield every touched one.
+fn owned<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    applied: Arc<LastApplied>,
+    kind: &'static str,
+    slim: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let (store, writer) = reflector::store();
-    let kind = <K as k8s_openapi::Resource>::KIND;
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut PartialObjectMeta<K>| strip_metadata(&mut o.metadata))
+        .modify(slim)
         .reflect(writer)
         .inspect(forget_deleted(applied, kind))
         .touched_objects();
     (store, without_errors(kind, stream))
 }
 
-/// A watch of owned Deployments, slimmed by [`slim_deployment`], that fills a cache and
-/// yields every touched Deployment to trigger its owner.
-pub fn owned_deployments(
-    api: Api<Deployment>,
-    config: watcher::Config,
-    applied: Arc<LastApplied>,
-) -> (
-    Store<Deployment>,
-    impl Stream<Item = Result<Deployment, watcher::Error>> + Send + 'static,
-) {
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
+/// A metadata-only watch of the Secrets in one scope, yielding a Secret when it is created,
+/// changed or deleted after the first list, so that a resource waiting for a missing Secret
+/// is reconciled within seconds of it appearing. Nothing is cached and no value is ever
+/// received: the server sends metadata only. The first list is not yielded: every resource
+/// is reconciled at start anyway.
+pub fn secrets(
+    api: Api<PartialObjectMeta<Secret>>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    // `Api<PartialObjectMeta<_>>` makes the list and watch requests metadata-only (kube's
+    // replacement for the deprecated `metadata_watcher`).
+    let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(slim_deployment)
-        .reflect(writer)
-        .inspect(forget_deleted(applied, "Deployment"))
-        .touched_objects();
-    (store, without_errors("Deployment", stream))
+        .filter_map(|event| {
+            future::ready(match event {
+                Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => Some(Ok(s)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+        });
+    without_errors("Secret", stream)
 }
 
 /// A watch of the custom resources of kind `K` (managedFields stripped) that fills the

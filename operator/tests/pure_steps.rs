@@ -699,3 +699,255 @@ fn render_rejects_malformed_documents_with_file_and_index() {
     assert!(err.starts_with("bad.yaml: document 2:"), "{err}");
     assert!(err.contains("tpu"), "{err}");
 }
+
+fn preload_job(children: &[Child]) -> Option<&k8s_openapi::api::batch::v1::Job> {
+    children.iter().find_map(|c| match c {
+        Child::Job(j) => Some(j.as_ref()),
+        _ => None,
+    })
+}
+
+fn preload_name(pool: &ModelPool) -> String {
+    preload_job(&build_pool(pool))
+        .and_then(|j| j.metadata.name.clone())
+        .expect("a preload Job")
+}
+
+/// Anything in the Job's immutable pod template must give the Job a new name, or the apply
+/// is refused with 422 and the pool is wedged.
+#[test]
+fn preload_job_name_follows_its_whole_template() {
+    let base: ModelPool = sample("gemma-27b.yaml");
+    let name = preload_name(&base);
+    assert!(name.starts_with("gemma-27b-preload-"), "{name}");
+    assert_eq!(name.len(), "gemma-27b-preload-".len() + 8);
+    assert_eq!(preload_name(&base), name, "stable for the same spec");
+
+    let mut selector = base.clone();
+    selector
+        .spec
+        .node_selector
+        .insert("zone".into(), "a".into());
+    let mut tolerations = base.clone();
+    tolerations
+        .spec
+        .tolerations
+        .push(k8s_openapi::api::core::v1::Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        });
+    let mut secret = base.clone();
+    secret.spec.hugging_face_token_secret_ref = Some(grokcast_crds::SecretKeyRef {
+        name: "other-hf".into(),
+        key: "token".into(),
+    });
+    let mut model = base.clone();
+    model.spec.model = "google/gemma-3-12b-it".into();
+    for (what, changed) in [
+        ("nodeSelector", &selector),
+        ("tolerations", &tolerations),
+        ("HF env", &secret),
+        ("checkpoint", &model),
+    ] {
+        assert_ne!(preload_name(changed), name, "{what} changes the template");
+    }
+    let settings = BuildSettings {
+        preload_image: "example.com/preload:2".into(),
+        ..BuildSettings::default()
+    };
+    let valid = model_pool::validate(&base, &settings).unwrap();
+    let other_image = preload_job(&model_pool::build(&valid, &settings))
+        .and_then(|j| j.metadata.name.clone())
+        .unwrap();
+    assert_ne!(other_image, name, "preload image changes the template");
+    // Deployment-only fields do not restart the preload.
+    let mut replicas = base.clone();
+    replicas.spec.replicas = 3;
+    assert_eq!(preload_name(&replicas), name);
+}
+
+/// The TTL controller deletes a finished Job after a day; the recorded completion keeps the
+/// operator from creating it again, and a new template starts a new preload.
+#[test]
+fn a_completed_preload_is_not_run_again() {
+    let mut pool: ModelPool = sample("gemma-27b.yaml");
+    let settings = BuildSettings::default();
+    let wanted = {
+        let valid = model_pool::validate(&pool, &settings).unwrap();
+        model_pool::preload_for(&valid, &settings).unwrap()
+    };
+    assert_eq!(wanted.job_name, preload_name(&pool));
+    assert_eq!(
+        wanted.checkpoint, "ISTA-DASLab/gemma-3-27b-it-GPTQ-4b-128g",
+        "the checkpoint vLLM loads"
+    );
+    let done = grokcast_crds::PreloadStatus {
+        job_name: wanted.job_name.clone(),
+        template_hash: wanted.template_hash.clone(),
+        checkpoint: wanted.checkpoint.clone(),
+        completed_at: None,
+    };
+    pool.status = Some(grokcast_crds::ModelPoolStatus {
+        preload: Some(done.clone()),
+        ..Default::default()
+    });
+    let children = build_pool(&pool);
+    assert!(preload_job(&children).is_none(), "recorded: no Job");
+    assert!(
+        children.iter().any(|c| c.kind() == "PersistentVolumeClaim"),
+        "the cache stays"
+    );
+    assert_eq!(
+        model_pool::preload_state(Some(&wanted), None, Some(&done)),
+        model_pool::PreloadState::Done
+    );
+    pool.spec.model = "google/gemma-3-12b-it".into();
+    assert!(
+        preload_job(&build_pool(&pool)).is_some(),
+        "a new checkpoint starts a new preload"
+    );
+}
+
+#[test]
+fn preload_state_reads_the_job_status() {
+    use k8s_openapi::api::batch::v1::Job;
+    let pool: ModelPool = sample("gemma-27b.yaml");
+    let settings = BuildSettings::default();
+    let valid = model_pool::validate(&pool, &settings).unwrap();
+    let wanted = model_pool::preload_for(&valid, &settings).unwrap();
+    let job = |conditions: serde_json::Value| -> Job {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": wanted.job_name},
+            "status": {"conditions": conditions, "completionTime": "2025-01-02T03:04:05Z"}
+        }))
+        .unwrap()
+    };
+    assert!(matches!(
+        model_pool::preload_state(Some(&wanted), None, None),
+        model_pool::PreloadState::Running { .. }
+    ));
+    let complete = job(serde_json::json!([{"type": "Complete", "status": "True"}]));
+    match model_pool::preload_state(Some(&wanted), Some(&complete), None) {
+        model_pool::PreloadState::Completed(s) => {
+            assert_eq!(s.job_name, wanted.job_name);
+            assert_eq!(s.template_hash, wanted.template_hash);
+            assert!(s.completed_at.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    let failed = job(serde_json::json!([{"type": "Failed", "status": "True",
+                                         "message": "Job has reached the specified backoff limit"}]));
+    assert!(matches!(
+        model_pool::preload_state(Some(&wanted), Some(&failed), None),
+        model_pool::PreloadState::Failed { message, .. } if message.contains("backoff limit")
+    ));
+    assert_eq!(
+        model_pool::preload_state(None, None, None),
+        model_pool::PreloadState::None
+    );
+}
+
+#[test]
+fn only_this_pools_older_preload_jobs_are_stale() {
+    let stale = model_pool::stale_preload_jobs(
+        "gemma",
+        Some("gemma-preload-0000aaaa"),
+        [
+            "gemma-preload-0000aaaa",
+            "gemma-preload-1111bbbb",
+            "gemma-big-preload-2222cccc",
+            "gemma-preload-x",
+        ],
+    );
+    assert_eq!(stale, ["gemma-preload-1111bbbb"]);
+    assert_eq!(
+        model_pool::stale_preload_jobs("gemma", None, ["gemma-preload-1111bbbb"]),
+        ["gemma-preload-1111bbbb"],
+        "preload switched off: every old Job goes"
+    );
+}
+
+/// Model-server and preload pods meet the restricted Pod Security profile as far as their
+/// images allow: vLLM's official image runs as root, so only it goes without runAsNonRoot.
+#[test]
+fn model_server_and_preload_pods_are_locked_down() {
+    for pool in pools() {
+        let children = build_pool(&pool);
+        let engine = pool.spec.engine;
+        let mut pods: Vec<&PodSpec> = vec![pod(deployment(&children))];
+        if let Some(job) = preload_job(&children) {
+            pods.push(job.spec.as_ref().unwrap().template.spec.as_ref().unwrap());
+        }
+        for (i, p) in pods.iter().enumerate() {
+            let what = format!("{engine:?} pod {i}");
+            assert_eq!(p.automount_service_account_token, Some(false), "{what}");
+            let psc = p.security_context.as_ref().expect("pod securityContext");
+            assert_eq!(
+                psc.seccomp_profile.as_ref().unwrap().type_,
+                "RuntimeDefault",
+                "{what}"
+            );
+            let c = &p.containers[0];
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}");
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..]),
+                "{what}"
+            );
+            assert_eq!(
+                sc.seccomp_profile.as_ref().unwrap().type_,
+                "RuntimeDefault",
+                "{what}"
+            );
+        }
+        let server = container(deployment(&children))
+            .security_context
+            .as_ref()
+            .unwrap();
+        match engine {
+            grokcast_crds::Engine::Whisper => {
+                assert_eq!(server.run_as_non_root, Some(true));
+                assert_eq!(server.run_as_user, Some(1000));
+            }
+            grokcast_crds::Engine::Vllm => assert_eq!(server.run_as_non_root, None),
+            _ => {}
+        }
+    }
+    let cpu: ModelPool = pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: tiny, namespace: voice}\n\
+         spec: {engine: grokcast, role: llm, model: gemma-270m, gpu: {count: 0}}\n",
+    );
+    let sc = container(deployment(&build_pool(&cpu)))
+        .security_context
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (sc.run_as_non_root, sc.run_as_user),
+        (Some(true), Some(65_532))
+    );
+}
+
+/// API servers before 1.30 refuse the preStop sleep action with a 500; there the agent pod
+/// goes without the hook and drains on SIGTERM alone.
+#[test]
+fn pre_stop_sleep_is_left_out_for_old_api_servers() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let old = BuildSettings {
+        pre_stop_sleep: false,
+        ..BuildSettings::default()
+    };
+    let children = build_agent(&agent, &pools(), &old).unwrap();
+    let d = deployment(&children);
+    assert!(container(d).lifecycle.is_none());
+    let yaml = serde_yaml::to_string(d).unwrap();
+    assert!(!yaml.contains("sleep"), "{yaml}");
+    assert!(
+        pod(d).termination_grace_period_seconds.unwrap() > 600,
+        "the drain still has its grace period"
+    );
+    let current = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap();
+    let lifecycle = container(deployment(&current)).lifecycle.clone().unwrap();
+    assert!(lifecycle.pre_stop.unwrap().sleep.is_some());
+}

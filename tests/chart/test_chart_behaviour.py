@@ -78,6 +78,32 @@ def test_watched_namespaces_get_role_bindings_and_no_cluster_wide_write_access()
     assert verbs <= {"get", "list", "watch"}
 
 
+def test_watched_namespaces_read_secrets_only_in_those_namespaces():
+    objs = render_objects({"operator": {"watchNamespaces": ["voice", "voice-staging"]}})
+    roles = [o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "grokcast"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["voice", "voice-staging"]
+    for role in roles:
+        secret_verbs = {v for rule in role["rules"] if "secrets" in rule["resources"]
+                        for v in rule["verbs"]}
+        assert secret_verbs == {"get", "list", "watch"}
+    bindings = [o for o in objs if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "grokcast"]
+    assert {b["roleRef"]["kind"] for b in bindings} == {"Role"}
+    # Nothing cluster-wide grants Secrets or any write: only the read-only node rules remain.
+    cluster_roles = [o for o in objs if o["kind"] == "ClusterRole"]
+    assert [r["metadata"]["name"] for r in cluster_roles] == ["grokcast-cluster"]
+    for role in cluster_roles:
+        for rule in role["rules"]:
+            assert "secrets" not in rule["resources"]
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}
+
+
+def test_cluster_wide_mode_keeps_one_cluster_role_for_the_namespaced_rules():
+    objs = render_objects()
+    names = sorted(o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRole")
+    assert names == ["grokcast", "grokcast-cluster"]
+    assert not [o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == "grokcast"]
+
+
 def test_every_binding_names_the_operator_service_account():
     objs = render_objects({"serviceAccount": {"name": "voice-operator"},
                            "operator": {"watchNamespaces": ["voice"]}})

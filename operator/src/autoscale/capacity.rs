@@ -1,26 +1,18 @@
 //! GPU capacity: how many GPUs of each product the cluster can still give a pool.
 //!
-//! Counting is pure (nodes and pools in, grants out); [`read_nodes`] is the small reader that
-//! turns the cluster's Nodes into [`GpuNode`]s.
+//! Counting is pure (nodes and pools in, grants out); [`gpu_nodes`] turns the cluster's Nodes
+//! (the autoscaler's node cache, slimmed by [`slim_node`]) into [`GpuNode`]s.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The node label GPU feature discovery sets to the GPU model, e.g. `NVIDIA-A100-SXM4-80GB`.
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// The extended resource the NVIDIA device plugin advertises.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
-
-/// Errors reading GPU capacity from the cluster.
-#[derive(Debug, thiserror::Error)]
-pub enum CapacityError {
-    /// Listing Nodes failed (often RBAC: the operator needs `list` on nodes).
-    #[error("listing nodes for GPU capacity: {0}")]
-    ListNodes(#[source] kube::Error),
-}
 
 /// One node's GPUs, as the capacity count sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,45 +28,66 @@ pub struct GpuNode {
 impl GpuNode {
     /// Reads the GPU facts of a Node object.
     pub fn from_node(node: &Node) -> GpuNode {
-        let product = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(GPU_PRODUCT_LABEL))
-            .cloned();
-        let allocatable = node
-            .status
-            .as_ref()
-            .and_then(|s| s.allocatable.as_ref())
-            .and_then(|a| a.get(GPU_RESOURCE))
+        let allocatable = allocatable_gpus(node)
             .and_then(|q| q.0.trim().parse::<u32>().ok())
             .unwrap_or(0);
-        let schedulable = !node
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false);
         GpuNode {
-            product,
+            product: product_label(node).cloned(),
             allocatable,
-            schedulable,
+            schedulable: !unschedulable(node).unwrap_or(false),
         }
     }
 }
 
-/// Lists the cluster's nodes that have GPUs.
-pub async fn read_nodes(client: kube::Client) -> Result<Vec<GpuNode>, CapacityError> {
-    let nodes: Api<Node> = Api::all(client);
-    let list = nodes
-        .list(&ListParams::default())
-        .await
-        .map_err(CapacityError::ListNodes)?;
-    Ok(list
-        .items
-        .iter()
+fn product_label(node: &Node) -> Option<&String> {
+    node.metadata.labels.as_ref()?.get(GPU_PRODUCT_LABEL)
+}
+
+fn allocatable_gpus(node: &Node) -> Option<&Quantity> {
+    node.status
+        .as_ref()?
+        .allocatable
+        .as_ref()?
+        .get(GPU_RESOURCE)
+}
+
+fn unschedulable(node: &Node) -> Option<bool> {
+    node.spec.as_ref()?.unschedulable
+}
+
+/// A Node cut down to what [`GpuNode::from_node`] reads (name, resourceVersion, the product
+/// label, allocatable GPUs, cordon), for the autoscaler's node cache: a full Node carries
+/// its image list and conditions, most of its size.
+pub fn slim_node(node: &mut Node) {
+    let product = product_label(node).cloned();
+    let gpus = allocatable_gpus(node).cloned();
+    let unschedulable = unschedulable(node);
+    *node = Node {
+        metadata: ObjectMeta {
+            name: node.metadata.name.take(),
+            uid: node.metadata.uid.take(),
+            resource_version: node.metadata.resource_version.take(),
+            labels: product.map(|p| BTreeMap::from([(GPU_PRODUCT_LABEL.to_string(), p)])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            unschedulable,
+            ..NodeSpec::default()
+        }),
+        status: Some(NodeStatus {
+            allocatable: gpus.map(|q| BTreeMap::from([(GPU_RESOURCE.to_string(), q)])),
+            ..NodeStatus::default()
+        }),
+    };
+}
+
+/// The nodes that have GPUs.
+pub fn gpu_nodes<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<GpuNode> {
+    nodes
+        .into_iter()
         .map(GpuNode::from_node)
         .filter(|n| n.allocatable > 0)
-        .collect())
+        .collect()
 }
 
 /// Allocatable GPUs by product on schedulable nodes.
@@ -334,5 +347,26 @@ mod tests {
         let bare: Node =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "cpu"}})).unwrap();
         assert_eq!(GpuNode::from_node(&bare).allocatable, 0);
+    }
+
+    #[test]
+    fn slim_nodes_keep_exactly_the_gpu_facts() {
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "gpu-1", "resourceVersion": "7",
+                         "labels": {GPU_PRODUCT_LABEL: "NVIDIA-A100-SXM4-80GB", "zone": "a"}},
+            "spec": {"unschedulable": true, "podCIDR": "10.0.0.0/24"},
+            "status": {"allocatable": {GPU_RESOURCE: "8", "cpu": "96"},
+                       "images": [{"names": ["big"], "sizeBytes": 1}]}
+        }))
+        .unwrap();
+        let before = GpuNode::from_node(&node);
+        slim_node(&mut node);
+        assert_eq!(GpuNode::from_node(&node), before);
+        assert_eq!(node.metadata.resource_version.as_deref(), Some("7"));
+        let status = node.status.as_ref().unwrap();
+        assert!(status.images.is_none());
+        assert_eq!(status.allocatable.as_ref().unwrap().len(), 1);
+        assert_eq!(node.metadata.labels.as_ref().unwrap().len(), 1);
+        assert_eq!(gpu_nodes([&node]).len(), 1);
     }
 }

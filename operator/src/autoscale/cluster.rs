@@ -1,17 +1,28 @@
 //! The autoscaler loop against a cluster: read VoiceAgents, ModelPools and Nodes, query
 //! Prometheus, decide with [`Autoscaler`], then write `/scale` and status as the leader.
+//!
+//! The objects come from reflector caches (watches started when this replica first leads),
+//! not from a LIST of everything every period. Writes happen only when something a user
+//! can see changes: `/scale` when the replica count does, status when any field the
+//! autoscaler owns does, apart from `sampledAt` and `lastTransitionTime` (see
+//! [`status_changed`]). `sampledAt` is therefore the time of the sample the written figures
+//! come from, refreshed together with them, not the time of the last evaluation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use grokcast_crds::{
     AUTOSCALER_FIELD_MANAGER, ModelPool, VoiceAgent, condition, condition::reason,
 };
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
@@ -41,12 +52,8 @@ pub enum AutoscaleError {
 /// Errors within one period (logged, never fatal).
 #[derive(Debug, thiserror::Error)]
 enum PeriodError {
-    #[error("listing {kind}: {source}")]
-    List {
-        kind: &'static str,
-        #[source]
-        source: kube::Error,
-    },
+    #[error("the {kind} cache has not listed yet")]
+    NotSynced { kind: &'static str },
     #[error("writing {what} of {kind} {key}: {source}")]
     Write {
         what: &'static str,
@@ -122,6 +129,8 @@ pub async fn run(
         capacity_limited: HashMap::new(),
         metrics,
         config: Arc::new(config),
+        caches: None,
+        shutdown: shutdown.clone(),
     };
     let mut ticker = tokio::time::interval(state.config.behaviour.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,6 +168,110 @@ struct LoopState {
     capacity_limited: HashMap<String, u32>,
     metrics: Option<AutoscalerMetrics>,
     config: Arc<AutoscalerConfig>,
+    /// Started when this replica first leads: a standby holds no copy of the cluster.
+    caches: Option<Caches>,
+    shutdown: CancellationToken,
+}
+
+/// The autoscaler's copy of the objects it reads each period, kept by watches.
+struct Caches {
+    agents: Vec<Store<VoiceAgent>>,
+    pools: Vec<Store<ModelPool>>,
+    nodes: Store<Node>,
+}
+
+/// How long a period waits for a cache's first list before it is skipped: deciding on an
+/// empty node cache would report every GPU pool CapacityLimited.
+const CACHE_SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// Watch `api` into a new store until `shutdown`, with managedFields and whatever `slim`
+/// drops left out of the cache.
+fn cache<K>(api: Api<K>, slim: fn(&mut K), shutdown: &CancellationToken) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(move |o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            slim(o);
+        })
+        .reflect(writer)
+        .for_each(|event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = K::kind(&()).as_ref(), "autoscaler watch failed; it retries after a backoff");
+            }
+            futures::future::ready(())
+        });
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = stream => {}
+        }
+    });
+    store
+}
+
+fn keep<K>(_: &mut K) {}
+
+impl Caches {
+    fn start(client: &kube::Client, namespaces: &[String], shutdown: &CancellationToken) -> Self {
+        let scoped = |ns: Option<&String>| -> (Api<VoiceAgent>, Api<ModelPool>) {
+            match ns {
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+                None => (Api::all(client.clone()), Api::all(client.clone())),
+            }
+        };
+        let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().map(Some).collect()
+        };
+        let mut caches = Caches {
+            agents: Vec::new(),
+            pools: Vec::new(),
+            nodes: cache(Api::all(client.clone()), capacity::slim_node, shutdown),
+        };
+        for ns in scopes {
+            let (agents, pools) = scoped(ns);
+            caches.agents.push(cache(agents, keep, shutdown));
+            caches.pools.push(cache(pools, keep, shutdown));
+        }
+        caches
+    }
+}
+
+async fn synced<K>(store: &Store<K>, kind: &'static str) -> Result<(), PeriodError>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    match tokio::time::timeout(CACHE_SYNC_WAIT, store.wait_until_ready()).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(PeriodError::NotSynced { kind }),
+    }
+}
+
+async fn cached<K>(stores: &[Store<K>], kind: &'static str) -> Result<Vec<K>, PeriodError>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let mut items = Vec::new();
+    for store in stores {
+        synced(store, kind).await?;
+        items.extend(store.state().iter().map(|o| o.as_ref().clone()));
+    }
+    Ok(items)
 }
 
 /// What the writer needs beyond the plan: the objects as read.
@@ -217,41 +330,19 @@ impl LoopState {
         }
     }
 
-    async fn list<K>(&self, kind: &'static str) -> Result<Vec<K>, PeriodError>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
-        let list_error = |source| PeriodError::List { kind, source };
-        if self.config.namespaces.is_empty() {
-            let api: Api<K> = Api::all(self.client.clone());
-            return Ok(api
-                .list(&ListParams::default())
-                .await
-                .map_err(list_error)?
-                .items);
-        }
-        let mut items = Vec::new();
-        for namespace in &self.config.namespaces {
-            let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-            items.extend(
-                api.list(&ListParams::default())
-                    .await
-                    .map_err(list_error)?
-                    .items,
-            );
-        }
-        Ok(items)
-    }
-
-    async fn read(&self) -> Result<(Snapshot, Observed), PeriodError> {
-        let agents: Vec<VoiceAgent> = self.list("VoiceAgents").await?;
-        let pools: Vec<ModelPool> = self.list("ModelPools").await?;
-        let inventory = match capacity::read_nodes(self.client.clone()).await {
-            Ok(nodes) => Some(GpuInventory::from_nodes(&nodes)),
+    async fn read(&mut self) -> Result<(Snapshot, Observed), PeriodError> {
+        let caches = self.caches.get_or_insert_with(|| {
+            Caches::start(&self.client, &self.config.namespaces, &self.shutdown)
+        });
+        let agents: Vec<VoiceAgent> = cached(&caches.agents, "VoiceAgent").await?;
+        let pools: Vec<ModelPool> = cached(&caches.pools, "ModelPool").await?;
+        let inventory = match synced(&caches.nodes, "Node").await {
+            Ok(()) => {
+                let nodes = caches.nodes.state();
+                Some(GpuInventory::from_nodes(&capacity::gpu_nodes(
+                    nodes.iter().map(|n| n.as_ref()),
+                )))
+            }
             Err(error) => {
                 tracing::warn!(%error, "GPU capacity unknown; pool growth is not capped this period");
                 None
@@ -393,7 +484,7 @@ impl LoopState {
                 "conditions": [slo_condition(plan, input, failure.as_ref(), agent, observed)],
             }
         });
-        apply_status(&api, &name, strip_nulls(status))
+        write_status_if_changed(&api, &name, agent.status.as_ref(), strip_nulls(status))
             .await
             .map_err(|e| write_error("status", e))
     }
@@ -507,7 +598,7 @@ impl LoopState {
                 )],
             }
         });
-        apply_status(&api, &name, strip_nulls(status))
+        write_status_if_changed(&api, &name, pool.status.as_ref(), strip_nulls(status))
             .await
             .map_err(|e| write_error("status", e))
     }
@@ -884,9 +975,96 @@ where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let patch = json!({"spec": {"replicas": to_i32(replicas)}});
-    api.patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch_scale(name, &scale_params(), &Patch::Merge(&patch))
         .await
         .map(|_| ())
+}
+
+/// `/scale` writes carry the autoscaler's own field manager, so `managedFields` shows who
+/// set `spec.replicas` and a GitOps tool can tell the autoscaler's writes from a user's.
+fn scale_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(AUTOSCALER_FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// The fields of `status` the autoscaler owns, as a user sees them: `sampledAt` and the
+/// conditions' `lastTransitionTime` left out, conditions only of the autoscaler's types.
+fn visible(status: &serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for key in ["activeCalls", "autoscaling"] {
+        if let Some(v) = status.get(key) {
+            let mut v = v.clone();
+            if let Some(a) = v.as_object_mut() {
+                a.remove("sampledAt");
+            }
+            out.insert(key.into(), v);
+        }
+    }
+    let conditions: Vec<serde_json::Value> = status
+        .get("conditions")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            c.get("type")
+                .and_then(|t| t.as_str())
+                .is_some_and(|t| condition::AUTOSCALER_OWNED.contains(&t))
+        })
+        .map(|c| {
+            let mut c = c.clone();
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastTransitionTime");
+            }
+            c
+        })
+        .collect();
+    out.insert("conditions".into(), conditions.into());
+    serde_json::Value::Object(out)
+}
+
+/// Whether applying `desired` (the autoscaler's status body, nulls stripped) would change
+/// anything a user can see in `current` (the object's status as cached), pure. Without this
+/// every period wrote every object (a fresh `sampledAt` each time), about 67 writes a second
+/// at 1,000 agents on a 15 s period.
+pub fn status_changed<S: serde::Serialize>(
+    current: Option<&S>,
+    desired: &serde_json::Value,
+) -> bool {
+    let current = current
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_else(|| json!({}));
+    let want = visible(&desired["status"]);
+    let mut have = visible(&current);
+    // Only the condition types this write carries: CapacityLimited on a pool, SLOMet on an agent.
+    let types: Vec<serde_json::Value> = want["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("type").cloned())
+        .collect();
+    if let Some(c) = have["conditions"].as_array_mut() {
+        c.retain(|c| c.get("type").is_some_and(|t| types.contains(t)));
+    }
+    have != want
+}
+
+/// Apply `status` unless it changes nothing a user can see in `current`.
+async fn write_status_if_changed<K, S>(
+    api: &Api<K>,
+    name: &str,
+    current: Option<&S>,
+    status: serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    if !status_changed(current, &status) {
+        return Ok(());
+    }
+    apply_status(api, name, status).await
 }
 
 async fn apply_status<K>(
@@ -965,6 +1143,87 @@ mod tests {
             &t1,
         );
         assert_eq!(flipped.last_transition_time, t1);
+    }
+
+    fn agent_status(p95: f64, sampled: i64, transition: i64, message: &str) -> serde_json::Value {
+        let at = |s| Time(Timestamp::from_second(s).unwrap());
+        strip_nulls(json!({
+            "apiVersion": "grokcast.io/v1alpha1",
+            "kind": "VoiceAgent",
+            "status": {
+                "activeCalls": 12,
+                "autoscaling": {
+                    "turnLatencyP95Ms": p95,
+                    "sampledAt": at(sampled),
+                    "desiredReplicas": 3,
+                    "gpusMissing": null,
+                },
+                "conditions": [{
+                    "type": "SLOMet", "status": "True", "reason": "WithinSLO",
+                    "message": message, "observedGeneration": 2,
+                    "lastTransitionTime": at(transition),
+                }],
+            }
+        }))
+    }
+
+    fn as_current(body: &serde_json::Value) -> grokcast_crds::VoiceAgentStatus {
+        let mut status: grokcast_crds::VoiceAgentStatus =
+            serde_json::from_value(body["status"].clone()).unwrap();
+        // Fields of the operator's that the autoscaler never writes.
+        status.replicas = Some(3);
+        status.conditions.push(Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Available".into(),
+            message: "3/3".into(),
+            observed_generation: Some(2),
+            last_transition_time: Time(Timestamp::from_second(5).unwrap()),
+        });
+        status
+    }
+
+    #[test]
+    fn status_is_written_only_when_a_user_visible_field_changes() {
+        let written = agent_status(412.3, 100, 50, "ok");
+        let current = as_current(&written);
+        assert!(status_changed(
+            None::<&grokcast_crds::VoiceAgentStatus>,
+            &written
+        ));
+        assert!(
+            !status_changed(Some(&current), &agent_status(412.3, 115, 50, "ok")),
+            "only sampledAt moved"
+        );
+        assert!(
+            !status_changed(Some(&current), &agent_status(412.3, 115, 60, "ok")),
+            "only lastTransitionTime differs"
+        );
+        assert!(status_changed(
+            Some(&current),
+            &agent_status(420.0, 115, 50, "ok")
+        ));
+        assert!(status_changed(
+            Some(&current),
+            &agent_status(412.3, 115, 50, "other")
+        ));
+        let mut dropped = agent_status(412.3, 115, 50, "ok");
+        dropped["status"]
+            .as_object_mut()
+            .unwrap()
+            .remove("activeCalls");
+        assert!(
+            status_changed(Some(&current), &dropped),
+            "a field the apply would remove is a change"
+        );
+    }
+
+    #[test]
+    fn scale_writes_carry_the_autoscaler_field_manager() {
+        assert_eq!(
+            scale_params().field_manager.as_deref(),
+            Some(AUTOSCALER_FIELD_MANAGER)
+        );
     }
 
     #[test]
