@@ -5,7 +5,8 @@
 # Extra arguments go to `grokcast-agent demo`, e.g. --say "Do you deliver on Sundays?".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install.sh
+# The demo needs neither the test runner nor the test cluster's Kubernetes parts.
+./scripts/install.sh --skip-cluster --skip-nextest
 # Shares the build with scripts/test.sh (an explicit CARGO_TARGET_DIR wins).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/grokcast/target}"
 # The dev profile builds dependencies at opt-level 2 and shares the test build.

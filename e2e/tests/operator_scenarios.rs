@@ -16,6 +16,7 @@ use grokcast_operator::metrics::Metrics;
 use grokcast_operator::run::{CancellationToken, OperatorConfig};
 use grokcast_operator::settings::BuildSettings;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -696,4 +697,304 @@ async fn with_two_replicas_only_the_leader_writes() {
     .await;
     assert!(reconciles(&b.metrics) > 0);
     b.stop().await;
+}
+
+// ---- Scenarios only a real control plane shows (each failed on the operator before the
+// ---- fixes it names).
+
+async fn pool_condition(h: &Harness, name: &str, type_: &str) -> Option<(String, String, String)> {
+    let p = h.pools().get_opt(name).await.ok()??;
+    let c = p
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn preload_jobs(h: &Harness, pool: &str) -> Vec<Job> {
+    let jobs: Api<Job> = Api::namespaced(h.client(), h.ns());
+    jobs.list(&ListParams::default())
+        .await
+        .expect("jobs")
+        .items
+        .into_iter()
+        .filter(|j| j.name_any().starts_with(&format!("{pool}-preload-")))
+        .collect()
+}
+
+/// A ModelPool named like a Service the user already has: the operator must not adopt it
+/// (it used to force-apply and add its ownerReference, so deleting the pool deleted the
+/// user's Service).
+#[tokio::test]
+async fn a_child_name_taken_by_a_foreign_object_is_a_name_conflict_not_a_takeover() {
+    let h = Harness::start().await;
+    let services: Api<Service> = Api::namespaced(h.client(), h.ns());
+    let foreign: Service = serde_json::from_value(json!({
+        "metadata": {"name": "whisper-v3", "labels": {"team": "speech"}},
+        "spec": {"ports": [{"port": 9999}], "selector": {"app": "theirs"}},
+    }))
+    .unwrap();
+    let before = services
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("the user's Service");
+    let op = h.operator("op-a", false);
+    h.apply_pool(&h.pool("whisper.yaml")).await;
+    let (_, _, message) = eventually("whisper-v3 Ready=False (NameConflict)", || async {
+        let c = pool_condition(&h, "whisper-v3", condition::READY).await?;
+        (c.0 == "False" && c.1 == condition::reason::NAME_CONFLICT).then_some(c)
+    })
+    .await;
+    assert!(message.contains("Service whisper-v3"), "{message}");
+    eventually("one NameConflict Event", || async {
+        (h.events_for("whisper-v3", condition::reason::NAME_CONFLICT)
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let now = services.get("whisper-v3").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert!(now.metadata.owner_references.unwrap_or_default().is_empty());
+
+    // Deleting the pool leaves the user's Service alone, through the real garbage collector.
+    h.pools()
+        .delete("whisper-v3", &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    eventually("the pool gone", || async {
+        h.pools()
+            .get_opt("whisper-v3")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = services
+        .get("whisper-v3")
+        .await
+        .expect("the Service survives");
+    assert_eq!(kept.metadata.uid, before.metadata.uid);
+    op.stop().await;
+}
+
+/// A change to the preload Job's template (here the pool's tolerations) used to be applied
+/// to the existing Job, whose template is immutable: a 422 that blocked the Deployment
+/// update and left no condition. Now a new Job replaces the old one and the Deployment
+/// follows. A completed preload whose Job is gone (the TTL controller's work) is not run
+/// again; a new checkpoint is.
+#[tokio::test]
+async fn preload_jobs_follow_their_template_and_never_run_again_once_done() {
+    let h = Harness::start().await;
+    let op = h.operator("op-a", false);
+    h.apply_pool(&h.pool("gemma-27b.yaml")).await;
+    let first = eventually("the preload recorded in status", || async {
+        let p = h.pools().get_opt("gemma-27b").await.ok()??;
+        p.status?.preload.map(|s| s.job_name)
+    })
+    .await;
+
+    let mut moved = h.pool("gemma-27b.yaml");
+    moved.spec.tolerations = vec![
+        serde_json::from_value(json!({
+            "key": "example.com/gpu-team", "operator": "Exists", "effect": "NoSchedule",
+        }))
+        .unwrap(),
+    ];
+    h.apply_pool(&moved).await;
+    let second = eventually("a new preload Job for the new template", || async {
+        let names: Vec<String> = preload_jobs(&h, "gemma-27b")
+            .await
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        names.into_iter().find(|n| *n != first)
+    })
+    .await;
+    eventually("the Deployment has the new toleration", || async {
+        let d = h.deployments().get("gemma-27b").await.ok()?;
+        d.spec?
+            .template
+            .spec?
+            .tolerations?
+            .iter()
+            .any(|t| t.key.as_deref() == Some("example.com/gpu-team"))
+            .then_some(())
+    })
+    .await;
+    eventually("the old Job deleted", || async {
+        let names: Vec<String> = preload_jobs(&h, "gemma-27b")
+            .await
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        (!names.contains(&first)).then_some(())
+    })
+    .await;
+    assert!(
+        pool_condition(&h, "gemma-27b", condition::READY)
+            .await
+            .is_none_or(|c| c.1 != condition::reason::APPLY_FAILED)
+    );
+
+    // The new preload completes; its Job then goes, as after ttlSecondsAfterFinished.
+    eventually("the new preload recorded", || async {
+        let p = h.pools().get_opt("gemma-27b").await.ok()??;
+        (p.status?.preload?.job_name == second).then_some(())
+    })
+    .await;
+    let jobs: Api<Job> = Api::namespaced(h.client(), h.ns());
+    jobs.delete(&second, &DeleteParams::background())
+        .await
+        .expect("delete the finished Job");
+    eventually("the finished Job gone", || async {
+        preload_jobs(&h, "gemma-27b").await.is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        preload_jobs(&h, "gemma-27b").await.is_empty(),
+        "a completed preload is never re-run"
+    );
+
+    // A new checkpoint is a new preload.
+    let mut newer = moved.clone();
+    newer.spec.model = "google/gemma-3-12b-it".into();
+    h.apply_pool(&newer).await;
+    eventually("a preload Job for the new checkpoint", || async {
+        (!preload_jobs(&h, "gemma-27b").await.is_empty()).then_some(())
+    })
+    .await;
+    op.stop().await;
+}
+
+/// A missing Secret used to blank status (selector, endpoint, webhookUrl, replicas: /scale
+/// reads its selector there) and was noticed again only by a 30 s poll.
+#[tokio::test]
+async fn a_missing_secret_keeps_the_status_that_stays_true_and_its_return_is_seen_at_once() {
+    let h = Harness::start().await;
+    let op = h.operator("op-a", false);
+    h.apply_samples().await;
+    h.wait_agent("receptionist", "True", condition::reason::AVAILABLE)
+        .await;
+    let ready = h
+        .agents()
+        .get("receptionist")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(h.client(), h.ns());
+    secrets
+        .delete("twilio", &DeleteParams::default())
+        .await
+        .expect("delete secret");
+    // A spec change makes the operator look at the Secret again.
+    let mut changed = h.agent_from(&sample_text("receptionist.yaml"));
+    changed.spec.persona.greeting = "Harbor Dental, how can I help?".into();
+    h.apply_agent(&changed).await.expect("apply");
+    h.wait_agent("receptionist", "False", condition::reason::SECRET_NOT_FOUND)
+        .await;
+    let st = h
+        .agents()
+        .get("receptionist")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.selector, ready.selector);
+    assert_eq!(st.endpoint, ready.endpoint);
+    assert_eq!(st.webhook_url, ready.webhook_url);
+    assert!(st.replicas.is_some());
+    let scale = h.agents().get_scale("receptionist").await.unwrap();
+    assert!(
+        scale.status.and_then(|s| s.selector).is_some(),
+        "/scale keeps its selector"
+    );
+
+    let s: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "twilio"}, "stringData": {"authToken": "x"}}),
+    )
+    .unwrap();
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    // Watched, not polled every 30 s.
+    eventually_within(
+        "Ready again within seconds",
+        Duration::from_secs(10),
+        || async {
+            let (s, ..) = h.agent_condition("receptionist", condition::READY).await?;
+            (s == "True").then_some(())
+        },
+    )
+    .await;
+    op.stop().await;
+}
+
+/// A rollout whose new pods take seconds to be Ready (kwok's slow pool): Progressing says so
+/// while it lasts, Ready stays true because enough replicas serve, and it ends complete.
+#[tokio::test]
+async fn a_slow_rollout_is_progressing_while_the_agent_stays_ready() {
+    let h = Harness::start().await;
+    let op = h.operator("op-a", false);
+    for f in ["gemma-27b.yaml", "whisper.yaml", "csm.yaml"] {
+        h.apply_pool(&h.pool(f)).await;
+    }
+    let mut agent = h.agent_from(&sample_text("receptionist.yaml"));
+    agent.spec.node_selector.insert(
+        grokcast_e2e::cluster::SLOW_POOL_LABEL.into(),
+        grokcast_e2e::cluster::SLOW_POOL.into(),
+    );
+    agent.spec.tolerations = vec![
+        serde_json::from_value(json!({
+            "key": grokcast_e2e::cluster::SLOW_POOL_LABEL,
+            "operator": "Exists",
+            "effect": "NoSchedule",
+        }))
+        .unwrap(),
+    ];
+    h.apply_agent(&agent).await.expect("apply");
+    h.wait_agent("receptionist", "True", condition::reason::AVAILABLE)
+        .await;
+    eventually("rollout complete", || async {
+        let (s, r, _) = h
+            .agent_condition("receptionist", condition::PROGRESSING)
+            .await?;
+        (s == "False" && r == condition::reason::ROLLOUT_COMPLETE).then_some(())
+    })
+    .await;
+
+    agent.spec.persona.greeting = "Harbor Dental, good day.".into();
+    h.apply_agent(&agent).await.expect("apply the change");
+    let (_, _, message) = eventually("Progressing=True (RollingOut)", || async {
+        let c = h
+            .agent_condition("receptionist", condition::PROGRESSING)
+            .await?;
+        (c.0 == "True" && c.1 == condition::reason::ROLLING_OUT).then_some(c)
+    })
+    .await;
+    assert!(message.contains("replicas"), "{message}");
+    let (ready, ..) = h
+        .agent_condition("receptionist", condition::READY)
+        .await
+        .unwrap();
+    assert_eq!(ready, "True", "old pods keep serving during the rollout");
+    eventually("rollout complete again", || async {
+        let (s, r, _) = h
+            .agent_condition("receptionist", condition::PROGRESSING)
+            .await?;
+        (s == "False" && r == condition::reason::ROLLOUT_COMPLETE).then_some(())
+    })
+    .await;
+    let (ready, ..) = h
+        .agent_condition("receptionist", condition::READY)
+        .await
+        .unwrap();
+    assert_eq!(ready, "True");
+    op.stop().await;
 }

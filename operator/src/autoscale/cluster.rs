@@ -155,6 +155,9 @@ pub async fn run(
             () = shutdown.cancelled() => return Ok(()),
             () = state.period(now, &leader) => {}
         }
+        if let Some(m) = &state.metrics {
+            m.evaluations.inc();
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The autoscaler's own metrics: what it decided, what it held, and GPUs per pool. The Grafana
 //! dashboard draws replicas and GPUs from these, so it needs no kube-state-metrics.
 
-use ::prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use ::prometheus::{GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
 
 use super::decide::HoldReason;
 use super::plan::{Plan, Snapshot};
@@ -21,6 +21,10 @@ pub struct AutoscalerMetrics {
     pub scale_events: IntCounterVec,
     /// `grokcast_autoscaler_holds_total{reason}`: objects held for unusable metrics.
     pub holds: IntCounterVec,
+    /// `grokcast_autoscaler_evaluations_total`: periods this replica ran as leader. Status
+    /// is written only when something visible changes, so this, not a timestamp, shows the
+    /// loop is alive.
+    pub evaluations: IntCounter,
 }
 
 impl AutoscalerMetrics {
@@ -63,6 +67,10 @@ impl AutoscalerMetrics {
                 ),
                 &["reason"],
             )?,
+            evaluations: IntCounter::new(
+                "grokcast_autoscaler_evaluations_total",
+                "Autoscaler periods run by the leader",
+            )?,
         };
         registry.register(Box::new(metrics.replicas.clone()))?;
         registry.register(Box::new(metrics.slo_seconds.clone()))?;
@@ -70,6 +78,7 @@ impl AutoscalerMetrics {
         registry.register(Box::new(metrics.gpus_missing.clone()))?;
         registry.register(Box::new(metrics.scale_events.clone()))?;
         registry.register(Box::new(metrics.holds.clone()))?;
+        registry.register(Box::new(metrics.evaluations.clone()))?;
         for hold in [
             HoldReason::PrometheusUnavailable,
             HoldReason::MetricsMissing,
