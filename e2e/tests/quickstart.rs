@@ -85,7 +85,8 @@ async fn the_local_cluster_quickstart_runs_as_written() {
     let mut last = String::new();
     let ready = grokcast_e2e::eventually(
         "every sample Ready in kubectl get",
-        Duration::from_secs(240),
+        // The documented `cargo run` may build the operator first (its own feature set).
+        Duration::from_secs(600),
         Duration::from_secs(1),
         || {
             let out = bash(cluster, &blocks[3]).output().unwrap();
