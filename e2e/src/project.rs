@@ -207,6 +207,23 @@ impl Project {
         })
     }
 
+    /// Attaches to the test binary's shared cluster (started by `daemon`, the
+    /// `grokcast-e2e` binary; blocking, so on a blocking thread and before any deadline) and
+    /// sets up [`Project::start`] there.
+    ///
+    /// # Panics
+    /// When the cluster or the setup fails: this is a test harness, and a panic is how a
+    /// scenario fails.
+    pub async fn shared(daemon: &'static str, prefix: &str, limit: Duration) -> Self {
+        let cluster = tokio::task::spawn_blocking(move || Cluster::shared(daemon.as_ref()))
+            .await
+            .unwrap_or_else(|e| panic!("attaching to the test cluster: {e}"))
+            .unwrap_or_else(|e| panic!("test cluster: {e}"));
+        Project::start(cluster, prefix, limit)
+            .await
+            .unwrap_or_else(|e| panic!("CRDs, namespace, secrets and the operator's identity: {e}"))
+    }
+
     /// The namespace's name.
     pub fn ns(&self) -> &str {
         self.namespace.name()

@@ -25,7 +25,7 @@ use grokcast_agent::instant::InstantServers;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
 use grokcast_crds::{AUTOSCALER_FIELD_MANAGER, ModelPool, VoiceAgent, condition};
-use grokcast_e2e::cluster::{Cluster, NodePool};
+use grokcast_e2e::cluster::NodePool;
 use grokcast_e2e::project::Project;
 use grokcast_e2e::prometheus::{Target, TestPrometheus};
 use grokcast_operator::autoscale::AutoscalerConfig;
@@ -35,9 +35,9 @@ use grokcast_operator::metrics::Metrics;
 use grokcast_operator::run::{CancellationToken, OperatorConfig, RunError};
 use grokcast_operator::settings::BuildSettings;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -217,6 +217,10 @@ struct Setup {
     agent_scaling: bool,
     /// Allocatable A100s on the one GPU node.
     a100s: u32,
+    /// `(A100s, held by others)`: the llm pool gets a GPU product and node of its own, with
+    /// that many GPUs, and a pod that is not GrokCast's holds some of them before the pools
+    /// are applied. `None`: the llm pool shares the one GPU node.
+    llm_node: Option<(u32, u32)>,
     callers: usize,
 }
 
@@ -232,6 +236,7 @@ impl Default for Setup {
             other_pools: Some((1, 1)),
             agent_scaling: true,
             a100s: 8,
+            llm_node: None,
             callers: 3,
         }
     }
@@ -277,15 +282,7 @@ const WINDOW: &str = "15s";
 /// The test cluster's shared instance, with the CRDs, a fresh namespace, the sample Secrets
 /// and the operator's chart-made identity.
 async fn project() -> Project {
-    let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::shared(env!("CARGO_BIN_EXE_grokcast-e2e").as_ref())
-    })
-    .await
-    .unwrap()
-    .expect("test cluster");
-    Project::start(cluster, "autoscale", WAIT)
-        .await
-        .expect("CRDs, namespace, secrets and the operator's identity")
+    Project::shared(env!("CARGO_BIN_EXE_grokcast-e2e"), "autoscale", WAIT).await
 }
 
 /// The scenario's namespace with a GPU node, the three pools and the agent, and the operator
@@ -354,6 +351,49 @@ fn agent(setup: &Setup) -> Value {
     agent
 }
 
+/// A kwok node `name` with `gpus` GPUs labelled `product`.
+async fn gpu_node(client: &Client, name: &str, product: &str, gpus: u32) {
+    let gpu_pool = NodePool {
+        prefix: "kwok-gpu",
+        count: 1,
+        cpus: 64,
+        gpus,
+        gpu_product: product.to_owned(),
+        labels: Vec::new(),
+        taints: Vec::new(),
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    for mut node in gpu_pool.nodes() {
+        node["metadata"]["name"] = json!(name);
+        let node: Node = serde_json::from_value(node).unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+}
+
+/// A pod that is not GrokCast's (a training job, say) holding `gpus` GPUs of `product`,
+/// once the scheduler has bound it.
+async fn foreign_gpu_pod(client: &Client, ns: &str, product: &str, gpus: u32) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "training", "labels": {"app": "training"}},
+        "spec": {
+            "nodeSelector": {"nvidia.com/gpu.product": product},
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "train",
+                "image": "registry.k8s.io/pause:3.10",
+                "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}
+            }]
+        }
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    eventually("the training pod is bound", || async {
+        pods.get("training").await.ok()?.spec?.node_name.map(|_| ())
+    })
+    .await;
+}
+
 impl Operated {
     async fn start(p: Project, setup: &Setup, prometheus_url: Option<&str>) -> Operated {
         let client = p.admin.clone();
@@ -361,34 +401,37 @@ impl Operated {
         // A product no other test asks for: this scenario's node is all the capacity it has.
         let product = format!("NVIDIA-A100-{ns}");
         if setup.a100s > 0 {
-            let gpu_pool = NodePool {
-                prefix: "kwok-gpu",
-                count: 1,
-                cpus: 64,
-                gpus: setup.a100s,
-                gpu_product: product.clone(),
-                labels: Vec::new(),
-                taints: Vec::new(),
-            };
-            let nodes: Api<Node> = Api::all(client.clone());
-            for mut node in gpu_pool.nodes() {
-                node["metadata"]["name"] = json!(format!("kwok-gpu-{ns}"));
-                let node: Node = serde_json::from_value(node).unwrap();
-                nodes.create(&PostParams::default(), &node).await.unwrap();
-            }
+            gpu_node(&client, &format!("kwok-gpu-{ns}"), &product, setup.a100s).await;
         }
+        let llm_product = match setup.llm_node {
+            Some((gpus, held)) => {
+                let llm_product = format!("{product}-llm");
+                gpu_node(&client, &format!("kwok-gpu-{ns}-llm"), &llm_product, gpus).await;
+                if held > 0 {
+                    foreign_gpu_pod(&client, &ns, &llm_product, held).await;
+                }
+                llm_product
+            }
+            None => product.clone(),
+        };
         let apply = PatchParams::apply("kubectl").force();
         let pools: Api<ModelPool> = Api::namespaced(client.clone(), &ns);
-        for (file, name, autoscaling, budget) in [
-            ("gemma-27b.yaml", LLM, setup.llm, setup.llm_budget_ms),
-            ("whisper.yaml", STT, setup.other_pools, 300),
-            ("csm.yaml", TTS, setup.other_pools, 300),
+        for (file, name, autoscaling, budget, product) in [
+            (
+                "gemma-27b.yaml",
+                LLM,
+                setup.llm,
+                setup.llm_budget_ms,
+                &llm_product,
+            ),
+            ("whisper.yaml", STT, setup.other_pools, 300, &product),
+            ("csm.yaml", TTS, setup.other_pools, 300, &product),
         ] {
             pools
                 .patch(
                     name,
                     &apply,
-                    &Patch::Apply(pool(file, &product, autoscaling, budget)),
+                    &Patch::Apply(pool(file, product, autoscaling, budget)),
                 )
                 .await
                 .unwrap();
@@ -441,9 +484,12 @@ impl Operated {
         self.stop.cancel();
         let _ = tokio::time::timeout(WAIT, self.task).await;
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let _ = nodes
-            .delete(&format!("kwok-gpu-{}", self.ns), &Default::default())
-            .await;
+        for name in [
+            format!("kwok-gpu-{}", self.ns),
+            format!("kwok-gpu-{}-llm", self.ns),
+        ] {
+            let _ = nodes.delete(&name, &Default::default()).await;
+        }
         drop(self.p);
     }
 
@@ -722,6 +768,96 @@ async fn a_gpu_shortage_is_capacity_limited_with_one_event_and_the_slo_at_risk()
             .unwrap();
         assert_eq!(c.0, "False", "{name}: {c:?}");
     }
+
+    scenario.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_held_by_others_and_unscheduled_replicas_count_as_the_scheduler_counts() {
+    // The llm pool's node has 2 A100s, and a training pod that is not GrokCast's holds one.
+    // The pool asks for 2 replicas: the scheduler binds one and leaves one Pending. The SLO
+    // breach blames the pool, whose growth waits for the replica that cannot start, and the
+    // GPUs missing are what the scheduler reports. (Counting only GrokCast's replicas, the
+    // node looked full with nothing missing: no CapacityLimited at all.)
+    let setup = Setup {
+        llm: Some((1, 2)),
+        llm_node: Some((2, 1)),
+        ..Setup::default()
+    };
+    let Some(scenario) = Scenario::start(setup).await else {
+        return;
+    };
+    let cluster = &scenario.cluster;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &cluster.ns);
+    let llm_pods = || async {
+        let list = pods
+            // The model-server pods only, not the pool's (finished) preload Job's.
+            .list(&ListParams::default().labels(&format!(
+                "grokcast.io/modelpool={LLM},app.kubernetes.io/name=grokcast-model-server"
+            )))
+            .await
+            .unwrap()
+            .items;
+        let (bound, unbound): (Vec<Pod>, Vec<Pod>) = list
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .partition(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some());
+        (bound, unbound)
+    };
+    let unschedulable = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .filter(|c| c.reason.as_deref() == Some("Unschedulable"))
+            .and_then(|c| c.message.clone())
+    };
+    let message = eventually("the scheduler leaves one llm replica Pending", || async {
+        let (bound, unbound) = llm_pods().await;
+        if bound.len() != 1 || unbound.len() != 1 {
+            return None;
+        }
+        unschedulable(&unbound[0])
+    })
+    .await;
+    assert!(message.contains("Insufficient nvidia.com/gpu"), "{message}");
+
+    // One read of the pool, so the condition and the numbers are from the same period.
+    let (condition, status) = eventually("CapacityLimited=True on the llm pool", || async {
+        let status = cluster.pool(LLM).await.status?;
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::CAPACITY_LIMITED && c.status == "True")?
+            .clone();
+        Some((c, status.autoscaling?))
+    })
+    .await;
+    assert_eq!(condition.reason, "InsufficientGPUs");
+    let desired = u32::try_from(status.desired_replicas.unwrap()).unwrap();
+    let (bound, unbound) = llm_pods().await;
+    // What the scheduler says: one replica bound, the rest of what is wanted unplaceable,
+    // nothing free on the node (the training pod's GPU is not the pool's to take).
+    let scheduler_missing = desired - u32::try_from(bound.len()).unwrap();
+    assert_eq!(
+        status.gpus_missing,
+        Some(i32::try_from(scheduler_missing).unwrap())
+    );
+    assert!(
+        condition
+            .message
+            .contains(&format!("needs {scheduler_missing} more GPUs")),
+        "{}",
+        condition.message
+    );
+    assert_eq!(
+        unbound.len(),
+        1,
+        "no replica was added that cannot be placed"
+    );
+    assert_eq!(cluster.pool(LLM).await.spec.replicas, 2);
 
     scenario.stop().await;
 }

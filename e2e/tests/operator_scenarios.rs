@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use grokcast_crds::{ModelPool, VoiceAgent, condition};
-use grokcast_e2e::cluster::{AuditMark, Cluster};
+use grokcast_e2e::cluster::AuditMark;
 use grokcast_e2e::project::Project;
 use grokcast_operator::leader::LeaseConfig;
 use grokcast_operator::metrics::Metrics;
@@ -71,16 +71,7 @@ impl Running {
 
 impl Harness {
     async fn start() -> Self {
-        // Attaching may start the shared cluster: blocking, and before any deadline.
-        let cluster = tokio::task::spawn_blocking(|| {
-            Cluster::shared(env!("CARGO_BIN_EXE_grokcast-e2e").as_ref())
-        })
-        .await
-        .unwrap()
-        .expect("test cluster");
-        let p = Project::start(cluster, "op", WAIT)
-            .await
-            .expect("CRDs, namespace, secrets and the operator's identity");
+        let p = Project::shared(env!("CARGO_BIN_EXE_grokcast-e2e"), "op", WAIT).await;
         Self { p }
     }
 

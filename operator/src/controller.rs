@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::children::{Child, service_monitor_resource};
 use crate::last_applied::{self, ChildKey, LastApplied};
+use crate::leader::Leadership;
 use crate::meta;
 use crate::metrics::Metrics;
 use crate::settings::BuildSettings;
@@ -126,8 +127,8 @@ pub struct Context {
     /// Cache of every ModelPool, for VoiceAgent dereference without API reads; for the agent
     /// controller, filled by the same watch whose pool changes trigger it.
     pub pools: Store<ModelPool>,
-    /// Leadership; writes happen only while it is `true`.
-    pub leader: watch::Receiver<bool>,
+    /// Leadership; writes happen only while it says this replica leads.
+    pub leader: watch::Receiver<Leadership>,
     /// Caches of this controller's children, for skipping unchanged ones.
     pub children: ChildCaches,
     /// What this controller last applied to each child.
@@ -146,7 +147,7 @@ impl Context {
         service_monitors: Arc<AtomicBool>,
         metrics: Metrics,
         pools: Store<ModelPool>,
-        leader: watch::Receiver<bool>,
+        leader: watch::Receiver<Leadership>,
         instance: Option<String>,
         children: ChildCaches,
         applied: Arc<LastApplied>,
@@ -179,7 +180,7 @@ impl Context {
     }
 
     fn ensure_leader(&self) -> Result<(), ReconcileError> {
-        if *self.leader.borrow() {
+        if self.leader.borrow().is_leading() {
             Ok(())
         } else {
             Err(ReconcileError::NotLeader)
@@ -1235,7 +1236,7 @@ pub async fn run_controllers(
     config: RunConfig,
     metrics: Metrics,
     service_monitors: Arc<AtomicBool>,
-    leader: watch::Receiver<bool>,
+    leader: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
     let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {

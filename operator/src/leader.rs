@@ -1,14 +1,19 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, the way client-go does it.
 //!
 //! One replica holds the Lease and renews it every `retry_period`; the others read it as
-//! often and take it over once it expires. Leadership is published on a `watch` channel:
-//! controllers (and the autoscaler) write only while it reads `true`.
+//! often and take it over once it expires. Leadership is published on a `watch` channel as a
+//! [`Leadership`]: controllers (and the autoscaler) write only while
+//! [`Leadership::is_leading`] holds.
 //!
-//! Two rules keep two replicas from writing at once:
-//! - A leader publishes `false` once no renew has succeeded within the *renew deadline*
-//!   (shorter than the lease duration) of the start of the last successful one; every
-//!   request is cut off by a timeout at that deadline, so a stalled request cannot keep a
-//!   leader leading. [`run`] then returns an error and the process exits.
+//! Three rules keep two replicas from writing at once:
+//! - A leader publishes [`Leadership::Follower`] once no renew has succeeded within the
+//!   *renew deadline* (shorter than the lease duration) of the start of the last successful
+//!   one; every request is cut off by a timeout at that deadline, so a stalled request
+//!   cannot keep a leader leading. [`run`] then returns an error and the process exits.
+//! - The published value carries that deadline, and writers compare it with the monotonic
+//!   clock themselves. A process frozen past its deadline (SIGSTOP, a VM pause, a long GC)
+//!   finds on waking that it no longer leads before the election task has had a chance to
+//!   run, so nothing it had queued is written.
 //! - A candidate judges expiry by its own monotonic clock: the lease is expired when the
 //!   record (holder, renewTime or resourceVersion) has not changed for a lease duration
 //!   since this candidate last saw it change. Comparing the holder's `renewTime` with the
@@ -25,6 +30,30 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// What this replica may do, as the election last said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Leadership {
+    /// Not leading: no writes.
+    #[default]
+    Follower,
+    /// Leading until this instant (the renew deadline of the last successful renew), unless
+    /// renewed before then.
+    Until(Instant),
+    /// No election (a single replica): always leading.
+    Always,
+}
+
+impl Leadership {
+    /// Whether writes are allowed now.
+    pub fn is_leading(&self) -> bool {
+        match self {
+            Self::Follower => false,
+            Self::Until(deadline) => Instant::now() < *deadline,
+            Self::Always => true,
+        }
+    }
+}
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -281,7 +310,7 @@ async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
 pub async fn run(
     client: kube::Client,
     cfg: LeaseConfig,
-    leader: watch::Sender<bool>,
+    leader: watch::Sender<Leadership>,
     shutdown: CancellationToken,
 ) -> Result<(), LeaderError> {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
@@ -300,15 +329,23 @@ pub async fn run(
         let round = tokio::time::timeout(timeout, try_acquire(&api, &cfg, &mut observer)).await;
         let failure = match round {
             Ok(Ok(true)) => {
+                let until = Leadership::Until(started + deadline);
                 if last_renew.is_none() {
                     tracing::info!(identity = %cfg.identity, lease = %cfg.name, "became leader");
-                    let _ = leader.send(true);
+                    let _ = leader.send(until);
+                } else {
+                    // A renew moves the deadline without waking anyone: receivers wait
+                    // for transitions, and read the deadline when they are about to write.
+                    leader.send_if_modified(|l| {
+                        *l = until;
+                        false
+                    });
                 }
                 last_renew = Some(started);
                 None
             }
             Ok(Ok(false)) if last_renew.is_some() => {
-                let _ = leader.send(false);
+                let _ = leader.send(Leadership::Follower);
                 return Err(lost("another replica holds the lease".into()));
             }
             Ok(Ok(false)) => None,
@@ -321,7 +358,7 @@ pub async fn run(
                 && must_step_down(t, Instant::now(), deadline)
             {
                 // Before the lease can expire under us: a standby may take it after that.
-                let _ = leader.send(false);
+                let _ = leader.send(Leadership::Follower);
                 return Err(lost(format!(
                     "no successful renew within the {deadline:?} renew deadline: {why}"
                 )));
@@ -336,8 +373,8 @@ pub async fn run(
         };
         tokio::select! {
             () = shutdown.cancelled() => {
-                if *leader.borrow() {
-                    let _ = leader.send(false);
+                if leader.borrow().is_leading() {
+                    let _ = leader.send(Leadership::Follower);
                     release(&api, &cfg).await;
                 }
                 return Ok(());
@@ -479,6 +516,16 @@ mod tests {
         assert_eq!(request_timeout(Some(t0), t0 + secs(7), deadline), secs(3));
         assert_eq!(request_timeout(Some(t0), t0 + secs(12), deadline), secs(0));
         assert_eq!(request_timeout(None, t0, deadline), deadline);
+    }
+
+    #[test]
+    fn leadership_ends_at_its_deadline_without_anyone_saying_so() {
+        let now = Instant::now();
+        assert!(Leadership::Until(now + secs(60)).is_leading());
+        // What a replica frozen past its renew deadline reads on waking.
+        assert!(!Leadership::Until(now - secs(1)).is_leading());
+        assert!(!Leadership::Follower.is_leading());
+        assert!(Leadership::Always.is_leading());
     }
 
     #[test]

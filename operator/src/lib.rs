@@ -7,6 +7,7 @@
 
 pub mod autoscale;
 pub mod children;
+pub mod cli;
 pub mod controller;
 pub mod http;
 pub mod last_applied;

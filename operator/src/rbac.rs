@@ -101,6 +101,12 @@ pub const RBAC_RULES: &[Rule] = &[
         verbs: &["list", "watch"],
         why: "the autoscaler counts allocatable GPUs per product, from a watch",
     },
+    Rule {
+        api_group: "",
+        resources: &["pods"],
+        verbs: &["list", "watch"],
+        why: "the autoscaler counts the GPUs that bound pods (anyone's) hold, from a watch",
+    },
 ];
 
 /// The ClusterRole for [`RBAC_RULES`].
@@ -164,6 +170,13 @@ mod tests {
             assert!(!allows("", "secrets", verb), "Secrets are never written");
         }
         assert!(allows("", "nodes", "watch"), "the autoscaler's node cache");
+        assert!(allows("", "pods", "watch"), "the autoscaler's pod cache");
+        for verb in ["get", "create", "patch", "update", "delete"] {
+            assert!(
+                !allows("", "pods", verb),
+                "pods are only read, in bulk: {verb}"
+            );
+        }
         for verb in ["get", "create", "update"] {
             assert!(allows("coordination.k8s.io", "leases", verb));
         }

@@ -9,7 +9,7 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::autoscale;
 use crate::controller::{self, RunConfig};
-use crate::leader::{self, LeaseConfig};
+use crate::leader::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::server_version;
 use crate::settings::BuildSettings;
@@ -92,7 +92,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let (leader_tx, leader_rx) = watch::channel(false);
+    let (leader_tx, leader_rx) = watch::channel(Leadership::Follower);
     let leader_task = match config.lease.clone() {
         Some(cfg) => {
             let stop = shutdown.clone();
@@ -105,12 +105,12 @@ pub async fn run(
             })
         }
         None => {
-            let _ = leader_tx.send(true);
+            let _ = leader_tx.send(Leadership::Always);
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 // Hold the sender so receivers never see a closed channel before shutdown.
                 stop.cancelled().await;
-                let _ = leader_tx.send(false);
+                let _ = leader_tx.send(Leadership::Follower);
                 Ok(())
             })
         }
@@ -120,7 +120,7 @@ pub async fn run(
         let mut rx = leader_rx.clone();
         tokio::spawn(async move {
             loop {
-                gauge.set(i64::from(*rx.borrow_and_update()));
+                gauge.set(i64::from(rx.borrow_and_update().is_leading()));
                 if rx.changed().await.is_err() {
                     return;
                 }
@@ -170,36 +170,63 @@ pub async fn run(
         }
     };
 
-    let settings = settings_for_server(&client, config.settings.clone()).await;
-    let mut wait_leader = leader_rx.clone();
-    let is_leader = tokio::select! {
-        r = wait_leader.wait_for(|l| *l) => r.is_ok(),
-        () = shutdown.cancelled() => false,
-    };
-    if is_leader && !shutdown.is_cancelled() {
-        tracing::info!(identity = %config.identity, "leading: starting controllers");
-        let run_config = RunConfig {
-            settings,
-            namespaces: config.namespaces.clone(),
-            instance: Some(config.identity.clone()),
+    let mut leader_task = leader_task;
+    let work = async {
+        let settings = settings_for_server(&client, config.settings.clone()).await;
+        let mut wait_leader = leader_rx.clone();
+        let is_leader = tokio::select! {
+            r = wait_leader.wait_for(Leadership::is_leading) => r.is_ok(),
+            () = shutdown.cancelled() => false,
         };
-        controller::run_controllers(
-            client,
-            run_config,
-            metrics,
-            service_monitors,
-            leader_rx,
-            shutdown.clone(),
-        )
-        .await;
-    }
+        if is_leader && !shutdown.is_cancelled() {
+            tracing::info!(identity = %config.identity, "leading: starting controllers");
+            let run_config = RunConfig {
+                settings,
+                namespaces: config.namespaces.clone(),
+                instance: Some(config.identity.clone()),
+            };
+            controller::run_controllers(
+                client,
+                run_config,
+                metrics,
+                service_monitors,
+                leader_rx,
+                shutdown.clone(),
+            )
+            .await;
+        }
+    };
+    tokio::pin!(work);
+    let election = tokio::select! {
+        () = &mut work => None,
+        done = &mut leader_task => Some(done),
+    };
+    let election = match election {
+        // Lost leadership: return at once rather than wait for the controllers to drain.
+        // A request stuck on a stalled connection would hold the process (and whatever it
+        // still had to write) past the moment a standby may lead; returning drops them all,
+        // and the process exits, closing its connections, as client-go's OnStoppedLeading.
+        Some(Ok(Err(lost))) => {
+            shutdown.cancel();
+            return Err(RunError::from(lost));
+        }
+        Some(done) => {
+            // Shutdown (SIGTERM): let the controllers finish what they were writing.
+            work.await;
+            done
+        }
+        None => {
+            shutdown.cancel();
+            leader_task.await
+        }
+    };
     shutdown.cancel();
     if let Some(task) = autoscaler
         && let Err(e) = task.await
     {
         tracing::error!(error = %e, "autoscaler task failed");
     }
-    match leader_task.await {
+    match election {
         Ok(result) => result.map_err(RunError::from),
         Err(e) => Err(RunError::LeaderTask(e.to_string())),
     }

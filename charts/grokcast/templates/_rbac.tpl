@@ -45,7 +45,7 @@ Secrets is why the chart binds these rules per namespace when watchNamespaces is
 
 {{- define "grokcast.clusterRules" -}}
 - apiGroups: [""]
-  resources: ["nodes"]
+  resources: ["nodes", "pods"]
   verbs: ["list", "watch"]
 {{- end }}
 

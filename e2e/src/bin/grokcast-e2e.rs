@@ -23,6 +23,13 @@ enum Top {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// The operator, exactly as the `grokcast-operator` binary runs it (same arguments and
+    /// environment), built with this harness so a test always runs the current code.
+    Operator {
+        /// Arguments for `grokcast-operator`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,19 +51,30 @@ enum ClusterCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    match Args::parse().command {
+        Top::Operator { args } => grokcast_operator::cli::main_from(
+            std::iter::once(std::ffi::OsString::from("grokcast-operator")).chain(args),
+        ),
+        Top::Cluster {
+            command:
+                ClusterCommand::Up {
+                    dir,
+                    exit_when_idle,
+                    slow_ready_delay,
+                },
+        } => cluster_up(dir, exit_when_idle, slow_ready_delay),
+    }
+}
+
+fn cluster_up(
+    dir: Option<PathBuf>,
+    exit_when_idle: Option<u64>,
+    slow_ready_delay: u64,
+) -> std::process::ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
-    let Top::Cluster {
-        command:
-            ClusterCommand::Up {
-                dir,
-                exit_when_idle,
-                slow_ready_delay,
-            },
-    } = args.command;
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("grokcast-cluster"));
     let opts = ClusterOptions {
         slow_ready_delay: Duration::from_secs(slow_ready_delay),

@@ -14,6 +14,13 @@
 //! cargo build --release -p grokcast-operator --bin grokcast-operator
 //! cargo run --release -p grokcast-e2e --bin operator-bench -- [--agents 1000] [--pools 200]
 //! ```
+//!
+//! With `--autoscale` every VoiceAgent has `scaling`, and the operator runs the latency-SLO
+//! autoscaler against Debian's Prometheus, which scrapes a synthetic exporter standing in for
+//! the agents' pods (1,000 agent processes do not fit this machine): each agent's turn and
+//! stage latency histograms and active calls, under the agent's metric names and labels, with
+//! one turn per second per agent at a fixed latency inside the SLO. That is a fleet in steady
+//! state, so the steady-state figure is the autoscaler's write budget: the target is zero.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -60,6 +67,9 @@ struct Args {
     /// Where the cluster keeps its files (default: a fresh temporary directory).
     #[arg(long)]
     cluster_dir: Option<PathBuf>,
+    /// Autoscale every VoiceAgent from Prometheus (see the module docs).
+    #[arg(long)]
+    autoscale: bool,
 }
 
 /// Requests by verb, from audit entries.
@@ -107,6 +117,124 @@ fn agent_obj(i: usize, pools: usize) -> VoiceAgent {
         }
     }))
     .expect("agent")
+}
+
+/// [`agent_obj`] with `scaling`: the exporter's 30 calls per agent want exactly one pod.
+fn autoscaled_agent_obj(i: usize, pools: usize) -> VoiceAgent {
+    let mut agent = agent_obj(i, pools);
+    agent.spec.scaling = Some(
+        serde_json::from_value(
+            json!({"minReplicas": 1, "maxReplicas": 4, "targetCallsPerPod": 40}),
+        )
+        .expect("scaling"),
+    );
+    agent
+}
+
+/// The synthetic agents' metrics (see the module docs): one exposition per target, each for
+/// a slice of the agents so no single scrape is large.
+mod fleet {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Seconds per stage of every turn: endpointing, STT, LLM first token, TTS first audio,
+    /// the agent's own; 0.725 s in all, inside the default 800 ms SLO.
+    const STAGES: [(&str, f64); 5] = [
+        ("endpointing", 0.32),
+        ("stt", 0.1),
+        ("llm_first_token", 0.2),
+        ("tts_first_audio", 0.1),
+        ("agent", 0.005),
+    ];
+    /// Fewer buckets than the agent exports, to keep 1,000 agents' series light: a quantile
+    /// needs only the buckets around it.
+    const TURN_BUCKETS: [f64; 4] = [0.25, 0.5, 0.75, 1.0];
+    const STAGE_BUCKETS: [f64; 4] = [0.01, 0.15, 0.25, 0.5];
+    /// Active calls per agent.
+    const CALLS: u32 = 30;
+
+    /// Renders agents `agents` as Prometheus text, `elapsed_s` seconds into the run.
+    pub fn exposition(namespace: &str, agents: std::ops::Range<usize>, elapsed_s: u64) -> String {
+        let mut out = String::new();
+        let histogram = |out: &mut String,
+                         name: &str,
+                         labels: &str,
+                         buckets: &[f64],
+                         value: f64| {
+            for le in buckets {
+                let n = if value <= *le { elapsed_s } else { 0 };
+                out.push_str(&format!("{name}_bucket{{{labels},le=\"{le}\"}} {n}\n"));
+            }
+            out.push_str(&format!(
+                    "{name}_bucket{{{labels},le=\"+Inf\"}} {elapsed_s}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {elapsed_s}\n",
+                    value * elapsed_s as f64
+                ));
+        };
+        out.push_str("# TYPE grokcast_turn_latency_seconds histogram\n");
+        let total: f64 = STAGES.iter().map(|(_, s)| s).sum();
+        for i in agents.clone() {
+            let labels = format!("namespace=\"{namespace}\",voiceagent=\"agent-{i}\"");
+            histogram(
+                &mut out,
+                "grokcast_turn_latency_seconds",
+                &labels,
+                &TURN_BUCKETS,
+                total,
+            );
+        }
+        out.push_str("# TYPE grokcast_stage_latency_seconds histogram\n");
+        for i in agents.clone() {
+            for (stage, seconds) in STAGES {
+                let labels =
+                    format!("namespace=\"{namespace}\",voiceagent=\"agent-{i}\",stage=\"{stage}\"");
+                histogram(
+                    &mut out,
+                    "grokcast_stage_latency_seconds",
+                    &labels,
+                    &STAGE_BUCKETS,
+                    seconds,
+                );
+            }
+        }
+        out.push_str("# TYPE grokcast_active_calls gauge\n");
+        for i in agents {
+            out.push_str(&format!(
+                "grokcast_active_calls{{namespace=\"{namespace}\",voiceagent=\"agent-{i}\"}} {CALLS}\n"
+            ));
+        }
+        out
+    }
+
+    /// Serves `/metrics` for `agents` on a free port until the runtime ends.
+    pub async fn serve(
+        namespace: &'static str,
+        agents: std::ops::Range<usize>,
+        started: Instant,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let agents = agents.clone();
+                tokio::spawn(async move {
+                    // One request per connection: read its head, answer, close.
+                    let mut head = [0u8; 4096];
+                    if stream.read(&mut head).await.is_err() {
+                        return;
+                    }
+                    let body = exposition(namespace, agents, started.elapsed().as_secs());
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(addr)
+    }
 }
 
 async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
@@ -223,9 +351,12 @@ async fn setup(client: &Client, args: &Args) -> anyhow_free::Result<()> {
     }
     let agents: Api<VoiceAgent> = Api::namespaced(client.clone(), NS);
     for i in 0..args.agents {
-        agents
-            .create(&PostParams::default(), &agent_obj(i, args.pools))
-            .await?;
+        let agent = if args.autoscale {
+            autoscaled_agent_obj(i, args.pools)
+        } else {
+            agent_obj(i, args.pools)
+        };
+        agents.create(&PostParams::default(), &agent).await?;
     }
     Ok(())
 }
@@ -287,24 +418,61 @@ async fn main() -> anyhow_free::Result<()> {
         args.pools, args.agents
     );
 
+    // The fleet's metrics and Prometheus, before the operator, so its first periods find data.
+    let prometheus = if args.autoscale {
+        let binary = grokcast_e2e::prometheus::binary()
+            .ok_or("--autoscale needs Debian's prometheus (scripts/install.sh installs it)")?;
+        let started = Instant::now();
+        let mut addrs = Vec::new();
+        // 50 agents per target: a scrape stays a few hundred kB, well inside the 1 s timeout.
+        for first in (0..args.agents).step_by(50) {
+            addrs.push(fleet::serve(NS, first..(first + 50).min(args.agents), started).await?);
+        }
+        let targets: Vec<grokcast_e2e::prometheus::Target<'_>> = addrs
+            .iter()
+            .map(|addr| grokcast_e2e::prometheus::Target {
+                addr: *addr,
+                labels: &[],
+            })
+            .collect();
+        let prometheus = grokcast_e2e::prometheus::TestPrometheus::start(
+            &binary,
+            &targets,
+            Duration::from_secs(30),
+        )
+        .await?;
+        println!(
+            "Prometheus at {} scraping {} agents' metrics from {} targets",
+            prometheus.url(),
+            args.agents,
+            addrs.len()
+        );
+        Some(prometheus)
+    } else {
+        None
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let metrics_addr = listener.local_addr()?.to_string();
     drop(listener);
     let load_before = load_average();
     let mark = audit.mark();
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(&operator_bin)
-        .args([
-            "run",
-            "--leader-elect",
-            "false",
-            "--watch-namespaces",
-            NS,
-            "--http-addr",
-            &metrics_addr,
-            "--log",
-            &args.operator_log,
-        ])
+    let mut command = tokio::process::Command::new(&operator_bin);
+    command.args([
+        "run",
+        "--leader-elect",
+        "false",
+        "--watch-namespaces",
+        NS,
+        "--http-addr",
+        &metrics_addr,
+        "--log",
+        &args.operator_log,
+    ]);
+    if let Some(prometheus) = &prometheus {
+        command.args(["--prometheus-url", prometheus.url()]);
+    }
+    let mut child = command
         .env("KUBECONFIG", &identity.kubeconfig)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -368,6 +536,9 @@ async fn main() -> anyhow_free::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
     let steady = audit.by_user(mark, &identity.user);
     let (rss, hwm) = rss_kib(pid);
+    let final_metrics = http_get(&metrics_addr, "/metrics")
+        .await
+        .unwrap_or_default();
     let _ = child.kill().await;
 
     println!(
@@ -410,6 +581,33 @@ async fn main() -> anyhow_free::Result<()> {
         steady.len() as f64 * 60.0 / args.steady_seconds as f64,
         by_verb(&steady)
     );
+    let writes: Vec<&AuditEntry> = steady.iter().filter(|e| e.is_write()).collect();
+    let mut by_manager = std::collections::BTreeMap::new();
+    for e in &writes {
+        *by_manager
+            .entry(format!(
+                "{} {}/{}",
+                e.field_manager, e.resource, e.subresource
+            ))
+            .or_insert(0usize) += 1;
+    }
+    println!(
+        "steady-state writes: {} = {:.1} per minute{}; by field manager and resource: {by_manager:?}",
+        writes.len(),
+        writes.len() as f64 * 60.0 / args.steady_seconds as f64,
+        if args.autoscale {
+            format!(" with {} autoscaled agents", args.agents)
+        } else {
+            String::new()
+        }
+    );
+    if args.autoscale {
+        let periods = final_metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("grokcast_autoscaler_evaluations_total "))
+            .unwrap_or("unknown");
+        println!("autoscaler periods run: {periods}");
+    }
     println!(
         "operator RSS: {:.1} MiB at convergence, {:.1} MiB after steady state, peak {:.1} MiB (target < 100 MiB)",
         rss_converged as f64 / 1024.0,

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use grokcast_crds::{
     AUTOSCALER_FIELD_MANAGER, ModelPool, VoiceAgent, condition, condition::reason,
 };
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -27,6 +27,8 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::leader::Leadership;
 
 use super::capacity::{self, GpuInventory};
 use super::decide::{
@@ -107,7 +109,7 @@ impl AutoscalerConfig {
 pub async fn run(
     client: kube::Client,
     config: AutoscalerConfig,
-    mut leader: watch::Receiver<bool>,
+    mut leader: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) -> Result<(), AutoscaleError> {
     let prometheus = PrometheusClient::new(&config.prometheus)?;
@@ -147,7 +149,7 @@ pub async fn run(
                 continue;
             }
         }
-        if !*leader.borrow() {
+        if !leader.borrow().is_leading() {
             continue;
         }
         let now = state.started.elapsed();
@@ -181,15 +183,23 @@ struct Caches {
     agents: Vec<Store<VoiceAgent>>,
     pools: Vec<Store<ModelPool>>,
     nodes: Store<Node>,
+    /// Every unfinished pod in the cluster, slimmed to its GPU facts: GPUs held by pods that
+    /// are not GrokCast's are not free either.
+    pods: Store<Pod>,
 }
 
 /// How long a period waits for a cache's first list before it is skipped: deciding on an
 /// empty node cache would report every GPU pool CapacityLimited.
 const CACHE_SYNC_WAIT: Duration = Duration::from_secs(10);
 
-/// Watch `api` into a new store until `shutdown`, with managedFields and whatever `slim`
-/// drops left out of the cache.
-fn cache<K>(api: Api<K>, slim: fn(&mut K), shutdown: &CancellationToken) -> Store<K>
+/// Watch the objects of `api` that `selection` picks into a new store until `shutdown`, with
+/// managedFields and whatever `slim` drops left out of the cache.
+fn cache<K>(
+    api: Api<K>,
+    selection: watcher::Config,
+    slim: fn(&mut K),
+    shutdown: &CancellationToken,
+) -> Store<K>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -200,7 +210,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, selection)
         .default_backoff()
         .modify(move |o: &mut K| {
             o.meta_mut().managed_fields = None;
@@ -244,12 +254,28 @@ impl Caches {
         let mut caches = Caches {
             agents: Vec::new(),
             pools: Vec::new(),
-            nodes: cache(Api::all(client.clone()), capacity::slim_node, shutdown),
+            nodes: cache(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                capacity::slim_node,
+                shutdown,
+            ),
+            // Finished pods hold no GPUs, and are most of the pods a busy cluster keeps.
+            pods: cache(
+                Api::all(client.clone()),
+                watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+                capacity::slim_pod,
+                shutdown,
+            ),
         };
         for ns in scopes {
             let (agents, pools) = scoped(ns);
-            caches.agents.push(cache(agents, keep, shutdown));
-            caches.pools.push(cache(pools, keep, shutdown));
+            caches
+                .agents
+                .push(cache(agents, watcher::Config::default(), keep, shutdown));
+            caches
+                .pools
+                .push(cache(pools, watcher::Config::default(), keep, shutdown));
         }
         caches
     }
@@ -305,7 +331,7 @@ fn role(role: grokcast_crds::Role) -> Role {
 }
 
 impl LoopState {
-    async fn period(&mut self, now: Duration, leader: &watch::Receiver<bool>) {
+    async fn period(&mut self, now: Duration, leader: &watch::Receiver<Leadership>) {
         let (snapshot, observed) = match self.read().await {
             Ok(read) => read,
             Err(error) => {
@@ -318,7 +344,7 @@ impl LoopState {
             metrics.observe(&snapshot, &plan);
         }
         // Leadership can be lost while Prometheus answered; check right before writing.
-        if !*leader.borrow() {
+        if !leader.borrow().is_leading() {
             return;
         }
         for (agent, input) in plan.agents.iter().zip(&snapshot.agents) {
@@ -339,16 +365,28 @@ impl LoopState {
         });
         let agents: Vec<VoiceAgent> = cached(&caches.agents, "VoiceAgent").await?;
         let pools: Vec<ModelPool> = cached(&caches.pools, "ModelPool").await?;
-        let inventory = match synced(&caches.nodes, "Node").await {
+        let synced_both = match synced(&caches.nodes, "Node").await {
+            Ok(()) => synced(&caches.pods, "Pod").await,
+            Err(e) => Err(e),
+        };
+        let (inventory, scheduled) = match synced_both {
             Ok(()) => {
+                let pods: Vec<capacity::GpuPod> = caches
+                    .pods
+                    .state()
+                    .iter()
+                    .filter_map(|p| capacity::GpuPod::from_pod(p))
+                    .collect();
                 let nodes = caches.nodes.state();
-                Some(GpuInventory::from_nodes(&capacity::gpu_nodes(
+                let inventory = GpuInventory::from_nodes(&capacity::gpu_nodes(
                     nodes.iter().map(|n| n.as_ref()),
-                )))
+                    &pods,
+                ));
+                (Some(inventory), capacity::scheduled_replicas(&pods))
             }
             Err(error) => {
                 tracing::warn!(%error, "GPU capacity unknown; pool growth is not capped this period");
-                None
+                (None, BTreeMap::new())
             }
         };
         let pools: BTreeMap<String, ModelPool> = pools
@@ -385,7 +423,8 @@ impl LoopState {
             )
             .await;
             for ((pool_key, pool), engine) in chunk.iter().zip(engines) {
-                pool_inputs.push(pool_input(pool_key, pool, engine));
+                let scheduled = scheduled.get(pool_key.as_str()).copied().unwrap_or(0);
+                pool_inputs.push(pool_input(pool_key, pool, scheduled, engine));
             }
         }
         let mut snapshot = Snapshot {
@@ -551,8 +590,8 @@ impl LoopState {
         }
         let message = if limited {
             format!(
-                "needs {} more GPUs ({product}) to grow from {} to {} replicas; the cluster has none free",
-                plan.gpus_missing, plan.decision.desired, plan.wanted
+                "needs {} more GPUs ({product}) to run the {} replicas wanted; replicas stay at {} until GPUs free up",
+                plan.gpus_missing, plan.wanted, plan.decision.desired
             )
         } else {
             format!("GPUs of {product} available for the replicas wanted")
@@ -653,6 +692,7 @@ async fn observe_pool(
 fn pool_input(
     pool_key: &str,
     pool: &ModelPool,
+    scheduled: u32,
     engine: Option<super::decide::EngineObservation>,
 ) -> PoolInput {
     let spec = pool.spec.autoscaling.as_ref().map(|a| PoolSpec {
@@ -666,6 +706,7 @@ fn pool_input(
         key: pool_key.to_owned(),
         spec,
         current: to_u32(pool.spec.replicas),
+        scheduled,
         ready: pool
             .status
             .as_ref()
@@ -1112,7 +1153,7 @@ mod tests {
     fn run_is_send(
         client: kube::Client,
         config: AutoscalerConfig,
-        leader: watch::Receiver<bool>,
+        leader: watch::Receiver<Leadership>,
         shutdown: CancellationToken,
     ) {
         fn send<T: Send>(_: &T) {}

@@ -17,6 +17,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::leader::Leadership;
+
 /// The `SLOMet` message on autoscaled VoiceAgents while the operator has no Prometheus URL.
 pub const DISABLED_MESSAGE: &str = "the operator runs without a Prometheus URL (--prometheus-url / GROKCAST_PROMETHEUS_URL, the chart's prometheus.url), so the SLO is not measured and replicas follow spec.replicas";
 
@@ -25,11 +27,11 @@ pub const DISABLED_MESSAGE: &str = "the operator runs without a Prometheus URL (
 pub async fn report_disabled(
     client: kube::Client,
     namespaces: Vec<String>,
-    mut leader: watch::Receiver<bool>,
+    mut leader: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
     tokio::select! {
-        led = leader.wait_for(|l| *l) => if led.is_err() { return },
+        led = leader.wait_for(Leadership::is_leading) => if led.is_err() { return },
         () = shutdown.cancelled() => return,
     }
     let apis: Vec<Api<VoiceAgent>> = if namespaces.is_empty() {
@@ -60,7 +62,7 @@ pub async fn report_disabled(
             }
             None => return,
         };
-        if !*leader.borrow() || !needs_report(&agent) {
+        if !leader.borrow().is_leading() || !needs_report(&agent) {
             continue;
         }
         if let Err(error) = report(&client, &agent).await {

@@ -176,6 +176,7 @@ fn snapshot(
             target_latency_ms: budget,
         }),
         current: 1,
+        scheduled: 1,
         ready: None,
         gpus_per_replica: 1,
         product: None,

@@ -38,6 +38,8 @@ pub struct PoolInput {
     pub spec: Option<PoolSpec>,
     /// `spec.replicas` now.
     pub current: u32,
+    /// Replicas the scheduler has bound to a node (their GPUs are off the inventory).
+    pub scheduled: u32,
     /// Replicas ready to serve (`None`: unknown, taken as `current`).
     pub ready: Option<u32>,
     /// GPUs per replica.
@@ -55,7 +57,8 @@ pub struct Snapshot {
     pub agents: Vec<AgentInput>,
     /// Every ModelPool (autoscaled or not).
     pub pools: Vec<PoolInput>,
-    /// GPUs on the cluster; `None` when they could not be read (growth is then not limited).
+    /// Free GPUs on the cluster (allocatable less what bound pods request); `None` when they
+    /// could not be read (growth is then not limited).
     pub inventory: Option<GpuInventory>,
 }
 
@@ -177,6 +180,7 @@ impl Autoscaler {
                 product: pool.product.clone(),
                 per_replica: pool.gpus_per_replica,
                 current: pool.current,
+                scheduled: pool.scheduled,
                 desired: pool.current,
                 priority: 0,
             };
@@ -335,6 +339,7 @@ mod tests {
                 target_latency_ms: budget,
             }),
             current,
+            scheduled: current,
             ready: None,
             gpus_per_replica: 1,
             product: Some(A100.into()),
@@ -369,15 +374,20 @@ mod tests {
                 // Fixed replicas: never decided, but its GPUs are taken.
                 PoolInput {
                     spec: None,
-                    current: 2,
                     ..pool("batch", 100.0, 2)
                 },
             ],
-            inventory: Some(GpuInventory::from_nodes(&[GpuNode {
-                product: Some(A100.into()),
-                allocatable: gpus,
-                schedulable: true,
-            }])),
+            // Every replica is scheduled: 1 + gemma + 1 + 2 GPUs are taken.
+            inventory: Some(
+                GpuInventory::from_nodes(&[GpuNode {
+                    name: "gpu-1".into(),
+                    product: Some(A100.into()),
+                    allocatable: gpus,
+                    requested: 0,
+                    schedulable: true,
+                }])
+                .less(Some(A100), 4 + gemma),
+            ),
         }
     }
 

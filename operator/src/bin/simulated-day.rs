@@ -146,8 +146,10 @@ fn main() {
     let mut autoscaler = Autoscaler::new(behaviour);
     let mut rng = Lcg(seed);
     let inventory = GpuInventory::from_nodes(&[GpuNode {
+        name: "gpu".into(),
         product: Some(GPU_PRODUCT.into()),
         allocatable: gpus,
+        requested: 0,
         schedulable: true,
     }]);
 
@@ -306,13 +308,18 @@ fn main() {
                         target_latency_ms: p.budget_ms,
                     }),
                     current: p.spec_replicas,
+                    // The simulated scheduler binds every replica at once.
+                    scheduled: p.spec_replicas,
                     ready: Some(p.ready),
                     gpus_per_replica: 1,
                     product: Some(GPU_PRODUCT.into()),
                     engine: None,
                 })
                 .collect(),
-            inventory: Some(inventory.clone()),
+            inventory: Some(inventory.clone().less(
+                Some(GPU_PRODUCT),
+                pools.iter().map(|p| p.spec_replicas).sum(),
+            )),
         };
         let plan = autoscaler.evaluate(Duration::from_secs(t), &snapshot);
         for a in &plan.agents {
