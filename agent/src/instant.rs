@@ -4,6 +4,10 @@
 //! benchmark measure the agent itself. Failures and delays can be switched on per stage to
 //! test what the caller hears when a model server is down or slow.
 //!
+//! Chat enforces the message order of the model family it stands for ([`ChatRules`], strict
+//! Gemma 3 by default, the reference model) and answers a conversation the real server would
+//! refuse with the real server's 400, so a test of the agent fails on it.
+//!
 //! Speech is a voiced synthetic signal (a 140 Hz harmonic series with a syllable envelope),
 //! 24 kHz 16-bit PCM like OpenAI's `pcm` format, 55 ms per character of text.
 
@@ -17,10 +21,61 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use grokcast_engines::llm::{GEMMA3_ROLE_ORDER_ERROR, Role, gemma3_accepts};
 use serde::Deserialize;
 
 /// Sample rate of the speech the double returns.
 pub const SPEECH_RATE: u32 = 24_000;
+
+/// Which model family's rules for the order of chat messages the double enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChatRules {
+    /// Gemma 3 (`google/gemma-3-*-it` on vLLM): one optional system message, then user and
+    /// assistant in turn, starting with the user; anything else is a 400.
+    #[default]
+    Gemma3,
+    /// OpenAI's API: roles in any order.
+    OpenAi,
+}
+
+impl ChatRules {
+    /// Why a server of this family would refuse these messages, or `None` if it takes them.
+    pub fn refusal(self, messages: &[serde_json::Value]) -> Option<String> {
+        let mut roles = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            roles.push(match m["role"].as_str() {
+                Some("system") => Role::System,
+                Some("user") => Role::User,
+                Some("assistant") => Role::Assistant,
+                other => return Some(format!("messages[{i}] has an unknown role {other:?}")),
+            });
+        }
+        match self {
+            ChatRules::Gemma3 if !gemma3_accepts(&roles) => Some(GEMMA3_ROLE_ORDER_ERROR.into()),
+            ChatRules::Gemma3 | ChatRules::OpenAi => None,
+        }
+    }
+}
+
+impl std::str::FromStr for ChatRules {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gemma3" => Ok(ChatRules::Gemma3),
+            "openai" => Ok(ChatRules::OpenAi),
+            other => Err(format!("{other:?} is not gemma3 or openai")),
+        }
+    }
+}
+
+/// vLLM's body for a request it refuses (`ErrorResponse`), with HTTP 400.
+fn vllm_bad_request(message: &str) -> Response {
+    let body = serde_json::json!({
+        "object": "error", "message": message, "type": "BadRequestError", "param": null, "code": 400,
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
 
 /// How one stage behaves.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +93,8 @@ pub struct InstantBehaviour {
     pub transcript: String,
     /// What every chat reply says (streamed word by word).
     pub reply: String,
+    /// The chat server's rules for the order of messages.
+    pub chat_rules: ChatRules,
     /// Transcription.
     pub stt: StageBehaviour,
     /// Chat.
@@ -51,6 +108,7 @@ impl Default for InstantBehaviour {
         Self {
             transcript: "What are your opening hours?".into(),
             reply: "We are open from nine to five. Is there anything else?".into(),
+            chat_rules: ChatRules::default(),
             stt: StageBehaviour::default(),
             llm: StageBehaviour::default(),
             tts: StageBehaviour::default(),
@@ -76,7 +134,8 @@ pub struct InstantServers {
     pub behaviour: Arc<Mutex<InstantBehaviour>>,
     /// Requests served.
     pub counts: Arc<InstantCounts>,
-    /// The `messages` of every chat request, in order (what the agent's history was).
+    /// The `messages` of every chat request answered, in order (what the agent's history
+    /// was); refused ones are counted in `counts.llm` but not kept.
     pub conversations: Arc<Mutex<Vec<Vec<serde_json::Value>>>>,
 }
 
@@ -162,6 +221,9 @@ async fn chat(
         )
             .into_response();
     }
+    if let Some(refusal) = b.chat_rules.refusal(&request.messages) {
+        return vllm_bad_request(&refusal);
+    }
     s.conversations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -225,4 +287,57 @@ async fn speech(
         .header(header::CONTENT_TYPE, "audio/pcm")
         .body(Body::from_stream(futures::stream::iter(pieces)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn chat_status(rules: ChatRules, roles: &[&str]) -> (u16, serde_json::Value) {
+        let servers = InstantServers::default();
+        servers.set(|b| b.chat_rules = rules);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/v1/chat/completions",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(servers.serve(listener));
+        let messages: Vec<_> = roles
+            .iter()
+            .map(|r| serde_json::json!({"role": r, "content": "x"}))
+            .collect();
+        let response = reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({"model": "m", "messages": messages, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn gemma3_rules_refuse_a_greeting_first_as_vllm_does() {
+        let (status, body) = chat_status(ChatRules::Gemma3, &["system", "assistant", "user"]).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            serde_json::json!({"object": "error", "message": GEMMA3_ROLE_ORDER_ERROR,
+                               "type": "BadRequestError", "param": null, "code": 400})
+        );
+        let (status, _) = chat_status(ChatRules::Gemma3, &["system", "user", "user"]).await;
+        assert_eq!(status, 400);
+        let (status, _) =
+            chat_status(ChatRules::Gemma3, &["system", "user", "assistant", "user"]).await;
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn openai_rules_take_any_order() {
+        let (status, _) = chat_status(ChatRules::OpenAi, &["system", "assistant", "user"]).await;
+        assert_eq!(status, 200);
+        let (status, _) = chat_status(ChatRules::OpenAi, &["user", "tool"]).await;
+        assert_eq!(status, 400, "an unknown role is refused by every family");
+    }
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use grokcast_agent::caller::{self, CallerOptions};
 use grokcast_agent::config::AgentConfig;
-use grokcast_agent::instant::InstantServers;
+use grokcast_agent::instant::{ChatRules, InstantServers};
 use grokcast_agent::metrics::Metrics;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
@@ -84,6 +84,10 @@ enum Command {
         /// What every chat reply says.
         #[arg(long)]
         reply: Option<String>,
+        /// Whose rules for the order of chat messages to enforce: `gemma3` (default, as vLLM
+        /// serving Gemma 3 does) or `openai` (any order).
+        #[arg(long, default_value = "gemma3")]
+        chat_rules: ChatRules,
     },
 }
 
@@ -151,9 +155,11 @@ async fn main() -> anyhow::Result<()> {
             listen,
             transcript,
             reply,
+            chat_rules,
         } => {
             let servers = InstantServers::default();
             servers.set(|b| {
+                b.chat_rules = chat_rules;
                 if let Some(t) = transcript {
                     b.transcript = t;
                 }

@@ -219,6 +219,19 @@ fn assistant_before_last_user(messages: &[serde_json::Value]) -> Option<String> 
         .then(|| previous["content"].as_str().unwrap_or("").to_string())
 }
 
+/// (role, content) of each message of a chat request.
+fn said(messages: &[serde_json::Value]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .map(|m| {
+            let text = |k: &str| m[k].as_str().unwrap_or("").to_string();
+            (text("role"), text("content"))
+        })
+        .collect()
+}
+
+/// Greeting, a turn, a barge-in and a key press in one call, against chat servers that refuse
+/// what vLLM serving Gemma 3 refuses (the instant servers' default rules).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
     if !models_present() {
@@ -236,8 +249,11 @@ async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
         Arc::new(caller::espeak_audio("Actually I only need Friday please.").unwrap());
     let mut options = h.caller(&[&q, &interruption]);
     // Speak 3.5 s into each agent turn: after the greeting ends, and during the reply's
-    // second clause.
+    // second clause; then press a key 3.5 s into the last reply, during its second clause
+    // too, and stay on the line for the answer.
     options.interrupt_after = Some(Duration::from_millis(3500));
+    options.dtmf_after_script = Some('5');
+    options.linger = Some(Duration::from_secs(3));
     let report = caller::place_call(&options).await.unwrap();
     let turn = &report.turns[1];
     let clear = turn
@@ -257,20 +273,60 @@ async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
         "the interruption got no answer: {:?}",
         report.turns
     );
+    assert!(
+        report.frames_after_script > 10,
+        "the agent answered the key press aloud"
+    );
     let metrics = h.metrics().await;
     assert_eq!(
         metric(&metrics, "grokcast_barge_ins_total", &AGENT),
         Some(1.0),
         "{metrics}"
     );
-    // The reply to the interruption sees only the clause the caller heard.
-    let conversations = h.servers.conversations.lock().unwrap().clone();
-    assert_eq!(conversations.len(), 2);
+    // Every request was one the strict chat server answered: none was refused (a refusal
+    // is a backend error and an apology).
     assert_eq!(
-        assistant_before_last_user(&conversations[1]).as_deref(),
-        Some("Let me tell you all about our opening hours."),
-        "{:#?}",
-        conversations[1]
+        metric(
+            &metrics,
+            "grokcast_backend_errors_total",
+            &with_agent(&[("stage", "llm")])
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+    let conversations = h.servers.conversations.lock().unwrap().clone();
+    assert_eq!(
+        h.servers.counts.llm.load(Ordering::Relaxed),
+        3,
+        "question, interruption, key press: {conversations:#?}"
+    );
+    assert_eq!(conversations.len(), 3, "{conversations:#?}");
+    let system = h.state.config.persona.system_prompt.clone();
+    let greeting = h.state.config.persona.greeting.clone();
+    let transcript = h.servers.behaviour.lock().unwrap().transcript.clone();
+    let pair = |role: &str, content: &str| (role.to_string(), content.to_string());
+    assert_eq!(
+        said(&conversations[0]),
+        [
+            pair("system", &system),
+            pair("user", grokcast_agent::conversation::CALL_CONNECTED),
+            pair("assistant", &greeting),
+            pair("user", &transcript),
+        ]
+    );
+    // The replies to the interruption and to the key press see only the clause the caller
+    // heard of what they cut short.
+    for c in &conversations[1..] {
+        assert_eq!(
+            assistant_before_last_user(c).as_deref(),
+            Some("Let me tell you all about our opening hours."),
+            "{c:#?}"
+        );
+    }
+    assert_eq!(
+        said(&conversations[2]).last(),
+        Some(&pair("user", "[caller pressed 5]"))
     );
     h.stop().await;
 }
