@@ -1,13 +1,17 @@
 //! The agent's conversations rendered with Gemma 3's real chat template, the one vLLM applies
-//! when it serves `google/gemma-3-*-it`. The template is read from the GGUF that
-//! `scripts/install.sh` installs (metadata key `tokenizer.chat_template`) and rendered with
-//! a Jinja engine, so these tests see what the reference model's server sees: a conversation
-//! the template refuses is a 400 from vLLM.
+//! when it serves `google/gemma-3-*-it`. The template is read from a Gemma 3 GGUF's metadata
+//! (`tokenizer.chat_template`) and rendered with a Jinja engine, so these tests see what the
+//! reference model's server sees: a conversation the template refuses is a 400 from vLLM.
+//!
+//! The GGUF is `$GROKCAST_GEMMA3_GGUF`, else the one `scripts/install.sh` installs. That one is
+//! the 270M base model, whose GGUF carries no chat template: with it the template checks say
+//! so and pass without rendering (the rule they check, `gemma3_accepts`, is unit-tested in
+//! grokcast-engines); point the variable at an instruction-tuned Gemma 3 GGUF to run them.
 
 #![allow(clippy::unwrap_used)]
 
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use grokcast_agent::backend::{ChatMessage, Role};
 use grokcast_agent::conversation::Conversation;
@@ -16,23 +20,36 @@ use grokcast_engines::models::ModelPaths;
 
 const SYSTEM: &str = "You are the receptionist of Example Dental.";
 
-/// Gemma 3's chat template from the installed GGUF, or `None` (with a printed reason) when
-/// the model is not installed and `GROKCAST_REQUIRE_MODELS` is unset. CI sets it, so there a
-/// missing model fails.
+/// Names a Gemma 3 GGUF whose chat template the checks render with.
+const GGUF_ENV: &str = "GROKCAST_GEMMA3_GGUF";
+
+/// Gemma 3's chat template, or `None` (with a printed reason) when there is no GGUF carrying
+/// one. A missing model fails when `GROKCAST_REQUIRE_MODELS` is set (CI sets it).
 fn gemma3_template() -> Option<String> {
     let required = std::env::var_os("GROKCAST_REQUIRE_MODELS").is_some_and(|v| !v.is_empty());
-    match ModelPaths::discover().and_then(|p| p.llm()) {
-        Ok(path) => {
-            let template = gguf_string(&path, "tokenizer.chat_template")
-                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-            Some(template.expect("the Gemma 3 GGUF carries its chat template"))
-        }
-        Err(e) if required => panic!("GROKCAST_REQUIRE_MODELS is set but models are missing: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED: models not installed ({e}); run scripts/install.sh");
-            None
-        }
+    let path = match std::env::var_os(GGUF_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => match ModelPaths::discover().and_then(|p| p.llm()) {
+            Ok(path) => path,
+            Err(e) if required => {
+                panic!("GROKCAST_REQUIRE_MODELS is set but models are missing: {e}")
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: models not installed ({e}); run scripts/install.sh");
+                return None;
+            }
+        },
+    };
+    let template = gguf_string(&path, "tokenizer.chat_template")
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    if template.is_none() {
+        eprintln!(
+            "SKIPPED: {} carries no tokenizer.chat_template (a base model's GGUF); set {GGUF_ENV} \
+             to an instruction-tuned Gemma 3 GGUF to render with the real template",
+            path.display()
+        );
     }
+    template
 }
 
 /// Renders `messages` as vLLM does (through transformers: trimmed blocks, a generation
@@ -162,6 +179,26 @@ fn the_servers_rule_agrees_with_the_real_template() {
             );
         }
     }
+}
+
+#[test]
+fn the_renderer_passes_messages_and_raises_like_transformers() {
+    // A template of this test's own that uses what Gemma 3's does: the messages, a slice
+    // past the system message, `loop.index0`, `raise_exception`, a generation prompt.
+    let template = "{{ bos_token }}{% set turns = messages[1:] if messages[0]['role'] == 'system' else messages %}\n\
+                    {% for m in turns %}\n\
+                    {% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('out of turn') }}{% endif %}\n\
+                    [{{ m['role'] }}: {{ m['content'] | trim }}]\n\
+                    {% endfor %}\n\
+                    {% if add_generation_prompt %}[model]{% endif %}";
+    use Role::{Assistant, System, User};
+    let rendered = render(template, &messages(&[System, User, Assistant, User])).unwrap();
+    assert_eq!(
+        rendered,
+        "<bos>[user: message 1]\n[assistant: message 2]\n[user: message 3]\n[model]"
+    );
+    let err = render(template, &messages(&[System, Assistant, User])).unwrap_err();
+    assert!(format!("{err:#}").contains("out of turn"), "{err:#}");
 }
 
 // GGUF metadata, as far as finding one string value needs: magic "GGUF", u32 version,
