@@ -8,8 +8,10 @@
 //! Gemma 3 by default, the reference model) and answers a conversation the real server would
 //! refuse with the real server's 400, so a test of the agent fails on it.
 //!
-//! Speech is a voiced synthetic signal (a 140 Hz harmonic series with a syllable envelope),
-//! 24 kHz 16-bit PCM like OpenAI's `pcm` format, 55 ms per character of text.
+//! Speech is a voiced synthetic signal (a [`SPEECH_PITCH_HZ`] harmonic series with a
+//! syllable envelope), 55 ms per character of text, as 16-bit mono at a settable rate (24 kHz
+//! by default, OpenAI's `pcm`): raw PCM or a WAV file as the request's `response_format`
+//! asks, with the rate in `x-sample-rate` unless that is switched off.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,10 +24,15 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use grokcast_engines::llm::{GEMMA3_ROLE_ORDER_ERROR, Role, gemma3_accepts};
+use grokcast_engines::server::SAMPLE_RATE_HEADER;
 use serde::Deserialize;
 
-/// Sample rate of the speech the double returns.
+/// Sample rate of the speech the double returns unless told otherwise.
 pub const SPEECH_RATE: u32 = 24_000;
+/// Fundamental frequency of the synthetic voice.
+pub const SPEECH_PITCH_HZ: f32 = 140.0;
+/// Length of the synthetic voice's speech per character of text.
+pub const SPEECH_MS_PER_CHAR: u32 = 55;
 
 /// Which model family's rules for the order of chat messages the double enforces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +102,11 @@ pub struct InstantBehaviour {
     pub reply: String,
     /// The chat server's rules for the order of messages.
     pub chat_rules: ChatRules,
+    /// Sample rate of the speech.
+    pub speech_rate: u32,
+    /// Whether speech responses give their rate in `x-sample-rate` (grokcast-serve does;
+    /// OpenAI does not).
+    pub speech_rate_header: bool,
     /// Transcription.
     pub stt: StageBehaviour,
     /// Chat.
@@ -109,6 +121,8 @@ impl Default for InstantBehaviour {
             transcript: "What are your opening hours?".into(),
             reply: "We are open from nine to five. Is there anything else?".into(),
             chat_rules: ChatRules::default(),
+            speech_rate: SPEECH_RATE,
+            speech_rate_header: true,
             stt: StageBehaviour::default(),
             llm: StageBehaviour::default(),
             tts: StageBehaviour::default(),
@@ -243,22 +257,26 @@ async fn chat(
 #[derive(Deserialize)]
 struct SpeechRequest {
     input: String,
+    #[serde(default)]
+    response_format: Option<String>,
 }
 
-/// Voiced test signal for `text`, 16-bit little-endian at [`SPEECH_RATE`].
-pub fn synthetic_speech(text: &str) -> Vec<u8> {
-    let samples = (text.chars().count() as u64 * 55 * u64::from(SPEECH_RATE) / 1000) as usize;
-    let mut out = Vec::with_capacity(samples * 2);
-    for i in 0..samples {
-        let t = i as f32 / SPEECH_RATE as f32;
-        let envelope = (std::f32::consts::PI * t * 4.0).sin().abs();
-        let voice: f32 = (1..=6)
-            .map(|h| (2.0 * std::f32::consts::PI * 140.0 * h as f32 * t).sin() / h as f32)
-            .sum();
-        let sample = (voice * envelope * 0.25 * 32767.0) as i16;
-        out.extend_from_slice(&sample.to_le_bytes());
-    }
-    out
+/// Voiced test signal for `text` at `rate`, in -1..1.
+pub fn synthetic_speech(text: &str, rate: u32) -> Vec<f32> {
+    let samples =
+        text.chars().count() as u64 * u64::from(SPEECH_MS_PER_CHAR) * u64::from(rate) / 1000;
+    (0..samples)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            let envelope = (std::f32::consts::PI * t * 4.0).sin().abs();
+            let voice: f32 = (1..=6)
+                .map(|h| {
+                    (2.0 * std::f32::consts::PI * SPEECH_PITCH_HZ * h as f32 * t).sin() / h as f32
+                })
+                .sum();
+            voice * envelope * 0.25
+        })
+        .collect()
 }
 
 async fn speech(
@@ -277,14 +295,34 @@ async fn speech(
         )
             .into_response();
     }
-    let pcm = synthetic_speech(&request.input);
-    // Streamed in 100 ms pieces, as a streaming TTS server would.
-    let pieces: Vec<Result<Bytes, std::io::Error>> = pcm
-        .chunks(SPEECH_RATE as usize / 10 * 2)
+    let samples = synthetic_speech(&request.input, b.speech_rate);
+    let (content_type, body) = match request.response_format.as_deref() {
+        None | Some("pcm") => {
+            let mut pcm = Vec::with_capacity(samples.len() * 2);
+            grokcast_engines::audio::push_s16le(&mut pcm, &samples);
+            ("audio/pcm", pcm)
+        }
+        Some("wav") => (
+            "audio/wav",
+            grokcast_engines::audio::wav_bytes(&samples, b.speech_rate),
+        ),
+        Some(other) => {
+            let message = format!("response_format {other:?} is not pcm or wav");
+            let body = serde_json::json!({ "error": { "message": message } });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    // Streamed in 100 ms pieces, as a streaming TTS server would (a WAV header arrives in
+    // the first).
+    let pieces: Vec<Result<Bytes, std::io::Error>> = body
+        .chunks(b.speech_rate as usize / 10 * 2)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
-    Response::builder()
-        .header(header::CONTENT_TYPE, "audio/pcm")
+    let mut response = Response::builder().header(header::CONTENT_TYPE, content_type);
+    if b.speech_rate_header {
+        response = response.header(SAMPLE_RATE_HEADER, b.speech_rate);
+    }
+    response
         .body(Body::from_stream(futures::stream::iter(pieces)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

@@ -88,6 +88,12 @@ enum Command {
         /// serving Gemma 3 does) or `openai` (any order).
         #[arg(long, default_value = "gemma3")]
         chat_rules: ChatRules,
+        /// Sample rate of the synthetic speech, in Hz.
+        #[arg(long, default_value_t = grokcast_agent::instant::SPEECH_RATE)]
+        speech_rate: u32,
+        /// Leave the `x-sample-rate` header off speech responses (as OpenAI does).
+        #[arg(long)]
+        no_speech_rate_header: bool,
     },
 }
 
@@ -156,10 +162,14 @@ async fn main() -> anyhow::Result<()> {
             transcript,
             reply,
             chat_rules,
+            speech_rate,
+            no_speech_rate_header,
         } => {
             let servers = InstantServers::default();
             servers.set(|b| {
                 b.chat_rules = chat_rules;
+                b.speech_rate = speech_rate;
+                b.speech_rate_header = !no_speech_rate_header;
                 if let Some(t) = transcript {
                     b.transcript = t;
                 }
