@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::backend::{BackendError, ChatMessage, Role};
+use crate::backend::BackendError;
 use crate::clause::ClauseSplitter;
 use crate::clips::FrameEncoder;
 use crate::codec;
+use crate::conversation::Conversation;
 use crate::metrics::{Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
@@ -499,7 +500,7 @@ async fn converse(
     clears: mpsc::Sender<()>,
     shared: Arc<Shared>,
 ) -> Option<Outcome> {
-    let mut history: Vec<ChatMessage> = Vec::new();
+    let mut history = Conversation::new(&state.config.persona.system_prompt);
     let mut acked: HashSet<String> = HashSet::new();
     let mut turn_number = 0u64;
     let mut running: Option<(tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>)> = None;
@@ -520,10 +521,7 @@ async fn converse(
                 name: "greeting".into(),
             })
             .await;
-        history.push(ChatMessage::new(
-            Role::Assistant,
-            state.config.persona.greeting.clone(),
-        ));
+        history.agent(&state.config.persona.greeting);
         state.said("agent", &state.config.persona.greeting);
     }
 
@@ -602,7 +600,7 @@ async fn interrupt(
 /// only the clauses whose marks Twilio acknowledged: what the caller actually heard.
 fn finish_turn(
     running: &mut Option<(tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>)>,
-    history: &mut Vec<ChatMessage>,
+    history: &mut Conversation,
     acked: &HashSet<String>,
 ) {
     let Some((handle, record)) = running.take() else {
@@ -611,7 +609,7 @@ fn finish_turn(
     handle.abort();
     let record = std::mem::take(&mut *record.lock().unwrap_or_else(|p| p.into_inner()));
     if let Some(user) = record.user {
-        history.push(ChatMessage::new(Role::User, user));
+        history.caller(&user);
     }
     let heard: Vec<&str> = record
         .segments
@@ -619,9 +617,7 @@ fn finish_turn(
         .take_while(|(mark, _)| acked.contains(mark))
         .map(|(_, t)| t.as_str())
         .collect();
-    if !heard.is_empty() {
-        history.push(ChatMessage::new(Role::Assistant, heard.join(" ")));
-    }
+    history.agent(&heard.join(" "));
 }
 
 enum TurnInput {
@@ -641,7 +637,7 @@ fn start_turn(
     shared: &Arc<Shared>,
     playout: &mpsc::Sender<Playout>,
     encoder: &Arc<tokio::sync::Mutex<Option<FrameEncoder>>>,
-    history: &[ChatMessage],
+    history: &Conversation,
     input: TurnInput,
     number: u64,
 ) -> (tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>) {
@@ -654,14 +650,9 @@ fn start_turn(
         record: record.clone(),
         number,
     };
-    let mut messages = Vec::with_capacity(history.len() + 2);
-    messages.push(ChatMessage::new(
-        Role::System,
-        state.config.persona.system_prompt.clone(),
-    ));
-    messages.extend_from_slice(history);
+    let history = history.clone();
     let span = info_span!("turn", turn = number);
-    let handle = tokio::spawn(async move { turn.run(input, messages).await }.instrument(span));
+    let handle = tokio::spawn(async move { turn.run(input, history).await }.instrument(span));
     (handle, record)
 }
 
@@ -675,7 +666,7 @@ struct Turn {
 }
 
 impl Turn {
-    async fn run(self, input: TurnInput, mut messages: Vec<ChatMessage>) {
+    async fn run(self, input: TurnInput, history: Conversation) {
         let (user, mut timings) = match input {
             TurnInput::Speech {
                 audio,
@@ -717,13 +708,13 @@ impl Turn {
                 },
             ),
         };
-        if user.trim().is_empty() {
+        // The only place a call builds what it sends the LLM (see `conversation`).
+        let Some(messages) = history.request(&user) else {
             debug!("empty transcript; no reply");
             return;
-        }
+        };
         self.state.said("caller", &user);
-        self.lock_record().user = Some(user.clone());
-        messages.push(ChatMessage::new(Role::User, user));
+        self.lock_record().user = Some(user);
 
         let llm_started = Instant::now();
         let llm_timeout = self.state.config.llm.stage.timeout();

@@ -76,6 +76,9 @@ pub struct CallerOptions {
     pub linger: Option<Duration>,
     /// Press this key this long after the stream starts.
     pub dtmf: Option<(Duration, char)>,
+    /// Press this key when the script is done, as the caller starts to linger (so it needs
+    /// `linger`): after the last utterance, while the agent answers it.
+    pub dtmf_after_script: Option<char>,
     /// Call SID to use.
     pub call_sid: String,
     /// A PEM file of extra CA certificates to trust for an `https://` agent (and its
@@ -96,6 +99,7 @@ impl Default for CallerOptions {
             malformed_after: None,
             linger: None,
             dtmf: None,
+            dtmf_after_script: None,
             call_sid: "CA00000000000000000000000000000001".into(),
             ca_file: None,
         }
@@ -494,9 +498,7 @@ pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerErr
                     {
                         dtmf_sent = true;
                         sequence += 1;
-                        let d = serde_json::json!({"event":"dtmf","sequenceNumber":sequence.to_string(),"streamSid":stream_sid,
-                            "dtmf":{"track":"inbound_track","digit":digit.to_string()}});
-                        tx.send(Message::text(d.to_string())).await.map_err(send_err)?;
+                        tx.send(Message::text(dtmf_message(sequence, &stream_sid, digit))).await.map_err(send_err)?;
                     }
                 }
                 // Decide what the caller says in this frame.
@@ -536,6 +538,14 @@ pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerErr
                         stopped_speaking = Some(now + FRAME);
                         phase = Phase::Listening { since: now };
                     }
+                }
+                if let Some(digit) = options.dtmf_after_script
+                    && !dtmf_sent
+                    && matches!(phase, Phase::Lingering { .. })
+                {
+                    dtmf_sent = true;
+                    sequence += 1;
+                    tx.send(Message::text(dtmf_message(sequence, &stream_sid, digit))).await.map_err(send_err)?;
                 }
                 if let Phase::Lingering { until } = phase
                     && now >= until
@@ -621,6 +631,13 @@ pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerErr
         let _ = tx.close().await;
     }
     Ok(report)
+}
+
+/// Twilio's `dtmf` message for a key press on the inbound track.
+fn dtmf_message(sequence: u64, stream_sid: &str, digit: char) -> String {
+    serde_json::json!({"event": "dtmf", "sequenceNumber": sequence.to_string(), "streamSid": stream_sid,
+        "dtmf": {"track": "inbound_track", "digit": digit.to_string()}})
+    .to_string()
 }
 
 /// Places `n` concurrent calls (call SIDs numbered), dialled over `spread`, and returns

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::openai::ResponseFormat;
 use crate::turn::TurnTaking;
 
 /// Why the configuration cannot be used.
@@ -248,7 +249,11 @@ pub struct TtsConfig {
     pub stage: StageConfig,
     /// Voice name sent to the server.
     pub voice: String,
-    /// Rate of the raw PCM the server streams (OpenAI's `pcm` is 24 kHz).
+    /// The `response_format` asked for: `pcm` (raw, streamed) or `wav`.
+    pub response_format: ResponseFormat,
+    /// Rate assumed for raw PCM whose response gives none (no `x-sample-rate` header, no
+    /// WAV header); OpenAI's `pcm` is 24 kHz. What a response says about itself wins, so
+    /// this is only a fallback.
     pub sample_rate: u32,
 }
 
@@ -276,6 +281,7 @@ impl Default for TtsConfig {
         Self {
             stage: StageConfig::new("tts-1", 5_000),
             voice: "alloy".into(),
+            response_format: ResponseFormat::Pcm,
             sample_rate: 24_000,
         }
     }
@@ -470,6 +476,14 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         c.tts.voice = v.into();
         Ok(())
     }),
+    (
+        "GROKCAST_TTS_RESPONSE_FORMAT",
+        "tts.responseFormat",
+        |c, v| {
+            c.tts.response_format = v.parse()?;
+            Ok(())
+        },
+    ),
     ("GROKCAST_TTS_SAMPLE_RATE", "tts.sampleRate", |c, v| {
         c.tts.sample_rate = parse(v)?;
         Ok(())
@@ -624,7 +638,7 @@ impl AgentConfig {
                 problems.push(format!("{name}.timeoutMs must be above 0"));
             }
         }
-        if self.tts.sample_rate < 8000 || self.tts.sample_rate > 48_000 {
+        if !crate::backend::speech_audio::RATES.contains(&self.tts.sample_rate) {
             problems.push(format!(
                 "tts.sampleRate {} must be within 8000..48000",
                 self.tts.sample_rate
@@ -752,6 +766,7 @@ mod tests {
                 v if v.ends_with("_BACKEND") => "openai",
                 "GROKCAST_INSECURE_SKIP_SIGNATURE" | "GROKCAST_LOG_TRANSCRIPTS" => "true",
                 "GROKCAST_BARGE_IN" => "false",
+                "GROKCAST_TTS_RESPONSE_FORMAT" => "wav",
                 "GROKCAST_VAD_THRESHOLD" | "GROKCAST_LLM_TEMPERATURE" => "0.3",
                 v if v.ends_with("_MS")
                     || v.ends_with("_SECONDS")
@@ -828,6 +843,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_speech_format_is_pcm_unless_set() {
+        let c = AgentConfig::load(None, &env(MINIMAL)).unwrap();
+        assert_eq!(c.tts.response_format, ResponseFormat::Pcm);
+        let file = write("tts: {responseFormat: wav, sampleRate: 22050}\n");
+        let c = AgentConfig::load(Some(&file.0), &env(MINIMAL)).unwrap();
+        assert_eq!(c.tts.response_format, ResponseFormat::Wav);
+        assert_eq!(c.tts.sample_rate, 22_050);
+        let file = write("tts: {responseFormat: mp3}\n");
+        let err = AgentConfig::load(Some(&file.0), &env(MINIMAL))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mp3"), "{err}");
     }
 
     #[test]

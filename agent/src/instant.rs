@@ -4,8 +4,14 @@
 //! benchmark measure the agent itself. Failures and delays can be switched on per stage to
 //! test what the caller hears when a model server is down or slow.
 //!
-//! Speech is a voiced synthetic signal (a 140 Hz harmonic series with a syllable envelope),
-//! 24 kHz 16-bit PCM like OpenAI's `pcm` format, 55 ms per character of text.
+//! Chat enforces the message order of the model family it stands for ([`ChatRules`], strict
+//! Gemma 3 by default, the reference model) and answers a conversation the real server would
+//! refuse with the real server's 400, so a test of the agent fails on it.
+//!
+//! Speech is a voiced synthetic signal (a [`SPEECH_PITCH_HZ`] harmonic series with a
+//! syllable envelope), 55 ms per character of text, as 16-bit mono at a settable rate (24 kHz
+//! by default, OpenAI's `pcm`): raw PCM or a WAV file as the request's `response_format`
+//! asks, with the rate in `x-sample-rate` unless that is switched off.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,10 +23,66 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use grokcast_engines::llm::{GEMMA3_ROLE_ORDER_ERROR, Role, gemma3_accepts};
+use grokcast_engines::server::SAMPLE_RATE_HEADER;
 use serde::Deserialize;
 
-/// Sample rate of the speech the double returns.
+/// Sample rate of the speech the double returns unless told otherwise.
 pub const SPEECH_RATE: u32 = 24_000;
+/// Fundamental frequency of the synthetic voice.
+pub const SPEECH_PITCH_HZ: f32 = 140.0;
+/// Length of the synthetic voice's speech per character of text.
+pub const SPEECH_MS_PER_CHAR: u32 = 55;
+
+/// Which model family's rules for the order of chat messages the double enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChatRules {
+    /// Gemma 3 (`google/gemma-3-*-it` on vLLM): one optional system message, then user and
+    /// assistant in turn, starting with the user; anything else is a 400.
+    #[default]
+    Gemma3,
+    /// OpenAI's API: roles in any order.
+    OpenAi,
+}
+
+impl ChatRules {
+    /// Why a server of this family would refuse these messages, or `None` if it takes them.
+    pub fn refusal(self, messages: &[serde_json::Value]) -> Option<String> {
+        let mut roles = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            roles.push(match m["role"].as_str() {
+                Some("system") => Role::System,
+                Some("user") => Role::User,
+                Some("assistant") => Role::Assistant,
+                other => return Some(format!("messages[{i}] has an unknown role {other:?}")),
+            });
+        }
+        match self {
+            ChatRules::Gemma3 if !gemma3_accepts(&roles) => Some(GEMMA3_ROLE_ORDER_ERROR.into()),
+            ChatRules::Gemma3 | ChatRules::OpenAi => None,
+        }
+    }
+}
+
+impl std::str::FromStr for ChatRules {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gemma3" => Ok(ChatRules::Gemma3),
+            "openai" => Ok(ChatRules::OpenAi),
+            other => Err(format!("{other:?} is not gemma3 or openai")),
+        }
+    }
+}
+
+/// vLLM's body for a request it refuses (`ErrorResponse`), with HTTP 400.
+fn vllm_bad_request(message: &str) -> Response {
+    let body = serde_json::json!({
+        "object": "error", "message": message, "type": "BadRequestError", "param": null, "code": 400,
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
 
 /// How one stage behaves.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +100,13 @@ pub struct InstantBehaviour {
     pub transcript: String,
     /// What every chat reply says (streamed word by word).
     pub reply: String,
+    /// The chat server's rules for the order of messages.
+    pub chat_rules: ChatRules,
+    /// Sample rate of the speech.
+    pub speech_rate: u32,
+    /// Whether speech responses give their rate in `x-sample-rate` (grokcast-serve does;
+    /// OpenAI does not).
+    pub speech_rate_header: bool,
     /// Transcription.
     pub stt: StageBehaviour,
     /// Chat.
@@ -51,6 +120,9 @@ impl Default for InstantBehaviour {
         Self {
             transcript: "What are your opening hours?".into(),
             reply: "We are open from nine to five. Is there anything else?".into(),
+            chat_rules: ChatRules::default(),
+            speech_rate: SPEECH_RATE,
+            speech_rate_header: true,
             stt: StageBehaviour::default(),
             llm: StageBehaviour::default(),
             tts: StageBehaviour::default(),
@@ -76,7 +148,8 @@ pub struct InstantServers {
     pub behaviour: Arc<Mutex<InstantBehaviour>>,
     /// Requests served.
     pub counts: Arc<InstantCounts>,
-    /// The `messages` of every chat request, in order (what the agent's history was).
+    /// The `messages` of every chat request answered, in order (what the agent's history
+    /// was); refused ones are counted in `counts.llm` but not kept.
     pub conversations: Arc<Mutex<Vec<Vec<serde_json::Value>>>>,
 }
 
@@ -162,6 +235,9 @@ async fn chat(
         )
             .into_response();
     }
+    if let Some(refusal) = b.chat_rules.refusal(&request.messages) {
+        return vllm_bad_request(&refusal);
+    }
     s.conversations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -181,22 +257,26 @@ async fn chat(
 #[derive(Deserialize)]
 struct SpeechRequest {
     input: String,
+    #[serde(default)]
+    response_format: Option<String>,
 }
 
-/// Voiced test signal for `text`, 16-bit little-endian at [`SPEECH_RATE`].
-pub fn synthetic_speech(text: &str) -> Vec<u8> {
-    let samples = (text.chars().count() as u64 * 55 * u64::from(SPEECH_RATE) / 1000) as usize;
-    let mut out = Vec::with_capacity(samples * 2);
-    for i in 0..samples {
-        let t = i as f32 / SPEECH_RATE as f32;
-        let envelope = (std::f32::consts::PI * t * 4.0).sin().abs();
-        let voice: f32 = (1..=6)
-            .map(|h| (2.0 * std::f32::consts::PI * 140.0 * h as f32 * t).sin() / h as f32)
-            .sum();
-        let sample = (voice * envelope * 0.25 * 32767.0) as i16;
-        out.extend_from_slice(&sample.to_le_bytes());
-    }
-    out
+/// Voiced test signal for `text` at `rate`, in -1..1.
+pub fn synthetic_speech(text: &str, rate: u32) -> Vec<f32> {
+    let samples =
+        text.chars().count() as u64 * u64::from(SPEECH_MS_PER_CHAR) * u64::from(rate) / 1000;
+    (0..samples)
+        .map(|i| {
+            let t = i as f32 / rate as f32;
+            let envelope = (std::f32::consts::PI * t * 4.0).sin().abs();
+            let voice: f32 = (1..=6)
+                .map(|h| {
+                    (2.0 * std::f32::consts::PI * SPEECH_PITCH_HZ * h as f32 * t).sin() / h as f32
+                })
+                .sum();
+            voice * envelope * 0.25
+        })
+        .collect()
 }
 
 async fn speech(
@@ -215,14 +295,87 @@ async fn speech(
         )
             .into_response();
     }
-    let pcm = synthetic_speech(&request.input);
-    // Streamed in 100 ms pieces, as a streaming TTS server would.
-    let pieces: Vec<Result<Bytes, std::io::Error>> = pcm
-        .chunks(SPEECH_RATE as usize / 10 * 2)
+    let samples = synthetic_speech(&request.input, b.speech_rate);
+    let (content_type, body) = match request.response_format.as_deref() {
+        None | Some("pcm") => {
+            let mut pcm = Vec::with_capacity(samples.len() * 2);
+            grokcast_engines::audio::push_s16le(&mut pcm, &samples);
+            ("audio/pcm", pcm)
+        }
+        Some("wav") => (
+            "audio/wav",
+            grokcast_engines::audio::wav_bytes(&samples, b.speech_rate),
+        ),
+        Some(other) => {
+            let message = format!("response_format {other:?} is not pcm or wav");
+            let body = serde_json::json!({ "error": { "message": message } });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    // Streamed in 100 ms pieces, as a streaming TTS server would (a WAV header arrives in
+    // the first).
+    let pieces: Vec<Result<Bytes, std::io::Error>> = body
+        .chunks(b.speech_rate as usize / 10 * 2)
         .map(|c| Ok(Bytes::copy_from_slice(c)))
         .collect();
-    Response::builder()
-        .header(header::CONTENT_TYPE, "audio/pcm")
+    let mut response = Response::builder().header(header::CONTENT_TYPE, content_type);
+    if b.speech_rate_header {
+        response = response.header(SAMPLE_RATE_HEADER, b.speech_rate);
+    }
+    response
         .body(Body::from_stream(futures::stream::iter(pieces)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn chat_status(rules: ChatRules, roles: &[&str]) -> (u16, serde_json::Value) {
+        let servers = InstantServers::default();
+        servers.set(|b| b.chat_rules = rules);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/v1/chat/completions",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(servers.serve(listener));
+        let messages: Vec<_> = roles
+            .iter()
+            .map(|r| serde_json::json!({"role": r, "content": "x"}))
+            .collect();
+        let response = reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({"model": "m", "messages": messages, "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn gemma3_rules_refuse_a_greeting_first_as_vllm_does() {
+        let (status, body) = chat_status(ChatRules::Gemma3, &["system", "assistant", "user"]).await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            serde_json::json!({"object": "error", "message": GEMMA3_ROLE_ORDER_ERROR,
+                               "type": "BadRequestError", "param": null, "code": 400})
+        );
+        let (status, _) = chat_status(ChatRules::Gemma3, &["system", "user", "user"]).await;
+        assert_eq!(status, 400);
+        let (status, _) =
+            chat_status(ChatRules::Gemma3, &["system", "user", "assistant", "user"]).await;
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn openai_rules_take_any_order() {
+        let (status, _) = chat_status(ChatRules::OpenAi, &["system", "assistant", "user"]).await;
+        assert_eq!(status, 200);
+        let (status, _) = chat_status(ChatRules::OpenAi, &["user", "tool"]).await;
+        assert_eq!(status, 400, "an unknown role is refused by every family");
+    }
 }

@@ -10,6 +10,7 @@ pub mod clause;
 pub mod clips;
 pub mod codec;
 pub mod config;
+pub mod conversation;
 pub mod demo;
 pub mod instant;
 pub mod metrics;

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use grokcast_agent::caller::{self, CallerOptions};
 use grokcast_agent::config::AgentConfig;
-use grokcast_agent::instant::InstantServers;
+use grokcast_agent::instant::{ChatRules, InstantServers};
 use grokcast_agent::metrics::Metrics;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
@@ -84,6 +84,16 @@ enum Command {
         /// What every chat reply says.
         #[arg(long)]
         reply: Option<String>,
+        /// Whose rules for the order of chat messages to enforce: `gemma3` (default, as vLLM
+        /// serving Gemma 3 does) or `openai` (any order).
+        #[arg(long, default_value = "gemma3")]
+        chat_rules: ChatRules,
+        /// Sample rate of the synthetic speech, in Hz.
+        #[arg(long, default_value_t = grokcast_agent::instant::SPEECH_RATE)]
+        speech_rate: u32,
+        /// Leave the `x-sample-rate` header off speech responses (as OpenAI does).
+        #[arg(long)]
+        no_speech_rate_header: bool,
     },
 }
 
@@ -151,9 +161,15 @@ async fn main() -> anyhow::Result<()> {
             listen,
             transcript,
             reply,
+            chat_rules,
+            speech_rate,
+            no_speech_rate_header,
         } => {
             let servers = InstantServers::default();
             servers.set(|b| {
+                b.chat_rules = chat_rules;
+                b.speech_rate = speech_rate;
+                b.speech_rate_header = !no_speech_rate_header;
                 if let Some(t) = transcript {
                     b.transcript = t;
                 }

@@ -93,6 +93,7 @@ pub fn build_backends(config: &AgentConfig) -> Result<Backends, StartupError> {
             &config.tts.stage.url,
             &config.tts.stage.model,
             &config.tts.voice,
+            config.tts.response_format,
             config.tts.sample_rate,
             config.tts.stage.timeout(),
         )),

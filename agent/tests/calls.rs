@@ -41,7 +41,12 @@ struct Harness {
 }
 
 async fn start(adjust: impl FnOnce(&mut AgentConfig)) -> Harness {
-    let servers = InstantServers::default();
+    start_against(InstantServers::default(), adjust).await
+}
+
+/// An agent whose model servers are `servers` (set up before the agent synthesises its
+/// greeting from them).
+async fn start_against(servers: InstantServers, adjust: impl FnOnce(&mut AgentConfig)) -> Harness {
     let model_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let models_url = format!("http://{}/v1", model_listener.local_addr().unwrap());
     tokio::spawn(servers.clone().serve(model_listener));
@@ -219,6 +224,19 @@ fn assistant_before_last_user(messages: &[serde_json::Value]) -> Option<String> 
         .then(|| previous["content"].as_str().unwrap_or("").to_string())
 }
 
+/// (role, content) of each message of a chat request.
+fn said(messages: &[serde_json::Value]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .map(|m| {
+            let text = |k: &str| m[k].as_str().unwrap_or("").to_string();
+            (text("role"), text("content"))
+        })
+        .collect()
+}
+
+/// Greeting, a turn, a barge-in and a key press in one call, against chat servers that refuse
+/// what vLLM serving Gemma 3 refuses (the instant servers' default rules).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
     if !models_present() {
@@ -236,8 +254,12 @@ async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
         Arc::new(caller::espeak_audio("Actually I only need Friday please.").unwrap());
     let mut options = h.caller(&[&q, &interruption]);
     // Speak 3.5 s into each agent turn: after the greeting ends, and during the reply's
-    // second clause.
+    // second clause. Then press a key when the script is done, 3.5 s after the agent's first
+    // frame since the interruption began (the frames just before its clear count): usually
+    // before any of the answer to the interruption was heard. Stay on for the answer.
     options.interrupt_after = Some(Duration::from_millis(3500));
+    options.dtmf_after_script = Some('5');
+    options.linger = Some(Duration::from_secs(3));
     let report = caller::place_call(&options).await.unwrap();
     let turn = &report.turns[1];
     let clear = turn
@@ -257,22 +279,181 @@ async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
         "the interruption got no answer: {:?}",
         report.turns
     );
+    assert!(
+        report.frames_after_script > 10,
+        "the agent answered the key press aloud"
+    );
     let metrics = h.metrics().await;
     assert_eq!(
         metric(&metrics, "grokcast_barge_ins_total", &AGENT),
         Some(1.0),
         "{metrics}"
     );
-    // The reply to the interruption sees only the clause the caller heard.
-    let conversations = h.servers.conversations.lock().unwrap().clone();
-    assert_eq!(conversations.len(), 2);
+    // Every request was one the strict chat server answered: none was refused (a refusal
+    // is a backend error and an apology).
     assert_eq!(
-        assistant_before_last_user(&conversations[1]).as_deref(),
-        Some("Let me tell you all about our opening hours."),
-        "{:#?}",
-        conversations[1]
+        metric(
+            &metrics,
+            "grokcast_backend_errors_total",
+            &with_agent(&[("stage", "llm")])
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+    let conversations = h.servers.conversations.lock().unwrap().clone();
+    assert_eq!(
+        h.servers.counts.llm.load(Ordering::Relaxed),
+        3,
+        "question, interruption, key press: {conversations:#?}"
+    );
+    assert_eq!(conversations.len(), 3, "{conversations:#?}");
+    let system = h.state.config.persona.system_prompt.clone();
+    let greeting = h.state.config.persona.greeting.clone();
+    let transcript = h.servers.behaviour.lock().unwrap().transcript.clone();
+    let pair = |role: &str, content: &str| (role.to_string(), content.to_string());
+    assert_eq!(
+        said(&conversations[0]),
+        [
+            pair("system", &system),
+            pair("user", grokcast_agent::conversation::CALL_CONNECTED),
+            pair("assistant", &greeting),
+            pair("user", &transcript),
+        ]
+    );
+    // The replies to the interruption and to the key press see only the clause the caller
+    // heard of what they cut short (for the key press: of the answer to the interruption, or,
+    // when none of that was heard, of the first answer).
+    for c in &conversations[1..] {
+        assert_eq!(
+            assistant_before_last_user(c).as_deref(),
+            Some("Let me tell you all about our opening hours."),
+            "{c:#?}"
+        );
+    }
+    // The key press is the caller's last message; an interruption whose answer the caller
+    // heard none of stays in it, on the line before.
+    let (role, last) = said(&conversations[2]).pop().unwrap();
+    assert_eq!(role, "user");
+    assert!(
+        last == "[caller pressed 5]" || last == format!("{transcript}\n[caller pressed 5]"),
+        "{last:?}"
     );
     h.stop().await;
+}
+
+/// The fundamental frequency of 8 kHz mu-law audio: the median over 64 ms windows loud
+/// enough to be voice of the first strong peak of their normalised autocorrelation.
+fn pitch_hz(mulaw: &[u8]) -> Option<f32> {
+    const RATE: f32 = 8000.0;
+    const WINDOW: usize = 512;
+    // Lags for 400 Hz down to 70 Hz.
+    let lags = 20..=114;
+    let audio: Vec<f32> = mulaw
+        .iter()
+        .map(|b| f32::from(grokcast_agent::codec::decode_sample(*b)) / 32768.0)
+        .collect();
+    let mut estimates = Vec::new();
+    for window in audio.chunks_exact(WINDOW) {
+        let rms = (window.iter().map(|s| s * s).sum::<f32>() / WINDOW as f32).sqrt();
+        if rms < 0.03 {
+            continue;
+        }
+        let r = |lag: usize| {
+            let (a, b) = (&window[..WINDOW - lag], &window[lag..]);
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let energy = (a.iter().map(|x| x * x).sum::<f32>()
+                * b.iter().map(|y| y * y).sum::<f32>())
+            .sqrt();
+            dot / energy.max(f32::MIN_POSITIVE)
+        };
+        let scores: Vec<f32> = lags.clone().map(r).collect();
+        let best = scores.iter().copied().fold(f32::MIN, f32::max);
+        // Whole multiples of the period correlate as well: take the first strong peak.
+        let Some(i) = (1..scores.len() - 1).find(|&i| {
+            scores[i] >= 0.9 * best && scores[i] >= scores[i - 1] && scores[i] >= scores[i + 1]
+        }) else {
+            continue;
+        };
+        // Between integer lags: the vertex of the parabola through the peak and its neighbours.
+        let (l, c, rr) = (scores[i - 1], scores[i], scores[i + 1]);
+        let shift = 0.5 * (l - rr) / (l - 2.0 * c + rr).min(-f32::EPSILON);
+        let lag = (*lags.start() + i) as f32 + shift;
+        estimates.push(RATE / lag);
+    }
+    estimates.sort_by(f32::total_cmp);
+    estimates.get(estimates.len() / 2).copied()
+}
+
+#[test]
+fn the_pitch_measure_tells_a_voice_played_at_the_wrong_rate() {
+    let mulaw = |samples: &[f32]| {
+        let mut out = vec![0u8; samples.len()];
+        grokcast_agent::codec::encode_into(samples, &mut out);
+        out
+    };
+    let voice = grokcast_agent::instant::synthetic_speech("Hello! How can I help you today?", 8000);
+    let pitch = pitch_hz(&mulaw(&voice)).unwrap();
+    assert!((pitch - 140.0).abs() < 2.0, "{pitch}");
+    // 22,050 Hz samples played as 24,000 Hz: 8.8 % high.
+    let fast = grokcast_agent::instant::synthetic_speech("Hello! How can I help you today?", 7350);
+    let pitch = pitch_hz(&mulaw(&fast)).unwrap();
+    assert!((pitch - 140.0 * 8000.0 / 7350.0).abs() < 2.0, "{pitch}");
+    assert_eq!(pitch_hz(&mulaw(&[0.0; 4000])), None, "silence has no pitch");
+}
+
+/// 20 ms frames of the synthetic voice for `chars` characters of text.
+fn voice_frames(chars: usize) -> f64 {
+    chars as f64 * f64::from(grokcast_agent::instant::SPEECH_MS_PER_CHAR) / 20.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_hears_speech_at_the_rate_each_tts_response_gives() {
+    if !models_present() {
+        return;
+    }
+    use grokcast_agent::backend::openai::ResponseFormat;
+    // grokcast-serve's Piper voice (22,050 Hz, said in x-sample-rate), OpenAI's rate with the
+    // header, and a server that sends WAV files and no header.
+    for (rate, header, format) in [
+        (22_050, true, ResponseFormat::Pcm),
+        (24_000, true, ResponseFormat::Pcm),
+        (22_050, false, ResponseFormat::Wav),
+    ] {
+        let servers = InstantServers::default();
+        servers.set(|b| {
+            b.speech_rate = rate;
+            b.speech_rate_header = header;
+        });
+        let h = start_against(servers, |c| c.tts.response_format = format).await;
+        let q = question();
+        let report = caller::place_call(&h.caller(&[&q])).await.unwrap();
+        let case = format!("{rate} Hz, header {header}, {format:?}");
+        assert!(answered(&report, 0), "{case}: {:?}", report.turns);
+        // Durations as frames received (not wall-clock time): the greeting, one clause, and
+        // the two clauses of the reply. Audio taken at the wrong rate is 8 % shorter or longer.
+        let greeting = h.state.config.persona.greeting.chars().count();
+        let reply_clauses = ["We are open from nine to five.", "Is there anything else?"];
+        let reply: usize = reply_clauses.iter().map(|c| c.chars().count()).sum();
+        for (what, frames, chars) in [
+            ("greeting", report.greeting_frames, greeting),
+            ("reply", report.turns[0].agent_frames, reply),
+        ] {
+            let expected = voice_frames(chars);
+            let ratio = frames as f64 / expected;
+            assert!(
+                (0.95..=1.05).contains(&ratio),
+                "{case}: the {what} was {frames} frames, {expected:.0} expected ({ratio:.3}x)"
+            );
+        }
+        let pitch = pitch_hz(&report.heard).expect("the caller heard voice");
+        let expected = grokcast_agent::instant::SPEECH_PITCH_HZ;
+        assert!(
+            (pitch / expected - 1.0).abs() <= 0.05,
+            "{case}: the voice was at {pitch:.1} Hz, {expected} Hz expected"
+        );
+        h.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,6 +41,27 @@ impl ChatMessage {
     }
 }
 
+/// What Gemma 3's chat template raises when the roles are out of order; vLLM passes it on
+/// in its 400, and the servers that stand in for it say the same.
+pub const GEMMA3_ROLE_ORDER_ERROR: &str =
+    "Conversation roles must alternate user/assistant/user/assistant/...";
+
+/// Whether Gemma 3's chat template renders this order of roles. The template takes one
+/// system message first (folded into the first user turn); every message after it must be
+/// the user's at even positions and not the user's at odd ones, so the turns alternate
+/// starting with the user. A later system message counts as "not the user", as it does in
+/// the template, and a conversation may end on either side (vLLM checks nothing more).
+pub fn gemma3_accepts(roles: &[Role]) -> bool {
+    let turns = match roles.split_first() {
+        Some((Role::System, rest)) => rest,
+        _ => roles,
+    };
+    turns
+        .iter()
+        .enumerate()
+        .all(|(i, role)| (*role == Role::User) == (i % 2 == 0))
+}
+
 /// Sampling settings for one reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
@@ -548,5 +569,16 @@ mod tests {
             build_prompt(&[ChatMessage::new(Role::System, "x")]),
             Err(LlmError::NoUserMessage)
         ));
+    }
+
+    #[test]
+    fn gemma3_takes_one_system_message_then_turns_from_the_user() {
+        use Role::{Assistant as A, System as S, User as U};
+        for good in [&[U][..], &[S, U], &[S, U, A, U], &[U, A], &[S]] {
+            assert!(gemma3_accepts(good), "{good:?} is refused");
+        }
+        for bad in [&[A][..], &[S, A, U], &[S, U, U], &[S, U, A, A], &[S, S, U]] {
+            assert!(!gemma3_accepts(bad), "{bad:?} is accepted");
+        }
     }
 }

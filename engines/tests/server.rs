@@ -195,6 +195,25 @@ async fn malformed_chat_requests_get_openai_errors() {
         Some("messages"),
     )
     .await;
+    // Roles out of the order Gemma 3's chat template takes get vLLM's message for them.
+    for bad in [
+        json!([{"role": "system", "content": "s"}, {"role": "assistant", "content": "Hello!"},
+               {"role": "user", "content": "hi"}]),
+        json!([{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}]),
+    ] {
+        let mut b = chat_body();
+        b["messages"] = bad;
+        let body = expect_error(
+            send(b).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            Some("messages"),
+        )
+        .await;
+        assert_eq!(
+            body["error"]["message"],
+            grokcast_engines::llm::GEMMA3_ROLE_ORDER_ERROR
+        );
+    }
     let mut b = chat_body();
     b["messages"] = json!([{"role": "system", "content": "only instructions"}]);
     expect_error(

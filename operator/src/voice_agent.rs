@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use grokcast_crds::{ModelPool, Role, StageBackend, VoiceAgent, condition, condition::reason};
+use grokcast_crds::{
+    Engine, ModelPool, Role, StageBackend, VoiceAgent, condition, condition::reason,
+};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -137,6 +139,9 @@ pub struct ResolvedStage {
     /// The ModelPool behind it, if any.
     #[serde(skip)]
     pub model_pool: Option<String>,
+    /// That pool's engine (none for an external endpoint).
+    #[serde(skip)]
+    pub engine: Option<Engine>,
     /// Whether that pool reports Ready (always true for external endpoints).
     #[serde(skip)]
     pub ready: bool,
@@ -213,6 +218,7 @@ fn resolve_stage<'a>(
                     .map_or_else(|| pool.spec.model.clone(), str::to_string),
                 backend: "openai",
                 model_pool: Some(pool_name.into()),
+                engine: Some(pool.spec.engine),
                 ready: pool_is_ready(pool),
             })
         }
@@ -225,6 +231,7 @@ fn resolve_stage<'a>(
                 model: model.into(),
                 backend: "openai",
                 model_pool: None,
+                engine: None,
                 ready: true,
             })
         }
@@ -377,6 +384,29 @@ pub struct TtsConfig {
     /// Voice; empty means the server's default.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub voice: String,
+    /// The `response_format` the engine streams; unset leaves the agent's default (`pcm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<&'static str>,
+    /// Rate of the engine's raw PCM when its responses do not give one; unset leaves the
+    /// agent's default (24 kHz, OpenAI's `pcm`). A rate a response gives always wins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+}
+
+/// What the agent should ask a TTS engine for, and the rate to assume when its responses do
+/// not say: `(response_format, sample_rate)`. The agent takes each response's rate from the
+/// response itself (`x-sample-rate`, else a WAV header), so this matters only for engines
+/// that give neither.
+pub fn tts_format(engine: Option<Engine>) -> (Option<&'static str>, Option<u32>) {
+    match engine {
+        // grokcast-serve streams `pcm` clause by clause and gives the voice's rate (Piper:
+        // 22,050 Hz) in `x-sample-rate`; its `wav` is one file sent only when complete.
+        Some(Engine::Grokcast) => (Some("pcm"), None),
+        // CSM-1B streams `pcm` at its codec's (Mimi's) 24 kHz.
+        Some(Engine::Csm) => (Some("pcm"), Some(24_000)),
+        // A custom server or an external endpoint: nothing is known, the agent's defaults.
+        Some(Engine::Custom | Engine::Vllm | Engine::Whisper) | None => (None, None),
+    }
 }
 
 /// Turn-taking section of `agent.yaml`.
@@ -421,9 +451,14 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             temperature: spec.llm.temperature,
             max_tokens: spec.llm.max_tokens,
         },
-        tts: TtsConfig {
-            backend: v.tts.clone(),
-            voice: spec.tts.voice.clone(),
+        tts: {
+            let (response_format, sample_rate) = tts_format(v.tts.engine);
+            TtsConfig {
+                backend: v.tts.clone(),
+                voice: spec.tts.voice.clone(),
+                response_format,
+                sample_rate,
+            }
         },
         turn_taking: TurnTakingConfig {
             vad_threshold: spec.turn_taking.vad_threshold,

@@ -426,12 +426,45 @@ fn agent_config_resolves_pool_endpoints_and_models() {
         v["tts"]["url"].as_str(),
         Some("http://csm-1b.voice.svc:8000/v1")
     );
+    // CSM streams raw PCM at 24 kHz and does not say so.
+    assert_eq!(v["tts"]["responseFormat"].as_str(), Some("pcm"));
+    assert_eq!(v["tts"]["sampleRate"].as_i64(), Some(24_000));
     assert_eq!(v["turnTaking"]["endOfTurnSilenceMs"].as_i64(), Some(300));
     assert_eq!(v["maxCalls"].as_i64(), Some(50));
     assert!(
         !yaml.contains("REPLACE"),
         "no secret material in the ConfigMap"
     );
+}
+
+#[test]
+fn agent_config_names_the_speech_format_of_each_tts_engine() {
+    let receptionist = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
+    let mut pools = pools();
+    pools.push(pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: piper, namespace: voice}\n\
+         spec: {engine: grokcast, role: tts, model: tts-1, gpu: {count: 0}}\n",
+    ));
+    pools.push(pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: kokoro, namespace: voice}\n\
+         spec: {engine: custom, role: tts, model: kokoro, image: example.com/kokoro:1, port: 8880, gpu: {count: 0}}\n",
+    ));
+    let tts = |pool: &str| {
+        let agent = agent_yaml(
+            &receptionist.replace("modelPoolRef: csm-1b", &format!("modelPoolRef: {pool}")),
+        );
+        let children = build_agent(&agent, &pools, &BuildSettings::default()).unwrap();
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&config_map(&children).data.as_ref().unwrap()["agent.yaml"])
+                .unwrap();
+        let field = |k: &str| serde_yaml::to_string(&v["tts"][k]).unwrap();
+        (field("responseFormat"), field("sampleRate"))
+    };
+    // grokcast-serve streams pcm and gives its rate in x-sample-rate: no rate to assume.
+    assert_eq!(tts("piper"), ("pcm\n".into(), "null\n".into()));
+    assert_eq!(tts("csm-1b"), ("pcm\n".into(), "24000\n".into()));
+    // Nothing is known of a custom server: the agent's defaults apply.
+    assert_eq!(tts("kokoro"), ("null\n".into(), "null\n".into()));
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub use grokcast_engines::llm::{ChatMessage, Role};
 
 pub mod embedded;
 pub mod openai;
+pub mod speech_audio;
 
 /// A model stage, for errors and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! OpenAI-compatible HTTP backends: `/chat/completions` with SSE, `/audio/transcriptions`
-//! (multipart WAV) and `/audio/speech` (streamed raw PCM). vLLM, faster-whisper servers,
+//! (multipart WAV) and `/audio/speech` (streamed raw PCM or WAV). vLLM, faster-whisper servers,
 //! OpenAI-compatible TTS servers and `grokcast-serve` all speak these.
 
 use std::time::Duration;
@@ -9,6 +9,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 
+use grokcast_engines::server::SAMPLE_RATE_HEADER;
+
+use super::speech_audio::{SpeechAudioError, SpeechDecoder};
 use super::{AudioStream, BackendError, ChatMessage, Llm, StageName, Stt, TokenStream, Tts};
 
 /// An HTTP client for one stage.
@@ -328,22 +331,86 @@ impl Llm for OpenAiLlm {
     }
 }
 
-/// `/audio/speech` with `response_format: pcm` (16-bit little-endian mono).
+/// The `response_format` the agent asks speech servers for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    /// Raw 16-bit little-endian mono, streamed (OpenAI's `pcm`: 24 kHz unless the server
+    /// says otherwise in `x-sample-rate`).
+    #[default]
+    Pcm,
+    /// A WAV file, whose header gives the rate (for servers that stream only WAV).
+    Wav,
+}
+
+impl ResponseFormat {
+    /// The value sent as `response_format`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseFormat::Pcm => "pcm",
+            ResponseFormat::Wav => "wav",
+        }
+    }
+}
+
+impl std::str::FromStr for ResponseFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "pcm" => Ok(ResponseFormat::Pcm),
+            "wav" => Ok(ResponseFormat::Wav),
+            other => Err(format!("{other:?} is not pcm or wav")),
+        }
+    }
+}
+
+/// `/audio/speech`, streamed; each response's audio is taken at the rate the response gives
+/// (see [`super::speech_audio`]).
 pub struct OpenAiTts {
     endpoint: Endpoint,
     voice: String,
-    sample_rate: u32,
+    format: ResponseFormat,
+    pcm_rate: u32,
 }
 
 impl OpenAiTts {
-    /// A client for `base`; `sample_rate` is the rate of the PCM the server streams.
-    pub fn new(base: &str, model: &str, voice: &str, sample_rate: u32, timeout: Duration) -> Self {
+    /// A client for `base` asking for `format`; `pcm_rate` is assumed for raw PCM whose
+    /// response gives no rate.
+    pub fn new(
+        base: &str,
+        model: &str,
+        voice: &str,
+        format: ResponseFormat,
+        pcm_rate: u32,
+        timeout: Duration,
+    ) -> Self {
         Self {
             endpoint: Endpoint::new(base, model, timeout, StageName::Tts),
             voice: voice.into(),
-            sample_rate,
+            format,
+            pcm_rate,
         }
     }
+}
+
+/// The rate a speech response's `x-sample-rate` header gives, if it has one.
+fn header_rate(
+    response: &reqwest::Response,
+    stage: StageName,
+) -> Result<Option<u32>, BackendError> {
+    let Some(value) = response.headers().get(SAMPLE_RATE_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(Some)
+        .ok_or_else(|| BackendError::Protocol {
+            stage,
+            message: format!("{SAMPLE_RATE_HEADER} {value:?} is not a rate in Hz"),
+        })
 }
 
 impl Tts for OpenAiTts {
@@ -351,51 +418,70 @@ impl Tts for OpenAiTts {
         async move {
             let e = self.endpoint.clone();
             let body = serde_json::json!({
-                "model": e.model, "input": text, "voice": self.voice, "response_format": "pcm",
+                "model": e.model, "input": text, "voice": self.voice,
+                "response_format": self.format.as_str(),
             });
             let response = e
                 .send(e.client.post(e.url("audio/speech")).json(&body))
                 .await?;
-            let mut bytes = Box::pin(e.body(response));
-            let chunks =
-                async_stream(move |tx| async move {
-                    // A sample can be split across two network chunks.
-                    let mut carry: Option<u8> = None;
-                    while let Some(chunk) = bytes.next().await {
-                        let chunk = match chunk {
-                            Ok(c) => c,
-                            Err(err) => {
-                                let _ = tx.send(Err(err)).await;
+            let stage = e.stage;
+            let protocol = move |err: SpeechAudioError| BackendError::Protocol {
+                stage,
+                message: err.to_string(),
+            };
+            let mut decoder = SpeechDecoder::new(header_rate(&response, stage)?, self.pcm_rate);
+            let mut bytes = Box::pin(e.body(response).fuse());
+            // A WAV body gives its rate in its first bytes: read until the rate is known, so
+            // the stream can say it (the caller waits for this audio anyway).
+            let mut first = Vec::new();
+            let mut ended = false;
+            while decoder.sample_rate().is_none() {
+                match bytes.next().await {
+                    Some(chunk) => decoder.push(&chunk?, &mut first).map_err(protocol)?,
+                    None => {
+                        decoder.finish(&mut first).map_err(protocol)?;
+                        ended = true;
+                    }
+                }
+            }
+            let sample_rate = decoder.sample_rate().unwrap_or(self.pcm_rate);
+            let chunks = async_stream(move |tx| async move {
+                if !first.is_empty() && tx.send(Ok(first)).await.is_err() {
+                    return;
+                }
+                if ended {
+                    return;
+                }
+                while let Some(chunk) = bytes.next().await {
+                    let mut samples = Vec::new();
+                    let decoded =
+                        chunk.and_then(|c| decoder.push(&c, &mut samples).map_err(protocol));
+                    match decoded {
+                        Ok(()) if samples.is_empty() => {}
+                        Ok(()) => {
+                            if tx.send(Ok(samples)).await.is_err() {
                                 return;
                             }
-                        };
-                        let mut samples = Vec::with_capacity(chunk.len() / 2 + 1);
-                        let mut iter = chunk.iter().copied();
-                        if let Some(low) = carry.take() {
-                            match iter.next() {
-                                Some(high) => samples
-                                    .push(f32::from(i16::from_le_bytes([low, high])) / 32768.0),
-                                None => carry = Some(low),
-                            }
                         }
-                        loop {
-                            match (iter.next(), iter.next()) {
-                                (Some(low), Some(high)) => samples
-                                    .push(f32::from(i16::from_le_bytes([low, high])) / 32768.0),
-                                (Some(low), None) => {
-                                    carry = Some(low);
-                                    break;
-                                }
-                                _ => break,
-                            }
-                        }
-                        if !samples.is_empty() && tx.send(Ok(samples)).await.is_err() {
+                        Err(err) => {
+                            let _ = tx.send(Err(err)).await;
                             return;
                         }
                     }
-                });
+                }
+                let mut tail = Vec::new();
+                match decoder.finish(&mut tail) {
+                    Ok(()) if tail.is_empty() => {}
+                    Ok(()) => {
+                        let _ = tx.send(Ok(tail)).await;
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(protocol(err))).await;
+                    }
+                }
+            });
             Ok(AudioStream {
-                sample_rate: self.sample_rate,
+                sample_rate,
                 chunks: Box::pin(chunks),
             })
         }

@@ -9,7 +9,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, check_model};
-use crate::llm::{ChatMessage, GenerationParams, Role};
+use crate::llm::{ChatMessage, GEMMA3_ROLE_ORDER_ERROR, GenerationParams, Role, gemma3_accepts};
 
 /// The request body; fields the engine does not use are ignored, as OpenAI servers do.
 #[derive(Debug, Deserialize)]
@@ -107,6 +107,13 @@ pub(crate) fn validate(req: ChatRequest, state: &AppState) -> Result<ChatJob, Ap
             }
         };
         messages.push(ChatMessage { role, content });
+    }
+    // This server stands in for a vLLM pool serving Gemma 3, whose chat template refuses
+    // roles out of order: refusing them here too means a client that works against the CPU
+    // pool works against the GPU one, although the few-shot prompt could take any order.
+    let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+    if !gemma3_accepts(&roles) {
+        return Err(ApiError::invalid("messages", GEMMA3_ROLE_ORDER_ERROR));
     }
     if !messages
         .iter()

@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::ApiError;
 pub use metrics::ServerMetrics;
+pub use speech::SAMPLE_RATE_HEADER;
 
 #[cfg(feature = "llama")]
 use crate::llm::GemmaLlm;
