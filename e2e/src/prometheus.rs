@@ -73,6 +73,17 @@ impl TestPrometheus {
         targets: &[Target<'_>],
         limit: Duration,
     ) -> Result<TestPrometheus, PrometheusError> {
+        Self::start_every(binary, targets, Duration::from_secs(1), limit).await
+    }
+
+    /// [`TestPrometheus::start`], scraping every `interval` (also the scrape timeout): large
+    /// targets on a busy machine need longer than a second.
+    pub async fn start_every(
+        binary: &Path,
+        targets: &[Target<'_>],
+        interval: Duration,
+        limit: Duration,
+    ) -> Result<TestPrometheus, PrometheusError> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -85,7 +96,7 @@ impl TestPrometheus {
             source,
         };
         std::fs::create_dir_all(dir.join("data")).map_err(prepare)?;
-        std::fs::write(dir.join("prometheus.yml"), config(targets)).map_err(prepare)?;
+        std::fs::write(dir.join("prometheus.yml"), config(targets, interval)).map_err(prepare)?;
         // Prometheus takes a fixed port: borrow a free one from the kernel and hand it over.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -146,9 +157,10 @@ impl Drop for TestPrometheus {
     }
 }
 
-fn config(targets: &[Target<'_>]) -> String {
-    let mut out = String::from(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: test\n    static_configs:\n",
+fn config(targets: &[Target<'_>], interval: Duration) -> String {
+    let every = format!("{}ms", interval.as_millis().max(1));
+    let mut out = format!(
+        "global:\n  scrape_interval: {every}\n  scrape_timeout: {every}\n  evaluation_interval: {every}\nscrape_configs:\n  - job_name: test\n    static_configs:\n",
     );
     for target in targets {
         let labels: Vec<String> = target
@@ -192,14 +204,17 @@ mod tests {
     #[test]
     fn config_lists_each_target_with_its_labels() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9100));
-        let text = config(&[
-            Target {
-                addr,
-                labels: &[("service", "llm-pool")],
-            },
-            Target { addr, labels: &[] },
-        ]);
-        assert!(text.contains("scrape_interval: 1s"), "{text}");
+        let text = config(
+            &[
+                Target {
+                    addr,
+                    labels: &[("service", "llm-pool")],
+                },
+                Target { addr, labels: &[] },
+            ],
+            Duration::from_secs(1),
+        );
+        assert!(text.contains("scrape_interval: 1000ms"), "{text}");
         assert!(
             text.contains(
                 "- targets: ['127.0.0.1:9100']\n        labels: {service: \"llm-pool\"}\n"

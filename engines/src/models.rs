@@ -140,6 +140,15 @@ impl ModelPaths {
     pub fn llm(&self) -> Result<PathBuf, ModelsError> {
         self.file("the Gemma GGUF model", "llm/gemma-3-270m-q4_k_m.gguf")
     }
+
+    /// Gemma 3's chat template (what vLLM applies to `google/gemma-3-*-it`), for tests that
+    /// check conversations against it: the installed GGUF is the base model and has none.
+    pub fn gemma3_chat_template(&self) -> Result<PathBuf, ModelsError> {
+        self.file(
+            "the Gemma 3 chat template",
+            "llm/gemma-3-chat-template.jinja",
+        )
+    }
 }
 
 /// The environment lives as long as the process: sessions created from it may outlive

@@ -212,9 +212,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .pod_name
         .clone()
         .unwrap_or_else(|| format!("grokcast-operator-{}", std::process::id()));
-    let mut kube_config = kube::Config::infer()
-        .await
-        .context("reading the Kubernetes API config (kubeconfig or in-cluster)")?;
+    let mut kube_config = kube::Config::infer().await.context(
+        "connecting to the Kubernetes API: reading its config (kubeconfig or in-cluster)",
+    )?;
     // The API server's audit log then tells which replica made each request.
     kube_config
         .headers

@@ -435,9 +435,12 @@ async fn main() -> anyhow_free::Result<()> {
                 labels: &[],
             })
             .collect();
-        let prometheus = grokcast_e2e::prometheus::TestPrometheus::start(
+        // Every 5 s: at 1 s a scrape that the busy machine delays past its timeout marks
+        // 50 agents' series stale, and the autoscaler rightly reports their metrics missing.
+        let prometheus = grokcast_e2e::prometheus::TestPrometheus::start_every(
             &binary,
             &targets,
+            Duration::from_secs(5),
             Duration::from_secs(30),
         )
         .await?;
@@ -607,6 +610,26 @@ async fn main() -> anyhow_free::Result<()> {
             .find_map(|l| l.strip_prefix("grokcast_autoscaler_evaluations_total "))
             .unwrap_or("unknown");
         println!("autoscaler periods run: {periods}");
+        if let Some(prometheus) = &prometheus {
+            let window = args.steady_seconds + args.settle_seconds;
+            use grokcast_operator::autoscale::prometheus::{PrometheusClient, PrometheusConfig};
+            let client = PrometheusClient::new(&PrometheusConfig::new(prometheus.url()))?;
+            let query = |q: String| {
+                let client = &client;
+                async move {
+                    match client.query_value(&q).await {
+                        Ok(Some(v)) => format!("{v}"),
+                        Ok(None) => "0".into(),
+                        Err(e) => format!("unknown ({e})"),
+                    }
+                }
+            };
+            println!(
+                "Prometheus scrapes in the last {window} s: {} of which failed: {}",
+                query(format!("sum(count_over_time(up[{window}s]))")).await,
+                query(format!("sum(count_over_time((up == 0)[{window}s:]))")).await
+            );
+        }
     }
     println!(
         "operator RSS: {:.1} MiB at convergence, {:.1} MiB after steady state, peak {:.1} MiB (target < 100 MiB)",

@@ -867,7 +867,15 @@ fn slo_condition(
     observed: &Observed,
 ) -> Condition {
     let slo = input.spec.slo_p95_ms;
-    let p95 = input.observation.as_ref().ok().and_then(|o| o.turn_p95_ms);
+    // Messages quote the figures as status shows them (rounded to 0.1 ms): formatting the raw
+    // quantile instead flips "737" and "738" from one period to the next on float noise alone
+    // (737.4999... against 737.5000...), a status write each time for nothing a user asked.
+    let p95 = input
+        .observation
+        .as_ref()
+        .ok()
+        .and_then(|o| o.turn_p95_ms)
+        .map(round_ms);
     let risk = if plan.capacity_limited_pools.is_empty() {
         String::new()
     } else {
@@ -901,7 +909,7 @@ fn slo_condition(
                 .attributed
                 .iter()
                 .map(|s| {
-                    let value = obs.and_then(|o| o.stage_p95_ms.get(*s)).unwrap_or(0.0);
+                    let value = round_ms(obs.and_then(|o| o.stage_p95_ms.get(*s)).unwrap_or(0.0));
                     let budget = input.spec.budgets_ms.get(*s).map_or_else(
                         || " (agent pods)".to_owned(),
                         |b| format!(" over its {b:.0} ms budget"),
