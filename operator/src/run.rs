@@ -93,7 +93,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let (leader_tx, leader_rx) = watch::channel(Leadership::Follower);
-    let leader_task = match config.lease.clone() {
+    let mut leader_task = match config.lease.clone() {
         Some(cfg) => {
             let stop = shutdown.clone();
             let client = client.clone();
@@ -170,7 +170,6 @@ pub async fn run(
         }
     };
 
-    let mut leader_task = leader_task;
     let work = async {
         let settings = settings_for_server(&client, config.settings.clone()).await;
         let mut wait_leader = leader_rx.clone();
