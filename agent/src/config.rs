@@ -204,16 +204,73 @@ pub struct AgentConfig {
     pub tts: TtsConfig,
     /// Turn-taking.
     pub turn_taking: TurnTakingConfig,
+    /// The VoiceAgent's latency objective, which slow turns are counted against.
+    pub slo: SloConfig,
     /// Silero VAD model file; empty means the models directory's.
     pub vad_model: String,
     /// Models directory for embedded engines; empty means `GROKCAST_MODELS_DIR` or `models/`.
     pub models_dir: String,
     /// Twilio auth token. Only from the environment (a Secret), never from the file.
     #[serde(skip)]
-    pub twilio_auth_token: Option<String>,
+    pub twilio_auth_token: Option<Secret>,
     /// Turns signature checks off. Only from the environment, and logged loudly.
     #[serde(skip)]
     pub insecure_skip_signature: bool,
+}
+
+/// A secret value (the Twilio auth token): `Debug` prints `[redacted]`, so printing a
+/// configuration, in a log line or a panic, never shows it. [`Secret::expose`] is the one way
+/// to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it (signature checks).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+/// The latency objective (VoiceAgent `spec.slo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SloConfig {
+    /// 95% of turns should reach the caller within this many milliseconds; the agent
+    /// counts turns above it in `grokcast_turns_over_slo_total` for the burn-rate alerts.
+    pub turn_latency_p95_ms: u64,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        Self {
+            turn_latency_p95_ms: 800,
+        }
+    }
+}
+
+impl SloConfig {
+    /// The objective as a duration.
+    pub fn turn_latency_p95(&self) -> Duration {
+        Duration::from_millis(self.turn_latency_p95_ms)
+    }
 }
 
 /// Speech-to-text settings.
@@ -304,6 +361,7 @@ impl Default for AgentConfig {
             llm: LlmConfig::default(),
             tts: TtsConfig::default(),
             turn_taking: TurnTakingConfig::default(),
+            slo: SloConfig::default(),
             vad_model: String::new(),
             models_dir: String::new(),
             twilio_auth_token: None,
@@ -360,7 +418,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         "GROKCAST_TWILIO_AUTH_TOKEN",
         "(environment only)",
         |c, v| {
-            c.twilio_auth_token = Some(v.to_string()).filter(|t| !t.is_empty());
+            c.twilio_auth_token = Some(v).filter(|t| !t.is_empty()).map(Secret::from);
             Ok(())
         },
     ),
@@ -400,6 +458,14 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         c.log_transcripts = parse_bool(v)?;
         Ok(())
     }),
+    (
+        "GROKCAST_SLO_TURN_LATENCY_P95_MS",
+        "slo.turnLatencyP95Ms",
+        |c, v| {
+            c.slo.turn_latency_p95_ms = parse(v)?;
+            Ok(())
+        },
+    ),
     ("GROKCAST_SYSTEM_PROMPT", "persona.systemPrompt", |c, v| {
         c.persona.system_prompt = v.into();
         Ok(())
@@ -599,6 +665,9 @@ impl AgentConfig {
         if self.max_calls == 0 {
             problems.push("maxCalls must be at least 1".into());
         }
+        if self.slo.turn_latency_p95_ms == 0 {
+            problems.push("slo.turnLatencyP95Ms must be at least 1".into());
+        }
         let t = &self.turn_taking;
         if !(0.05..=0.95).contains(&t.vad_threshold) {
             problems.push(format!(
@@ -754,7 +823,15 @@ mod tests {
         assert_eq!(c.stt.stage.resolved_backend(), BackendKind::Embedded);
         assert_eq!(c.turn_taking.end_of_turn_silence_ms, 250);
         assert!(!c.turn_taking.barge_in);
-        assert_eq!(c.twilio_auth_token.as_deref(), Some("tok"));
+        assert_eq!(
+            c.twilio_auth_token.as_ref().map(Secret::expose),
+            Some("tok")
+        );
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("tok\"") && printed.contains("[redacted]"),
+            "the token is never printed: {printed}"
+        );
     }
 
     #[test]
@@ -843,6 +920,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_slo_comes_from_the_file_and_zero_is_refused() {
+        let c = AgentConfig::load(None, &env(MINIMAL)).unwrap();
+        assert_eq!(c.slo.turn_latency_p95(), Duration::from_millis(800));
+        let file = write("slo: {turnLatencyP95Ms: 450}\n");
+        let c = AgentConfig::load(Some(&file.0), &env(MINIMAL)).unwrap();
+        assert_eq!(c.slo.turn_latency_p95(), Duration::from_millis(450));
+        let file = write("slo: {turnLatencyP95Ms: 0}\n");
+        let err = AgentConfig::load(Some(&file.0), &env(MINIMAL))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("slo.turnLatencyP95Ms"), "{err}");
     }
 
     #[test]

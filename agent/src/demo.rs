@@ -126,7 +126,7 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
         voice_agent: "demo".into(),
         public_url: format!("http://{addr}"),
         listen_addr: addr.to_string(),
-        twilio_auth_token: Some(token.clone()),
+        twilio_auth_token: Some(token.clone().into()),
         ..AgentConfig::default()
     };
     config.llm.stage.url = llm.url.clone();

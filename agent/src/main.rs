@@ -194,6 +194,7 @@ async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let vad = startup::load_vad(&config)?;
     let backends = startup::build_backends(&config)?;
     let metrics = Metrics::new(&config.voice_agent, &config.namespace)?;
+    metrics.set_turn_slo(config.slo.turn_latency_p95());
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;

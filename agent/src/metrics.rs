@@ -1,10 +1,16 @@
 //! Prometheus metrics, named as in DESIGN "Metric names", every series labelled with the
 //! VoiceAgent and its namespace so the operator can attribute latency per agent.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
+
+/// The VoiceAgent default `slo.turnLatencyP95Ms`, in seconds: the SLO a pod counts slow turns
+/// against until its configuration names another.
+pub const DEFAULT_TURN_SLO_SECONDS: f64 = 0.8;
 
 /// Buckets for a 0.1-2 s per-turn budget: fine around the 0.5 s target, up to 5 s for outliers.
 pub const TURN_BUCKETS: &[f64] = &[
@@ -82,6 +88,13 @@ pub struct Metrics {
     registry: Registry,
     /// Caller stops speaking -> first agent audio frame sent.
     pub turn_latency: Histogram,
+    /// This agent's turn-latency SLO (`slo.turnLatencyP95Ms`) in seconds. Exported so the
+    /// burn-rate alerts can say which threshold an agent is breaching.
+    pub turn_latency_slo: Gauge,
+    /// Turns slower than [`Self::turn_latency_slo`]. Counted here, against each agent's own
+    /// SLO, so one set of burn-rate rules serves agents whose SLOs differ (a histogram
+    /// bucket would fix one threshold for all).
+    pub turns_over_slo: IntCounter,
     /// Per-stage latency.
     pub stage_latency: HistogramVec,
     /// Calls in progress.
@@ -110,6 +123,15 @@ impl Metrics {
                 "Caller stops speaking to first agent audio frame sent",
             )
             .buckets(TURN_BUCKETS.to_vec()),
+        )?;
+        let turn_latency_slo = Gauge::new(
+            "grokcast_turn_latency_slo_seconds",
+            "The VoiceAgent's turn-latency SLO (slo.turnLatencyP95Ms) in seconds",
+        )?;
+        turn_latency_slo.set(DEFAULT_TURN_SLO_SECONDS);
+        let turns_over_slo = IntCounter::new(
+            "grokcast_turns_over_slo_total",
+            "Turns whose latency was above the VoiceAgent's turn-latency SLO",
         )?;
         let stage_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -140,6 +162,8 @@ impl Metrics {
             &["stage"],
         )?;
         registry.register(Box::new(turn_latency.clone()))?;
+        registry.register(Box::new(turn_latency_slo.clone()))?;
+        registry.register(Box::new(turns_over_slo.clone()))?;
         registry.register(Box::new(stage_latency.clone()))?;
         registry.register(Box::new(active_calls.clone()))?;
         registry.register(Box::new(calls.clone()))?;
@@ -162,6 +186,8 @@ impl Metrics {
         Ok(Self {
             registry,
             turn_latency,
+            turn_latency_slo,
+            turns_over_slo,
             stage_latency,
             active_calls,
             calls,
@@ -169,6 +195,20 @@ impl Metrics {
             underruns,
             backend_errors,
         })
+    }
+
+    /// Sets the turn-latency SLO slow turns are counted against.
+    pub fn set_turn_slo(&self, slo: Duration) {
+        self.turn_latency_slo.set(slo.as_secs_f64());
+    }
+
+    /// Observes one turn's latency, and counts it as slow when it is above the SLO.
+    pub fn observe_turn(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        self.turn_latency.observe(seconds);
+        if seconds > self.turn_latency_slo.get() {
+            self.turns_over_slo.inc();
+        }
     }
 
     /// Observes one stage.
@@ -201,6 +241,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn turns_are_counted_slow_against_this_agents_own_slo() {
+        let m = Metrics::new("receptionist", "voice").unwrap();
+        // The default SLO is 800 ms until the configuration names one.
+        m.observe_turn(Duration::from_millis(700));
+        assert_eq!(m.turns_over_slo.get(), 0);
+        m.set_turn_slo(Duration::from_millis(500));
+        m.observe_turn(Duration::from_millis(700));
+        m.observe_turn(Duration::from_millis(500));
+        m.observe_turn(Duration::from_millis(501));
+        assert_eq!(
+            m.turns_over_slo.get(),
+            2,
+            "only the turns above 500 ms are slow"
+        );
+        assert_eq!(m.turn_latency.get_sample_count(), 4);
+        let text = m.render();
+        assert!(
+            text.lines().any(|l| l.starts_with("grokcast_turn_latency_slo_seconds{")
+                && l.ends_with(" 0.5")),
+            "the SLO is exported in seconds:\n{text}"
+        );
+    }
+
+    #[test]
     fn every_series_carries_the_agent_labels() {
         let m = Metrics::new("receptionist", "voice").unwrap();
         m.turn_latency.observe(0.42);
@@ -215,6 +279,8 @@ mod tests {
             "grokcast_calls_total",
             "grokcast_barge_ins_total",
             "grokcast_audio_underruns_total",
+            "grokcast_turn_latency_slo_seconds",
+            "grokcast_turns_over_slo_total",
         ] {
             let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
             assert!(!lines.is_empty(), "{name} missing:\n{text}");

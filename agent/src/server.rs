@@ -57,8 +57,8 @@ impl AgentState {
     ) -> Self {
         let validator = config
             .twilio_auth_token
-            .as_deref()
-            .map(RequestValidator::new);
+            .as_ref()
+            .map(|t| RequestValidator::new(t.expose()));
         Self {
             config,
             backends,
@@ -180,7 +180,7 @@ impl AgentState {
         let latency = sent.saturating_duration_since(t.caller_stopped);
         let model = t.endpointing + t.stt + t.llm_first_clause + t.tts_first_audio;
         let agent = latency.saturating_sub(model);
-        self.metrics.turn_latency.observe(latency.as_secs_f64());
+        self.metrics.observe_turn(latency);
         self.metrics
             .stage(Stage::Endpointing, t.endpointing.as_secs_f64());
         self.metrics.stage(Stage::Stt, t.stt.as_secs_f64());

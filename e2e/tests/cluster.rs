@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use grokcast_e2e::cluster::{A100_40GB, Cluster, SLOW_POOL, SLOW_POOL_LABEL, TestNamespace};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -253,14 +254,30 @@ async fn a_finished_job_is_removed_by_the_ttl_controller() {
         },
     }))
     .unwrap();
-    jobs.create(&PostParams::default(), &job).await.unwrap();
-    eventually("the Job completes", || async {
-        let j = jobs.get_opt("once").await.ok()??;
-        (j.status?.succeeded? == 1).then_some(())
+    let created = jobs.create(&PostParams::default(), &job).await.unwrap();
+    // A watch from the created version sees every change, so a Job that completes and is
+    // removed between two polls (one second apart at most, on a loaded machine) is not missed.
+    let version = created.metadata.resource_version.clone().unwrap();
+    let params = WatchParams::default().fields("metadata.name=once");
+    let seen = tokio::time::timeout(Duration::from_secs(90), async {
+        let mut succeeded = false;
+        let mut version = version;
+        loop {
+            let mut stream = jobs.watch(&params, &version).await.unwrap().boxed();
+            while let Some(event) = stream.try_next().await.unwrap() {
+                match event {
+                    WatchEvent::Added(j) | WatchEvent::Modified(j) => {
+                        succeeded |= j.status.as_ref().and_then(|s| s.succeeded) == Some(1);
+                        version = j.metadata.resource_version.unwrap_or(version);
+                    }
+                    WatchEvent::Deleted(_) => return succeeded,
+                    WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
+                    WatchEvent::Error(e) => panic!("watching the Job: {e:?}"),
+                }
+            }
+        }
     })
-    .await;
-    eventually("the TTL controller deletes it", || async {
-        jobs.get_opt("once").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    .await
+    .expect("the TTL controller deletes the finished Job within 90 s");
+    assert!(seen, "the Job was deleted without having succeeded");
 }

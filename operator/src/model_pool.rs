@@ -259,17 +259,27 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
                 "--port".into(),
                 port,
                 // Gemma 3 is trained in bfloat16; float16 overflows in its activations.
+                // Whisper (role stt) runs in the float16 its checkpoints are published in.
                 "--dtype".into(),
-                "bfloat16".into(),
-                "--max-model-len".into(),
-                spec.max_model_len
-                    .unwrap_or(DEFAULT_MAX_MODEL_LEN)
-                    .to_string(),
+                if v.role == Role::Stt {
+                    "auto".into()
+                } else {
+                    "bfloat16".into()
+                },
                 "--gpu-memory-utilization".into(),
                 format!("{}", spec.gpu.memory_utilization),
                 "--download-dir".into(),
                 format!("{MODELS_DIR}/hf/hub"),
             ];
+            // Whisper's decoder holds 448 positions and vLLM refuses a longer context than
+            // the model's, so an stt pool takes the model's own unless the spec names one.
+            match (spec.max_model_len, v.role) {
+                (Some(len), _) => args.extend(["--max-model-len".into(), len.to_string()]),
+                (None, Role::Stt) => {}
+                (None, _) => {
+                    args.extend(["--max-model-len".into(), DEFAULT_MAX_MODEL_LEN.to_string()])
+                }
+            }
             if spec.gpu.count > 1 {
                 args.extend(["--tensor-parallel-size".into(), spec.gpu.count.to_string()]);
             }
@@ -289,13 +299,15 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
                 checkpoint,
             }
         }
-        // speaches (formerly faster-whisper-server) loads models on request; preloading the
-        // one model makes the first call as fast as the rest.
+        // speaches (formerly faster-whisper-server) loads models on request. PRELOAD_MODELS
+        // only downloads the model, and its default STT_MODEL_TTL (300 s) unloads an idle one,
+        // so the first turn after a quiet spell would pay a load: -1 keeps it loaded.
         Engine::Whisper => EngineRun {
             command: Vec::new(),
             args: Vec::new(),
             env: vec![
                 env("PRELOAD_MODELS", format!("[\"{}\"]", spec.model)),
+                env("STT_MODEL_TTL", "-1"),
                 env("WHISPER__INFERENCE_DEVICE", "cuda"),
                 env("UVICORN_HOST", "0.0.0.0"),
                 env("UVICORN_PORT", port),
@@ -749,9 +761,25 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
         v.port,
     )));
     out.push(Child::PodDisruptionBudget(children::pod_disruption_budget(
-        &v.owner, name,
+        &v.owner,
+        name.clone(),
     )));
+    // The autoscaler's engine queries select `service="<pool>"`, the label a ServiceMonitor
+    // on the pool's Service gives every series, so without one the engine signals are empty.
+    if settings.service_monitors && serves_prometheus_metrics(spec.engine) {
+        out.push(Child::ServiceMonitor(children::service_monitor(
+            &v.owner, name, "15s",
+        )));
+    }
     out
+}
+
+/// Whether a preset engine serves Prometheus metrics at `/metrics` on its API port: vLLM
+/// (`vllm:*`) and grokcast-serve (`grokcast_engine_*`) do. speaches and the CSM image serve
+/// none, and a custom image is the user's to scrape: a ServiceMonitor for them would only
+/// add a target that is always down.
+pub fn serves_prometheus_metrics(engine: Engine) -> bool {
+    matches!(engine, Engine::Vllm | Engine::Grokcast)
 }
 
 /// The preload a validated pool wants, if any (`cache.preload`); the Job is included whether

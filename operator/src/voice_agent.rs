@@ -338,6 +338,16 @@ pub struct AgentConfig {
     pub tts: TtsConfig,
     /// Turn-taking.
     pub turn_taking: TurnTakingConfig,
+    /// The latency objective: the agent counts turns slower than it for the burn-rate alerts.
+    pub slo: SloConfig,
+}
+
+/// SLO section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SloConfig {
+    /// `spec.slo.turnLatencyP95Ms`.
+    pub turn_latency_p95_ms: i32,
 }
 
 /// Persona section of `agent.yaml`.
@@ -465,6 +475,9 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             end_of_turn_silence_ms: spec.turn_taking.end_of_turn_silence_ms,
             barge_in: spec.turn_taking.barge_in,
             min_barge_in_ms: spec.turn_taking.min_barge_in_ms,
+        },
+        slo: SloConfig {
+            turn_latency_p95_ms: spec.slo.turn_latency_p95_ms,
         },
     }
 }

@@ -63,9 +63,12 @@ fn container(d: &Deployment) -> &Container {
 }
 
 fn build_pool(pool: &ModelPool) -> Vec<Child> {
-    let settings = BuildSettings::default();
-    let valid = model_pool::validate(pool, &settings).expect("valid pool");
-    model_pool::build(&valid, &settings)
+    build_pool_with(pool, &BuildSettings::default())
+}
+
+fn build_pool_with(pool: &ModelPool, settings: &BuildSettings) -> Vec<Child> {
+    let valid = model_pool::validate(pool, settings).expect("valid pool");
+    model_pool::build(&valid, settings)
 }
 
 fn pools() -> Vec<ModelPool> {
@@ -96,6 +99,35 @@ fn args_pair<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
         .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
+}
+
+#[test]
+fn whisper_pools_keep_their_model_loaded() {
+    // speaches: its default STT_MODEL_TTL unloads an idle model after 300 s.
+    let children = build_pool(&sample("whisper.yaml"));
+    let c = container(deployment(&children));
+    let env: Vec<(String, String)> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert!(
+        env.contains(&("STT_MODEL_TTL".into(), "-1".into())),
+        "{env:?}"
+    );
+    // vLLM serving Whisper loads the model before /health answers and never unloads it; it
+    // refuses a context longer than Whisper's 448 positions, so none is forced on it.
+    let pool = pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: whisper-vllm, namespace: voice}\n\
+         spec: {engine: vllm, role: stt, model: openai/whisper-large-v3-turbo, gpu: {count: 1}}\n",
+    );
+    let children = build_pool(&pool);
+    let args = container(deployment(&children)).args.clone().unwrap();
+    assert_eq!(args[0], "openai/whisper-large-v3-turbo");
+    assert_eq!(args_pair(&args, "--max-model-len"), None, "{args:?}");
+    assert_eq!(args_pair(&args, "--dtype"), Some("auto"));
+    assert!(!args.iter().any(|a| a == "--limit-mm-per-prompt"));
 }
 
 #[test]
@@ -679,6 +711,51 @@ fn service_monitor_only_when_the_crd_exists() {
     let y = serde_yaml::to_string(sm).unwrap();
     assert!(y.contains("apiVersion: monitoring.coreos.com/v1"), "{y}");
     assert!(y.contains("path: /metrics"));
+}
+
+#[test]
+fn model_pools_get_a_service_monitor_on_their_service_where_the_engine_has_metrics() {
+    let settings = BuildSettings {
+        service_monitors: true,
+        ..BuildSettings::default()
+    };
+    for (file, scraped) in [
+        ("gemma-27b.yaml", true),
+        ("csm.yaml", false),
+        ("whisper.yaml", false),
+    ] {
+        let pool: ModelPool = sample(file);
+        let without = build_pool_with(&pool, &BuildSettings::default());
+        assert!(
+            !without.iter().any(|c| c.kind() == "ServiceMonitor"),
+            "{file}"
+        );
+        let with = build_pool_with(&pool, &settings);
+        let Some(sm) = with.iter().find(|c| c.kind() == "ServiceMonitor") else {
+            assert!(!scraped, "{file}: no ServiceMonitor");
+            continue;
+        };
+        assert!(
+            scraped,
+            "{file}: a ServiceMonitor for an engine without metrics"
+        );
+        let sm = serde_json::to_value(sm).unwrap();
+        let svc = with.iter().find(|c| c.kind() == "Service").unwrap();
+        let svc = serde_json::to_value(svc).unwrap();
+        // The Prometheus Operator labels series with the Service's name, which is what the
+        // autoscaler's engine queries select (`service="<pool>"`).
+        assert_eq!(sm["metadata"]["name"], svc["metadata"]["name"], "{file}");
+        let wanted = sm["spec"]["selector"]["matchLabels"].as_object().unwrap();
+        assert!(!wanted.is_empty(), "{file}");
+        for (k, v) in wanted {
+            assert_eq!(
+                &svc["metadata"]["labels"][k], v,
+                "{file}: the ServiceMonitor selects the pool's Service by {k}"
+            );
+        }
+        assert_eq!(sm["spec"]["endpoints"][0]["port"], "http", "{file}");
+        assert_eq!(sm["metadata"]["ownerReferences"][0]["kind"], "ModelPool");
+    }
 }
 
 #[test]

@@ -793,6 +793,23 @@ impl Cluster {
             .create(&PostParams::default(), &ns)
             .await
             .map_err(ClusterError::api(format!("creating namespace {name}")))?;
+        // Admission refuses pods until the serviceaccount controller has made the namespace's
+        // `default` ServiceAccount, and the Job controller then backs off for seconds to a
+        // minute; on a loaded machine that outlived a test's wait. Tests start once it exists.
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(_)) = sas.get_opt("default").await {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Api {
+                    what: format!("namespace {name}"),
+                    message: "its default ServiceAccount did not appear within 60 s".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(TestNamespace {
             name,
             client,

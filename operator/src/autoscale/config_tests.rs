@@ -99,18 +99,34 @@ fn promtool_accepts_the_rules() {
         return;
     };
     let rules = repo().join("config/prometheus/grokcast-rules.yaml");
+    promtool_succeeds(&promtool, &["check", "rules"], &rules);
+}
+
+/// Runs `promtool ARGS FILE` and fails with its output unless it succeeds.
+fn promtool_succeeds(promtool: &Path, args: &[&str], file: &Path) {
     let out = std::process::Command::new(promtool)
-        .arg("check")
-        .arg("rules")
-        .arg(&rules)
+        .args(args)
+        .arg(file)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "promtool check rules failed:\n{}{}",
+        "promtool {} failed:\n{}{}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn burn_rate_alerts_follow_each_agents_own_slo() {
+    // promtool's rule unit tests: one agent breaching its 500 ms SLO pages, another with the
+    // same turns under its 1.5 s SLO does not, and a healthy agent raises nothing.
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
+    let tests = repo().join("config/prometheus/tests/grokcast-rules.test.yaml");
+    promtool_succeeds(&promtool, &["test", "rules"], &tests);
 }
 
 #[test]
@@ -158,10 +174,13 @@ fn rules_only_use_exported_metrics() {
             used.insert(name);
         }
     }
-    assert!(
-        used.contains("grokcast_turn_latency_seconds_bucket"),
-        "{used:?}"
-    );
+    for must in [
+        "grokcast_turn_latency_seconds_bucket",
+        "grokcast_turns_over_slo_total",
+        "grokcast_turn_latency_seconds_count",
+    ] {
+        assert!(used.contains(must), "{must} not used: {used:?}");
+    }
 }
 
 #[test]

@@ -112,29 +112,34 @@ impl Exporter {
     }
 
     async fn serve(self: std::sync::Arc<Self>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let exporter = self.clone();
-                async move {
-                    let mut out = Vec::new();
-                    ::prometheus::Encoder::encode(
-                        &::prometheus::TextEncoder::new(),
-                        &exporter.registry.gather(),
-                        &mut out,
-                    )
-                    .unwrap();
-                    String::from_utf8(out).unwrap()
-                }
-            }),
-        );
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        (addr, task)
+        serve_registry(self.registry.clone()).await
     }
+}
+
+/// Serves `registry` in the text exposition format at `/metrics` on a free loopback port.
+async fn serve_registry(registry: Registry) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut out = Vec::new();
+                ::prometheus::Encoder::encode(
+                    &::prometheus::TextEncoder::new(),
+                    &registry.gather(),
+                    &mut out,
+                )
+                .unwrap();
+                String::from_utf8(out).unwrap()
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, task)
 }
 
 /// Debian's Prometheus scraping the exporter every second, labelled as a ServiceMonitor
@@ -404,4 +409,85 @@ async fn steady_load_does_not_oscillate() {
     for row in &decisions {
         assert_eq!(row, &vec![4, 1, 1, 1], "decisions {decisions:?}");
     }
+}
+
+/// A vLLM replica as Prometheus sees it: vLLM's own metric names and `model_name` label, and
+/// the `namespace` and `service` labels the pool's ServiceMonitor adds (the operator creates
+/// one for every `vllm` pool). No vLLM runs here (it needs a GPU); the names and layout are
+/// vLLM's documented ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_metric_names_reach_the_llm_pool_decision() {
+    let Some(binary) = prometheus_or_skip() else {
+        return;
+    };
+    let labels = [("model_name", "google/gemma-3-27b-it")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let registry = Registry::new_custom(None, Some(labels)).unwrap();
+    let ttft = Histogram::with_opts(
+        HistogramOpts::new("vllm:time_to_first_token_seconds", "TTFT")
+            .buckets(vec![0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5]),
+    )
+    .unwrap();
+    let waiting = ::prometheus::Gauge::new("vllm:num_requests_waiting", "waiting").unwrap();
+    registry.register(Box::new(ttft.clone())).unwrap();
+    registry.register(Box::new(waiting.clone())).unwrap();
+    waiting.set(9.0);
+    let (target, server_task) = serve_registry(registry).await;
+    let load = {
+        let ttft = ttft.clone();
+        tokio::spawn(async move {
+            loop {
+                ttft.observe(0.6);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let targets = [Target {
+        addr: target,
+        labels: &[("service", "llm-pool"), ("namespace", "voice")],
+    }];
+    let server = TestPrometheus::start(&binary, &targets, Duration::from_secs(10))
+        .await
+        .expect("start prometheus");
+    let client = PrometheusClient::new(&PrometheusConfig::new(server.url())).unwrap();
+    let engine_queries = EngineQueries::for_engine(grokcast_crds::Engine::Vllm);
+    let mut engine = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let obs = queries::observe_engine(&client, &engine_queries, POOL)
+            .await
+            .unwrap();
+        if obs
+            .as_ref()
+            .is_some_and(|o| o.first_token_p95_ms.is_some() && o.waiting_requests.is_some())
+        {
+            engine = obs;
+            break;
+        }
+    }
+    let engine = engine.expect("Prometheus never returned vLLM's TTFT and queue");
+    let first_token = engine.first_token_p95_ms.unwrap();
+    assert!(
+        (500.0..=750.0).contains(&first_token),
+        "vLLM TTFT p95 {first_token}"
+    );
+    assert_eq!(engine.waiting_requests, Some(9.0));
+
+    // The agents' own metrics are missing: the engine's signals alone still size the pool.
+    let mut autoscaler = Autoscaler::new(Behaviour::default());
+    let plan = autoscaler.evaluate(
+        Duration::ZERO,
+        &snapshot(Err(HoldReason::MetricsMissing), Some(engine)),
+    );
+    let llm = plan
+        .pools
+        .iter()
+        .find(|p| p.key == "voice/llm-pool")
+        .unwrap();
+    assert!(llm.decision.desired > 1, "{llm:?}");
+    assert_eq!(llm.decision.reason, Reason::StageOverBudget);
+    load.abort();
+    server_task.abort();
 }
