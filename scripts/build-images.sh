@@ -3,6 +3,7 @@
 #   ghcr.io/grokcast/grokcast-operator:VERSION   (docker/operator.Dockerfile)
 #   ghcr.io/grokcast/grokcast-agent:VERSION      (docker/agent.Dockerfile)
 #   ghcr.io/grokcast/grokcast-serve:VERSION      (docker/serve.Dockerfile)
+#   ghcr.io/grokcast/grokcast-csm:VERSION        (docker/csm.Dockerfile: CSM-1B on CUDA)
 # VERSION is the chart's appVersion (charts/grokcast/Chart.yaml), so `helm install` with default
 # values runs exactly these images.
 #
@@ -10,7 +11,7 @@
 #                                [--kind-load CLUSTER] [--dry-run]
 #   --registry REG       image prefix instead of ghcr.io/grokcast
 #   --tag TAG            tag instead of the chart's appVersion
-#   --only NAME          operator, agent or serve (repeatable); default: all three
+#   --only NAME          operator, agent, serve or csm (repeatable); default: all four
 #   --push               push after building
 #   --kind-load CLUSTER  load the images into a kind cluster (for docs/quickstart.md)
 #   --dry-run            print the docker commands without running them
@@ -38,8 +39,8 @@ while [ $# -gt 0 ]; do
     --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
     --only)
       case "${2:-}" in
-        operator | agent | serve) only+=("$2") ;;
-        *) echo "build-images.sh: --only takes operator, agent or serve, not '${2:-}'" >&2; exit 2 ;;
+        operator | agent | serve | csm) only+=("$2") ;;
+        *) echo "build-images.sh: --only takes operator, agent, serve or csm, not '${2:-}'" >&2; exit 2 ;;
       esac
       shift 2 ;;
     --push) push=1; shift ;;
@@ -54,7 +55,7 @@ if [ -z "$tag" ]; then
   echo "build-images.sh: no appVersion in charts/grokcast/Chart.yaml and no --tag" >&2
   exit 2
 fi
-[ ${#only[@]} -gt 0 ] || only=(operator agent serve)
+[ ${#only[@]} -gt 0 ] || only=(operator agent serve csm)
 
 run() {
   echo "+ $*"
@@ -76,7 +77,8 @@ fi
 
 needs_models=0
 for name in "${only[@]}"; do
-  if [ "$name" != operator ]; then needs_models=1; fi
+  # The operator and CSM images bake no model files.
+  if [ "$name" = agent ] || [ "$name" = serve ]; then needs_models=1; fi
 done
 if [ "$needs_models" -eq 1 ]; then
   for f in models/vad/silero_vad.onnx models/onnxruntime models/whisper models/piper models/llm; do

@@ -30,6 +30,9 @@ run cargo nextest run --workspace --no-fail-fast
 run ./scripts/demo.sh --record "${TMPDIR:-/tmp}/grokcast-ci-demo-call.wav"
 run cargo clippy -p grokcast-engines --no-default-features --features llama --all-targets -- -D warnings
 run cargo nextest run -p grokcast-engines --no-default-features --features llama --no-fail-fast
+# Sesame CSM on candle: its own build of the engines crate (candle stays out of the others).
+run cargo clippy -p grokcast-engines --no-default-features --features csm --all-targets -- -D warnings
+run cargo nextest run -p grokcast-engines --no-default-features --features csm --no-fail-fast
 run python3 -m pytest -p no:cloudcoil -p no:cacheprovider tests/chart -q
 
 if [ "${#failed[@]}" -ne 0 ]; then

@@ -1,6 +1,6 @@
 //! Embedded engines on small real models, all on CPU: Silero VAD and Piper TTS through
 //! ONNX Runtime, Whisper STT through whisper.cpp (feature `whisper`), and Gemma 3 270M
-//! through llama.cpp (feature `llama`); plus `grokcast-serve`, which puts them behind the
+//! through llama.cpp (feature `llama`), Sesame CSM-1B on candle (feature `csm`); plus `grokcast-serve`, which puts them behind the
 //! OpenAI-compatible APIs the agent uses for GPU model pools.
 //!
 //! Models come from `scripts/install.sh`; [`models::ModelPaths`] finds them.
@@ -16,6 +16,8 @@ compile_error!(
 );
 
 pub mod audio;
+#[cfg(feature = "csm")]
+pub mod csm;
 pub mod espeak;
 pub mod llm;
 pub mod models;

@@ -258,6 +258,66 @@ fn split_clauses(text: &str) -> Vec<Clause> {
     clauses
 }
 
+/// A speech engine behind `grokcast-serve`'s `/v1/audio/speech`: Piper, or CSM with the
+/// `csm` feature.
+pub trait Speaker: Send + Sync + std::fmt::Debug {
+    /// The rate of the audio it produces (mono f32).
+    fn sample_rate(&self) -> u32;
+
+    /// The voices requests may name, when the engine has its own; `None` accepts the
+    /// server's configured names (all of them speak with the one voice).
+    fn voices(&self) -> Option<Vec<String>>;
+
+    /// Speaks `text` in `voice`, handing audio to `on_audio` as it is ready; `on_audio`
+    /// returns `false` to cancel, and the call then returns `Ok(())` at once.
+    fn speak(
+        &self,
+        text: &str,
+        voice: Option<&str>,
+        on_audio: &mut dyn FnMut(&[f32]) -> bool,
+    ) -> Result<(), String>;
+}
+
+impl Speaker for PiperVoice {
+    fn sample_rate(&self) -> u32 {
+        PiperVoice::sample_rate(self)
+    }
+
+    fn voices(&self) -> Option<Vec<String>> {
+        None
+    }
+
+    fn speak(
+        &self,
+        text: &str,
+        _voice: Option<&str>,
+        on_audio: &mut dyn FnMut(&[f32]) -> bool,
+    ) -> Result<(), String> {
+        self.synthesize(text, on_audio).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(feature = "csm")]
+impl Speaker for crate::csm::CsmVoice {
+    fn sample_rate(&self) -> u32 {
+        crate::csm::CsmVoice::sample_rate(self)
+    }
+
+    fn voices(&self) -> Option<Vec<String>> {
+        Some(crate::csm::CsmVoice::voices(self))
+    }
+
+    fn speak(
+        &self,
+        text: &str,
+        voice: Option<&str>,
+        on_audio: &mut dyn FnMut(&[f32]) -> bool,
+    ) -> Result<(), String> {
+        self.synthesize(text, voice, on_audio)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,7 +232,24 @@ pub struct EngineRun {
     pub ready_path: Option<&'static str>,
     /// The checkpoint the preload Job downloads.
     pub checkpoint: String,
+    /// A Python script the preload Job runs instead of downloading the checkpoint into the
+    /// Hugging Face cache, for engines that read a directory of their own.
+    pub preload_script: Option<&'static str>,
 }
+
+/// Where the `csm` preset's server reads its model directory, in the cache volume.
+pub const CSM_MODEL_DIR: &str = "/models/csm";
+
+/// The `csm` preload: CSM's config and weights (`MODEL_REPO`), the Llama 3.2 tokenizer CSM
+/// reads text with, and the Mimi codec, assembled into [`CSM_MODEL_DIR`] as grokcast-serve
+/// reads it (docs/engines.md).
+const CSM_PRELOAD: &str = "import os, shutil\n\
+from huggingface_hub import hf_hub_download\n\
+d = '/models/csm'\n\
+os.makedirs(d, exist_ok=True)\n\
+for f in ('config.json', 'model.safetensors'): hf_hub_download(os.environ['MODEL_REPO'], f, local_dir=d)\n\
+hf_hub_download('meta-llama/Llama-3.2-1B', 'tokenizer.json', local_dir=d)\n\
+shutil.copyfile(hf_hub_download('kyutai/mimi', 'model.safetensors'), os.path.join(d, 'mimi.safetensors'))\n";
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -297,6 +314,7 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
                 health_path: Some("/health"),
                 ready_path: Some("/health"),
                 checkpoint,
+                preload_script: None,
             }
         }
         // speaches (formerly faster-whisper-server) loads models on request. PRELOAD_MODELS
@@ -315,21 +333,29 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
             health_path: Some("/health"),
             ready_path: Some("/health"),
             checkpoint: spec.model.clone(),
+            preload_script: None,
         },
+        // grokcast-serve with CSM on CUDA (docker/csm.Dockerfile), reading the directory the
+        // preload assembles; requests name the pool's model.
         Engine::Csm => EngineRun {
             command: Vec::new(),
             args: vec![
-                "--model".into(),
+                "--role".into(),
+                "tts".into(),
+                "--engine".into(),
+                "csm".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{port}"),
+                "--csm-model-dir".into(),
+                CSM_MODEL_DIR.into(),
+                "--tts-model".into(),
                 spec.model.clone(),
-                "--host".into(),
-                "0.0.0.0".into(),
-                "--port".into(),
-                port,
             ],
             env: Vec::new(),
-            health_path: Some("/health"),
-            ready_path: Some("/health"),
+            health_path: Some("/healthz"),
+            ready_path: Some("/readyz"),
             checkpoint: spec.model.clone(),
+            preload_script: Some(CSM_PRELOAD),
         },
         // grokcast-serve ships its models in the image; the role picks which engine loads.
         Engine::Grokcast => EngineRun {
@@ -344,6 +370,7 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
             health_path: Some("/healthz"),
             ready_path: Some("/readyz"),
             checkpoint: spec.model.clone(),
+            preload_script: None,
         },
         Engine::Custom => EngineRun {
             command: Vec::new(),
@@ -352,6 +379,7 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
             health_path: None,
             ready_path: None,
             checkpoint: spec.model.clone(),
+            preload_script: None,
         },
     };
     run.args.extend(spec.args.iter().cloned());
@@ -566,13 +594,14 @@ fn placement(v: &ValidPool<'_>) -> (BTreeMap<String, String>, Vec<Toleration>) {
 ///   its pip cache), so it gets no `runAsNonRoot`; everything else still applies.
 /// - `whisper`: speaches runs as its image's `ubuntu` user, uid 1000; the image names the
 ///   user, not the uid, so the uid is set here.
-/// - `grokcast`: `grokcast-serve` runs as 65532 (docker/serve.Dockerfile).
-/// - `csm` and `custom`: images the operator cannot vouch for; no `runAsNonRoot`.
+/// - `grokcast` and `csm`: `grokcast-serve` runs as 65532 (docker/serve.Dockerfile,
+///   docker/csm.Dockerfile).
+/// - `custom`: an image the operator cannot vouch for; no `runAsNonRoot`.
 pub fn engine_non_root_uid(engine: Engine) -> Option<i64> {
     match engine {
         Engine::Whisper => Some(1000),
-        Engine::Grokcast => Some(65_532),
-        Engine::Vllm | Engine::Csm | Engine::Custom => None,
+        Engine::Grokcast | Engine::Csm => Some(65_532),
+        Engine::Vllm | Engine::Custom => None,
     }
 }
 
@@ -775,11 +804,11 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
 }
 
 /// Whether a preset engine serves Prometheus metrics at `/metrics` on its API port: vLLM
-/// (`vllm:*`) and grokcast-serve (`grokcast_engine_*`) do. speaches and the CSM image serve
-/// none, and a custom image is the user's to scrape: a ServiceMonitor for them would only
-/// add a target that is always down.
+/// (`vllm:*`) and grokcast-serve (`grokcast_engine_*`, also in the CSM image) do. speaches
+/// serves none, and a custom image is the user's to scrape: a ServiceMonitor for them would
+/// only add a target that is always down.
 pub fn serves_prometheus_metrics(engine: Engine) -> bool {
-    matches!(engine, Engine::Vllm | Engine::Grokcast)
+    matches!(engine, Engine::Vllm | Engine::Grokcast | Engine::Csm)
 }
 
 /// The preload a validated pool wants, if any (`cache.preload`); the Job is included whether
@@ -825,8 +854,11 @@ fn preload(
                 command: Some(vec![
                     "python3".into(),
                     "-c".into(),
-                    "import os; from huggingface_hub import snapshot_download; \
-                             snapshot_download(os.environ['MODEL_REPO'])"
+                    run.preload_script
+                        .unwrap_or(
+                            "import os; from huggingface_hub import snapshot_download; \
+                             snapshot_download(os.environ['MODEL_REPO'])",
+                        )
                         .into(),
                 ]),
                 env: Some(env),

@@ -11,7 +11,7 @@ pub struct BuildSettings {
     pub vllm_image: String,
     /// Image for engine `whisper` (speaches, an OpenAI-compatible faster-whisper server).
     pub whisper_image: String,
-    /// Image for engine `csm` (an OpenAI-compatible speech server around Sesame CSM-1B).
+    /// Image for engine `csm` (grokcast-serve with Sesame CSM-1B on CUDA).
     pub csm_image: String,
     /// Image for engine `grokcast` (`grokcast-serve`, the project's CPU model server).
     pub grokcast_serve_image: String,
@@ -31,7 +31,7 @@ impl Default for BuildSettings {
         Self {
             vllm_image: "vllm/vllm-openai:v0.10.1.1".into(),
             whisper_image: "ghcr.io/speaches-ai/speaches:0.8.3-cuda".into(),
-            csm_image: "ghcr.io/grokcast/csm-openai:0.1.0".into(),
+            csm_image: "ghcr.io/grokcast/grokcast-csm:0.1.0".into(),
             grokcast_serve_image: "ghcr.io/grokcast/grokcast-serve:0.1.0".into(),
             preload_image: "vllm/vllm-openai:v0.10.1.1".into(),
             agent_image: "ghcr.io/grokcast/grokcast-agent:0.1.0".into(),

@@ -465,7 +465,12 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             let (response_format, sample_rate) = tts_format(v.tts.engine);
             TtsConfig {
                 backend: v.tts.clone(),
-                voice: spec.tts.voice.clone(),
+                // CSM's voices are its speakers and prompts; with none named, speaker 0
+                // rather than the agent's OpenAI-style default, which CSM does not have.
+                voice: match (spec.tts.voice.as_str(), v.tts.engine) {
+                    ("", Some(Engine::Csm)) => "0".into(),
+                    (voice, _) => voice.into(),
+                },
                 response_format,
                 sample_rate,
             }

@@ -102,6 +102,84 @@ fn args_pair<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 #[test]
+fn the_csm_sample_runs_grokcast_serve_with_csm_on_the_directory_its_preload_assembles() {
+    let children = build_pool(&sample("csm.yaml"));
+    let d = deployment(&children);
+    let c = container(d);
+    assert_eq!(
+        c.image.as_deref(),
+        Some("ghcr.io/grokcast/grokcast-csm:0.1.0"),
+        "the image docker/csm.Dockerfile builds"
+    );
+    let args = c.args.clone().unwrap();
+    assert_eq!(args_pair(&args, "--engine"), Some("csm"));
+    assert_eq!(args_pair(&args, "--role"), Some("tts"));
+    assert_eq!(args_pair(&args, "--csm-model-dir"), Some("/models/csm"));
+    assert_eq!(args_pair(&args, "--tts-model"), Some("sesame/csm-1b"));
+    assert_eq!(args_pair(&args, "--listen"), Some("0.0.0.0:8000"));
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(ready.path.as_deref(), Some("/readyz"));
+    // grokcast-serve runs as 65532, so the pod may say so (Pod Security `restricted`).
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.run_as_user, Some(65_532));
+    let job = children
+        .iter()
+        .find_map(|c| match c {
+            Child::Job(j) => Some(j),
+            _ => None,
+        })
+        .expect("the sample preloads");
+    let script = job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .command
+        .as_ref()
+        .unwrap()[2]
+        .clone();
+    for part in [
+        "/models/csm",
+        "config.json",
+        "model.safetensors",
+        "meta-llama/Llama-3.2-1B",
+        "tokenizer.json",
+        "kyutai/mimi",
+        "mimi.safetensors",
+    ] {
+        assert!(
+            script.contains(part),
+            "{part} not in the preload:\n{script}"
+        );
+    }
+    // The script is Python the preload image runs: it must at least parse.
+    let parsed = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys; compile(sys.argv[1], 'preload', 'exec')",
+            &script,
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        parsed.status.success(),
+        "{}\n{script}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+}
+
+#[test]
 fn whisper_pools_keep_their_model_loaded() {
     // speaches: its default STT_MODEL_TTL unloads an idle model after 300 s.
     let children = build_pool(&sample("whisper.yaml"));
@@ -490,13 +568,24 @@ fn agent_config_names_the_speech_format_of_each_tts_engine() {
             serde_yaml::from_str(&config_map(&children).data.as_ref().unwrap()["agent.yaml"])
                 .unwrap();
         let field = |k: &str| serde_yaml::to_string(&v["tts"][k]).unwrap();
-        (field("responseFormat"), field("sampleRate"))
+        (field("responseFormat"), field("sampleRate"), field("voice"))
     };
     // grokcast-serve streams pcm and gives its rate in x-sample-rate: no rate to assume.
-    assert_eq!(tts("piper"), ("pcm\n".into(), "null\n".into()));
-    assert_eq!(tts("csm-1b"), ("pcm\n".into(), "24000\n".into()));
+    assert_eq!(
+        tts("piper"),
+        ("pcm\n".into(), "null\n".into(), "null\n".into())
+    );
+    // CSM's voices are its speakers: with none named, speaker 0 (never the agent's
+    // OpenAI-style default, which the CSM server would refuse).
+    assert_eq!(
+        tts("csm-1b"),
+        ("pcm\n".into(), "24000\n".into(), "'0'\n".into())
+    );
     // Nothing is known of a custom server: the agent's defaults apply.
-    assert_eq!(tts("kokoro"), ("null\n".into(), "null\n".into()));
+    assert_eq!(
+        tts("kokoro"),
+        ("null\n".into(), "null\n".into(), "null\n".into())
+    );
 }
 
 #[test]
@@ -721,7 +810,7 @@ fn model_pools_get_a_service_monitor_on_their_service_where_the_engine_has_metri
     };
     for (file, scraped) in [
         ("gemma-27b.yaml", true),
-        ("csm.yaml", false),
+        ("csm.yaml", true),
         ("whisper.yaml", false),
     ] {
         let pool: ModelPool = sample(file);

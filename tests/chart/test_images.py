@@ -18,6 +18,8 @@ IMAGES = {
     "grokcast-operator": ("operator.Dockerfile", "grokcast-operator", "grokcast-operator"),
     "grokcast-agent": ("agent.Dockerfile", "grokcast-agent", "grokcast-agent"),
     "grokcast-serve": ("serve.Dockerfile", "grokcast-engines", "grokcast-serve"),
+    # grokcast-serve again, built with CSM on CUDA (the `cuda` feature).
+    "grokcast-csm": ("csm.Dockerfile", "grokcast-engines", "grokcast-serve"),
 }
 
 
@@ -90,10 +92,15 @@ def test_build_script_tags_are_the_chart_defaults():
     assert result.returncode == 0, result.stderr
     operator = f"{values['image']['repository']}:{app}"
     assert f"-t {operator} " in result.stdout
-    # The agent and serve images the operator deploys by default are the ones built here.
-    # (Dry run of those would install models first, so the commands are checked by name.)
-    for name in ("agent", "serve"):
+    # The agent, serve and CSM images the operator deploys by default are the ones built here.
+    # (Dry run of agent and serve would install models first, so those are checked by name.)
+    for name in ("agent", "serve", "csm"):
         assert values["workloadImages"][name] == f"ghcr.io/grokcast/grokcast-{name}:{app}"
+    # The CSM image bakes no models: its dry run needs none and builds the CUDA Dockerfile.
+    result = dry_run("--only", "csm")
+    assert result.returncode == 0, result.stderr
+    assert "install.sh" not in result.stdout
+    assert f"-f docker/csm.Dockerfile -t ghcr.io/grokcast/grokcast-csm:{app} ." in result.stdout
 
 
 def test_build_script_without_a_docker_engine_says_so_and_builds_nothing(tmp_path):
@@ -106,10 +113,18 @@ def test_build_script_without_a_docker_engine_says_so_and_builds_nothing(tmp_pat
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--only", "gateway"], "--only takes operator, agent or serve"),
+    (["--only", "gateway"], "--only takes operator, agent, serve or csm"),
     (["--frobnicate"], "unknown option --frobnicate"),
 ])
 def test_build_script_rejects_bad_arguments(args, message):
     result = dry_run(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_csm_image_builds_the_cuda_feature_and_serves_csm_by_default():
+    text = (DOCKER / "csm.Dockerfile").read_text()
+    assert "--no-default-features --features cuda" in text
+    assert "GROKCAST_SERVE_TTS_ENGINE=csm" in text
+    final = stages("csm.Dockerfile")[-1]
+    assert "runtime" in final["from"], "the runtime stage needs only the CUDA runtime"

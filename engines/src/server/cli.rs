@@ -28,6 +28,15 @@ enum ServeRole {
     All,
 }
 
+/// The speech engine of the `tts` role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TtsEngine {
+    /// Piper on ONNX Runtime (the models directory's voice).
+    Piper,
+    /// Sesame CSM-1B on candle (a `csm` build; `--csm-model-dir`).
+    Csm,
+}
+
 /// Command line.
 #[derive(Debug, Parser)]
 #[command(about = "Serve GrokCast's embedded engines over OpenAI-compatible HTTP APIs")]
@@ -50,22 +59,88 @@ struct Args {
     /// CPU threads per request (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// The speech engine for the `tts` role.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "piper",
+        env = "GROKCAST_SERVE_TTS_ENGINE"
+    )]
+    engine: TtsEngine,
+    /// CSM model directory: config.json, model.safetensors, tokenizer.json and
+    /// mimi.safetensors (docs/engines.md).
+    #[arg(long, env = "GROKCAST_CSM_MODEL_DIR")]
+    csm_model_dir: Option<PathBuf>,
+    /// CSM voices: a directory of NAME.json voice files with their reference WAVs (a
+    /// ConfigMap mounted there); without it the voices are the speakers `0` and `1`.
+    #[arg(long, env = "GROKCAST_CSM_VOICES_DIR")]
+    csm_voices_dir: Option<PathBuf>,
+    /// Longest speech CSM generates for one request, in seconds.
+    #[arg(long, default_value_t = 20)]
+    csm_max_audio_seconds: u64,
+    /// The model name speech requests may give (besides `tts-1`); default: the engine's
+    /// (`piper-en_US-joe-medium`, `sesame/csm-1b`).
+    #[arg(long, env = "GROKCAST_SERVE_TTS_MODEL")]
+    tts_model: Option<String>,
+}
+
+/// What loading the speech engine needs (the CSM fields are read only by `csm` builds).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "csm"), allow(dead_code))]
+struct SpeechSettings {
+    engine: TtsEngine,
+    csm_model_dir: Option<PathBuf>,
+    csm_voices_dir: Option<PathBuf>,
+    csm_max_audio_seconds: u64,
+}
+
+fn load_speaker(
+    settings: &SpeechSettings,
+    paths: &ModelPaths,
+) -> Result<Arc<dyn crate::tts::Speaker>, String> {
+    match settings.engine {
+        TtsEngine::Piper => {
+            models::init_onnxruntime(&paths.onnxruntime().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let (onnx, json) = paths.piper_voice().map_err(|e| e.to_string())?;
+            Ok(Arc::new(
+                PiperVoice::load(&onnx, &json).map_err(|e| e.to_string())?,
+            ))
+        }
+        #[cfg(feature = "csm")]
+        TtsEngine::Csm => {
+            let dir = settings
+                .csm_model_dir
+                .as_deref()
+                .ok_or("--engine csm needs --csm-model-dir (GROKCAST_CSM_MODEL_DIR)")?;
+            let options = crate::csm::CsmOptions {
+                max_audio: std::time::Duration::from_secs(settings.csm_max_audio_seconds),
+                ..crate::csm::CsmOptions::default()
+            };
+            let voice =
+                crate::csm::CsmVoice::load(dir, settings.csm_voices_dir.as_deref(), options)
+                    .map_err(|e| e.to_string())?;
+            tracing::info!(gpu = voice.on_gpu(), voices = ?voice.voices(), "CSM loaded");
+            Ok(Arc::new(voice))
+        }
+        #[cfg(not(feature = "csm"))]
+        TtsEngine::Csm => Err(
+            "this build has no CSM engine: build grokcast-serve with --features csm (cuda for GPUs)"
+                .to_owned(),
+        ),
+    }
 }
 
 fn load_engines(
     role: ServeRole,
     paths: &ModelPaths,
     threads: Option<usize>,
+    speech: &SpeechSettings,
 ) -> Result<Engines, String> {
     let wants = |r: ServeRole| role == r || role == ServeRole::All;
     let mut engines = Engines::default();
     if wants(ServeRole::Tts) {
-        models::init_onnxruntime(&paths.onnxruntime().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        let (onnx, json) = paths.piper_voice().map_err(|e| e.to_string())?;
-        engines.tts = Some(Arc::new(
-            PiperVoice::load(&onnx, &json).map_err(|e| e.to_string())?,
-        ));
+        engines.tts = Some(load_speaker(speech, paths)?);
     }
     if wants(ServeRole::Stt) {
         #[cfg(feature = "whisper")]
@@ -161,15 +236,36 @@ async fn async_main() -> ExitCode {
         .map_or_else(ModelPaths::discover, |d| Ok(ModelPaths::at(d)))
     {
         Ok(p) => p,
+        // CSM alone reads nothing from the models directory: its own directory will do.
+        Err(_) if args.role == ServeRole::Tts && args.engine == TtsEngine::Csm => {
+            ModelPaths::at(args.csm_model_dir.clone().unwrap_or_default())
+        }
         Err(e) => {
             eprintln!("grokcast-serve: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         queue_capacity: args.queue_capacity,
         workers: args.workers,
         ..ServerConfig::default()
+    };
+    let tts_model = args
+        .tts_model
+        .clone()
+        .or_else(|| (args.engine == TtsEngine::Csm).then(|| "sesame/csm-1b".to_owned()));
+    if let Some(name) = tts_model {
+        config.tts_models = vec![name, "tts-1".to_owned()];
+    }
+    if args.engine == TtsEngine::Csm {
+        // CSM's voices are its speakers and prompts, known once it has loaded.
+        config.voices.clear();
+    }
+    let speech = SpeechSettings {
+        engine: args.engine,
+        csm_model_dir: args.csm_model_dir.clone(),
+        csm_voices_dir: args.csm_voices_dir.clone(),
+        csm_max_audio_seconds: args.csm_max_audio_seconds,
     };
     let state = match AppState::new(config) {
         Ok(s) => s,
@@ -190,7 +286,7 @@ async fn async_main() -> ExitCode {
     let load_state = Arc::clone(&state);
     let role = args.role;
     let threads = args.threads;
-    tokio::task::spawn_blocking(move || match load_engines(role, &paths, threads) {
+    tokio::task::spawn_blocking(move || match load_engines(role, &paths, threads, &speech) {
         Ok(engines) => {
             load_state.set_engines(engines);
             tracing::info!("models loaded; ready");

@@ -34,7 +34,7 @@ pub use speech::SAMPLE_RATE_HEADER;
 use crate::llm::GemmaLlm;
 #[cfg(feature = "whisper")]
 use crate::stt::WhisperStt;
-use crate::tts::PiperVoice;
+use crate::tts::Speaker;
 
 /// The engines one server runs; a role the server was not started with is `None`.
 #[derive(Debug, Default, Clone)]
@@ -45,8 +45,8 @@ pub struct Engines {
     /// Transcriptions.
     #[cfg(feature = "whisper")]
     pub stt: Option<Arc<WhisperStt>>,
-    /// Speech.
-    pub tts: Option<Arc<PiperVoice>>,
+    /// Speech: Piper, or CSM in a `csm` build.
+    pub tts: Option<Arc<dyn Speaker>>,
 }
 
 /// Server settings.
@@ -58,7 +58,8 @@ pub struct ServerConfig {
     pub stt_models: Vec<String>,
     /// Model ids accepted for speech.
     pub tts_models: Vec<String>,
-    /// Voice names accepted for speech (an empty or absent voice means the default).
+    /// Voice names accepted for speech (an empty or absent voice means the default) by an
+    /// engine without voices of its own; empty: whatever the engine names (CSM).
     pub voices: Vec<String>,
     /// Requests admitted per engine (running plus waiting); more get 503.
     pub queue_capacity: usize,

@@ -56,19 +56,32 @@ pub(crate) async fn speech(
             ),
         ));
     }
-    if let Some(v) = req
+    let voice_name = req
         .voice
         .as_deref()
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        && !config.voices.iter().any(|known| known == v)
+        .map(str::to_owned);
+    // An engine with voices of its own (CSM's speakers and prompts) names them; otherwise
+    // the configured names are accepted, all speaking with the one voice. Before the engine
+    // has loaded, the configured names are all there is to check (none for CSM).
+    let own_voices = state
+        .engines()
+        .ok()
+        .and_then(|e| e.tts.as_ref())
+        .and_then(|t| t.voices());
+    let engine_voice = if own_voices.is_some() {
+        voice_name.clone()
+    } else {
+        None
+    };
+    let known = own_voices.or_else(|| (!config.voices.is_empty()).then(|| config.voices.clone()));
+    if let (Some(v), Some(known)) = (&voice_name, &known)
+        && !known.iter().any(|k| k == v)
     {
         return Err(ApiError::invalid(
             "voice",
-            format!(
-                "voice '{v}' is not available; voices: {}",
-                config.voices.join(", ")
-            ),
+            format!("voice '{v}' is not available; voices: {}", known.join(", ")),
         ));
     }
     let format = match req.response_format.as_deref().map(str::trim) {
@@ -99,7 +112,7 @@ pub(crate) async fn speech(
             let _admission = admission;
             let mut all = Vec::new();
             voice
-                .synthesize(&input, &mut |chunk| {
+                .speak(&input, engine_voice.as_deref(), &mut |chunk| {
                     if all.is_empty() {
                         task_state
                             .metrics()
@@ -114,7 +127,7 @@ pub(crate) async fn speech(
         })
         .await
         .map_err(|e| ApiError::engine(format!("speech task failed: {e}")))?
-        .map_err(|e| ApiError::engine(e.to_string()))?;
+        .map_err(ApiError::engine)?;
         return Ok((
             [
                 (header::CONTENT_TYPE, "audio/wav".to_owned()),
@@ -135,7 +148,7 @@ pub(crate) async fn speech(
     tokio::task::spawn_blocking(move || {
         let _admission = admission;
         let mut first = true;
-        let result = voice.synthesize(&input, &mut |chunk| {
+        let result = voice.speak(&input, engine_voice.as_deref(), &mut |chunk| {
             if first {
                 first = false;
                 task_state

@@ -93,13 +93,13 @@ impl EngineQueries {
                 first_token: Some(VLLM_FIRST_TOKEN.into()),
                 waiting: Some(VLLM_WAITING.into()),
             },
-            Engine::Grokcast => EngineQueries {
+            Engine::Grokcast | Engine::Csm => EngineQueries {
                 first_token: Some(GROKCAST_FIRST_OUTPUT.into()),
                 waiting: Some(GROKCAST_QUEUE.into()),
             },
             // Whisper and CSM servers export no latency metrics of their own; the agent's
             // stage histograms still measure them.
-            Engine::Whisper | Engine::Csm | Engine::Custom => EngineQueries::default(),
+            Engine::Whisper | Engine::Custom => EngineQueries::default(),
         }
     }
 
@@ -300,8 +300,13 @@ mod tests {
             engine.waiting, None,
             "an empty annotation switches the query off"
         );
+        // The CSM image is grokcast-serve: its own first-output and queue metrics.
         assert_eq!(
             EngineQueries::for_engine(grokcast_crds::Engine::Csm),
+            EngineQueries::for_engine(grokcast_crds::Engine::Grokcast)
+        );
+        assert_eq!(
+            EngineQueries::for_engine(grokcast_crds::Engine::Whisper),
             EngineQueries::default()
         );
     }
