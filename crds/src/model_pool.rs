@@ -115,6 +115,13 @@ pub struct ModelPoolSpec {
     /// Secret key holding a Hugging Face token, for gated models such as Gemma.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugging_face_token_secret_ref: Option<SecretKeyRef>,
+    /// Engine `csm` only: a ConfigMap in this namespace holding voices (`NAME.json` voice
+    /// files, their reference WAVs under `binaryData`), mounted for the server; a
+    /// VoiceAgent's `tts.voice` names one. Unset: the speakers `0` and `1`. The server reads
+    /// the voices at start, so restart the pool after changing them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub voices_config_map: Option<String>,
     /// Extra node labels the pods must match, merged with the GPU product selector.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,

@@ -10,8 +10,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction,
     Toleration, Volume, VolumeMount, VolumeResourceRequirements,
@@ -57,6 +57,12 @@ pub enum ValidationError {
     /// Engine custom without image or port.
     #[error("engine custom needs image and port")]
     CustomNeedsImageAndPort,
+    /// Voices for an engine that has none.
+    #[error("voicesConfigMap is only for engine csm, not {engine}")]
+    VoicesNeedCsm {
+        /// The engine.
+        engine: &'static str,
+    },
     /// Engine custom/grokcast without a role.
     #[error("engine {engine} needs role (stt, llm or tts)")]
     RoleRequired {
@@ -138,6 +144,9 @@ pub fn validate<'a>(
     let engine = spec.engine.as_str();
     if spec.engine == Engine::Custom && (spec.image.is_none() || spec.port.is_none()) {
         return Err(ValidationError::CustomNeedsImageAndPort);
+    }
+    if spec.voices_config_map.is_some() && spec.engine != Engine::Csm {
+        return Err(ValidationError::VoicesNeedCsm { engine });
     }
     let role = spec
         .resolved_role()
@@ -239,6 +248,9 @@ pub struct EngineRun {
 
 /// Where the `csm` preset's server reads its model directory, in the cache volume.
 pub const CSM_MODEL_DIR: &str = "/models/csm";
+
+/// Where a `csm` pool's `voicesConfigMap` is mounted.
+pub const CSM_VOICES_DIR: &str = "/etc/grokcast/voices";
 
 /// The `csm` preload: CSM's config and weights (`MODEL_REPO`), the Llama 3.2 tokenizer CSM
 /// reads text with, and the Mimi codec, assembled into [`CSM_MODEL_DIR`] as grokcast-serve
@@ -350,7 +362,16 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
                 CSM_MODEL_DIR.into(),
                 "--tts-model".into(),
                 spec.model.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                spec.voices_config_map
+                    .as_ref()
+                    .map(|_| ["--csm-voices-dir".into(), CSM_VOICES_DIR.into()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect(),
             env: Vec::new(),
             health_path: Some("/healthz"),
             ready_path: Some("/readyz"),
@@ -679,7 +700,7 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
             ..Volume::default()
         },
     };
-    let volumes = vec![
+    let mut volumes = vec![
         models_volume,
         // Engines share tensors between processes through /dev/shm; the container default
         // of 64 MiB makes NCCL and PyTorch workers fail.
@@ -692,6 +713,37 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
             ..Volume::default()
         },
     ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "models".into(),
+            mount_path: MODELS_DIR.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "dshm".into(),
+            mount_path: "/dev/shm".into(),
+            ..VolumeMount::default()
+        },
+    ];
+    // CSM's voices (validation allows them for `csm` only). Not optional: a pool whose
+    // voices are missing must not start speaking in other voices.
+    if let Some(voices) = &spec.voices_config_map {
+        volumes.push(Volume {
+            name: "voices".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: voices.clone(),
+                optional: Some(false),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "voices".into(),
+            mount_path: CSM_VOICES_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     let container = Container {
         name: "server".into(),
         image: Some(v.image.clone()),
@@ -710,18 +762,7 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
         startup_probe: Some(probe(run.ready_path, 10, 180, 5)),
         readiness_probe: Some(probe(run.ready_path, 5, 3, 5)),
         liveness_probe: Some(probe(run.health_path, 15, 4, 10)),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "models".into(),
-                mount_path: MODELS_DIR.into(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "dshm".into(),
-                mount_path: "/dev/shm".into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         security_context: Some(restricted_container(uid)),
         ..Container::default()
     };

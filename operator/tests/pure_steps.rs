@@ -180,6 +180,54 @@ fn the_csm_sample_runs_grokcast_serve_with_csm_on_the_directory_its_preload_asse
 }
 
 #[test]
+fn a_csm_pools_voices_config_map_is_mounted_read_only_for_the_server() {
+    let text = std::fs::read_to_string(samples_dir().join("csm.yaml"))
+        .unwrap()
+        .replace(
+            "  model: sesame/csm-1b",
+            "  model: sesame/csm-1b\n  voicesConfigMap: csm-voices",
+        );
+    let children = build_pool(&pool_yaml(&text));
+    let d = deployment(&children);
+    let c = container(d);
+    let args = c.args.clone().unwrap();
+    assert_eq!(
+        args_pair(&args, "--csm-voices-dir"),
+        Some("/etc/grokcast/voices")
+    );
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/etc/grokcast/voices")
+        .expect("voices mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod(d)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let cm = volume.config_map.as_ref().unwrap();
+    assert_eq!(cm.name, "csm-voices");
+    assert_eq!(cm.optional, Some(false));
+
+    // Without voices: no mount, no flag.
+    let plain = build_pool(&sample("csm.yaml"));
+    let args = container(deployment(&plain)).args.clone().unwrap();
+    assert_eq!(args_pair(&args, "--csm-voices-dir"), None);
+
+    // Voices mean nothing to other engines: refused, not ignored.
+    let vllm = pool_yaml(
+        &text
+            .replace("engine: csm", "engine: vllm")
+            .replace("role: tts", ""),
+    );
+    let err = model_pool::validate(&vllm, &BuildSettings::default()).unwrap_err();
+    assert!(err.to_string().contains("voicesConfigMap"), "{err}");
+}
+
+#[test]
 fn whisper_pools_keep_their_model_loaded() {
     // speaches: its default STT_MODEL_TTL unloads an idle model after 300 s.
     let children = build_pool(&sample("whisper.yaml"));
