@@ -362,16 +362,7 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
                 CSM_MODEL_DIR.into(),
                 "--tts-model".into(),
                 spec.model.clone(),
-            ]
-            .into_iter()
-            .chain(
-                spec.voices_config_map
-                    .as_ref()
-                    .map(|_| ["--csm-voices-dir".into(), CSM_VOICES_DIR.into()])
-                    .into_iter()
-                    .flatten(),
-            )
-            .collect(),
+            ],
             env: Vec::new(),
             health_path: Some("/healthz"),
             ready_path: Some("/readyz"),
@@ -403,6 +394,11 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
             preload_script: None,
         },
     };
+    if spec.engine == Engine::Csm && spec.voices_config_map.is_some() {
+        // Where `build` mounts the pool's voices ConfigMap.
+        run.args
+            .extend(["--csm-voices-dir".into(), CSM_VOICES_DIR.into()]);
+    }
     run.args.extend(spec.args.iter().cloned());
     run.env.push(env("HF_HOME", format!("{MODELS_DIR}/hf")));
     if let Some(secret) = &spec.hugging_face_token_secret_ref {
