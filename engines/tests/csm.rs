@@ -5,16 +5,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{TestServer, start};
 use futures::StreamExt;
 use grokcast_engines::csm::{
     self, CsmConfig, CsmOptions, CsmVoice, FRAME_SAMPLES, MimiShape, SAMPLE_RATE,
 };
-use grokcast_engines::server::{self, AppState, Engines, ServerConfig};
+use grokcast_engines::server::{Engines, ServerConfig};
 use grokcast_engines::tts::Speaker;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -248,28 +251,20 @@ impl Speaker for Counting {
     }
 }
 
-async fn serve(speaker: Arc<dyn Speaker>) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let state = AppState::new(ServerConfig {
+async fn serve(speaker: Arc<dyn Speaker>) -> TestServer {
+    let config = ServerConfig {
         tts_models: vec!["sesame/csm-1b".into(), "tts-1".into()],
         queue_capacity: 1,
         workers: 1,
         ..ServerConfig::default()
-    })
-    .unwrap();
+    };
     // Struct update: builds with Whisper or llama have more engines, all left out here.
     #[allow(clippy::needless_update)]
     let engines = Engines {
         tts: Some(speaker),
         ..Engines::default()
     };
-    state.set_engines(engines);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, state, async {
-        let _ = rx.await;
-    }));
-    (format!("http://{addr}"), tx)
+    start(config, Some(engines)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,8 +277,8 @@ async fn the_server_streams_pcm_refuses_overload_and_stops_when_the_client_leave
         inner: CsmVoice::load(&dir.0, None, options(Duration::from_secs(600))).unwrap(),
         frames: frames.clone(),
     };
-    let (base, _stop) = serve(Arc::new(speaker)).await;
-    let url = format!("{base}/v1/audio/speech");
+    let server = serve(Arc::new(speaker)).await;
+    let url = format!("{}/v1/audio/speech", server.base);
     let c = reqwest::Client::new();
     let body = |voice: &str| {
         json!({"model": "sesame/csm-1b", "input": "Thanks for calling, how can I help?",

@@ -8,35 +8,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_has_words, espeak_16k, models};
+use common::{TestServer, assert_has_words, espeak_16k, models, start};
 use grokcast_engines::audio;
 use grokcast_engines::server::{self, AppState, Engines, ServerConfig};
 use grokcast_engines::tts::PiperVoice;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
-
-struct TestServer {
-    base: String,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start(config: ServerConfig, engines: Option<Engines>) -> TestServer {
-    let state = AppState::new(config).unwrap();
-    if let Some(e) = engines {
-        state.set_engines(e);
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, state, async {
-        let _ = rx.await;
-    }));
-    TestServer {
-        base: format!("http://{addr}"),
-        _shutdown: tx,
-    }
-}
 
 /// A server that has not loaded its models: validation still runs first.
 async fn unloaded() -> TestServer {

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use grokcast_engines::audio;
 use grokcast_engines::models::{self, ModelPaths};
+use grokcast_engines::server::{self, AppState, Engines, ServerConfig};
 
 /// The models, or `None` (with a printed reason) when they are not installed and
 /// `GROKCAST_REQUIRE_MODELS` is unset. CI sets it, so there a missing model fails.
@@ -61,5 +62,30 @@ pub fn assert_has_words(transcript: &str, expected: &[&str]) {
             got.iter().any(|g| g == w),
             "expected {w:?} in transcript {transcript:?}"
         );
+    }
+}
+
+/// grokcast-serve on a free 127.0.0.1 port; dropping it shuts the server down.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a server with `config`, and with `engines` as if they had loaded.
+pub async fn start(config: ServerConfig, engines: Option<Engines>) -> TestServer {
+    let state = AppState::new(config).unwrap();
+    if let Some(e) = engines {
+        state.set_engines(e);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, state, async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        base: format!("http://{addr}"),
+        _shutdown: tx,
     }
 }
