@@ -814,15 +814,30 @@ async fn gpus_held_by_others_and_unscheduled_replicas_count_as_the_scheduler_cou
             .filter(|c| c.reason.as_deref() == Some("Unschedulable"))
             .and_then(|c| c.message.clone())
     };
-    let message = eventually("the scheduler leaves one llm replica Pending", || async {
-        let (bound, unbound) = llm_pods().await;
-        if bound.len() != 1 || unbound.len() != 1 {
-            return None;
-        }
-        unschedulable(&unbound[0])
-    })
+    // The scheduler's first try may come before the provisioner binds the pool's model
+    // PVC ("unbound immediate PersistentVolumeClaims"); the binding requeues the pod, and
+    // the reason that counts is the one it gives with the volume in place.
+    let last_reason = std::sync::Mutex::new(String::new());
+    eventually(
+        "the scheduler leaves one llm replica Pending for want of GPUs",
+        || async {
+            let (bound, unbound) = llm_pods().await;
+            if bound.len() != 1 || unbound.len() != 1 {
+                return None;
+            }
+            let message = unschedulable(&unbound[0])?;
+            if !message.contains("Insufficient nvidia.com/gpu") {
+                let mut last = last_reason.lock().unwrap();
+                if *last != message {
+                    eprintln!("pending llm replica, not yet for GPUs: {message}");
+                    *last = message;
+                }
+                return None;
+            }
+            Some(message)
+        },
+    )
     .await;
-    assert!(message.contains("Insufficient nvidia.com/gpu"), "{message}");
 
     // One read of the pool, so the condition and the numbers are from the same period.
     let (condition, status) = eventually("CapacityLimited=True on the llm pool", || async {
