@@ -17,7 +17,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=grokcast-serve-target \
     cargo build --release --locked -p grokcast-engines --bin grokcast-serve \
- && install -D -m 0755 target/release/grokcast-serve /out/grokcast-serve
+ && install -D -m 0755 target/release/grokcast-serve /out/grokcast-serve \
+ && cargo build --release --locked -p grokcast-engines --no-default-features --features llama --bin grokcast-serve-llm \
+ && install -D -m 0755 target/release/grokcast-serve-llm /out/grokcast-serve-llm
 
 # Only the model files the server loads, not the unpacked packages under models/sources/.
 FROM docker.io/library/debian:bookworm-slim AS models
@@ -38,7 +40,9 @@ LABEL org.opencontainers.image.title="grokcast-serve" \
       org.opencontainers.image.description="CPU model server for speech to text, LLM and text to speech over OpenAI-compatible APIs" \
       org.opencontainers.image.source="https://github.com/grokcast/grokcast" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=build /out/grokcast-serve /usr/local/bin/grokcast-serve
+# whisper.cpp and llama.cpp each link their own ggml, so Gemma is a second binary; grokcast-serve
+# --role llm (what an `engine: grokcast, role: llm` pool runs) replaces itself with it.
+COPY --from=build /out/grokcast-serve /out/grokcast-serve-llm /usr/local/bin/
 COPY --from=models /opt/grokcast/models/ /opt/grokcast/models/
 ENV GROKCAST_MODELS_DIR=/opt/grokcast/models \
     HOME=/tmp

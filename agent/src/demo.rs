@@ -176,11 +176,12 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     })
 }
 
-/// The caller's questions, spoken by the Piper voice and sent as 8 kHz mu-law. espeak-ng's
+/// The caller's questions, spoken by the Piper voice and sent as 8 kHz mu-law (the end-to-end
+/// call tests speak with it too). espeak-ng's
 /// formant voice, once squeezed through an 8 kHz phone line, is more than Whisper tiny.en can
 /// follow (it hears "opening hours" as "oven"), and the demo is there to show the pipeline,
 /// not the limits of a robot voice. The call tests keep espeak-ng: they time turns, not words.
-fn caller_voice(say: &[String]) -> Result<Vec<Arc<Vec<u8>>>, DemoError> {
+pub fn caller_voice(say: &[String]) -> Result<Vec<Arc<Vec<u8>>>, DemoError> {
     let engine = |e: String| DemoError::Other(format!("the caller's voice: {e}"));
     let paths =
         grokcast_engines::models::ModelPaths::discover().map_err(|e| engine(e.to_string()))?;

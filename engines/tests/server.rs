@@ -604,3 +604,89 @@ async fn a_full_queue_answers_503_and_the_server_keeps_serving() {
     let r = c.post(&url).json(&chat_body()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// `grokcast-serve --role llm` as a ModelPool with `engine: grokcast, role: llm` runs it: this
+/// build has no LLM, so the process becomes `grokcast-serve-llm` from its own directory and
+/// serves chat completions on the same address. Where that binary is missing, it says what
+/// to build instead of serving nothing.
+#[cfg(all(feature = "whisper", not(feature = "llama")))]
+#[tokio::test]
+async fn the_llm_role_hands_over_to_grokcast_serve_llm_beside_it() {
+    use std::process::{Command, Stdio};
+
+    let serve = std::path::PathBuf::from(env!("CARGO_BIN_EXE_grokcast-serve"));
+    // Alone in a directory of its own, the server has no LLM to hand over to.
+    let solo_dir = serve
+        .parent()
+        .unwrap()
+        .join(format!("solo-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&solo_dir).unwrap();
+    let solo = solo_dir.join("grokcast-serve");
+    let _ = std::fs::remove_file(&solo);
+    std::fs::hard_link(&serve, &solo)
+        .or_else(|_| std::fs::copy(&serve, &solo).map(|_| ()))
+        .unwrap();
+    let out = Command::new(&solo)
+        .args(["--role", "llm", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&solo_dir);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("grokcast-serve-llm"), "{stderr}");
+
+    let Some(_) = models() else { return };
+    if !serve.with_file_name("grokcast-serve-llm").is_file() {
+        assert!(
+            std::env::var_os("GROKCAST_REQUIRE_MODELS").is_none(),
+            "grokcast-serve-llm is not built (scripts/test.sh builds it first)"
+        );
+        eprintln!("SKIPPED: grokcast-serve-llm is not built");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(&serve)
+        .args(["--role", "llm", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..1200 {
+        if let Ok(r) = c.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("grokcast-serve --role llm exited: {status}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let answer = async {
+        assert!(ready, "not ready within 120 s");
+        let r = c
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&chat_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(!content.trim().is_empty(), "{body}");
+    };
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer)).await;
+    // The handover keeps the process: stopping the child stops the LLM server.
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

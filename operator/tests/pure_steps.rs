@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use grokcast_crds::{ModelPool, VoiceAgent, condition};
+use grokcast_crds::{Engine, ModelPool, Role, VoiceAgent, condition};
 use grokcast_operator::children::Child;
 use grokcast_operator::settings::BuildSettings;
 use grokcast_operator::voice_agent::{PoolLookup, Problem, SecretLookup};
@@ -229,10 +229,33 @@ fn a_csm_pools_voices_config_map_is_mounted_read_only_for_the_server() {
 
 #[test]
 fn whisper_pools_keep_their_model_loaded() {
-    // speaches: its default STT_MODEL_TTL unloads an idle model after 300 s.
-    let children = build_pool(&sample("whisper.yaml"));
+    // The sample serves Whisper on vLLM, which loads the model before /health answers and
+    // never unloads it; it refuses a context longer than Whisper's 448 positions, so none is
+    // forced on it, and it runs in the float16 the checkpoint is published in.
+    let sample: ModelPool = sample("whisper.yaml");
+    assert_eq!(sample.spec.engine, Engine::Vllm);
+    assert_eq!(sample.spec.resolved_role(), Some(Role::Stt));
+    let children = build_pool(&sample);
     let c = container(deployment(&children));
-    let env: Vec<(String, String)> = c
+    let args = c.args.clone().unwrap();
+    assert_eq!(args[0], "openai/whisper-large-v3-turbo");
+    assert_eq!(args_pair(&args, "--max-model-len"), None, "{args:?}");
+    assert_eq!(args_pair(&args, "--dtype"), Some("auto"));
+    assert_eq!(args_pair(&args, "--gpu-memory-utilization"), Some("0.2"));
+    assert!(!args.iter().any(|a| a == "--limit-mm-per-prompt"));
+    // Ready means loaded: the readiness probe is vLLM's /health, which answers only once the
+    // engine (weights, cache, CUDA graphs) is up.
+    let ready = c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref());
+    assert_eq!(ready.and_then(|g| g.path.as_deref()), Some("/health"));
+
+    // speaches: its default STT_MODEL_TTL unloads an idle model after 300 s.
+    let speaches = pool_yaml(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: whisper-speaches, namespace: voice}\n\
+         spec: {engine: whisper, model: Systran/faster-whisper-large-v3, gpu: {count: 1}}\n",
+    );
+    let children = build_pool(&speaches);
+    let d = deployment(&children);
+    let env: Vec<(String, String)> = container(d)
         .env
         .iter()
         .flatten()
@@ -242,18 +265,10 @@ fn whisper_pools_keep_their_model_loaded() {
         env.contains(&("STT_MODEL_TTL".into(), "-1".into())),
         "{env:?}"
     );
-    // vLLM serving Whisper loads the model before /health answers and never unloads it; it
-    // refuses a context longer than Whisper's 448 positions, so none is forced on it.
-    let pool = pool_yaml(
-        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: whisper-vllm, namespace: voice}\n\
-         spec: {engine: vllm, role: stt, model: openai/whisper-large-v3-turbo, gpu: {count: 1}}\n",
-    );
-    let children = build_pool(&pool);
-    let args = container(deployment(&children)).args.clone().unwrap();
-    assert_eq!(args[0], "openai/whisper-large-v3-turbo");
-    assert_eq!(args_pair(&args, "--max-model-len"), None, "{args:?}");
-    assert_eq!(args_pair(&args, "--dtype"), Some("auto"));
-    assert!(!args.iter().any(|a| a == "--limit-mm-per-prompt"));
+    // speaches runs as uid 1000: the cache volume is group-owned by it so it can write there.
+    let security = pod(d).security_context.as_ref().unwrap();
+    assert_eq!(security.fs_group, Some(1000));
+    assert_eq!(security.run_as_user, Some(1000));
 }
 
 #[test]
@@ -859,9 +874,17 @@ fn model_pools_get_a_service_monitor_on_their_service_where_the_engine_has_metri
     for (file, scraped) in [
         ("gemma-27b.yaml", true),
         ("csm.yaml", true),
-        ("whisper.yaml", false),
+        ("whisper.yaml", true),
+        ("speaches", false),
     ] {
-        let pool: ModelPool = sample(file);
+        let pool: ModelPool = if file == "speaches" {
+            pool_yaml(
+                "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {name: stt, namespace: voice}\n\
+                 spec: {engine: whisper, model: Systran/faster-whisper-large-v3, gpu: {count: 1}}\n",
+            )
+        } else {
+            sample(file)
+        };
         let without = build_pool_with(&pool, &BuildSettings::default());
         assert!(
             !without.iter().any(|c| c.kind() == "ServiceMonitor"),

@@ -180,7 +180,7 @@ fn load_engines(
         #[cfg(not(feature = "llama"))]
         if role == ServeRole::Llm {
             return Err(
-                "this build has no LLM engine: use grokcast-serve-llm (--no-default-features --features llama)"
+                "this build has no LLM engine and no grokcast-serve-llm beside it: build that with --no-default-features --features llama"
                     .to_owned(),
             );
         }
@@ -222,6 +222,38 @@ pub fn main_entry() -> ExitCode {
     runtime.block_on(async_main())
 }
 
+/// The LLM lives in a separate binary (whisper.cpp and llama.cpp each link their own ggml), and
+/// a ModelPool runs `grokcast-serve --role llm` like every other role: a build without the LLM
+/// replaces itself with `grokcast-serve-llm` from its own directory (the image ships both), with
+/// the same arguments and environment, so the pod's process, signals and probes stay the same.
+/// Returns only when there is nothing to hand over to (then the caller reports the missing
+/// engine) or the handover failed.
+#[cfg(not(feature = "llama"))]
+fn hand_llm_to_sibling(args: &Args) -> Option<String> {
+    if args.role != ServeRole::Llm {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    let sibling = exe.with_file_name("grokcast-serve-llm");
+    if !sibling.is_file() {
+        return None;
+    }
+    let mut command = std::process::Command::new(&sibling);
+    command.args(std::env::args_os().skip(1));
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // exec returns only on failure.
+        let error = command.exec();
+        Some(format!("starting {}: {error}", sibling.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = command;
+        None
+    }
+}
+
 async fn async_main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -230,6 +262,11 @@ async fn async_main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    #[cfg(not(feature = "llama"))]
+    if let Some(error) = hand_llm_to_sibling(&args) {
+        eprintln!("grokcast-serve: {error}");
+        return ExitCode::FAILURE;
+    }
     let paths = match args
         .models_dir
         .clone()

@@ -673,7 +673,8 @@ async fn observe_pool(
     pool.spec.autoscaling.as_ref()?;
     let namespace = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
-    let queries = EngineQueries::for_engine(pool.spec.engine).with_overrides(pool.annotations());
+    let queries = EngineQueries::for_pool(pool.spec.engine, pool.spec.resolved_role())
+        .with_overrides(pool.annotations());
     let vars = Vars {
         namespace: &namespace,
         voiceagent: "",

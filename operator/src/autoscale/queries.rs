@@ -26,6 +26,10 @@ pub const ACTIVE_CALLS: &str =
 pub const SAMPLE_AGE: &str = "time() - max(timestamp(grokcast_active_calls{namespace=\"{namespace}\",voiceagent=\"{voiceagent}\"}))";
 /// Default for vLLM pools: engine time to first token p95, seconds.
 pub const VLLM_FIRST_TOKEN: &str = "histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{namespace=\"{namespace}\",service=\"{pool}\"}[{window}])))";
+/// Default for vLLM pools serving Whisper (role stt): whole-request latency p95, seconds. A
+/// transcription's worth is its last token, and the pool's `targetLatencyMs` is the time to
+/// transcribe one caller turn, so this and not the first token is what it is held to.
+pub const VLLM_REQUEST_LATENCY: &str = "histogram_quantile(0.95, sum by (le) (rate(vllm:e2e_request_latency_seconds_bucket{namespace=\"{namespace}\",service=\"{pool}\"}[{window}])))";
 /// Default for vLLM pools: requests waiting for a slot.
 pub const VLLM_WAITING: &str =
     "sum(vllm:num_requests_waiting{namespace=\"{namespace}\",service=\"{pool}\"})";
@@ -78,14 +82,30 @@ impl AgentQueries {
 /// The query templates for one pool's engine metrics; `None` where the engine exports none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineQueries {
-    /// Engine time to first token/audio p95, seconds.
+    /// The engine's own latency p95 that the pool's `targetLatencyMs` is held to, seconds:
+    /// time to first token or audio, or the whole transcription for vLLM serving Whisper.
     pub first_token: Option<String>,
     /// Requests waiting.
     pub waiting: Option<String>,
 }
 
 impl EngineQueries {
-    /// The defaults for an engine.
+    /// The defaults for a pool's engine and role (`None` where the spec leaves the role to the
+    /// engine).
+    pub fn for_pool(
+        engine: grokcast_crds::Engine,
+        role: Option<grokcast_crds::Role>,
+    ) -> EngineQueries {
+        match (engine, role) {
+            (grokcast_crds::Engine::Vllm, Some(grokcast_crds::Role::Stt)) => EngineQueries {
+                first_token: Some(VLLM_REQUEST_LATENCY.into()),
+                waiting: Some(VLLM_WAITING.into()),
+            },
+            _ => EngineQueries::for_engine(engine),
+        }
+    }
+
+    /// The defaults for an engine in its natural role.
     pub fn for_engine(engine: grokcast_crds::Engine) -> EngineQueries {
         use grokcast_crds::Engine;
         match engine {
@@ -97,8 +117,8 @@ impl EngineQueries {
                 first_token: Some(GROKCAST_FIRST_OUTPUT.into()),
                 waiting: Some(GROKCAST_QUEUE.into()),
             },
-            // Whisper and CSM servers export no latency metrics of their own; the agent's
-            // stage histograms still measure them.
+            // speaches exports no latency metrics of its own, and a custom server's are
+            // unknown; the agent's stage histograms still measure them.
             Engine::Whisper | Engine::Custom => EngineQueries::default(),
         }
     }
@@ -308,6 +328,15 @@ mod tests {
         assert_eq!(
             EngineQueries::for_engine(grokcast_crds::Engine::Whisper),
             EngineQueries::default()
+        );
+        // vLLM serving Whisper is held to whole transcriptions; as an LLM, to first tokens.
+        let stt =
+            EngineQueries::for_pool(grokcast_crds::Engine::Vllm, Some(grokcast_crds::Role::Stt));
+        assert_eq!(stt.first_token.as_deref(), Some(VLLM_REQUEST_LATENCY));
+        assert_eq!(stt.waiting.as_deref(), Some(VLLM_WAITING));
+        assert_eq!(
+            EngineQueries::for_pool(grokcast_crds::Engine::Vllm, Some(grokcast_crds::Role::Llm)),
+            EngineQueries::for_engine(grokcast_crds::Engine::Vllm)
         );
     }
 }
