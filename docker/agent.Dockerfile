@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # The GrokCast agent: answers Twilio calls and talks to the model pools over HTTP.
 # Needs models/ in the build context (run scripts/install.sh first): it bakes in the Silero VAD
-# model and the ONNX Runtime library, both small (about 20 MiB together).
+# model, the Smart Turn end-of-turn model and the ONNX Runtime library (about 30 MiB together).
 #   docker build -f docker/agent.Dockerfile -t ghcr.io/grokcast/grokcast-agent:0.1.0 .
 
 ARG RUST_VERSION=1.95
@@ -30,6 +30,8 @@ LABEL org.opencontainers.image.title="grokcast-agent" \
 COPY --from=build /out/grokcast-agent /usr/local/bin/grokcast-agent
 COPY models/vad/ /opt/grokcast/models/vad/
 COPY models/onnxruntime/ /opt/grokcast/models/onnxruntime/
+# Smart Turn v3.2 (8.7 MB), loaded when a VoiceAgent sets turnTaking.endOfTurnModel: smart-turn.
+COPY models/turn/ /opt/grokcast/models/turn/
 ENV GROKCAST_MODELS_DIR=/opt/grokcast/models \
     HOME=/tmp
 USER 65532:65532

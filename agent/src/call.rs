@@ -11,6 +11,7 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use grokcast_engines::smart_turn::{self, SmartTurn};
 use grokcast_engines::vad::{CHUNK_SAMPLES, VadState};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -34,6 +35,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(10);
 /// VAD chunk duration.
 const VAD_CHUNK: Duration = Duration::from_millis(32);
+/// The end-of-turn model's probability at or above which an utterance is complete (the
+/// model's own decision point).
+const END_OF_TURN_PROBABILITY: f32 = 0.5;
 
 /// Where a turn's time went; carried with its first audio so the send task can measure the
 /// turn's latency at the moment the first frame really goes out.
@@ -288,16 +292,35 @@ async fn receive(
     };
     let mut upsampler = StreamResampler::new(8000, 16_000).map_err(resample_err)?;
     let mut decoded = vec![0f32; MAX_MEDIA_BYTES];
+    // The end-of-turn model's answers; the detector keeps the sender, so this never closes.
+    let (verdicts, mut verdicts_rx) = mpsc::channel(4);
     let mut detector = Detector {
         vad_state: state.vad_batch.vad().new_state(),
-        endpointer: Endpointer::new(state.config.turn_taking.turn_taking()),
+        endpointer: Endpointer::new(state.turn_taking()),
         incoming: Vec::with_capacity(4 * CHUNK_SAMPLES),
         chunk: vec![0.0; CHUNK_SAMPLES],
         previous: vec![0.0; CHUNK_SAMPLES],
         utterance: Vec::new(),
         pending: Vec::with_capacity(4),
+        turn_model: state.turn_model().cloned(),
+        verdicts,
     };
-    while let Some(message) = stream.next().await {
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            Some(verdict) = verdicts_rx.recv() => {
+                detector.judged(&state, verdict, Instant::now());
+                for event in detector.pending.drain(..) {
+                    if events.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+        };
         let text = match message.map_err(socket_err)? {
             Message::Text(text) => text,
             Message::Binary(b) => {
@@ -331,7 +354,7 @@ async fn receive(
                             call: call.clone(),
                             message,
                         })?;
-                    detector.decide(&state, probability, speaking, now);
+                    detector.decide(probability, speaking, now);
                 }
                 for event in detector.pending.drain(..) {
                     if events.send(event).await.is_err() {
@@ -359,6 +382,13 @@ async fn receive(
     Ok(())
 }
 
+/// The end-of-turn model's answer about one of the caller's pauses.
+struct Verdict {
+    pause: u64,
+    probability: Result<f32, String>,
+    took: Duration,
+}
+
 /// VAD, endpointing and the caller's utterance for one call.
 struct Detector {
     vad_state: VadState,
@@ -369,6 +399,9 @@ struct Detector {
     previous: Vec<f32>,
     utterance: Vec<f32>,
     pending: Vec<CallEvent>,
+    /// Judges pauses when the endpointer asks ([`TurnEvent::Pause`]).
+    turn_model: Option<Arc<SmartTurn>>,
+    verdicts: mpsc::Sender<Verdict>,
 }
 
 impl Detector {
@@ -384,9 +417,11 @@ impl Detector {
         true
     }
 
-    /// Endpointing on the VAD's verdict for `chunk`: starts, ends or drops the utterance.
-    fn decide(&mut self, state: &AgentState, probability: f32, agent_speaking: bool, now: Instant) {
+    /// Endpointing on the VAD's verdict for `chunk`: starts, ends or drops the utterance,
+    /// or asks the end-of-turn model about a pause.
+    fn decide(&mut self, probability: f32, agent_speaking: bool, now: Instant) {
         let event = self.endpointer.push(probability, VAD_CHUNK, agent_speaking);
+        let mut ask = None;
         match event {
             Some(TurnEvent::SpeechStarted) => {
                 self.utterance.clear();
@@ -394,15 +429,11 @@ impl Detector {
                 self.utterance.extend_from_slice(&self.previous);
             }
             Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn),
-            Some(TurnEvent::EndOfTurn { .. }) => {
+            Some(TurnEvent::EndOfTurn { silence, .. }) => {
                 self.utterance.extend_from_slice(&self.chunk);
-                let silence = state.config.turn_taking.turn_taking().end_of_turn_silence;
-                self.pending.push(CallEvent::EndOfTurn {
-                    audio: std::mem::take(&mut self.utterance),
-                    caller_stopped: now.checked_sub(silence).unwrap_or(now),
-                    endpointing: silence,
-                });
+                self.end_turn(silence, now);
             }
+            Some(TurnEvent::Pause(pause)) => ask = Some(pause),
             Some(TurnEvent::Discarded) => {
                 self.utterance.clear();
                 self.utterance.shrink_to(16_000);
@@ -412,7 +443,99 @@ impl Detector {
         if self.endpointer.in_speech() {
             self.utterance.extend_from_slice(&self.chunk);
         }
+        if let Some(pause) = ask {
+            self.ask(pause);
+        }
         std::mem::swap(&mut self.previous, &mut self.chunk);
+    }
+
+    /// Hands the utterance so far (its last 8 s: all the model hears) to the end-of-turn
+    /// model on a blocking thread; the answer comes back through `verdicts` while the call
+    /// goes on listening. A model that cannot answer ends the turn as if it said complete.
+    fn ask(&self, pause: u64) {
+        let Some(model) = self.turn_model.clone() else {
+            // Asked without a model (the endpointer's config and the state disagree): the
+            // pause ends the turn, as a model saying complete would.
+            let _ = self.verdicts.try_send(Verdict {
+                pause,
+                probability: Err("no end-of-turn model is loaded".into()),
+                took: Duration::ZERO,
+            });
+            return;
+        };
+        let from = self
+            .utterance
+            .len()
+            .saturating_sub(smart_turn::WINDOW_SAMPLES);
+        let audio = self.utterance[from..].to_vec();
+        let verdicts = self.verdicts.clone();
+        let span = tracing::Span::current();
+        // No timeout of its own: the maximum silence ends the turn whatever the model does,
+        // and a late answer about a finished pause is ignored.
+        tokio::spawn(
+            async move {
+                let started = std::time::Instant::now();
+                let probability =
+                    match tokio::task::spawn_blocking(move || model.completion_probability(&audio))
+                        .await
+                    {
+                        Ok(Ok(p)) => Ok(p),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(format!("the end-of-turn task failed: {e}")),
+                    };
+                // A closed channel means the call ended: nobody is waiting for the answer.
+                let _ = verdicts
+                    .send(Verdict {
+                        pause,
+                        probability,
+                        took: started.elapsed(),
+                    })
+                    .await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The model's answer: a complete utterance ends the turn now; an incomplete one waits.
+    fn judged(&mut self, state: &AgentState, verdict: Verdict, now: Instant) {
+        let metrics = &state.metrics;
+        metrics
+            .end_of_turn_prediction_seconds
+            .observe(verdict.took.as_secs_f64());
+        let complete = match verdict.probability {
+            Ok(p) => {
+                let complete = p >= END_OF_TURN_PROBABILITY;
+                let label = if complete { "complete" } else { "incomplete" };
+                metrics
+                    .end_of_turn_predictions
+                    .with_label_values(&[label])
+                    .inc();
+                debug!(probability = p, complete, "end-of-turn model");
+                complete
+            }
+            Err(error) => {
+                metrics
+                    .end_of_turn_predictions
+                    .with_label_values(&["error"])
+                    .inc();
+                warn!(%error, "end-of-turn model failed; the pause ends the turn");
+                true
+            }
+        };
+        if let Some(TurnEvent::EndOfTurn { silence, .. }) =
+            self.endpointer.verdict(verdict.pause, complete)
+        {
+            self.end_turn(silence, now);
+        }
+    }
+
+    /// Hands the utterance to the conversation; the caller's voice ended `silence` ago.
+    fn end_turn(&mut self, silence: Duration, now: Instant) {
+        self.pending.push(CallEvent::EndOfTurn {
+            audio: std::mem::take(&mut self.utterance),
+            caller_stopped: now.checked_sub(silence).unwrap_or(now),
+            endpointing: silence,
+        });
     }
 }
 

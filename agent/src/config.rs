@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::openai::ResponseFormat;
-use crate::turn::TurnTaking;
+use crate::turn::{SemanticEndpointing, TurnTaking};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,36 @@ pub struct TurnTakingConfig {
     pub min_barge_in_ms: u64,
     /// A turn is cut after this long.
     pub max_turn_ms: u64,
+    /// The model that judges, at the caller's pauses, whether the utterance is complete;
+    /// `none` ends turns on `endOfTurnSilenceMs` of silence alone.
+    pub end_of_turn_model: EndOfTurnModel,
+    /// With a model: the pause after which it is asked; a complete utterance ends here.
+    pub min_end_of_turn_silence_ms: u64,
+    /// With a model: the pause that ends the turn whatever the model says.
+    pub max_end_of_turn_silence_ms: u64,
+}
+
+/// Which end-of-turn model judges the caller's pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndOfTurnModel {
+    /// Silence alone ends a turn.
+    #[default]
+    None,
+    /// Smart Turn v3.2 (`turn/smart-turn-v3.2-cpu.onnx` in the models directory).
+    SmartTurn,
+}
+
+impl std::str::FromStr for EndOfTurnModel {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim() {
+            "" | "none" => Ok(Self::None),
+            "smart-turn" => Ok(Self::SmartTurn),
+            other => Err(format!("{other:?} is not none or smart-turn")),
+        }
+    }
 }
 
 impl Default for TurnTakingConfig {
@@ -154,6 +184,9 @@ impl Default for TurnTakingConfig {
             barge_in: true,
             min_barge_in_ms: 200,
             max_turn_ms: 20_000,
+            end_of_turn_model: EndOfTurnModel::None,
+            min_end_of_turn_silence_ms: 200,
+            max_end_of_turn_silence_ms: 2000,
         }
     }
 }
@@ -168,6 +201,12 @@ impl TurnTakingConfig {
             barge_in: self.barge_in,
             min_barge_in: Duration::from_millis(self.min_barge_in_ms),
             max_turn: Duration::from_millis(self.max_turn_ms),
+            semantic: (self.end_of_turn_model != EndOfTurnModel::None).then(|| {
+                SemanticEndpointing {
+                    min_silence: Duration::from_millis(self.min_end_of_turn_silence_ms),
+                    max_silence: Duration::from_millis(self.max_end_of_turn_silence_ms),
+                }
+            }),
         }
     }
 }
@@ -594,6 +633,30 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
             Ok(())
         },
     ),
+    (
+        "GROKCAST_END_OF_TURN_MODEL",
+        "turnTaking.endOfTurnModel",
+        |c, v| {
+            c.turn_taking.end_of_turn_model = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_MIN_END_OF_TURN_SILENCE_MS",
+        "turnTaking.minEndOfTurnSilenceMs",
+        |c, v| {
+            c.turn_taking.min_end_of_turn_silence_ms = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_MAX_END_OF_TURN_SILENCE_MS",
+        "turnTaking.maxEndOfTurnSilenceMs",
+        |c, v| {
+            c.turn_taking.max_end_of_turn_silence_ms = parse(v)?;
+            Ok(())
+        },
+    ),
     ("GROKCAST_VAD_MODEL", "vadModel", |c, v| {
         c.vad_model = v.into();
         Ok(())
@@ -683,6 +746,16 @@ impl AgentConfig {
         }
         if t.min_barge_in_ms > 5000 || t.min_speech_ms > 5000 {
             problems.push("turnTaking.minBargeInMs and minSpeechMs must be at most 5000".into());
+        }
+        if t.end_of_turn_model != EndOfTurnModel::None
+            && !(50 <= t.min_end_of_turn_silence_ms
+                && t.min_end_of_turn_silence_ms < t.max_end_of_turn_silence_ms
+                && t.max_end_of_turn_silence_ms <= 5000)
+        {
+            problems.push(format!(
+                "turnTaking.minEndOfTurnSilenceMs {} and maxEndOfTurnSilenceMs {} must satisfy 50 <= min < max <= 5000",
+                t.min_end_of_turn_silence_ms, t.max_end_of_turn_silence_ms
+            ));
         }
         if t.max_turn_ms < 1000 || t.max_turn_ms > 60_000 {
             problems.push(format!(
@@ -844,6 +917,7 @@ mod tests {
                 "GROKCAST_INSECURE_SKIP_SIGNATURE" | "GROKCAST_LOG_TRANSCRIPTS" => "true",
                 "GROKCAST_BARGE_IN" => "false",
                 "GROKCAST_TTS_RESPONSE_FORMAT" => "wav",
+                "GROKCAST_END_OF_TURN_MODEL" => "smart-turn",
                 "GROKCAST_VAD_THRESHOLD" | "GROKCAST_LLM_TEMPERATURE" => "0.3",
                 v if v.ends_with("_MS")
                     || v.ends_with("_SECONDS")
@@ -920,6 +994,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_end_of_turn_model_is_off_unless_named_and_its_pauses_are_checked() {
+        let c = AgentConfig::load(None, &env(MINIMAL)).unwrap();
+        assert_eq!(c.turn_taking.end_of_turn_model, EndOfTurnModel::None);
+        assert_eq!(
+            c.turn_taking.turn_taking().semantic,
+            None,
+            "today's behaviour"
+        );
+
+        let file = write(
+            "turnTaking: {endOfTurnModel: smart-turn, minEndOfTurnSilenceMs: 150, maxEndOfTurnSilenceMs: 1500}\n",
+        );
+        let c = AgentConfig::load(Some(&file.0), &env(MINIMAL)).unwrap();
+        assert_eq!(
+            c.turn_taking.turn_taking().semantic,
+            Some(SemanticEndpointing {
+                min_silence: Duration::from_millis(150),
+                max_silence: Duration::from_millis(1500),
+            })
+        );
+
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("GROKCAST_END_OF_TURN_MODEL", "smart-turn"));
+        vars.push(("GROKCAST_MAX_END_OF_TURN_SILENCE_MS", "100"));
+        let err = AgentConfig::load(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maxEndOfTurnSilenceMs 100"), "{err}");
+
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("GROKCAST_END_OF_TURN_MODEL", "livekit"));
+        let err = AgentConfig::load(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not none or smart-turn"), "{err}");
     }
 
     #[test]

@@ -192,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = AgentConfig::load(config_path.as_deref(), &|k| std::env::var(k).ok())?;
     let vad = startup::load_vad(&config)?;
+    let turn_model = startup::load_turn_model(&config)?;
     let backends = startup::build_backends(&config)?;
     let metrics = Metrics::new(&config.voice_agent, &config.namespace)?;
     metrics.set_turn_slo(config.slo.turn_latency_p95());
@@ -199,7 +200,8 @@ async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
     tracing::info!(listen = %config.listen_addr, public_url = %config.public_url, max_calls = config.max_calls, "agent listening");
-    let state = Arc::new(AgentState::new(config, backends, vad, metrics));
+    let state =
+        Arc::new(AgentState::new(config, backends, vad, metrics).with_turn_model(turn_model));
     server::serve(listener, state, shutdown_signal()).await?;
     Ok(())
 }

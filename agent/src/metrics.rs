@@ -107,6 +107,11 @@ pub struct Metrics {
     pub underruns: IntCounter,
     /// Model-server failures by stage.
     pub backend_errors: IntCounterVec,
+    /// End-of-turn model verdicts at the caller's pauses: `complete`, `incomplete`, or
+    /// `error` (the turn then ends as if the model had said complete).
+    pub end_of_turn_predictions: IntCounterVec,
+    /// Time the end-of-turn model took for one pause.
+    pub end_of_turn_prediction_seconds: Histogram,
 }
 
 impl Metrics {
@@ -161,6 +166,20 @@ impl Metrics {
             ),
             &["stage"],
         )?;
+        let end_of_turn_predictions = IntCounterVec::new(
+            Opts::new(
+                "grokcast_end_of_turn_predictions_total",
+                "End-of-turn model verdicts at the caller's pauses",
+            ),
+            &["verdict"],
+        )?;
+        let end_of_turn_prediction_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "grokcast_end_of_turn_prediction_seconds",
+                "Time the end-of-turn model took to judge one pause",
+            )
+            .buckets(STAGE_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(turn_latency.clone()))?;
         registry.register(Box::new(turn_latency_slo.clone()))?;
         registry.register(Box::new(turns_over_slo.clone()))?;
@@ -170,6 +189,8 @@ impl Metrics {
         registry.register(Box::new(barge_ins.clone()))?;
         registry.register(Box::new(underruns.clone()))?;
         registry.register(Box::new(backend_errors.clone()))?;
+        registry.register(Box::new(end_of_turn_predictions.clone()))?;
+        registry.register(Box::new(end_of_turn_prediction_seconds.clone()))?;
         // Pre-create label values so dashboards see zeros instead of missing series.
         for stage in [
             Stage::Endpointing,
@@ -183,6 +204,9 @@ impl Metrics {
         for stage in ["stt", "llm", "tts"] {
             backend_errors.with_label_values(&[stage]);
         }
+        for verdict in ["complete", "incomplete", "error"] {
+            end_of_turn_predictions.with_label_values(&[verdict]);
+        }
         Ok(Self {
             registry,
             turn_latency,
@@ -194,6 +218,8 @@ impl Metrics {
             barge_ins,
             underruns,
             backend_errors,
+            end_of_turn_predictions,
+            end_of_turn_prediction_seconds,
         })
     }
 

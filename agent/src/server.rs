@@ -44,6 +44,7 @@ pub struct AgentState {
     draining: AtomicBool,
     samples: Option<Mutex<Vec<TurnSample>>>,
     transcript: Option<Mutex<Vec<(String, String)>>>,
+    turn_model: Option<Arc<grokcast_engines::smart_turn::SmartTurn>>,
 }
 
 impl AgentState {
@@ -71,7 +72,33 @@ impl AgentState {
             draining: AtomicBool::new(false),
             samples: None,
             transcript: None,
+            turn_model: None,
         }
+    }
+
+    /// Judges the caller's pauses with this end-of-turn model (from
+    /// [`crate::startup::load_turn_model`]); without one, silence alone ends turns.
+    pub fn with_turn_model(
+        mut self,
+        model: Option<Arc<grokcast_engines::smart_turn::SmartTurn>>,
+    ) -> Self {
+        self.turn_model = model;
+        self
+    }
+
+    /// The end-of-turn model, when one is loaded.
+    pub fn turn_model(&self) -> Option<&Arc<grokcast_engines::smart_turn::SmartTurn>> {
+        self.turn_model.as_ref()
+    }
+
+    /// Each call's turn-taking thresholds: the configuration's, with pauses judged by the
+    /// model only where one is loaded.
+    pub fn turn_taking(&self) -> crate::turn::TurnTaking {
+        let mut t = self.config.turn_taking.turn_taking();
+        if self.turn_model.is_none() {
+            t.semantic = None;
+        }
+        t
     }
 
     /// Keeps every turn's latency figures in memory (the benchmark reads them).

@@ -9,7 +9,7 @@ use grokcast_engines::vad::SileroVad;
 
 use crate::backend::openai::{OpenAiLlm, OpenAiStt, OpenAiTts};
 use crate::backend::{Backends, Llm, Stt, Tts};
-use crate::config::{AgentConfig, BackendKind};
+use crate::config::{AgentConfig, BackendKind, EndOfTurnModel};
 
 /// Why the agent cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub enum StartupError {
     /// The VAD model failed to load.
     #[error("{0}")]
     Vad(#[from] grokcast_engines::vad::VadError),
+    /// The end-of-turn model failed to load.
+    #[error("{0}")]
+    TurnModel(#[from] grokcast_engines::smart_turn::SmartTurnError),
     /// An embedded engine failed to load.
     #[error("{stage} engine: {message}")]
     Engine {
@@ -53,6 +56,23 @@ pub fn load_vad(config: &AgentConfig) -> Result<Arc<SileroVad>, StartupError> {
         PathBuf::from(&config.vad_model)
     };
     Ok(Arc::new(SileroVad::load(&path)?))
+}
+
+/// Loads the end-of-turn model `turnTaking.endOfTurnModel` names, if any (after
+/// [`load_vad`], which loads ONNX Runtime). A missing or broken model stops the agent from
+/// starting rather than silently ending turns on silence alone.
+pub fn load_turn_model(
+    config: &AgentConfig,
+) -> Result<Option<Arc<grokcast_engines::smart_turn::SmartTurn>>, StartupError> {
+    match config.turn_taking.end_of_turn_model {
+        EndOfTurnModel::None => Ok(None),
+        EndOfTurnModel::SmartTurn => {
+            let paths = models(config)?;
+            init_onnxruntime(&paths.onnxruntime()?)?;
+            let model = grokcast_engines::smart_turn::SmartTurn::load(&paths.smart_turn()?)?;
+            Ok(Some(Arc::new(model)))
+        }
+    }
 }
 
 /// Builds the three backends the configuration names.

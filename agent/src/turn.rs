@@ -1,5 +1,10 @@
 //! Turn-taking: Silero speech probabilities in, "caller started/finished a turn" and
 //! "caller interrupted" out. Pure state, fed one VAD chunk at a time.
+//!
+//! With an end-of-turn model ([`SemanticEndpointing`]), a pause of the minimum silence asks
+//! the model ([`TurnEvent::Pause`]) instead of ending the turn; its answer comes back through
+//! [`Endpointer::verdict`]. A complete utterance ends there; an incomplete one waits for the
+//! caller to go on, or for the maximum silence.
 
 use std::time::Duration;
 
@@ -18,6 +23,17 @@ pub struct TurnTaking {
     pub min_barge_in: Duration,
     /// A turn longer than this is ended anyway (bounds the audio kept per call).
     pub max_turn: Duration,
+    /// Ask an end-of-turn model at pauses; `None` ends turns on silence alone.
+    pub semantic: Option<SemanticEndpointing>,
+}
+
+/// Pause lengths when an end-of-turn model judges the caller's pauses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SemanticEndpointing {
+    /// Silence after which the model is asked; a complete utterance ends here.
+    pub min_silence: Duration,
+    /// Silence that ends the turn whatever the model said.
+    pub max_silence: Duration,
 }
 
 impl Default for TurnTaking {
@@ -29,6 +45,7 @@ impl Default for TurnTaking {
             barge_in: true,
             min_barge_in: Duration::from_millis(200),
             max_turn: Duration::from_secs(20),
+            semantic: None,
         }
     }
 }
@@ -44,7 +61,12 @@ pub enum TurnEvent {
     EndOfTurn {
         /// Speech (not silence) in the turn.
         speech: Duration,
+        /// Silence since the voice ended: the caller stopped this long ago.
+        silence: Duration,
     },
+    /// The caller paused long enough that the turn may be over: ask the end-of-turn model,
+    /// and hand its answer to [`Endpointer::verdict`] with this pause.
+    Pause(u64),
     /// The speech that started was too short or ignored; drop the kept audio.
     Discarded,
 }
@@ -58,6 +80,8 @@ enum State {
         total: Duration,
         over_agent: bool,
         barged: bool,
+        /// The end-of-turn model was asked about the current pause.
+        asked: bool,
     },
 }
 
@@ -67,6 +91,9 @@ pub struct Endpointer {
     config: TurnTaking,
     negative_threshold: f32,
     state: State,
+    /// Names the pause the model was last asked about; bumped when that pause ends, so a
+    /// late answer about an earlier pause is recognised and ignored.
+    pause: u64,
 }
 
 impl Endpointer {
@@ -79,6 +106,7 @@ impl Endpointer {
             config,
             negative_threshold,
             state: State::Quiet,
+            pause: 0,
         }
     }
 
@@ -105,6 +133,7 @@ impl Endpointer {
                         total: chunk,
                         over_agent: agent_speaking,
                         barged: false,
+                        asked: false,
                     };
                     return Some(TurnEvent::SpeechStarted);
                 }
@@ -116,11 +145,17 @@ impl Endpointer {
                 total,
                 over_agent,
                 barged,
+                asked,
             } => {
                 *total += chunk;
                 if probability >= self.negative_threshold {
                     *speech += *silence + chunk;
                     *silence = Duration::ZERO;
+                    if *asked {
+                        // The caller went on: whatever the model says about that pause is moot.
+                        *asked = false;
+                        self.pause += 1;
+                    }
                 } else {
                     *silence += chunk;
                 }
@@ -133,22 +168,62 @@ impl Endpointer {
                     *barged = true;
                     return Some(TurnEvent::BargeIn);
                 }
-                let ended = *silence >= c.end_of_turn_silence || *total >= c.max_turn;
-                if !ended {
-                    return None;
-                }
                 // Speech over the agent only makes a turn if it interrupted; otherwise it was
                 // a cough, a "mm-hm" or speech while barge-in is off.
                 let counts = *speech >= c.min_speech && (!*over_agent || *barged);
-                let speech = *speech;
-                self.state = State::Quiet;
+                // Only a turn worth answering is worth the model's time; noise ends on the
+                // plain silence.
+                let limit = match c.semantic {
+                    Some(s) if counts => s.max_silence,
+                    _ => c.end_of_turn_silence,
+                };
+                if *silence < limit && *total < c.max_turn {
+                    if let Some(s) = c.semantic
+                        && counts
+                        && !*asked
+                        && *silence >= s.min_silence
+                    {
+                        *asked = true;
+                        return Some(TurnEvent::Pause(self.pause));
+                    }
+                    return None;
+                }
+                let (speech, silence) = (*speech, *silence);
+                self.end();
                 Some(if counts {
-                    TurnEvent::EndOfTurn { speech }
+                    TurnEvent::EndOfTurn { speech, silence }
                 } else {
                     TurnEvent::Discarded
                 })
             }
         }
+    }
+
+    /// The end-of-turn model's answer about `pause`: a complete utterance ends the turn now;
+    /// an incomplete one (or an answer about a pause the caller has since spoken past) changes
+    /// nothing, and the turn waits for more speech or the maximum silence.
+    pub fn verdict(&mut self, pause: u64, complete: bool) -> Option<TurnEvent> {
+        let State::Speaking {
+            speech,
+            silence,
+            asked: true,
+            ..
+        } = self.state
+        else {
+            return None;
+        };
+        if pause != self.pause || !complete {
+            return None;
+        }
+        self.end();
+        Some(TurnEvent::EndOfTurn { speech, silence })
+    }
+
+    fn end(&mut self) {
+        if matches!(self.state, State::Speaking { asked: true, .. }) {
+            self.pause += 1;
+        }
+        self.state = State::Quiet;
     }
 }
 
@@ -181,7 +256,13 @@ mod tests {
             ev,
             vec![
                 (5, TurnEvent::SpeechStarted),
-                (34, TurnEvent::EndOfTurn { speech: CHUNK * 20 })
+                (
+                    34,
+                    TurnEvent::EndOfTurn {
+                        speech: CHUNK * 20,
+                        silence: CHUNK * 10
+                    }
+                )
             ]
         );
     }
@@ -191,7 +272,7 @@ mod tests {
         let mut e = Endpointer::new(TurnTaking::default());
         let ev = run(&mut e, &[(0.9, 10), (0.1, 6), (0.9, 10), (0.1, 10)], false);
         assert_eq!(ev.len(), 2);
-        assert!(matches!(ev[1].1, TurnEvent::EndOfTurn { speech } if speech == CHUNK * 26));
+        assert!(matches!(ev[1].1, TurnEvent::EndOfTurn { speech, .. } if speech == CHUNK * 26));
     }
 
     #[test]
@@ -208,7 +289,7 @@ mod tests {
     fn hysteresis_keeps_speech_going_between_thresholds() {
         let mut e = Endpointer::new(TurnTaking::default());
         let ev = run(&mut e, &[(0.9, 5), (0.4, 20), (0.0, 10)], false);
-        assert!(matches!(ev[1].1, TurnEvent::EndOfTurn { speech } if speech == CHUNK * 25));
+        assert!(matches!(ev[1].1, TurnEvent::EndOfTurn { speech, .. } if speech == CHUNK * 25));
     }
 
     #[test]
@@ -254,5 +335,93 @@ mod tests {
         let mut e = Endpointer::new(config);
         let ev = run(&mut e, &[(0.9, 100)], false);
         assert!(matches!(ev[1], (31, TurnEvent::EndOfTurn { .. })), "{ev:?}");
+    }
+
+    fn semantic() -> TurnTaking {
+        TurnTaking {
+            semantic: Some(SemanticEndpointing {
+                min_silence: Duration::from_millis(200),
+                max_silence: Duration::from_millis(2000),
+            }),
+            ..TurnTaking::default()
+        }
+    }
+
+    #[test]
+    fn with_a_model_a_pause_asks_it_and_a_complete_utterance_ends_there() {
+        let mut e = Endpointer::new(semantic());
+        let ev = run(&mut e, &[(0.9, 20), (0.05, 7)], false);
+        // 200 ms of silence is the 7th silent chunk (224 ms): the model is asked, and the
+        // plain 300 ms silence no longer ends the turn by itself.
+        assert_eq!(
+            ev,
+            vec![(0, TurnEvent::SpeechStarted), (26, TurnEvent::Pause(0))]
+        );
+        assert_eq!(
+            e.verdict(0, true),
+            Some(TurnEvent::EndOfTurn {
+                speech: CHUNK * 20,
+                silence: CHUNK * 7
+            })
+        );
+        assert!(!e.in_speech());
+        // A second answer about the same pause finds nothing to end.
+        assert_eq!(e.verdict(0, true), None);
+    }
+
+    #[test]
+    fn an_incomplete_utterance_waits_for_the_caller_or_the_maximum_silence() {
+        let mut e = Endpointer::new(semantic());
+        let ev = run(&mut e, &[(0.9, 20), (0.05, 7)], false);
+        assert_eq!(ev.last(), Some(&(26, TurnEvent::Pause(0))));
+        assert_eq!(e.verdict(0, false), None);
+        // Well past today's 300 ms, the turn is still open...
+        assert!(run(&mut e, &[(0.05, 20)], false).is_empty());
+        assert!(e.in_speech());
+        // ...until 2 s of silence in all (63 chunks = 2016 ms).
+        let ev = run(&mut e, &[(0.05, 40)], false);
+        assert_eq!(
+            ev,
+            vec![(
+                35,
+                TurnEvent::EndOfTurn {
+                    speech: CHUNK * 20,
+                    silence: CHUNK * 63
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn speech_after_a_pause_makes_the_models_answer_about_it_moot() {
+        let mut e = Endpointer::new(semantic());
+        run(&mut e, &[(0.9, 20), (0.05, 7)], false);
+        // The caller goes on before the model answers ("my number is... 555 1234").
+        let ev = run(&mut e, &[(0.9, 10), (0.05, 7)], false);
+        assert_eq!(
+            ev,
+            vec![(16, TurnEvent::Pause(1))],
+            "a new pause, a new question"
+        );
+        assert_eq!(
+            e.verdict(0, true),
+            None,
+            "the answer about the first pause is stale"
+        );
+        assert!(e.in_speech());
+        assert!(matches!(
+            e.verdict(1, true),
+            Some(TurnEvent::EndOfTurn { speech, .. }) if speech == CHUNK * 37
+        ));
+    }
+
+    #[test]
+    fn noise_does_not_ask_the_model_and_ends_on_the_plain_silence() {
+        let mut e = Endpointer::new(semantic());
+        let ev = run(&mut e, &[(0.9, 2), (0.0, 12)], false);
+        assert_eq!(
+            ev,
+            vec![(0, TurnEvent::SpeechStarted), (11, TurnEvent::Discarded)]
+        );
     }
 }

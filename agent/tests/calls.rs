@@ -72,7 +72,9 @@ async fn start_against(servers: InstantServers, adjust: impl FnOnce(&mut AgentCo
     let vad = startup::load_vad(&config).unwrap();
     let backends = startup::build_backends(&config).unwrap();
     let metrics = Metrics::new("receptionist", "voice").unwrap();
-    let state = Arc::new(AgentState::new(config, backends, vad, metrics));
+    let turn_model = startup::load_turn_model(&config).unwrap();
+    let state =
+        Arc::new(AgentState::new(config, backends, vad, metrics).with_turn_model(turn_model));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, state.clone(), async {
         let _ = stopped.await;
@@ -499,6 +501,119 @@ async fn short_noise_while_the_agent_talks_does_not_interrupt() {
         0,
         "a noise over the agent is not a turn"
     );
+    h.stop().await;
+}
+
+/// Whether the Smart Turn model and the Piper voice (the caller's) are installed too.
+fn turn_models_present() -> bool {
+    if !models_present() {
+        return false;
+    }
+    let paths = grokcast_engines::models::ModelPaths::discover().unwrap();
+    let found = paths.smart_turn().is_ok() && paths.piper_voice().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("GROKCAST_REQUIRE_MODELS").is_none(),
+            "models are required (GROKCAST_REQUIRE_MODELS is set): run scripts/install.sh"
+        );
+        eprintln!("skipped: Smart Turn or the Piper voice not installed (run scripts/install.sh)");
+    }
+    found
+}
+
+/// Piper speaking `first`, a pause of `pause`, then `rest`: one caller utterance with a
+/// hesitation in it, over the 8 kHz mu-law line.
+fn hesitant(first: &str, pause: Duration, rest: &str) -> Arc<Vec<u8>> {
+    let parts = grokcast_agent::demo::caller_voice(&[first.to_owned(), rest.to_owned()]).unwrap();
+    let silence = vec![0xFFu8; (pause.as_millis() * 8) as usize];
+    Arc::new([parts[0].as_slice(), &silence, parts[1].as_slice()].concat())
+}
+
+fn smart_turn(c: &mut AgentConfig) {
+    c.turn_taking.end_of_turn_model = grokcast_agent::config::EndOfTurnModel::SmartTurn;
+    c.stt.stage.timeout_ms = 10_000;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hesitates_mid_sentence_is_cut_off_on_silence_and_heard_out_with_smart_turn() {
+    if !turn_models_present() {
+        return;
+    }
+    // "Um, I was wondering if..." is unfinished by its words and its melody: Smart Turn
+    // gives it a few percent (0.01-0.15 on this voice over the phone line).
+    let utterance = hesitant(
+        "Um, I was wondering if",
+        Duration::from_millis(900),
+        "you are open on Sunday?",
+    );
+    for (model, turns) in [(false, 2), (true, 1)] {
+        let h = start(|c| {
+            if model {
+                smart_turn(c);
+            }
+        })
+        .await;
+        let mut options = h.caller(&[&utterance]);
+        options.reply_timeout = Duration::from_secs(15);
+        let report = caller::place_call(&options).await.unwrap();
+        assert!(answered(&report, 0), "{:?}", report.turns);
+        let transcriptions = h.servers.counts.stt.load(Ordering::Relaxed);
+        let metrics = h.metrics().await;
+        if model {
+            assert_eq!(
+                transcriptions, 1,
+                "the hesitation ended the turn although the model was asked: {metrics}"
+            );
+            let incomplete = metric(
+                &metrics,
+                "grokcast_end_of_turn_predictions_total",
+                &with_agent(&[("verdict", "incomplete")]),
+            );
+            assert!(incomplete >= Some(1.0), "{metrics}");
+        } else {
+            // Today's behaviour without the model: 300 ms of silence ends the turn, and the
+            // rest of the sentence interrupts the answer as a second turn.
+            assert_eq!(transcriptions, turns, "silence alone cuts the caller off");
+        }
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_answer_ends_at_the_short_pause_not_the_longest() {
+    if !turn_models_present() {
+        return;
+    }
+    let h = start(|c| {
+        smart_turn(c);
+        // The longest pause is far from the shortest, so which one ended the turn shows.
+        c.turn_taking.max_end_of_turn_silence_ms = 5000;
+    })
+    .await;
+    let no = grokcast_agent::demo::caller_voice(&["No thanks.".to_owned()]).unwrap();
+    let mut options = h.caller(&[&no[0]]);
+    options.reply_timeout = Duration::from_secs(15);
+    let report = caller::place_call(&options).await.unwrap();
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "grokcast_end_of_turn_predictions_total",
+            &with_agent(&[("verdict", "complete")])
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The endpointing stage is the silence waited: the model's answer ended it, well
+    // before the 5 s maximum.
+    let waited = metric(
+        &metrics,
+        "grokcast_stage_latency_seconds_sum",
+        &with_agent(&[("stage", "endpointing")]),
+    )
+    .unwrap();
+    assert!(waited < 4.0, "the turn waited {waited} s: {metrics}");
     h.stop().await;
 }
 

@@ -16,9 +16,9 @@ pub use model_pool::{
     PoolAutoscaling, PoolAutoscalingStatus, PreloadStatus, Protocol, Quantization,
 };
 pub use voice_agent::{
-    AgentAutoscalingStatus, AgentScaling, LlmSpec, PersonaSpec, SloSpec, StageBackend,
-    StageLatency, SttSpec, TelephonySpec, TtsSpec, TurnTakingSpec, TwilioSpec, VoiceAgent,
-    VoiceAgentSpec, VoiceAgentStatus,
+    AgentAutoscalingStatus, AgentScaling, EndOfTurnModel, LlmSpec, PersonaSpec, SloSpec,
+    StageBackend, StageLatency, SttSpec, TelephonySpec, TtsSpec, TurnTakingSpec, TwilioSpec,
+    VoiceAgent, VoiceAgentSpec, VoiceAgentStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

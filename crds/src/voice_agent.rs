@@ -241,7 +241,11 @@ pub struct TtsSpec {
 }
 
 /// Turn-taking settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.minEndOfTurnSilenceMs < self.maxEndOfTurnSilenceMs")
+        .message("turnTaking.minEndOfTurnSilenceMs must be below maxEndOfTurnSilenceMs")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnTakingSpec {
     /// Silero VAD speech probability above which a frame counts as speech.
@@ -259,6 +263,43 @@ pub struct TurnTakingSpec {
     #[serde(default = "default_min_barge_in")]
     #[schemars(range(min = 0, max = 2000))]
     pub min_barge_in_ms: i32,
+    /// A model that judges, at each pause of the caller, whether the utterance is complete:
+    /// `smart-turn` (Smart Turn v3.2, on the agent pod's CPU) ends a complete one after
+    /// `minEndOfTurnSilenceMs` and lets an unfinished one ("my number is... 555...") go on
+    /// for up to `maxEndOfTurnSilenceMs`. `none` ends every turn after
+    /// `endOfTurnSilenceMs` of silence.
+    #[serde(default)]
+    pub end_of_turn_model: EndOfTurnModel,
+    /// With a model: the pause, in milliseconds, after which the model is asked; a complete
+    /// utterance ends here.
+    #[serde(default = "default_min_end_of_turn")]
+    #[schemars(range(min = 50, max = 2000))]
+    pub min_end_of_turn_silence_ms: i32,
+    /// With a model: the pause, in milliseconds, that ends the turn whatever the model says.
+    #[serde(default = "default_max_end_of_turn")]
+    #[schemars(range(min = 300, max = 5000))]
+    pub max_end_of_turn_silence_ms: i32,
+}
+
+/// The model that judges whether the caller has finished.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndOfTurnModel {
+    /// Silence alone ends a turn (`endOfTurnSilenceMs`).
+    #[default]
+    None,
+    /// Smart Turn v3.2 (Pipecat's open end-of-turn model, BSD-2), baked into the agent image.
+    SmartTurn,
+}
+
+impl EndOfTurnModel {
+    /// The name used in the CRD and in `agent.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndOfTurnModel::None => "none",
+            EndOfTurnModel::SmartTurn => "smart-turn",
+        }
+    }
 }
 
 impl Default for TurnTakingSpec {
@@ -268,8 +309,19 @@ impl Default for TurnTakingSpec {
             end_of_turn_silence_ms: default_end_of_turn(),
             barge_in: true,
             min_barge_in_ms: default_min_barge_in(),
+            end_of_turn_model: EndOfTurnModel::None,
+            min_end_of_turn_silence_ms: default_min_end_of_turn(),
+            max_end_of_turn_silence_ms: default_max_end_of_turn(),
         }
     }
+}
+
+fn default_min_end_of_turn() -> i32 {
+    200
+}
+
+fn default_max_end_of_turn() -> i32 {
+    2000
 }
 
 fn default_vad_threshold() -> f64 {

@@ -1,6 +1,7 @@
 //! Embedded engines on small real models, all on CPU: Silero VAD and Piper TTS through
 //! ONNX Runtime, Whisper STT through whisper.cpp (feature `whisper`), and Gemma 3 270M
-//! through llama.cpp (feature `llama`), Sesame CSM-1B on candle (feature `csm`); plus `grokcast-serve`, which puts them behind the
+//! through llama.cpp (feature `llama`), Sesame CSM-1B on candle (feature `csm`), the Smart Turn
+//! end-of-turn model through ONNX Runtime; plus `grokcast-serve`, which puts them behind the
 //! OpenAI-compatible APIs the agent uses for GPU model pools.
 //!
 //! Models come from `scripts/install.sh`; [`models::ModelPaths`] finds them.
@@ -22,6 +23,7 @@ pub mod espeak;
 pub mod llm;
 pub mod models;
 pub mod server;
+pub mod smart_turn;
 #[cfg(feature = "whisper")]
 pub mod stt;
 pub mod tts;

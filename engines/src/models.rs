@@ -136,6 +136,11 @@ impl ModelPaths {
         ))
     }
 
+    /// Smart Turn v3.2, the end-of-turn model (from Pipecat's wheel).
+    pub fn smart_turn(&self) -> Result<PathBuf, ModelsError> {
+        self.file("the Smart Turn model", "turn/smart-turn-v3.2-cpu.onnx")
+    }
+
     /// Gemma 3 270M GGUF.
     pub fn llm(&self) -> Result<PathBuf, ModelsError> {
         self.file("the Gemma GGUF model", "llm/gemma-3-270m-q4_k_m.gguf")
@@ -191,6 +196,91 @@ pub fn onnx_environment() -> Result<&'static ort::environment::Environment, Mode
             path: PathBuf::new(),
             reason: "not initialised".to_owned(),
         }),
+    }
+}
+
+/// Why a session over a small ONNX model could not be made.
+#[derive(Debug)]
+pub(crate) enum SessionError {
+    /// ONNX Runtime could not be found or loaded.
+    Runtime(ModelsError),
+    /// ONNX Runtime refused the options or the model.
+    Onnx {
+        /// What was being done.
+        context: &'static str,
+        /// ONNX Runtime's error.
+        source: ort::Error,
+    },
+}
+
+/// A small ONNX model held in memory, with a pool of single-threaded sessions over it: the
+/// model serves every call in the process, a call takes an idle session (or makes one) and
+/// gives it back, so calls on different threads run side by side without sharing a session
+/// (a run needs exclusive access). For Silero VAD and Smart Turn.
+pub(crate) struct SessionPool {
+    model: Vec<u8>,
+    idle: std::sync::Mutex<Vec<ort::session::Session>>,
+}
+
+impl std::fmt::Debug for SessionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPool")
+            .field("model_bytes", &self.model.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionPool {
+    /// Reads the model and makes one session, so a bad file fails here and not on first use:
+    /// `Err(Err(_))` when the file cannot be read (the caller names the path), `Err(Ok(_))`
+    /// when ONNX Runtime refuses it.
+    pub(crate) fn load(path: &Path) -> Result<Self, Result<SessionError, std::io::Error>> {
+        let model = std::fs::read(path).map_err(Err)?;
+        let pool = Self {
+            model,
+            idle: std::sync::Mutex::new(Vec::new()),
+        };
+        let session = pool.new_session().map_err(Ok)?;
+        pool.give_back(session);
+        Ok(pool)
+    }
+
+    fn new_session(&self) -> Result<ort::session::Session, SessionError> {
+        use ort::session::builder::GraphOptimizationLevel;
+        let options = |source: ort::Error| SessionError::Onnx {
+            context: "session options",
+            source,
+        };
+        ort::session::Session::builder(onnx_environment().map_err(SessionError::Runtime)?)
+            .map_err(options)?
+            // One thread per run: many calls run in parallel, and each run is small.
+            .with_intra_threads(1)
+            .map_err(|e| options(e.into()))?
+            .with_inter_threads(1)
+            .map_err(|e| options(e.into()))?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| options(e.into()))?
+            .commit_from_memory(&self.model)
+            .map_err(|source| SessionError::Onnx {
+                context: "model load",
+                source,
+            })
+    }
+
+    /// An idle session, or a new one.
+    pub(crate) fn take(&self) -> Result<ort::session::Session, SessionError> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        match pooled {
+            Some(s) => Ok(s),
+            None => self.new_session(),
+        }
+    }
+
+    /// Returns a session to the pool.
+    pub(crate) fn give_back(&self, session: ort::session::Session) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(session);
+        }
     }
 }
 

@@ -8,11 +8,11 @@
 //! 512-sample chunk (without them it never detects speech).
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, TensorRef};
+
+use crate::models::{SessionError, SessionPool};
 
 /// Samples per chunk at 16 kHz (32 ms).
 pub const CHUNK_SAMPLES: usize = 512;
@@ -82,16 +82,17 @@ impl VadState {
 }
 
 /// The Silero voice activity detector, shareable by every call in the process.
+#[derive(Debug)]
 pub struct SileroVad {
-    model: Vec<u8>,
-    idle: Mutex<Vec<Session>>,
+    sessions: SessionPool,
 }
 
-impl std::fmt::Debug for SileroVad {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SileroVad")
-            .field("model_bytes", &self.model.len())
-            .finish_non_exhaustive()
+impl From<SessionError> for VadError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Runtime(e) => VadError::Runtime(e),
+            SessionError::Onnx { context, source } => VadError::Onnx { context, source },
+        }
     }
 }
 
@@ -99,47 +100,14 @@ impl SileroVad {
     /// Loads the model. ONNX Runtime is the one given to
     /// [`crate::models::init_onnxruntime`], else the one in the models directory.
     pub fn load(path: &Path) -> Result<Self, VadError> {
-        let model = std::fs::read(path).map_err(|source| VadError::Read {
-            path: path.display().to_string(),
-            source,
+        let sessions = SessionPool::load(path).map_err(|e| match e {
+            Ok(e) => e.into(),
+            Err(source) => VadError::Read {
+                path: path.display().to_string(),
+                source,
+            },
         })?;
-        let vad = Self {
-            model,
-            idle: Mutex::new(Vec::new()),
-        };
-        // Build one session now so a bad model fails at load, not on the first call.
-        let session = vad.new_session()?;
-        vad.give_back(session);
-        Ok(vad)
-    }
-
-    fn new_session(&self) -> Result<Session, VadError> {
-        let onnx = |context| move |source| VadError::Onnx { context, source };
-        Session::builder(crate::models::onnx_environment()?)
-            .map_err(onnx("session options"))?
-            // One thread per run: many calls run in parallel, each chunk is tiny.
-            .with_intra_threads(1)
-            .map_err(|e| onnx("session options")(e.into()))?
-            .with_inter_threads(1)
-            .map_err(|e| onnx("session options")(e.into()))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| onnx("session options")(e.into()))?
-            .commit_from_memory(&self.model)
-            .map_err(onnx("model load"))
-    }
-
-    fn take_session(&self) -> Result<Session, VadError> {
-        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-        match pooled {
-            Some(s) => Ok(s),
-            None => self.new_session(),
-        }
-    }
-
-    fn give_back(&self, session: Session) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(session);
-        }
+        Ok(Self { sessions })
     }
 
     /// Fresh state for a new call.
@@ -190,9 +158,9 @@ impl SileroVad {
                 rnn[at..at + HIDDEN].copy_from_slice(from);
             }
         }
-        let mut session = self.take_session()?;
+        let mut session = self.sessions.take()?;
         let result = run_batch(&mut session, n, &input, &rnn, probabilities);
-        self.give_back(session);
+        self.sessions.give_back(session);
         let next = result?;
         for (i, (state, chunk)) in batch.iter_mut().enumerate() {
             for layer in 0..2 {

@@ -270,3 +270,58 @@ mod llm {
         ));
     }
 }
+
+/// Piper speaking `text` as a caller would reach the agent: through the 8 kHz phone line,
+/// back at 16 kHz, trimmed, then `pause` of silence (the caller has stopped that long).
+fn phone_turn(voice: &PiperVoice, text: &str, pause_ms: usize) -> Vec<f32> {
+    let wide = piper_16k(voice, text);
+    let narrow = grokcast_engines::audio::resample(&wide, 16_000, 8000);
+    let mut turn = grokcast_engines::audio::resample(&narrow, 8000, 16_000);
+    let loud = |s: &f32| s.abs() > 0.02;
+    let first = turn.iter().position(loud).unwrap();
+    let last = turn.iter().rposition(loud).unwrap();
+    turn.truncate(last + 1);
+    turn.drain(..first);
+    turn.extend(std::iter::repeat_n(0.0, pause_ms * 16));
+    turn
+}
+
+#[test]
+fn smart_turn_tells_a_finished_answer_from_an_unfinished_one() {
+    let Some(paths) = models() else { return };
+    let turn = grokcast_engines::smart_turn::SmartTurn::load(&paths.smart_turn().unwrap()).unwrap();
+    let voice = piper(&paths);
+    // Clear cases on this voice over the phone line (0.87-0.98 and 0.01-0.15 from one
+    // synthesis to the next): a short complete answer, and a sentence cut where it hangs.
+    for (text, complete) in [
+        ("No thanks.", true),
+        ("Yes.", true),
+        ("Um, I was wondering if", false),
+    ] {
+        let p = turn
+            .completion_probability(&phone_turn(&voice, text, 200))
+            .unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        assert_eq!(p >= 0.5, complete, "{text:?}: {p}");
+    }
+    // Nothing heard, or more than the model's 8 s: still an answer, never a failure.
+    for audio in [Vec::new(), vec![0.0; 16_000 * 12]] {
+        let p = turn.completion_probability(&audio).unwrap();
+        assert!((0.0..=1.0).contains(&p), "{p}");
+    }
+}
+
+#[test]
+fn a_broken_smart_turn_model_is_refused_at_load() {
+    let Some(_) = models() else { return };
+    let dir = std::env::temp_dir().join(format!("grokcast-bad-turn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("smart-turn.onnx");
+    std::fs::write(&bad, b"not an onnx model").unwrap();
+    let err = grokcast_engines::smart_turn::SmartTurn::load(&bad).unwrap_err();
+    assert!(err.to_string().contains("Smart Turn"), "{err}");
+    let missing =
+        grokcast_engines::smart_turn::SmartTurn::load(&dir.join("none.onnx")).unwrap_err();
+    assert!(missing.to_string().contains("none.onnx"), "{missing}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -431,6 +431,12 @@ pub struct TurnTakingConfig {
     pub barge_in: bool,
     /// Minimum barge-in speech in ms.
     pub min_barge_in_ms: i32,
+    /// The end-of-turn model (`none` or `smart-turn`).
+    pub end_of_turn_model: &'static str,
+    /// With a model: the pause after which it is asked, in ms.
+    pub min_end_of_turn_silence_ms: i32,
+    /// With a model: the pause that ends the turn anyway, in ms.
+    pub max_end_of_turn_silence_ms: i32,
 }
 
 /// The resolved pipeline config for a validated agent.
@@ -480,6 +486,9 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             end_of_turn_silence_ms: spec.turn_taking.end_of_turn_silence_ms,
             barge_in: spec.turn_taking.barge_in,
             min_barge_in_ms: spec.turn_taking.min_barge_in_ms,
+            end_of_turn_model: spec.turn_taking.end_of_turn_model.as_str(),
+            min_end_of_turn_silence_ms: spec.turn_taking.min_end_of_turn_silence_ms,
+            max_end_of_turn_silence_ms: spec.turn_taking.max_end_of_turn_silence_ms,
         },
         slo: SloConfig {
             turn_latency_p95_ms: spec.slo.turn_latency_p95_ms,

@@ -603,11 +603,30 @@ fn agent_config_resolves_pool_endpoints_and_models() {
     assert_eq!(v["tts"]["responseFormat"].as_str(), Some("pcm"));
     assert_eq!(v["tts"]["sampleRate"].as_i64(), Some(24_000));
     assert_eq!(v["turnTaking"]["endOfTurnSilenceMs"].as_i64(), Some(300));
+    // Without a model, silence alone ends turns, as before the field existed.
+    assert_eq!(v["turnTaking"]["endOfTurnModel"].as_str(), Some("none"));
     assert_eq!(v["maxCalls"].as_i64(), Some(50));
     assert!(
         !yaml.contains("REPLACE"),
         "no secret material in the ConfigMap"
     );
+}
+
+#[test]
+fn the_end_of_turn_model_and_its_pauses_reach_the_agent() {
+    let text = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
+    let text = text.replace(
+        "  turnTaking:\n",
+        "  turnTaking:\n    endOfTurnModel: smart-turn\n    minEndOfTurnSilenceMs: 250\n    maxEndOfTurnSilenceMs: 1800\n",
+    );
+    let agent = agent_yaml(&text);
+    let children = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap();
+    let yaml = &config_map(&children).data.as_ref().unwrap()["agent.yaml"];
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    let t = &v["turnTaking"];
+    assert_eq!(t["endOfTurnModel"].as_str(), Some("smart-turn"), "{yaml}");
+    assert_eq!(t["minEndOfTurnSilenceMs"].as_i64(), Some(250));
+    assert_eq!(t["maxEndOfTurnSilenceMs"].as_i64(), Some(1800));
 }
 
 #[test]

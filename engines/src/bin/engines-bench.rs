@@ -4,7 +4,7 @@
 //! already optimises dependencies, and the engines are C++ built with optimisation)
 //! prints medians and p95 of: STT latency and real-time factor for a 3 s utterance,
 //! TTS time to first audio and real-time factor, LLM time to first token and decode
-//! tokens/s, and VAD time per 32 ms chunk.
+//! tokens/s, VAD time per 32 ms chunk, and the time Smart Turn takes to judge a pause.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -205,5 +205,21 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             per_call_chunk,
         );
     }
+
+    // Smart Turn: one judgement of a pause, the 3 s utterance plus 200 ms of silence (the
+    // model always hears 8 s, so the length does not change its cost); one thread, as in the
+    // agent, where each call's pauses are judged on a blocking thread of their own.
+    let turn = grokcast_engines::smart_turn::SmartTurn::load(&paths.smart_turn()?)?;
+    let mut paused = pcm.clone();
+    paused.resize(pcm.len() + 3200, 0.0);
+    let mut judge = Vec::new();
+    for i in 0..=runs {
+        let start = Instant::now();
+        turn.completion_probability(&paused)?;
+        if i > 0 {
+            judge.push(ms(start.elapsed()));
+        }
+    }
+    row("Smart Turn judgement of a pause", "ms", judge);
     Ok(())
 }

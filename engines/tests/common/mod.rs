@@ -19,6 +19,7 @@ pub fn models() -> Option<ModelPaths> {
         p.whisper()?;
         p.piper_voice()?;
         p.llm()?;
+        p.smart_turn()?;
         Ok(p)
     });
     match found {
