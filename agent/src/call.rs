@@ -626,8 +626,9 @@ async fn converse(
     let mut history = Conversation::new(&state.config.persona.system_prompt);
     let mut acked: HashSet<String> = HashSet::new();
     let mut turn_number = 0u64;
-    let mut running: Option<(tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>)> = None;
-    let encoder = Arc::new(tokio::sync::Mutex::new(None::<FrameEncoder>));
+    // The turn at work. Its guard aborts it when the call ends however it ends (this future
+    // dropped by the session's select), so no LLM or TTS request outlives the call.
+    let mut running: Option<RunningTurn> = None;
 
     let clips = state.clips();
     if let Some(clips) = clips.as_ref().filter(|c| !c.greeting.is_empty()) {
@@ -662,29 +663,29 @@ async fn converse(
                     }
                     CallEvent::BargeIn => {
                         state.metrics.barge_ins.inc();
-                        interrupt(&shared, &clears, &encoder).await;
+                        interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked);
                         debug!("barge-in");
                     }
                     CallEvent::EndOfTurn { audio, caller_stopped, endpointing } => {
                         // The caller moved on: whatever the agent still had queued is stale.
-                        interrupt(&shared, &clears, &encoder).await;
+                        interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked);
                         turn_number += 1;
                         let input = TurnInput::Speech { audio, caller_stopped, endpointing };
-                        running = Some(start_turn(&state, &shared, &playout, &encoder, &history, input, turn_number));
+                        running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
                     }
                     CallEvent::Dtmf(digit) => {
-                        interrupt(&shared, &clears, &encoder).await;
+                        interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked);
                         turn_number += 1;
                         let input = TurnInput::Text { text: format!("[caller pressed {digit}]"), at: Instant::now() };
-                        running = Some(start_turn(&state, &shared, &playout, &encoder, &history, input, turn_number));
+                        running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
                     }
                 }
             }
             _ = goodbye.cancelled() => {
-                interrupt(&shared, &clears, &encoder).await;
+                interrupt(&shared, &clears).await;
                 finish_turn(&mut running, &mut history, &acked);
                 let generation = shared.generation.load(Ordering::Relaxed);
                 if let Some(clips) = &clips {
@@ -705,31 +706,26 @@ async fn converse(
     }
 }
 
-/// Stops everything queued or playing: newer generation, `clear` to Twilio, resampler reset.
-async fn interrupt(
-    shared: &Shared,
-    clears: &mpsc::Sender<()>,
-    encoder: &tokio::sync::Mutex<Option<FrameEncoder>>,
-) {
+/// Stops everything queued or playing: a newer generation (older audio is dropped unsent)
+/// and `clear` to Twilio. Each turn converts its own audio, so there is no shared resampler
+/// to reset.
+async fn interrupt(shared: &Shared, clears: &mpsc::Sender<()>) {
     shared.generation.fetch_add(1, Ordering::Relaxed);
     shared.speaking_until_us.store(0, Ordering::Relaxed);
     let _ = clears.send(()).await;
-    if let Some(e) = encoder.lock().await.as_mut() {
-        e.reset();
-    }
 }
 
 /// Ends the running turn (aborting it if still at work) and writes it into the history with
 /// only the clauses whose marks Twilio acknowledged: what the caller actually heard.
 fn finish_turn(
-    running: &mut Option<(tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>)>,
+    running: &mut Option<RunningTurn>,
     history: &mut Conversation,
     acked: &HashSet<String>,
 ) {
-    let Some((handle, record)) = running.take() else {
+    let Some((task, record)) = running.take() else {
         return;
     };
-    handle.abort();
+    drop(task);
     let record = std::mem::take(&mut *record.lock().unwrap_or_else(|p| p.into_inner()));
     if let Some(user) = record.user {
         history.caller(&user);
@@ -755,35 +751,39 @@ enum TurnInput {
     },
 }
 
+/// A turn's task (aborted when this is dropped) and what it has queued for playback.
+type RunningTurn = (TaskGuard<()>, Arc<Mutex<TurnRecord>>);
+
 fn start_turn(
     state: &Arc<AgentState>,
     shared: &Arc<Shared>,
     playout: &mpsc::Sender<Playout>,
-    encoder: &Arc<tokio::sync::Mutex<Option<FrameEncoder>>>,
     history: &Conversation,
     input: TurnInput,
     number: u64,
-) -> (tokio::task::JoinHandle<()>, Arc<Mutex<TurnRecord>>) {
+) -> RunningTurn {
     let record = Arc::new(Mutex::new(TurnRecord::default()));
     let turn = Turn {
         state: state.clone(),
         generation: shared.generation.load(Ordering::Relaxed),
         playout: playout.clone(),
-        encoder: encoder.clone(),
+        encoder: tokio::sync::Mutex::new(None),
         record: record.clone(),
         number,
     };
     let history = history.clone();
     let span = info_span!("turn", turn = number);
     let handle = tokio::spawn(async move { turn.run(input, history).await }.instrument(span));
-    (handle, record)
+    (TaskGuard(handle), record)
 }
 
 struct Turn {
     state: Arc<AgentState>,
     generation: u64,
     playout: mpsc::Sender<Playout>,
-    encoder: Arc<tokio::sync::Mutex<Option<FrameEncoder>>>,
+    /// This turn's own rate converter: clauses of one reply flow through it without a seam,
+    /// and an interrupted turn, aborted mid-clause, cannot leave samples in the next one's.
+    encoder: tokio::sync::Mutex<Option<FrameEncoder>>,
     record: Arc<Mutex<TurnRecord>>,
     number: u64,
 }

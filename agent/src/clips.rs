@@ -85,11 +85,6 @@ impl FrameEncoder {
         }
         Ok(())
     }
-
-    /// Drops what is buffered (barge-in).
-    pub fn reset(&mut self) {
-        self.resampler.reset();
-    }
 }
 
 /// Speaks `text` through `tts` into mu-law frames.

@@ -263,9 +263,23 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/twilio/voice", post(voice))
         .route("/twilio/stream", get(stream))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// Alive unless the VAD batcher has died: without it no call can be heard, and only a
+/// restart brings it back.
+async fn healthz(State(state): State<Arc<AgentState>>) -> Response {
+    if state.vad_batch.is_alive() {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "voice activity detection has stopped",
+        )
+            .into_response()
+    }
 }
 
 fn twiml_response(xml: String) -> Response {

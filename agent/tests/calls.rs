@@ -618,6 +618,45 @@ async fn a_complete_answer_ends_at_the_short_pause_not_the_longest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_mid_turn_leaves_no_work_running() {
+    if !models_present() {
+        return;
+    }
+    let servers = InstantServers::default();
+    // The LLM answers only after the caller has hung up.
+    servers.set(|b| b.llm.delay = Duration::from_millis(2500));
+    let h = start_against(servers, |c| {
+        c.persona.greeting = String::new();
+        c.llm.stage.timeout_ms = 20_000;
+    })
+    .await;
+    let speech_before = h.servers.counts.tts.load(Ordering::Relaxed);
+    let q = question();
+    let mut options = h.caller(&[&q]);
+    // Speak at once (no greeting to wait for), then give up on the answer and hang up.
+    options.reply_timeout = Duration::from_millis(1200);
+    let report = caller::place_call(&options).await.unwrap();
+    assert!(!answered(&report, 0), "{:?}", report.turns);
+    let llm = &h.servers.counts.llm;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while llm.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the turn never reached the LLM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the LLM's delay: a turn still running would now be synthesising its answer.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(
+        h.servers.counts.tts.load(Ordering::Relaxed),
+        speech_before,
+        "the turn went on speaking to nobody after the call ended"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_ends_only_that_call() {
     if !models_present() {
         return;
