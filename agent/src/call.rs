@@ -181,6 +181,14 @@ pub async fn run(state: Arc<AgentState>, socket: WebSocket) -> Outcome {
             return Outcome::ProtocolError;
         }
     };
+    let token = meta
+        .custom_parameters
+        .get(crate::twilio::stream_token::PARAMETER)
+        .map(String::as_str);
+    if let Err(e) = state.redeem_stream_token(token, &meta.call_sid) {
+        warn!(call_sid = %meta.call_sid, error = %e, "stream refused");
+        return Outcome::ProtocolError;
+    }
     let span = info_span!("call", call_sid = %meta.call_sid, stream_sid = %meta.stream_sid);
     async move {
         info!(parameters = ?meta.custom_parameters.keys().collect::<Vec<_>>(), "call started");

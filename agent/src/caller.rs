@@ -383,16 +383,26 @@ enum Phase {
 
 /// Places one call and runs the script.
 pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerError> {
+    match answer(options).await? {
+        Answer::Reject(reason) => Ok(CallReport {
+            call_sid: options.call_sid.clone(),
+            rejected: Some(reason),
+            ..CallReport::default()
+        }),
+        Answer::Stream { url, parameters } => stream_call(options, url, parameters).await,
+    }
+}
+
+/// The Media Stream half of [`place_call`]: opens the stream at `url` as Twilio would after
+/// the webhook's TwiML, with its `<Parameter>`s in `start` (tests replay or alter them).
+pub async fn stream_call(
+    options: &CallerOptions,
+    url: String,
+    parameters: Vec<(String, String)>,
+) -> Result<CallReport, CallerError> {
     let mut report = CallReport {
         call_sid: options.call_sid.clone(),
         ..CallReport::default()
-    };
-    let (url, parameters) = match answer(options).await? {
-        Answer::Reject(reason) => {
-            report.rejected = Some(reason);
-            return Ok(report);
-        }
-        Answer::Stream { url, parameters } => (url, parameters),
     };
     let stream_err = |message: String| CallerError::Stream {
         url: url.clone(),

@@ -39,6 +39,8 @@ pub struct AgentState {
     /// Cancelled when live calls must say goodbye and end.
     pub goodbye: CancellationToken,
     validator: Option<RequestValidator>,
+    /// One-time Media Stream tokens; on whenever signatures are checked.
+    stream_tokens: Option<crate::twilio::stream_token::StreamTokens>,
     clips: OnceLock<Clips>,
     active: AtomicUsize,
     draining: AtomicBool,
@@ -60,6 +62,12 @@ impl AgentState {
             .twilio_auth_token
             .as_ref()
             .map(|t| RequestValidator::new(t.expose()));
+        let stream_tokens = config.twilio_auth_token.as_ref().map(|t| {
+            crate::twilio::stream_token::StreamTokens::new(
+                t.expose(),
+                crate::twilio::stream_token::TOKEN_LIFETIME,
+            )
+        });
         Self {
             config,
             backends,
@@ -67,6 +75,7 @@ impl AgentState {
             metrics,
             goodbye: CancellationToken::new(),
             validator,
+            stream_tokens,
             clips: OnceLock::new(),
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -84,6 +93,18 @@ impl AgentState {
     ) -> Self {
         self.turn_model = model;
         self
+    }
+
+    /// Accepts a stream's one-time token for its call (always, when signatures are off).
+    pub fn redeem_stream_token(
+        &self,
+        token: Option<&str>,
+        call_sid: &str,
+    ) -> Result<(), crate::twilio::stream_token::TokenError> {
+        match &self.stream_tokens {
+            Some(tokens) => tokens.redeem(token, call_sid, std::time::SystemTime::now()),
+            None => Ok(()),
+        }
     }
 
     /// The end-of-turn model, when one is loaded.
@@ -307,14 +328,22 @@ async fn voice(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let stream_url = state.config.stream_url();
-    let xml = twiml::connect_stream(
-        &stream_url,
-        &[
-            ("voiceagent", state.config.voice_agent.as_str()),
-            ("from", lookup.get("From").copied().unwrap_or("")),
-            ("callSid", lookup.get("CallSid").copied().unwrap_or("")),
-        ],
-    );
+    let call_sid = lookup.get("CallSid").copied().unwrap_or("");
+    // The stream's upgrade is signed over a URL every call shares; this call's own token
+    // comes back in its `start` and opens one stream, once (twilio::stream_token).
+    let token = state
+        .stream_tokens
+        .as_ref()
+        .map(|t| t.mint(call_sid, std::time::SystemTime::now()));
+    let mut parameters = vec![
+        ("voiceagent", state.config.voice_agent.as_str()),
+        ("from", lookup.get("From").copied().unwrap_or("")),
+        ("callSid", call_sid),
+    ];
+    if let Some(token) = &token {
+        parameters.push((crate::twilio::stream_token::PARAMETER, token.as_str()));
+    }
+    let xml = twiml::connect_stream(&stream_url, &parameters);
     twiml_response(xml)
 }
 

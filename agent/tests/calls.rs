@@ -132,6 +132,16 @@ impl Harness {
         }
     }
 
+    /// `grokcast_calls_total` for one outcome, once every call has ended.
+    async fn calls_ended(&self, outcome: &str) -> Option<f64> {
+        let metrics = self.metrics().await;
+        metric(
+            &metrics,
+            "grokcast_calls_total",
+            &with_agent(&[("outcome", outcome)]),
+        )
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -657,6 +667,66 @@ async fn a_caller_who_hangs_up_mid_turn_leaves_no_work_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opens_once_with_its_own_calls_token() {
+    if !models_present() {
+        return;
+    }
+    let h = start(|_| {}).await;
+    let mut options = h.caller(&[]);
+    options.reply_timeout = Duration::from_secs(5);
+    let grokcast_agent::twilio::twiml::Answer::Stream { url, parameters } =
+        caller::answer(&options).await.unwrap()
+    else {
+        panic!("the webhook did not answer with a stream");
+    };
+    assert!(
+        parameters.iter().any(|(k, _)| k == "streamToken"),
+        "{parameters:?}"
+    );
+    let refused = |r: &CallReport| r.greeting_frames == 0;
+    // The real stream is answered.
+    let first = caller::stream_call(&options, url.clone(), parameters.clone())
+        .await
+        .unwrap();
+    assert!(first.greeting_frames > 0, "{first:?}");
+    // The same signed upgrade and token again, as someone who captured them would: refused.
+    let replay = caller::stream_call(&options, url.clone(), parameters.clone())
+        .await
+        .unwrap();
+    assert!(
+        refused(&replay),
+        "a replayed stream was answered: {replay:?}"
+    );
+    // A fresh token for one call does not open another call's stream, and none opens none.
+    let mut other = options.clone();
+    other.call_sid = "CA00000000000000000000000000000002".into();
+    let grokcast_agent::twilio::twiml::Answer::Stream {
+        parameters: fresh, ..
+    } = caller::answer(&options).await.unwrap()
+    else {
+        panic!("no stream");
+    };
+    let foreign = caller::stream_call(&other, url.clone(), fresh.clone())
+        .await
+        .unwrap();
+    assert!(refused(&foreign), "{foreign:?}");
+    let without: Vec<_> = fresh
+        .iter()
+        .filter(|(k, _)| k != "streamToken")
+        .cloned()
+        .collect();
+    let bare = caller::stream_call(&options, url.clone(), without)
+        .await
+        .unwrap();
+    assert!(refused(&bare), "{bare:?}");
+    // Refusals are counted as protocol errors, and the call with its token still works.
+    let again = caller::stream_call(&options, url, fresh).await.unwrap();
+    assert!(again.greeting_frames > 0, "{again:?}");
+    assert_eq!(h.calls_ended("protocol_error").await, Some(3.0));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_ends_only_that_call() {
     if !models_present() {
         return;
@@ -680,16 +750,7 @@ async fn a_malformed_frame_ends_only_that_call() {
         good.turns
     );
     assert!(!good.closed_by_agent);
-    let metrics = h.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "grokcast_calls_total",
-            &with_agent(&[("outcome", "protocol_error")])
-        ),
-        Some(1.0),
-        "{metrics}"
-    );
+    assert_eq!(h.calls_ended("protocol_error").await, Some(1.0));
     h.stop().await;
 }
 

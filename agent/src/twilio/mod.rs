@@ -2,4 +2,5 @@
 
 pub mod protocol;
 pub mod signature;
+pub mod stream_token;
 pub mod twiml;
