@@ -1,11 +1,13 @@
 //! Agent benchmark: how many calls one core carries, and what the agent itself adds to a turn.
 //!
-//! The agent runs in this process on ONE thread (a current-thread tokio runtime; Silero VAD
-//! on every 32 ms chunk of every call, batched across calls by the agent's VAD task). The model servers are the instant test double
+//! The agent runs in this process on ONE async thread (a current-thread tokio runtime) and the
+//! agent's VAD batch thread (Silero VAD on every 32 ms chunk of every call, batched across calls). The model servers are the instant test double
 //! (`grokcast-agent instant-servers`) and the callers are `grokcast-agent call --calls N`, each
 //! in its own process so their CPU and memory are not counted. For each concurrency level it
 //! prints the agent overhead per turn (turn latency minus configured end-of-turn silence minus
-//! model time) p50/p95, CPU per call-minute, RSS per call and late frames.
+//! model time) p50/p95, the turn latency as the agent measures it and as the callers heard
+//! it (their last speech frame sent to the first answer frame received, from their own
+//! clocks), CPU per call-minute, RSS per call and late frames.
 //!
 //! `cargo run --release -p grokcast-agent --bin agent-bench -- --levels 1,10,50,100,200`
 //! (docs/benchmarks.md has the figures and how to read them).
@@ -150,9 +152,9 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
     }
 
     println!(
-        "| calls | turns | overhead p50 | overhead p95 | turn latency p50 | CPU s per call-minute | calls per core | RSS per call | late frames |"
+        "| calls | turns | overhead p50 | overhead p95 | turn latency p50 / p95 (agent) | at the caller p50 / p95 | CPU s per call-minute | calls per core | RSS per call | late frames |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let phrases = [
         "Hello, what time do you open tomorrow?",
         "And are you open on Saturday?",
@@ -218,13 +220,31 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
         overhead.sort();
         let mut latency: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
         latency.sort();
+        // What callers waited, from their own clocks: last frame of their speech sent to
+        // first frame of the answer received (the caller prints one line per turn).
+        let mut heard: Vec<Duration> = stdout
+            .lines()
+            .filter_map(|l| {
+                l.split_once(": latency ")?
+                    .1
+                    .split_once(" ms")?
+                    .0
+                    .parse()
+                    .ok()
+            })
+            .map(Duration::from_millis)
+            .collect();
+        heard.sort();
         let cpu_per_call_minute = cpu.as_secs_f64() / call_minutes;
         println!(
-            "| {calls} | {} | {:.2} ms | {:.2} ms | {} ms | {:.3} | {:.0} | {:.2} MiB | {} |",
+            "| {calls} | {} | {:.2} ms | {:.2} ms | {} / {} ms | {} / {} ms | {:.3} | {:.0} | {:.2} MiB | {} |",
             samples.len(),
             percentile(&overhead, 0.5).as_secs_f64() * 1000.0,
             percentile(&overhead, 0.95).as_secs_f64() * 1000.0,
             percentile(&latency, 0.5).as_millis(),
+            percentile(&latency, 0.95).as_millis(),
+            percentile(&heard, 0.5).as_millis(),
+            percentile(&heard, 0.95).as_millis(),
             cpu_per_call_minute,
             60.0 / cpu_per_call_minute,
             rss_peak.saturating_sub(rss_before) as f64 / 1024.0 / calls as f64,
