@@ -311,6 +311,7 @@ async fn receive(
         utterance: Vec::new(),
         pending: Vec::with_capacity(4),
         turn_model: state.turn_model().cloned(),
+        judgements: state.turn_judgements(),
         verdicts,
     };
     loop {
@@ -409,6 +410,8 @@ struct Detector {
     pending: Vec<CallEvent>,
     /// Judges pauses when the endpointer asks ([`TurnEvent::Pause`]).
     turn_model: Option<Arc<SmartTurn>>,
+    /// The process's permits for judgements, shared by every call.
+    judgements: Arc<tokio::sync::Semaphore>,
     verdicts: mpsc::Sender<Verdict>,
 }
 
@@ -477,20 +480,29 @@ impl Detector {
             .saturating_sub(smart_turn::WINDOW_SAMPLES);
         let audio = self.utterance[from..].to_vec();
         let verdicts = self.verdicts.clone();
+        let permits = self.judgements.clone();
         let span = tracing::Span::current();
         // No timeout of its own: the maximum silence ends the turn whatever the model does,
         // and a late answer about a finished pause is ignored.
         tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
-                let probability =
-                    match tokio::task::spawn_blocking(move || model.completion_probability(&audio))
-                        .await
-                    {
-                        Ok(Ok(p)) => Ok(p),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(format!("the end-of-turn task failed: {e}")),
-                    };
+                // Waiting for a permit counts in the judgement's time: it is time the caller
+                // waits too.
+                let probability = match permits.acquire_owned().await {
+                    Err(_) => Err("the end-of-turn permits are closed".to_owned()),
+                    Ok(permit) => {
+                        let judged = tokio::task::spawn_blocking(move || {
+                            let _permit = permit;
+                            model.completion_probability(&audio)
+                        });
+                        match judged.await {
+                            Ok(Ok(p)) => Ok(p),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(e) => Err(format!("the end-of-turn task failed: {e}")),
+                        }
+                    }
+                };
                 // A closed channel means the call ended: nobody is waiting for the answer.
                 let _ = verdicts
                     .send(Verdict {

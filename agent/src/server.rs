@@ -47,6 +47,9 @@ pub struct AgentState {
     samples: Option<Mutex<Vec<TurnSample>>>,
     transcript: Option<Mutex<Vec<(String, String)>>>,
     turn_model: Option<Arc<grokcast_engines::smart_turn::SmartTurn>>,
+    /// End-of-turn judgements running at once, over every call: one per core, so a burst of
+    /// pauses queues instead of taking every core (and a model session each) at once.
+    turn_judgements: Arc<tokio::sync::Semaphore>,
 }
 
 impl AgentState {
@@ -65,6 +68,7 @@ impl AgentState {
         let stream_tokens = config.twilio_auth_token.as_ref().map(|t| {
             crate::twilio::stream_token::StreamTokens::new(
                 t.expose(),
+                &format!("{}/{}", config.namespace, config.voice_agent),
                 crate::twilio::stream_token::TOKEN_LIFETIME,
             )
         });
@@ -82,6 +86,9 @@ impl AgentState {
             samples: None,
             transcript: None,
             turn_model: None,
+            turn_judgements: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, usize::from),
+            )),
         }
     }
 
@@ -105,6 +112,11 @@ impl AgentState {
             Some(tokens) => tokens.redeem(token, call_sid, std::time::SystemTime::now()),
             None => Ok(()),
         }
+    }
+
+    /// Permits for end-of-turn judgements (one per core).
+    pub fn turn_judgements(&self) -> Arc<tokio::sync::Semaphore> {
+        self.turn_judgements.clone()
     }
 
     /// The end-of-turn model, when one is loaded.

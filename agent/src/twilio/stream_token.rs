@@ -72,10 +72,12 @@ fn unix(t: SystemTime) -> u64 {
 
 impl StreamTokens {
     /// Tokens keyed from the Twilio auth token (never used directly: a token leaks nothing
-    /// that signs webhooks).
-    pub fn new(auth_token: &str, lifetime: Duration) -> Self {
+    /// that signs webhooks) and `scope`, the VoiceAgent's namespace and name, so another
+    /// VoiceAgent on the same Twilio account cannot open this one's streams.
+    pub fn new(auth_token: &str, scope: &str, lifetime: Duration) -> Self {
         let mut derive = hmac(auth_token.as_bytes());
-        derive.update(b"grokcast media stream token v1");
+        derive.update(b"grokcast media stream token v1|");
+        derive.update(scope.as_bytes());
         Self {
             key: derive.finalize().into_bytes().to_vec(),
             lifetime,
@@ -116,6 +118,11 @@ impl StreamTokens {
         self.mac(call_sid, expiry)
             .verify_slice(&mac)
             .map_err(|_| TokenError::WrongCall)?;
+        // Only the exact text `mint` writes: `+EXP`, `0EXP` or upper-case hex carry the same
+        // MAC but would each look new to the record of used tokens.
+        if token != format!("{expiry}.{}", hex::encode(&mac)) {
+            return Err(TokenError::Malformed);
+        }
         let now = unix(now);
         if now >= expiry {
             return Err(TokenError::Expired);
@@ -144,7 +151,7 @@ mod tests {
 
     #[test]
     fn a_token_opens_its_calls_stream_once() {
-        let t = StreamTokens::new("auth", TOKEN_LIFETIME);
+        let t = StreamTokens::new("auth", "voice/receptionist", TOKEN_LIFETIME);
         let now = SystemTime::now();
         let token = t.mint(CALL, now);
         assert_eq!(t.redeem(Some(&token), CALL, now), Ok(()));
@@ -153,7 +160,7 @@ mod tests {
 
     #[test]
     fn expired_foreign_forged_and_missing_tokens_are_refused() {
-        let t = StreamTokens::new("auth", TOKEN_LIFETIME);
+        let t = StreamTokens::new("auth", "voice/receptionist", TOKEN_LIFETIME);
         let now = SystemTime::now();
         let token = t.mint(CALL, now);
         assert_eq!(
@@ -166,7 +173,8 @@ mod tests {
         );
         // Another VoiceAgent's (another auth token's) token, and a later expiry forged onto a
         // real MAC, are both not for this call.
-        let other = StreamTokens::new("other", TOKEN_LIFETIME).mint(CALL, now);
+        let other =
+            StreamTokens::new("other", "voice/receptionist", TOKEN_LIFETIME).mint(CALL, now);
         assert_eq!(
             t.redeem(Some(&other), CALL, now),
             Err(TokenError::WrongCall)
@@ -185,13 +193,31 @@ mod tests {
             );
         }
         assert_eq!(t.redeem(None, CALL, now), Err(TokenError::Missing));
+        // The same MAC written another way is not a second token.
+        for variant in [
+            format!("+{expiry}.{mac}"),
+            format!("0{expiry}.{mac}"),
+            format!("{expiry}.{}", mac.to_uppercase()),
+        ] {
+            assert_eq!(
+                t.redeem(Some(&variant), CALL, now),
+                Err(TokenError::Malformed),
+                "{variant}"
+            );
+        }
+        // Another VoiceAgent of the same account mints tokens this one refuses.
+        let neighbour = StreamTokens::new("auth", "voice/sales", TOKEN_LIFETIME).mint(CALL, now);
+        assert_eq!(
+            t.redeem(Some(&neighbour), CALL, now),
+            Err(TokenError::WrongCall)
+        );
         // None of these used the real token up.
         assert_eq!(t.redeem(Some(&token), CALL, now), Ok(()));
     }
 
     #[test]
     fn redeemed_tokens_are_forgotten_once_expired() {
-        let t = StreamTokens::new("auth", Duration::from_secs(10));
+        let t = StreamTokens::new("auth", "voice/receptionist", Duration::from_secs(10));
         let now = SystemTime::now();
         for i in 0..100 {
             let call = format!("CA{i}");
@@ -205,7 +231,7 @@ mod tests {
 
     #[test]
     fn the_key_is_never_printed() {
-        let t = StreamTokens::new("secret-auth-token", TOKEN_LIFETIME);
+        let t = StreamTokens::new("secret-auth-token", "voice/receptionist", TOKEN_LIFETIME);
         let printed = format!("{t:?}");
         assert!(
             !printed.contains("secret") && printed.contains("[redacted]"),
