@@ -464,14 +464,8 @@ impl Detector {
     /// model on a blocking thread; the answer comes back through `verdicts` while the call
     /// goes on listening. A model that cannot answer ends the turn as if it said complete.
     fn ask(&self, pause: u64) {
+        // The endpointer asks only where a model is loaded (AgentState::turn_taking).
         let Some(model) = self.turn_model.clone() else {
-            // Asked without a model (the endpointer's config and the state disagree): the
-            // pause ends the turn, as a model saying complete would.
-            let _ = self.verdicts.try_send(Verdict {
-                pause,
-                probability: Err("no end-of-turn model is loaded".into()),
-                took: Duration::ZERO,
-            });
             return;
         };
         let from = self

@@ -45,25 +45,26 @@ fn workspace_binary(name: &str) -> PathBuf {
 /// The models and binaries the call needs, or `None` (with the reason) where they are not
 /// installed or built and `GROKCAST_REQUIRE_MODELS` is unset; CI sets it.
 fn prerequisites() -> Option<ModelPaths> {
-    let missing = match ModelPaths::discover() {
-        Err(e) => Some(format!("models: {e}; run scripts/install.sh")),
-        Ok(p) => ["grokcast-agent", "grokcast-serve", "grokcast-serve-llm"]
-            .into_iter()
-            .find(|b| !workspace_binary(b).is_file())
-            .map(|b| {
-                format!(
+    let found = ModelPaths::discover()
+        .map_err(|e| format!("models: {e}; run scripts/install.sh"))
+        .and_then(|p| {
+            let unbuilt = ["grokcast-agent", "grokcast-serve", "grokcast-serve-llm"]
+                .into_iter()
+                .find(|b| !workspace_binary(b).is_file());
+            if let Some(b) = unbuilt {
+                return Err(format!(
                     "{b} is not built (cargo build --workspace --bins, and grokcast-serve-llm \
                      with -p grokcast-engines --no-default-features --features llama)"
-                )
-            })
-            .or_else(|| {
-                (p.vad().is_err() || p.whisper().is_err() || p.piper_voice().is_err())
-                    .then(|| "models: run scripts/install.sh".to_owned())
-            }),
-    };
-    match missing {
-        None => ModelPaths::discover().ok(),
-        Some(why) => {
+                ));
+            }
+            if p.vad().is_err() || p.whisper().is_err() || p.piper_voice().is_err() {
+                return Err("models: run scripts/install.sh".to_owned());
+            }
+            Ok(p)
+        });
+    match found {
+        Ok(p) => Some(p),
+        Err(why) => {
             assert!(
                 std::env::var_os("GROKCAST_REQUIRE_MODELS").is_none(),
                 "GROKCAST_REQUIRE_MODELS is set: {why}"
@@ -128,14 +129,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The Deployment's only container, found by the label the operator puts on a pool's or an
-/// agent's children.
+/// The only container of the Deployment the operator made for `selector` (the label it puts
+/// on a pool's or an agent's children), once the Deployment exists.
 async fn container(deployments: &Api<Deployment>, selector: &str) -> Container {
-    let list = deployments
-        .list(&ListParams::default().labels(selector))
-        .await
-        .unwrap()
-        .items;
+    let list = grokcast_e2e::eventually(
+        "the operator creates the Deployment",
+        WAIT,
+        Duration::from_millis(200),
+        || async {
+            let items = deployments
+                .list(&ListParams::default().labels(selector))
+                .await
+                .ok()?
+                .items;
+            (!items.is_empty()).then_some(items)
+        },
+    )
+    .await;
     assert_eq!(list.len(), 1, "one Deployment for {selector}");
     let spec = list[0].spec.clone().unwrap().template.spec.unwrap();
     spec.containers.into_iter().next().unwrap()
@@ -330,21 +340,7 @@ async fn a_call_through_what_the_operator_wrote_is_heard_by_whisper() {
     let mut ports = BTreeMap::new();
     let mut pools = Vec::new();
     for pool in ["whisper-cpu", "gemma-cpu", "piper-cpu"] {
-        let selector = format!("grokcast.io/modelpool={pool}");
-        grokcast_e2e::eventually(
-            "the operator creates the pool's Deployment",
-            WAIT,
-            Duration::from_millis(200),
-            || async {
-                let list = deployments
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .ok()?;
-                (!list.items.is_empty()).then_some(())
-            },
-        )
-        .await;
-        let c = container(&deployments, &selector).await;
+        let c = container(&deployments, &format!("grokcast.io/modelpool={pool}")).await;
         let port = free_port();
         ports.insert(pool.to_owned(), port);
         pools.push((start_pool(&c, paths.root(), port), port));
