@@ -26,7 +26,7 @@ use crate::metrics::{Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
 use crate::server::AgentState;
-use crate::turn::{Endpointer, TurnEvent};
+use crate::turn::{Chunk, Endpointer, QuietMeter, TurnEvent};
 use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
 
 /// Time allowed between the socket opening and Twilio's `start`.
@@ -43,9 +43,11 @@ const END_OF_TURN_PROBABILITY: f32 = 0.5;
 /// turn's latency at the moment the first frame really goes out.
 #[derive(Debug, Clone, Copy)]
 pub struct TurnTimings {
-    /// When the caller stopped speaking (end-of-turn detection minus the silence waited for).
+    /// When the caller's voice ended: the last loud sample of the turn, on this process's
+    /// clock (see `turn`'s module documentation).
     pub caller_stopped: Instant,
-    /// Silence waited for.
+    /// The voice's end to the decision that the turn was over (the silence waited for, the
+    /// resampler's delay and any end-of-turn model's judgement).
     pub endpointing: Duration,
     /// Speech to text.
     pub stt: Duration,
@@ -281,6 +283,20 @@ impl<T> Drop for TaskGuard<T> {
     }
 }
 
+/// How long a pause's question may wait for a judgement permit (see `Detector::permit_wait`).
+fn permit_wait(turn_taking: &crate::turn::TurnTaking) -> Duration {
+    turn_taking.semantic.map_or(Duration::ZERO, |s| {
+        turn_taking
+            .end_of_turn_silence
+            .saturating_sub(s.min_silence)
+    })
+}
+
+/// The length of `n` samples at 16 kHz.
+fn samples_16k(n: usize) -> Duration {
+    Duration::from_micros(n as u64 * 1_000_000 / 16_000)
+}
+
 /// Reads Twilio's messages: audio through the resampler and VAD into turn events.
 async fn receive(
     state: Arc<AgentState>,
@@ -299,12 +315,17 @@ async fn receive(
         message: e.to_string(),
     };
     let mut upsampler = StreamResampler::new(8000, 16_000).map_err(resample_err)?;
+    // Samples the upsampler holds back: the newest chunk ends this much before the audio
+    // that has arrived.
+    let upsampler_delay = upsampler.output_delay();
     let mut decoded = vec![0f32; MAX_MEDIA_BYTES];
     // The end-of-turn model's answers; the detector keeps the sender, so this never closes.
     let (verdicts, mut verdicts_rx) = mpsc::channel(4);
     let mut detector = Detector {
         vad_state: state.vad_batch.vad().new_state(),
         endpointer: Endpointer::new(state.turn_taking()),
+        meter: QuietMeter::new(),
+        heard_until: Instant::now(),
         incoming: Vec::with_capacity(4 * CHUNK_SAMPLES),
         chunk: vec![0.0; CHUNK_SAMPLES],
         previous: vec![0.0; CHUNK_SAMPLES],
@@ -312,6 +333,7 @@ async fn receive(
         pending: Vec::with_capacity(4),
         turn_model: state.turn_model().cloned(),
         judgements: state.turn_judgements(),
+        permit_wait: permit_wait(&state.turn_taking()),
         verdicts,
     };
     loop {
@@ -354,6 +376,10 @@ async fn receive(
                     })
                     .map_err(resample_err)?;
                 while detector.next_chunk() {
+                    // The chunk ends before what has arrived by what is still queued behind it
+                    // and what the upsampler holds back.
+                    let behind = samples_16k(detector.incoming.len() + upsampler_delay);
+                    let heard_until = now.checked_sub(behind).unwrap_or(now);
                     // Batched with the other calls' chunks (vad_batch): one ONNX run for all.
                     let probability = state
                         .vad_batch
@@ -363,7 +389,7 @@ async fn receive(
                             call: call.clone(),
                             message,
                         })?;
-                    detector.decide(probability, speaking, now);
+                    detector.decide(probability, speaking, heard_until, now);
                 }
                 for event in detector.pending.drain(..) {
                     if events.send(event).await.is_err() {
@@ -394,14 +420,29 @@ async fn receive(
 /// The end-of-turn model's answer about one of the caller's pauses.
 struct Verdict {
     pause: u64,
-    probability: Result<f32, String>,
+    judgement: Judgement,
     took: Duration,
+}
+
+/// What became of one question to the end-of-turn model.
+enum Judgement {
+    /// The model's probability that the utterance is complete.
+    Probability(f32),
+    /// The model failed.
+    Failed(String),
+    /// Every permit stayed taken until the plain end-of-turn silence would have ended the
+    /// turn: the pause is judged by silence alone.
+    Busy,
 }
 
 /// VAD, endpointing and the caller's utterance for one call.
 struct Detector {
     vad_state: VadState,
     endpointer: Endpointer,
+    /// Finds where the voice really ended inside the chunks the VAD still calls speech.
+    meter: QuietMeter,
+    /// When the audio of the last chunk decided ended (arrival time, less what was queued).
+    heard_until: Instant,
     /// 16 kHz samples not yet in a chunk.
     incoming: Vec<f32>,
     chunk: Vec<f32>,
@@ -412,6 +453,10 @@ struct Detector {
     turn_model: Option<Arc<SmartTurn>>,
     /// The process's permits for judgements, shared by every call.
     judgements: Arc<tokio::sync::Semaphore>,
+    /// How long a question may wait for a permit: until the plain end-of-turn silence would
+    /// have ended the turn, so an overloaded pod degrades to silence-only turn-taking instead
+    /// of making callers wait for the maximum silence.
+    permit_wait: Duration,
     verdicts: mpsc::Sender<Verdict>,
 }
 
@@ -428,10 +473,23 @@ impl Detector {
         true
     }
 
-    /// Endpointing on the VAD's verdict for `chunk`: starts, ends or drops the utterance,
-    /// or asks the end-of-turn model about a pause.
-    fn decide(&mut self, probability: f32, agent_speaking: bool, now: Instant) {
-        let event = self.endpointer.push(probability, VAD_CHUNK, agent_speaking);
+    /// Endpointing on the VAD's verdict for `chunk`, whose audio ended at `heard_until`:
+    /// starts, ends or drops the utterance, or asks the end-of-turn model about a pause.
+    fn decide(
+        &mut self,
+        probability: f32,
+        agent_speaking: bool,
+        heard_until: Instant,
+        now: Instant,
+    ) {
+        let quiet = self.meter.quiet_tail(&self.chunk, probability);
+        let chunk = Chunk {
+            probability,
+            length: VAD_CHUNK,
+            quiet_tail: samples_16k(quiet),
+        };
+        self.heard_until = heard_until;
+        let event = self.endpointer.push(chunk, agent_speaking);
         let mut ask = None;
         match event {
             Some(TurnEvent::SpeechStarted) => {
@@ -462,7 +520,8 @@ impl Detector {
 
     /// Hands the utterance so far (its last 8 s: all the model hears) to the end-of-turn
     /// model on a blocking thread; the answer comes back through `verdicts` while the call
-    /// goes on listening. A model that cannot answer ends the turn as if it said complete.
+    /// goes on listening. A model that cannot answer, or cannot get a permit in time, ends
+    /// the turn as if it said complete.
     fn ask(&self, pause: u64) {
         // The endpointer asks only where a model is loaded (AgentState::turn_taking).
         let Some(model) = self.turn_model.clone() else {
@@ -475,6 +534,7 @@ impl Detector {
         let audio = self.utterance[from..].to_vec();
         let verdicts = self.verdicts.clone();
         let permits = self.judgements.clone();
+        let permit_wait = self.permit_wait;
         let span = tracing::Span::current();
         // No timeout of its own: the maximum silence ends the turn whatever the model does,
         // and a late answer about a finished pause is ignored.
@@ -483,17 +543,22 @@ impl Detector {
                 let started = std::time::Instant::now();
                 // Waiting for a permit counts in the judgement's time: it is time the caller
                 // waits too.
-                let probability = match permits.acquire_owned().await {
-                    Err(_) => Err("the end-of-turn permits are closed".to_owned()),
-                    Ok(permit) => {
+                let judgement = match tokio::time::timeout(permit_wait, permits.acquire_owned())
+                    .await
+                {
+                    Err(_) => Judgement::Busy,
+                    Ok(Err(_)) => Judgement::Failed("the end-of-turn permits are closed".into()),
+                    Ok(Ok(permit)) => {
                         let judged = tokio::task::spawn_blocking(move || {
                             let _permit = permit;
                             model.completion_probability(&audio)
                         });
                         match judged.await {
-                            Ok(Ok(p)) => Ok(p),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(e) => Err(format!("the end-of-turn task failed: {e}")),
+                            Ok(Ok(p)) => Judgement::Probability(p),
+                            Ok(Err(e)) => Judgement::Failed(e.to_string()),
+                            Err(e) => {
+                                Judgement::Failed(format!("the end-of-turn task failed: {e}"))
+                            }
                         }
                     }
                 };
@@ -501,7 +566,7 @@ impl Detector {
                 let _ = verdicts
                     .send(Verdict {
                         pause,
-                        probability,
+                        judgement,
                         took: started.elapsed(),
                     })
                     .await;
@@ -513,11 +578,11 @@ impl Detector {
     /// The model's answer: a complete utterance ends the turn now; an incomplete one waits.
     fn judged(&mut self, state: &AgentState, verdict: Verdict, now: Instant) {
         let metrics = &state.metrics;
-        metrics
-            .end_of_turn_prediction_seconds
-            .observe(verdict.took.as_secs_f64());
-        let complete = match verdict.probability {
-            Ok(p) => {
+        let complete = match verdict.judgement {
+            Judgement::Probability(p) => {
+                metrics
+                    .end_of_turn_prediction_seconds
+                    .observe(verdict.took.as_secs_f64());
                 let complete = p >= END_OF_TURN_PROBABILITY;
                 let label = if complete { "complete" } else { "incomplete" };
                 metrics
@@ -527,12 +592,20 @@ impl Detector {
                 debug!(probability = p, complete, "end-of-turn model");
                 complete
             }
-            Err(error) => {
+            Judgement::Failed(error) => {
                 metrics
                     .end_of_turn_predictions
                     .with_label_values(&["error"])
                     .inc();
                 warn!(%error, "end-of-turn model failed; the pause ends the turn");
+                true
+            }
+            Judgement::Busy => {
+                metrics
+                    .end_of_turn_predictions
+                    .with_label_values(&["busy"])
+                    .inc();
+                debug!("end-of-turn model busy; the pause ends the turn on silence alone");
                 true
             }
         };
@@ -543,12 +616,17 @@ impl Detector {
         }
     }
 
-    /// Hands the utterance to the conversation; the caller's voice ended `silence` ago.
+    /// Hands the utterance to the conversation, decided at `now`: the caller's voice ended
+    /// `silence` before the end of the last chunk heard.
     fn end_turn(&mut self, silence: Duration, now: Instant) {
+        let caller_stopped = self
+            .heard_until
+            .checked_sub(silence)
+            .unwrap_or(self.heard_until);
         self.pending.push(CallEvent::EndOfTurn {
             audio: std::mem::take(&mut self.utterance),
-            caller_stopped: now.checked_sub(silence).unwrap_or(now),
-            endpointing: silence,
+            caller_stopped,
+            endpointing: now.saturating_duration_since(caller_stopped),
         });
     }
 }

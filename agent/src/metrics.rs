@@ -169,7 +169,7 @@ impl Metrics {
         let end_of_turn_predictions = IntCounterVec::new(
             Opts::new(
                 "grokcast_end_of_turn_predictions_total",
-                "End-of-turn model verdicts at the caller's pauses",
+                "End-of-turn model verdicts at the caller's pauses (busy: no CPU free in time, judged by silence alone)",
             ),
             &["verdict"],
         )?;
@@ -204,7 +204,7 @@ impl Metrics {
         for stage in ["stt", "llm", "tts"] {
             backend_errors.with_label_values(&[stage]);
         }
-        for verdict in ["complete", "incomplete", "error"] {
+        for verdict in ["complete", "incomplete", "error", "busy"] {
             end_of_turn_predictions.with_label_values(&[verdict]);
         }
         Ok(Self {

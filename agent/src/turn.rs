@@ -5,6 +5,14 @@
 //! the model ([`TurnEvent::Pause`]) instead of ending the turn; its answer comes back through
 //! [`Endpointer::verdict`]. A complete utterance ends there; an incomplete one waits for the
 //! caller to go on, or for the maximum silence.
+//!
+//! Silero's probability lags the voice: it stays above the hysteresis threshold for about
+//! three 32 ms chunks after the caller falls silent. Counting silence from there would make
+//! every turn wait ~100 ms more than `endOfTurnSilenceMs` and start the latency clock late. So
+//! each chunk also carries its quiet tail (the samples after its last one louder than the
+//! line's noise, from [`QuietMeter`]); when the VAD says speech has stopped, the quiet chunks
+//! it still called speech are counted as silence, and the voice is taken to have ended at the
+//! last loud sample.
 
 use std::time::Duration;
 
@@ -50,6 +58,71 @@ impl Default for TurnTaking {
     }
 }
 
+/// One VAD chunk as the endpointer sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chunk {
+    /// Silero's speech probability for the chunk.
+    pub probability: f32,
+    /// The chunk's length.
+    pub length: Duration,
+    /// How much of the chunk's end is quiet (no sample above the line's noise); the whole
+    /// length for a quiet chunk, zero when its last sample is loud or loudness is unknown.
+    pub quiet_tail: Duration,
+}
+
+/// Finds the quiet tail of each chunk: the samples after the last one louder than the line's
+/// noise. The noise level is learnt from chunks the VAD calls silence, so a hissy line does
+/// not pass for voice; digital silence and a quiet line share a floor of about -46 dBFS.
+#[derive(Debug, Clone)]
+pub struct QuietMeter {
+    /// Slow average of the RMS of chunks the VAD is sure are not speech.
+    noise_rms: f32,
+}
+
+impl Default for QuietMeter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QuietMeter {
+    /// Loudness (peak amplitude, full scale 1.0) below which a sample is never voice: the
+    /// fade of a word's last phoneme over the phone line sits above it.
+    const FLOOR: f32 = 0.005;
+    /// A voice sample stands this far above the noise's RMS (noise peaks reach ~3x its RMS).
+    const OVER_NOISE: f32 = 4.0;
+    /// Chunks at or under this probability teach the meter the line's noise.
+    const NOISE_PROBABILITY: f32 = 0.15;
+
+    /// A meter that has heard no noise yet.
+    pub fn new() -> Self {
+        Self { noise_rms: 0.0 }
+    }
+
+    /// The amplitude a sample must pass to be voice.
+    pub fn level(&self) -> f32 {
+        (self.noise_rms * Self::OVER_NOISE).max(Self::FLOOR)
+    }
+
+    /// The number of samples at the end of `samples` that are quiet, and learns the noise
+    /// from chunks the VAD gave `probability` at or under [`Self::NOISE_PROBABILITY`].
+    pub fn quiet_tail(&mut self, samples: &[f32], probability: f32) -> usize {
+        let level = self.level();
+        let tail = samples
+            .iter()
+            .rposition(|s| s.abs() > level)
+            .map_or(samples.len(), |last| samples.len() - last - 1);
+        if probability <= Self::NOISE_PROBABILITY && !samples.is_empty() {
+            let rms = (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt();
+            // Fast to learn a quieter line, slow to believe a louder one (a word the VAD
+            // missed must not raise the floor much).
+            let weight = if rms < self.noise_rms { 0.5 } else { 0.05 };
+            self.noise_rms += (rms - self.noise_rms) * weight;
+        }
+        tail
+    }
+}
+
 /// What one chunk changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TurnEvent {
@@ -82,6 +155,8 @@ enum State {
         barged: bool,
         /// The end-of-turn model was asked about the current pause.
         asked: bool,
+        /// The quiet end of the speech so far: silence the VAD has not noticed yet.
+        quiet: Duration,
     },
 }
 
@@ -115,25 +190,23 @@ impl Endpointer {
         matches!(self.state, State::Speaking { .. })
     }
 
-    /// Feeds one chunk's speech probability; `agent_speaking` says whether the caller is
-    /// hearing the agent right now.
-    pub fn push(
-        &mut self,
-        probability: f32,
-        chunk: Duration,
-        agent_speaking: bool,
-    ) -> Option<TurnEvent> {
+    /// Feeds one chunk; `agent_speaking` says whether the caller is hearing the agent right
+    /// now.
+    pub fn push(&mut self, chunk: Chunk, agent_speaking: bool) -> Option<TurnEvent> {
         let c = &self.config;
+        let length = chunk.length;
+        let quiet_tail = chunk.quiet_tail.min(length);
         match &mut self.state {
             State::Quiet => {
-                if probability >= c.vad_threshold {
+                if chunk.probability >= c.vad_threshold {
                     self.state = State::Speaking {
-                        speech: chunk,
+                        speech: length,
                         silence: Duration::ZERO,
-                        total: chunk,
+                        total: length,
                         over_agent: agent_speaking,
                         barged: false,
                         asked: false,
+                        quiet: quiet_tail,
                     };
                     return Some(TurnEvent::SpeechStarted);
                 }
@@ -146,18 +219,32 @@ impl Endpointer {
                 over_agent,
                 barged,
                 asked,
+                quiet,
             } => {
-                *total += chunk;
-                if probability >= self.negative_threshold {
-                    *speech += *silence + chunk;
+                *total += length;
+                if chunk.probability >= self.negative_threshold {
+                    *speech += *silence + length;
                     *silence = Duration::ZERO;
+                    *quiet = if quiet_tail == length {
+                        *quiet + length
+                    } else {
+                        quiet_tail
+                    };
                     if *asked {
                         // The caller went on: whatever the model says about that pause is moot.
                         *asked = false;
                         self.pause += 1;
                     }
                 } else {
-                    *silence += chunk;
+                    if silence.is_zero() {
+                        // The VAD has just noticed the silence: the voice really ended where
+                        // the quiet began, and so does the pause (never the whole utterance).
+                        let lag = (*quiet).min(speech.saturating_sub(length));
+                        *speech -= lag;
+                        *silence = lag;
+                        *quiet = Duration::ZERO;
+                    }
+                    *silence += length;
                 }
                 if *over_agent
                     && !*barged
@@ -238,7 +325,12 @@ mod tests {
         let mut i = 0;
         for (p, n) in pattern {
             for _ in 0..*n {
-                if let Some(ev) = e.push(*p, CHUNK, agent) {
+                let chunk = Chunk {
+                    probability: *p,
+                    length: CHUNK,
+                    quiet_tail: Duration::ZERO,
+                };
+                if let Some(ev) = e.push(chunk, agent) {
                     out.push((i, ev));
                 }
                 i += 1;
@@ -423,5 +515,134 @@ mod tests {
             ev,
             vec![(0, TurnEvent::SpeechStarted), (11, TurnEvent::Discarded)]
         );
+    }
+
+    /// Like `run`, with each chunk's quiet tail: (probability, quiet tail, chunks).
+    fn run_heard(
+        e: &mut Endpointer,
+        pattern: &[(f32, Duration, usize)],
+    ) -> Vec<(usize, TurnEvent)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        for &(probability, quiet_tail, n) in pattern {
+            for _ in 0..n {
+                let chunk = Chunk {
+                    probability,
+                    length: CHUNK,
+                    quiet_tail,
+                };
+                if let Some(ev) = e.push(chunk, false) {
+                    out.push((i, ev));
+                }
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn silence_counts_from_the_last_loud_sample_not_from_the_vads_late_drop() {
+        let mut e = Endpointer::new(TurnTaking::default());
+        let tail = Duration::from_millis(12);
+        // 20 chunks of voice, the last ending 12 ms before its end; Silero goes on saying
+        // "speech" for 3 quiet chunks, then drops.
+        let ev = run_heard(
+            &mut e,
+            &[
+                (0.9, Duration::ZERO, 19),
+                (0.9, tail, 1),
+                (0.9, CHUNK, 3),
+                (0.05, CHUNK, 20),
+            ],
+        );
+        // 300 ms of real silence: 12 ms + 3 lagging chunks + 6 chunks the VAD calls silence
+        // (300 ms reached at 12 + 9 * 32 = 300 ms), at index 28, not 32.
+        assert_eq!(
+            ev,
+            vec![
+                (0, TurnEvent::SpeechStarted),
+                (
+                    28,
+                    TurnEvent::EndOfTurn {
+                        speech: CHUNK * 20 - tail,
+                        silence: tail + CHUNK * 9,
+                    }
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn a_quiet_stretch_inside_a_word_is_speech_when_the_voice_goes_on() {
+        let mut e = Endpointer::new(TurnTaking::default());
+        // "what t|ime": a quiet closure the VAD rightly calls speech, then more voice, then
+        // the VAD drops at once: only the last chunk's own quiet tail is silence.
+        let tail = Duration::from_millis(5);
+        let ev = run_heard(
+            &mut e,
+            &[
+                (0.9, Duration::ZERO, 10),
+                (0.9, CHUNK, 2),
+                (0.9, tail, 8),
+                (0.05, CHUNK, 20),
+            ],
+        );
+        assert_eq!(
+            ev.last(),
+            Some(&(
+                29,
+                TurnEvent::EndOfTurn {
+                    speech: CHUNK * 20 - tail,
+                    silence: tail + CHUNK * 10,
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn the_quiet_before_the_vads_drop_never_swallows_the_whole_utterance() {
+        let mut e = Endpointer::new(TurnTaking::default());
+        // A chunk the VAD calls speech with nothing loud in it (a low hum): it stays a
+        // noise to discard, not a turn with no speech.
+        let ev = run_heard(&mut e, &[(0.9, CHUNK, 6), (0.05, CHUNK, 20)]);
+        assert_eq!(
+            ev,
+            vec![(0, TurnEvent::SpeechStarted), (10, TurnEvent::Discarded)]
+        );
+    }
+
+    #[test]
+    fn the_quiet_meter_finds_the_voices_last_sample_and_learns_the_lines_noise() {
+        let mut meter = QuietMeter::new();
+        let mut chunk = vec![0.0f32; 512];
+        chunk[..300].fill(0.2);
+        assert_eq!(
+            meter.quiet_tail(&chunk, 0.9),
+            212,
+            "digital silence after the voice"
+        );
+        assert_eq!(meter.quiet_tail(&[0.0; 512], 0.9), 512);
+        assert_eq!(meter.quiet_tail(&[0.3; 512], 0.9), 0);
+        // A hissy line (RMS 0.01, peaks 0.03) is learnt from chunks the VAD calls silence...
+        let hiss: Vec<f32> = (0..512)
+            .map(|i| if i % 9 == 0 { 0.03 } else { 0.008 } * if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        assert_eq!(
+            meter.quiet_tail(&hiss, 0.9),
+            0,
+            "unknown noise looks like voice"
+        );
+        for _ in 0..20 {
+            meter.quiet_tail(&hiss, 0.01);
+        }
+        // ...after which it is quiet, while the voice over it is still loud.
+        assert_eq!(meter.quiet_tail(&hiss, 0.9), 512);
+        let mut voice = hiss.clone();
+        voice[..100].fill(0.2);
+        assert_eq!(meter.quiet_tail(&voice, 0.9), 412);
+        // Speech the VAD missed does not teach the meter that speech is noise.
+        let level = meter.level();
+        meter.quiet_tail(&[0.3; 512], 0.1);
+        assert!(meter.level() < 0.2, "{} -> {}", level, meter.level());
     }
 }

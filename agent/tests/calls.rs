@@ -539,6 +539,25 @@ fn hesitant(first: &str, pause: Duration, rest: &str) -> Arc<Vec<u8>> {
     Arc::new([parts[0].as_slice(), &silence, parts[1].as_slice()].concat())
 }
 
+/// "Um, I was wondering if... you are open on Sunday?", with 900 ms between the halves.
+fn wondering() -> Arc<Vec<u8>> {
+    hesitant(
+        "Um, I was wondering if",
+        Duration::from_millis(900),
+        "you are open on Sunday?",
+    )
+}
+
+/// An agent with Smart Turn whose longest pause (5 s) is far from its shortest, so which one
+/// ended a turn shows.
+async fn patient_smart_turn_agent() -> Harness {
+    start(|c| {
+        smart_turn(c);
+        c.turn_taking.max_end_of_turn_silence_ms = 5000;
+    })
+    .await
+}
+
 fn smart_turn(c: &mut AgentConfig) {
     c.turn_taking.end_of_turn_model = grokcast_agent::config::EndOfTurnModel::SmartTurn;
     c.stt.stage.timeout_ms = 10_000;
@@ -551,11 +570,7 @@ async fn a_caller_who_hesitates_mid_sentence_is_cut_off_on_silence_and_heard_out
     }
     // "Um, I was wondering if..." is unfinished by its words and its melody: Smart Turn
     // gives it a few percent (0.01-0.15 on this voice over the phone line).
-    let utterance = hesitant(
-        "Um, I was wondering if",
-        Duration::from_millis(900),
-        "you are open on Sunday?",
-    );
+    let utterance = wondering();
     for (model, turns) in [(false, 2), (true, 1)] {
         let h = start(|c| {
             if model {
@@ -590,16 +605,53 @@ async fn a_caller_who_hesitates_mid_sentence_is_cut_off_on_silence_and_heard_out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_no_cpu_free_for_the_model_falls_back_to_silence_not_the_longest_wait() {
+    if !turn_models_present() {
+        return;
+    }
+    let h = patient_smart_turn_agent().await;
+    // Every judgement permit is taken (other calls' pauses on a saturated pod).
+    let permits = h.state.turn_judgements();
+    let held = permits
+        .clone()
+        .acquire_many_owned(permits.available_permits() as u32)
+        .await
+        .unwrap();
+    let utterance = wondering();
+    let mut options = h.caller(&[&utterance]);
+    options.reply_timeout = Duration::from_secs(15);
+    let report = caller::place_call(&options).await.unwrap();
+    drop(held);
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    let metrics = h.metrics().await;
+    // Judged by the plain 300 ms silence, as without the model: the hesitation is a turn of
+    // its own, and no pause waited the 5 s maximum.
+    assert_eq!(h.servers.counts.stt.load(Ordering::Relaxed), 2, "{metrics}");
+    let busy = metric(
+        &metrics,
+        "grokcast_end_of_turn_predictions_total",
+        &with_agent(&[("verdict", "busy")]),
+    );
+    assert!(busy >= Some(2.0), "{metrics}");
+    let endpointing = metric(
+        &metrics,
+        "grokcast_stage_latency_seconds_sum",
+        &with_agent(&[("stage", "endpointing")]),
+    )
+    .unwrap_or(f64::MAX);
+    assert!(
+        endpointing < 4.0,
+        "endpointing took {endpointing} s in all: {metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_answer_ends_at_the_short_pause_not_the_longest() {
     if !turn_models_present() {
         return;
     }
-    let h = start(|c| {
-        smart_turn(c);
-        // The longest pause is far from the shortest, so which one ended the turn shows.
-        c.turn_taking.max_end_of_turn_silence_ms = 5000;
-    })
-    .await;
+    let h = patient_smart_turn_agent().await;
     let no = grokcast_agent::demo::caller_voice(&["No thanks.".to_owned()]).unwrap();
     let mut options = h.caller(&[&no[0]]);
     options.reply_timeout = Duration::from_secs(15);

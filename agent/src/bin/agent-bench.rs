@@ -4,8 +4,8 @@
 //! agent's VAD batch thread (Silero VAD on every 32 ms chunk of every call, batched across calls). The model servers are the instant test double
 //! (`grokcast-agent instant-servers`) and the callers are `grokcast-agent call --calls N`, each
 //! in its own process so their CPU and memory are not counted. For each concurrency level it
-//! prints the agent overhead per turn (turn latency minus configured end-of-turn silence minus
-//! model time) p50/p95, the turn latency as the agent measures it and as the callers heard
+//! prints the agent overhead per turn (turn latency minus endpointing minus model time)
+//! p50/p95, the turn latency as the agent measures it and as the callers heard
 //! it (their last speech frame sent to the first answer frame received, from their own
 //! clocks), CPU per call-minute, RSS per call and late frames.
 //!
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use grokcast_agent::config::AgentConfig;
+use grokcast_agent::config::{AgentConfig, EndOfTurnModel};
 use grokcast_agent::metrics::Metrics;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
@@ -36,6 +36,13 @@ struct Args {
     /// them all at once, so every call's turns end on the same VAD chunk (a worst case).
     #[arg(long, default_value_t = 4000)]
     spread_ms: u64,
+    /// End-of-turn silence in ms (the agent's `endOfTurnSilenceMs`; 300 by default).
+    #[arg(long)]
+    silence_ms: Option<u64>,
+    /// Judge pauses with Smart Turn (`endOfTurnModel: smart-turn`), asked after
+    /// `--silence-ms` (then the minimum silence; the maximum stays 2 s).
+    #[arg(long)]
+    smart_turn: bool,
 }
 
 fn proc_field(path: &str, key: &str) -> Option<u64> {
@@ -120,12 +127,23 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
     ] {
         stage.url = models_url.clone();
     }
+    if let Some(ms) = args.silence_ms {
+        config.turn_taking.end_of_turn_silence_ms = ms;
+        config.turn_taking.min_end_of_turn_silence_ms = ms;
+    }
+    if args.smart_turn {
+        config.turn_taking.end_of_turn_model = EndOfTurnModel::SmartTurn;
+    }
     config.validate()?;
-    let silence = Duration::from_millis(config.turn_taking.end_of_turn_silence_ms);
     let vad = startup::load_vad(&config)?;
+    let turn_model = startup::load_turn_model(&config)?;
     let backends = startup::build_backends(&config)?;
     let metrics = Metrics::new("bench", "bench")?;
-    let state = Arc::new(AgentState::new(config, backends, vad, metrics).record_turns());
+    let state = Arc::new(
+        AgentState::new(config, backends, vad, metrics)
+            .with_turn_model(turn_model)
+            .record_turns(),
+    );
 
     // The agent: one thread, one core.
     let agent_state = state.clone();
@@ -212,11 +230,7 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
             cpu.as_secs_f64()
         );
         let samples = state.take_turn_samples();
-        let mut overhead: Vec<Duration> = samples
-            .iter()
-            .filter(|s| s.timings.stt > Duration::ZERO || s.timings.endpointing == silence)
-            .map(|s| s.agent)
-            .collect();
+        let mut overhead: Vec<Duration> = samples.iter().map(|s| s.agent).collect();
         overhead.sort();
         let mut latency: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
         latency.sort();
