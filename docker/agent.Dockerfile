@@ -35,6 +35,6 @@ COPY models/turn/ /opt/grokcast/models/turn/
 ENV GROKCAST_MODELS_DIR=/opt/grokcast/models \
     HOME=/tmp
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 9090
 ENTRYPOINT ["/usr/local/bin/grokcast-agent"]
 CMD ["serve"]

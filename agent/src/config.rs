@@ -219,8 +219,11 @@ pub struct AgentConfig {
     pub voice_agent: String,
     /// Its namespace (the `namespace` label).
     pub namespace: String,
-    /// Address to listen on.
+    /// Address of the Twilio-facing listener (webhooks and Media Streams).
     pub listen_addr: String,
+    /// Address of the admin listener: `/metrics`, `/healthz` and `/readyz`, kept off the
+    /// port the internet reaches.
+    pub admin_listen_addr: String,
     /// Public https URL Twilio reaches this agent at; signatures are computed over it.
     pub public_url: String,
     /// Calls this pod takes at once; more are rejected as busy.
@@ -389,6 +392,7 @@ impl Default for AgentConfig {
             voice_agent: "local".into(),
             namespace: "default".into(),
             listen_addr: "0.0.0.0:8080".into(),
+            admin_listen_addr: "0.0.0.0:9090".into(),
             public_url: String::new(),
             max_calls: 50,
             drain_timeout_seconds: 300,
@@ -447,6 +451,10 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     }),
     ("GROKCAST_LISTEN_ADDR", "listenAddr", |c, v| {
         c.listen_addr = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_ADMIN_LISTEN_ADDR", "adminListenAddr", |c, v| {
+        c.admin_listen_addr = v.into();
         Ok(())
     }),
     ("GROKCAST_PUBLIC_URL", "publicUrl", |c, v| {
@@ -707,11 +715,25 @@ impl AgentConfig {
     /// Checks every setting; the error lists all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if self.listen_addr.parse::<std::net::SocketAddr>().is_err() {
+        let listen = self.listen_addr.parse::<std::net::SocketAddr>();
+        if listen.is_err() {
             problems.push(format!(
                 "listenAddr {:?} is not host:port",
                 self.listen_addr
             ));
+        }
+        match self.admin_listen_addr.parse::<std::net::SocketAddr>() {
+            Err(_) => problems.push(format!(
+                "adminListenAddr {:?} is not host:port",
+                self.admin_listen_addr
+            )),
+            Ok(admin) if listen.as_ref().is_ok_and(|l| l.port() == admin.port() && admin.port() != 0) => {
+                problems.push(format!(
+                    "adminListenAddr {:?} must use another port than listenAddr {:?}: metrics and health stay off the Twilio-facing port",
+                    self.admin_listen_addr, self.listen_addr
+                ))
+            }
+            Ok(_) => {}
         }
         if !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://")) {
             problems.push(format!(
@@ -994,6 +1016,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn metrics_and_health_listen_on_a_port_of_their_own() {
+        let c = AgentConfig::load(None, &env(MINIMAL)).unwrap();
+        assert_eq!(
+            (c.listen_addr.as_str(), c.admin_listen_addr.as_str()),
+            ("0.0.0.0:8080", "0.0.0.0:9090")
+        );
+        let file = write("adminListenAddr: 127.0.0.1:9191\n");
+        let c = AgentConfig::load(Some(&file.0), &env(MINIMAL)).unwrap();
+        assert_eq!(c.admin_listen_addr, "127.0.0.1:9191");
+
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("GROKCAST_ADMIN_LISTEN_ADDR", "0.0.0.0:8080"));
+        let err = AgentConfig::load(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must use another port than listenAddr"),
+            "{err}"
+        );
+        let mut vars = MINIMAL.to_vec();
+        vars.push(("GROKCAST_ADMIN_LISTEN_ADDR", "metrics"));
+        let err = AgentConfig::load(None, &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("adminListenAddr \"metrics\" is not host:port"),
+            "{err}"
+        );
     }
 
     #[test]

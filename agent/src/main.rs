@@ -199,10 +199,13 @@ async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;
-    tracing::info!(listen = %config.listen_addr, public_url = %config.public_url, max_calls = config.max_calls, "agent listening");
+    let admin = tokio::net::TcpListener::bind(&config.admin_listen_addr)
+        .await
+        .with_context(|| format!("binding {}", config.admin_listen_addr))?;
+    tracing::info!(listen = %config.listen_addr, admin = %config.admin_listen_addr, public_url = %config.public_url, max_calls = config.max_calls, "agent listening");
     let state =
         Arc::new(AgentState::new(config, backends, vad, metrics).with_turn_model(turn_model));
-    server::serve(listener, state, shutdown_signal()).await?;
+    server::serve_apart(listener, admin, state, shutdown_signal()).await?;
     Ok(())
 }
 

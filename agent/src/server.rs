@@ -2,6 +2,7 @@
 //! health, readiness, and draining on shutdown.
 
 use std::collections::HashMap;
+use std::future::IntoFuture as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -290,15 +291,26 @@ impl AgentState {
     }
 }
 
-/// The agent's routes.
-pub fn router(state: Arc<AgentState>) -> Router {
+/// The Twilio-facing routes: the voice webhook and the Media Streams WebSocket.
+pub fn twilio_router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/twilio/voice", post(voice))
         .route("/twilio/stream", get(stream))
+        .with_state(state)
+}
+
+/// The admin routes: `/metrics`, `/healthz` and `/readyz`, for Prometheus and the kubelet.
+pub fn admin_router(state: Arc<AgentState>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
+}
+
+/// Every route on one listener, for local runs and tests (`serve`).
+pub fn router(state: Arc<AgentState>) -> Router {
+    twilio_router(state.clone()).merge(admin_router(state))
 }
 
 /// Alive unless the VAD batcher has died: without it no call can be heard, and only a
@@ -422,22 +434,15 @@ async fn readyz(State(state): State<Arc<AgentState>>) -> Response {
     }
 }
 
-/// Serves until `shutdown` resolves, then drains: no new calls, live calls get
-/// `drainTimeoutSeconds` to finish, then hear the goodbye and are closed.
+/// Serves every route on `listener` (local runs and tests) until `shutdown` resolves, then
+/// drains: no new calls, live calls get `drainTimeoutSeconds` to finish, then hear the
+/// goodbye and are closed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    if state.validator.is_none() {
-        error!(
-            "TWILIO SIGNATURE CHECKS ARE OFF (GROKCAST_INSECURE_SKIP_SIGNATURE=true): anyone can place calls on this agent"
-        );
-    }
-    {
-        let state = state.clone();
-        tokio::spawn(async move { state.prepare_clips().await });
-    }
+    start(&state);
     let drain_state = state.clone();
     let drained = async move {
         shutdown.await;
@@ -446,6 +451,53 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(drained)
         .await
+}
+
+/// Like [`serve`], with the Twilio routes on `twilio` and the admin routes on `admin` (as in
+/// a pod: only the Twilio port is exposed to the internet). The admin listener outlives the
+/// drain, so `/readyz` says 503 and `/metrics` counts until the last call has ended.
+pub async fn serve_apart(
+    twilio: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    state: Arc<AgentState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    start(&state);
+    let admin_done = CancellationToken::new();
+    let admin_stop = admin_done.clone();
+    let admin_server = tokio::spawn(
+        axum::serve(admin, admin_router(state.clone()))
+            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+            .into_future(),
+    );
+    let drain_state = state.clone();
+    let drained = async move {
+        shutdown.await;
+        drain(&drain_state).await;
+    };
+    let served = axum::serve(twilio, twilio_router(state))
+        .with_graceful_shutdown(drained)
+        .await;
+    admin_done.cancel();
+    let admin_served = match admin_server.await {
+        Ok(result) => result,
+        Err(e) => Err(std::io::Error::other(format!(
+            "the admin listener failed: {e}"
+        ))),
+    };
+    served.and(admin_served)
+}
+
+/// What both ways of serving do first: warn when signatures are off, and synthesise the
+/// fixed phrases in the background.
+fn start(state: &Arc<AgentState>) {
+    if state.validator.is_none() {
+        error!(
+            "TWILIO SIGNATURE CHECKS ARE OFF (GROKCAST_INSECURE_SKIP_SIGNATURE=true): anyone can place calls on this agent"
+        );
+    }
+    let state = state.clone();
+    tokio::spawn(async move { state.prepare_clips().await });
 }
 
 /// Stops taking calls and waits for live ones, saying goodbye after the deadline.

@@ -1,5 +1,6 @@
 //! SIGTERM with live calls: the real `grokcast-agent serve` process stops taking calls,
 //! lets live calls run until the drain deadline, then says goodbye, closes them and exits.
+//! Its metrics and probes answer on the admin port only, through the drain.
 
 #![allow(clippy::unwrap_used)]
 
@@ -31,14 +32,20 @@ async fn sigterm_drains_live_calls_with_a_goodbye() {
     let models_url = format!("http://{}/v1", model_listener.local_addr().unwrap());
     tokio::spawn(servers.clone().serve(model_listener));
 
-    let port = {
+    let free_port = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let (port, admin_port) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_grokcast-agent"))
         .arg("serve")
         .env("GROKCAST_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "GROKCAST_ADMIN_LISTEN_ADDR",
+            format!("127.0.0.1:{admin_port}"),
+        )
         .env("GROKCAST_PUBLIC_URL", &url)
         .env("GROKCAST_TWILIO_AUTH_TOKEN", "drain-token")
         .env("GROKCAST_STT_URL", &models_url)
@@ -53,7 +60,7 @@ async fn sigterm_drains_live_calls_with_a_goodbye() {
     let mut ready = false;
     for _ in 0..200 {
         if client
-            .get(format!("{url}/readyz"))
+            .get(format!("{admin}/readyz"))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
@@ -64,6 +71,18 @@ async fn sigterm_drains_live_calls_with_a_goodbye() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ready, "agent never became ready");
+    // The internet reaches the Twilio port: it serves neither metrics nor probes, and the
+    // admin port takes no calls.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let r = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} on the Twilio port");
+    }
+    let r = client
+        .post(format!("{admin}/twilio/voice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the voice webhook on the admin port");
 
     let q = Arc::new(caller::espeak_audio("Hello what time do you open tomorrow?").unwrap());
     let options = CallerOptions {
@@ -80,7 +99,7 @@ async fn sigterm_drains_live_calls_with_a_goodbye() {
     let mut answered = false;
     for _ in 0..400 {
         let metrics = client
-            .get(format!("{url}/metrics"))
+            .get(format!("{admin}/metrics"))
             .send()
             .await
             .unwrap()
@@ -107,7 +126,7 @@ async fn sigterm_drains_live_calls_with_a_goodbye() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Draining: not ready, and new calls are turned away.
-    let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
+    let ready = client.get(format!("{admin}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let turned_away = caller::place_call(&CallerOptions {
         agent_url: url.clone(),

@@ -28,6 +28,7 @@ use grokcast_operator::run::{CancellationToken, OperatorConfig};
 use grokcast_operator::settings::BuildSettings;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -368,12 +369,16 @@ async fn a_call_through_what_the_operator_wrote_is_heard_by_whisper() {
     env.insert("GROKCAST_CONFIG".into(), config_path.display().to_string());
     let token = env["GROKCAST_TWILIO_AUTH_TOKEN"].clone();
     let config = AgentConfig::load(Some(&config_path), &|k| env.get(k).cloned()).unwrap();
-    let agent_port = free_port();
+    let (agent_port, admin_port) = (free_port(), free_port());
     let agent_url = format!("http://127.0.0.1:{agent_port}");
     // Only addresses change: the Services and the public URL are this machine's ports. The
     // stage timeouts grow for a loaded 2-core CI machine running every model on its CPU.
     let overrides = [
         ("GROKCAST_LISTEN_ADDR", format!("127.0.0.1:{agent_port}")),
+        (
+            "GROKCAST_ADMIN_LISTEN_ADDR",
+            format!("127.0.0.1:{admin_port}"),
+        ),
         ("GROKCAST_PUBLIC_URL", agent_url.clone()),
         (
             "GROKCAST_STT_URL",
@@ -403,8 +408,33 @@ async fn a_call_through_what_the_operator_wrote_is_heard_by_whisper() {
         child: agent_child,
         what: "grokcast-agent".into(),
     };
+    // Ready as the kubelet asks: the probe's path on the port it names, which the agent
+    // config must listen on.
+    let probe = c
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .unwrap();
+    let probed = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| IntOrString::String(p.name.clone().unwrap_or_default()) == probe.port)
+        .unwrap();
+    assert!(
+        config
+            .admin_listen_addr
+            .ends_with(&format!(":{}", probed.container_port)),
+        "the probe's port {} is not the agent's admin port {}",
+        probed.container_port,
+        config.admin_listen_addr
+    );
+    let probe_path = probe.path.clone().unwrap();
     agent
-        .wait_ready(&format!("{agent_url}/readyz"), Duration::from_secs(120))
+        .wait_ready(
+            &format!("http://127.0.0.1:{admin_port}{probe_path}"),
+            Duration::from_secs(120),
+        )
         .await;
 
     let report = caller::place_call(&CallerOptions {

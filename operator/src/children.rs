@@ -85,19 +85,25 @@ pub fn service_monitor_resource() -> ApiResource {
     )
 }
 
-/// A ClusterIP Service exposing `port` (named `http`) of the owner's pods.
-pub fn service(owner: &Owner, name: String, port: i32) -> Service {
+/// A ClusterIP Service exposing the owner's pods' named container ports, each as the same
+/// number and name.
+pub fn service(owner: &Owner, name: String, ports: &[(&str, i32)]) -> Service {
     Service {
         metadata: owner.child_meta(name),
         spec: Some(ServiceSpec {
             selector: Some(owner.selector_labels()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|&(port_name, port)| ServicePort {
+                        name: Some(port_name.into()),
+                        port,
+                        target_port: Some(IntOrString::String(port_name.into())),
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -117,14 +123,14 @@ pub fn pod_disruption_budget(owner: &Owner, name: String) -> PodDisruptionBudget
     }
 }
 
-/// A ServiceMonitor scraping `/metrics` on the owner's `http` Service port.
-pub fn service_monitor(owner: &Owner, name: String, interval: &str) -> DynamicObject {
+/// A ServiceMonitor scraping `/metrics` on the owner's Service port named `port`.
+pub fn service_monitor(owner: &Owner, name: String, port: &str, interval: &str) -> DynamicObject {
     let mut obj = DynamicObject::new(&name, &service_monitor_resource()).within(&owner.namespace);
     obj.metadata = owner.child_meta(name);
     obj.data = serde_json::json!({
         "spec": {
             "selector": {"matchLabels": owner.selector_labels()},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": interval}],
+            "endpoints": [{"port": port, "path": "/metrics", "interval": interval}],
         }
     });
     obj

@@ -824,7 +824,7 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
     out.push(Child::Service(children::service(
         &v.owner,
         name.clone(),
-        v.port,
+        &[("http", v.port)],
     )));
     out.push(Child::PodDisruptionBudget(children::pod_disruption_budget(
         &v.owner,
@@ -834,7 +834,7 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
     // on the pool's Service gives every series, so without one the engine signals are empty.
     if settings.service_monitors && serves_prometheus_metrics(spec.engine) {
         out.push(Child::ServiceMonitor(children::service_monitor(
-            &v.owner, name, "15s",
+            &v.owner, name, "http", "15s",
         )));
     }
     out

@@ -28,8 +28,12 @@ use crate::settings::BuildSettings;
 
 /// Pod label for agent pods.
 pub const APP: &str = "grokcast-agent";
-/// Port the agent serves Twilio webhooks, the Media Streams WebSocket, metrics and probes on.
+/// Port the agent serves Twilio's webhooks and Media Streams on (named `http`), the one the
+/// internet reaches through the ingress.
 pub const AGENT_PORT: i32 = 8080;
+/// Port the agent serves `/metrics`, `/healthz` and `/readyz` on (named `admin`), for
+/// Prometheus and the kubelet only.
+pub const AGENT_ADMIN_PORT: i32 = 9090;
 /// Where the ConfigMap is mounted.
 pub const CONFIG_DIR: &str = "/etc/grokcast";
 /// File name of the agent config inside the ConfigMap.
@@ -320,8 +324,10 @@ pub struct AgentConfig {
     pub voice_agent: String,
     /// Namespace; the `namespace` metric label.
     pub namespace: String,
-    /// Address to listen on.
+    /// Address of the Twilio-facing listener.
     pub listen_addr: String,
+    /// Address of the metrics and probes listener.
+    pub admin_listen_addr: String,
     /// Public base URL Twilio uses; signatures are computed over it.
     pub public_url: String,
     /// Calls per pod before answering busy.
@@ -446,6 +452,7 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
         voice_agent: v.owner.name.clone(),
         namespace: v.owner.namespace.clone(),
         listen_addr: format!("0.0.0.0:{AGENT_PORT}"),
+        admin_listen_addr: format!("0.0.0.0:{AGENT_ADMIN_PORT}"),
         public_url: spec
             .telephony
             .twilio
@@ -513,7 +520,7 @@ fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String("admin".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -579,12 +586,20 @@ pub fn build(v: &ValidAgent<'_>, settings: &BuildSettings) -> Vec<Child> {
                 ..EnvVar::default()
             },
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: AGENT_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: AGENT_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: AGENT_ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         resources: Some(
             spec.resources
                 .clone()
@@ -721,12 +736,18 @@ pub fn build(v: &ValidAgent<'_>, settings: &BuildSettings) -> Vec<Child> {
     let mut out = vec![
         Child::ConfigMap(config_map),
         Child::Deployment(Box::new(deployment)),
-        Child::Service(children::service(&v.owner, name.clone(), AGENT_PORT)),
+        // Both ports, so a ServiceMonitor can scrape `admin`; an Ingress or Gateway route
+        // names `http` only.
+        Child::Service(children::service(
+            &v.owner,
+            name.clone(),
+            &[("http", AGENT_PORT), ("admin", AGENT_ADMIN_PORT)],
+        )),
         Child::PodDisruptionBudget(children::pod_disruption_budget(&v.owner, name.clone())),
     ];
     if settings.service_monitors {
         out.push(Child::ServiceMonitor(children::service_monitor(
-            &v.owner, name, "15s",
+            &v.owner, name, "admin", "15s",
         )));
     }
     out

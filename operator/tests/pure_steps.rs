@@ -11,6 +11,7 @@ use grokcast_operator::voice_agent::{PoolLookup, Problem, SecretLookup};
 use grokcast_operator::{meta, model_pool, render, voice_agent};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn samples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/samples")
@@ -866,6 +867,71 @@ fn invalid_agent_specs_are_flagged() {
         assert_eq!(err.reason(), condition::reason::INVALID_SPEC);
         assert!(err.to_string().contains(want), "got {err}, want {want}");
     }
+}
+
+#[test]
+fn agent_metrics_and_probes_are_on_the_admin_port_not_the_twilio_one() {
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let settings = BuildSettings {
+        service_monitors: true,
+        ..BuildSettings::default()
+    };
+    let children = build_agent(&agent, &pools(), &settings).unwrap();
+    let d = children
+        .iter()
+        .find_map(|c| match c {
+            Child::Deployment(d) => Some(d.as_ref()),
+            _ => None,
+        })
+        .unwrap();
+    let c = container(d);
+    let ports: Vec<(String, i32)> = c
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("http".to_string(), 8080), ("admin".to_string(), 9090)]
+    );
+    for probe in [&c.readiness_probe, &c.liveness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.port, IntOrString::String("admin".into()));
+    }
+    // The agent listens where the pod says.
+    let yaml = &config_map(&children).data.as_ref().unwrap()["agent.yaml"];
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(v["listenAddr"].as_str(), Some("0.0.0.0:8080"));
+    assert_eq!(v["adminListenAddr"].as_str(), Some("0.0.0.0:9090"));
+    let svc = children
+        .iter()
+        .find_map(|c| match c {
+            Child::Service(s) => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let svc_ports: Vec<_> = svc
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.port))
+        .collect();
+    assert_eq!(
+        svc_ports,
+        [("http".to_string(), 8080), ("admin".to_string(), 9090)]
+    );
+    let sm = children
+        .iter()
+        .find(|c| c.kind() == "ServiceMonitor")
+        .unwrap();
+    let sm = serde_json::to_value(sm).unwrap();
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
 }
 
 #[test]

@@ -261,10 +261,26 @@ def test_network_policy_lets_only_agents_and_prometheus_reach_model_pools():
     peers = policy["spec"]["ingress"][0]["from"]
     assert peers[0]["podSelector"]["matchExpressions"][0]["key"] == "grokcast.io/voiceagent"
     assert peers[1]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
-    # Without a list of ingress peers for the agents, Twilio must still reach them.
-    assert not [o for o in objs if o["metadata"]["name"] == "grokcast-agents"]
+    # Without a list of ingress peers for the agents, Twilio must still reach their Twilio
+    # port from anywhere; their admin port (metrics) answers Prometheus only.
+    agents = only(objs, "NetworkPolicy", "grokcast-agents")
+    twilio, admin = agents["spec"]["ingress"]
+    assert twilio["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert "from" not in twilio
+    assert admin["ports"] == [{"port": "admin", "protocol": "TCP"}]
+    assert admin["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     operator_policy = only(objs, "NetworkPolicy", "grokcast-operator")
     assert operator_policy["metadata"]["namespace"] == chartlib.NAMESPACE
+
+
+def test_listed_ingress_peers_reach_only_the_agents_twilio_port():
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    objs = render_objects({"networkPolicy": {"enabled": True, "namespaces": ["voice"],
+                                             "agentIngressFrom": peers}})
+    twilio, admin = only(objs, "NetworkPolicy", "grokcast-agents")["spec"]["ingress"]
+    assert twilio["from"] == peers
+    assert twilio["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert admin["ports"] == [{"port": "admin", "protocol": "TCP"}]
 
 
 def test_monitoring_objects_need_their_files(tmp_path):
