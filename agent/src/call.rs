@@ -26,7 +26,7 @@ use crate::metrics::{Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
 use crate::server::AgentState;
-use crate::turn::{Chunk, Endpointer, QuietMeter, TurnEvent};
+use crate::turn::{Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent};
 use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
 
 /// Time allowed between the socket opening and Twilio's `start`.
@@ -35,9 +35,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(10);
 /// VAD chunk duration.
 const VAD_CHUNK: Duration = Duration::from_millis(32);
-/// The end-of-turn model's probability at or above which an utterance is complete (the
-/// model's own decision point).
-const END_OF_TURN_PROBABILITY: f32 = 0.5;
 
 /// Where a turn's time went; carried with its first audio so the send task can measure the
 /// turn's latency at the moment the first frame really goes out.

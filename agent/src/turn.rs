@@ -16,6 +16,10 @@
 
 use std::time::Duration;
 
+/// The end-of-turn model's probability at or above which an utterance is complete (the
+/// model's own decision point).
+pub const END_OF_TURN_PROBABILITY: f32 = 0.5;
+
 /// Turn-taking thresholds, from the VoiceAgent's `turnTaking`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnTaking {

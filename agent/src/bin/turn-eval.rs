@@ -1,0 +1,404 @@
+//! Turn-taking evaluation: how often the agent cuts a caller off, how long it waits after a
+//! caller finished, and whether it stops talking for a backchannel or keeps talking over a
+//! real interruption.
+//!
+//! The set is built here, from the Piper voice and espeak-ng, squeezed through the 8 kHz
+//! mu-law phone line as Twilio carries it:
+//!
+//! * **paused**: sentences with mid-sentence pauses of 0.5-1 s (phone numbers, addresses,
+//!   lists, "um, I was wondering if..."): ending the turn in a pause is a premature cut-off;
+//! * **complete**: short complete answers and questions ("Yes.", "No thanks."): the
+//!   end-of-turn delay is from the voice's end to the decision that the turn is over;
+//! * **backchannel**: "uh-huh", "okay", "right", a cough, heard while the agent talks: a
+//!   barge-in is a false one;
+//! * **interruption**: "Wait, stop...", heard while the agent talks: no barge-in is a missed one.
+//!
+//! Each case runs through the agent's own turn-taking code (Silero VAD, the quiet meter, the
+//! endpointer and, for the semantic modes, Smart Turn v3.2), chunk by chunk on a virtual
+//! clock: a Smart Turn judgement's answer arrives as many ms of audio later as the judgement
+//! really took on this machine. So the figures are the agent's decisions, without network or
+//! model servers.
+//!
+//! `cargo run --release -p grokcast-agent --bin turn-eval` (after `scripts/install.sh`;
+//! docs/benchmarks.md has the figures).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use grokcast_agent::turn::{
+    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, SemanticEndpointing, TurnEvent,
+    TurnTaking,
+};
+use grokcast_agent::{caller, codec, demo, resample::StreamResampler};
+use grokcast_engines::models::{ModelPaths, init_onnxruntime};
+use grokcast_engines::smart_turn::{self, SmartTurn};
+use grokcast_engines::vad::{CHUNK_SAMPLES, SileroVad};
+
+#[derive(Parser)]
+#[command(about = "Premature cut-offs, end-of-turn delay and barge-in errors on a built set")]
+struct Args {
+    /// Print every case's outcome.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// 16 kHz samples per ms.
+const PER_MS: usize = 16;
+const CHUNK: Duration = Duration::from_millis(32);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Paused,
+    Complete,
+    Backchannel,
+    Interruption,
+}
+
+/// What the caller says, as pieces of speech each with the pause (ms) before it.
+type Script = (Kind, Vec<(u64, &'static str)>);
+
+fn scripts() -> Vec<Script> {
+    let paused = |pieces: &[(u64, &'static str)]| (Kind::Paused, pieces.to_vec());
+    let one = |kind: Kind, text: &'static str| (kind, vec![(0, text)]);
+    let mut out = vec![
+        paused(&[
+            (0, "My number is five five five"),
+            (700, "one two three four."),
+        ]),
+        paused(&[
+            (0, "I live at forty two"),
+            (600, "Baker Street, in Springfield."),
+        ]),
+        paused(&[
+            (0, "I'd like a pizza with"),
+            (800, "mushrooms, olives and peppers."),
+        ]),
+        paused(&[(0, "Can I book a table for"), (700, "four people tonight?")]),
+        paused(&[
+            (0, "Um, I was wondering if"),
+            (900, "you are open on Sunday?"),
+        ]),
+        paused(&[(0, "The order number is"), (800, "A B seven seven nine.")]),
+        paused(&[
+            (0, "I need to change my appointment to"),
+            (600, "Friday morning."),
+        ]),
+        paused(&[
+            (0, "So what I want is"),
+            (1000, "a refund for the blue jacket."),
+        ]),
+        paused(&[(0, "My email is john"), (700, "at example dot com.")]),
+        paused(&[
+            (0, "I need eggs,"),
+            (600, "milk,"),
+            (600, "and some bread."),
+        ]),
+    ];
+    for text in [
+        "Yes.",
+        "No thanks.",
+        "Okay, that works for me.",
+        "Sure.",
+        "That's all, thank you.",
+        "What time do you open tomorrow?",
+        "Can you repeat that?",
+        "I'd like to speak to a manager.",
+        "No.",
+        "Perfect, goodbye.",
+    ] {
+        out.push(one(Kind::Complete, text));
+    }
+    for text in ["Uh-huh.", "Okay.", "Right.", "Mm-hm.", "Yeah.", "Hm."] {
+        out.push(one(Kind::Backchannel, text));
+    }
+    for text in [
+        "Wait, stop, that's not what I asked.",
+        "Sorry, can you say that again?",
+        "No, I said Tuesday, not Thursday.",
+        "Hold on a second.",
+        "Actually, I want to cancel my order.",
+    ] {
+        out.push(one(Kind::Interruption, text));
+    }
+    out
+}
+
+/// One case as heard by the agent.
+struct Case {
+    name: String,
+    kind: Kind,
+    /// 16 kHz, after the line and the upsampler.
+    audio: Vec<f32>,
+    /// Where each piece of voice starts and ends, in samples of `audio`.
+    voice: Vec<(usize, usize)>,
+}
+
+fn build(voice: &str, kind: Kind, pieces: &[(u64, &str)]) -> anyhow::Result<Case> {
+    let lead_in = 300 * 8;
+    let mut line = vec![codec::encode_sample(0); lead_in];
+    let mut spans8k = Vec::new();
+    for (pause, text) in pieces {
+        line.resize(line.len() + *pause as usize * 8, codec::encode_sample(0));
+        let said = speak(voice, text)?;
+        spans8k.push((line.len(), line.len() + said.len()));
+        line.extend_from_slice(&said);
+    }
+    // Long enough for the longest wait (2 s) to run out.
+    line.resize(line.len() + 3000 * 8, codec::encode_sample(0));
+    let mut pcm = vec![0f32; line.len()];
+    codec::decode_into(&line, &mut pcm);
+    let mut upsampler = StreamResampler::new(8000, 16_000)?;
+    let delay = upsampler.output_delay();
+    let mut audio = Vec::with_capacity(pcm.len() * 2);
+    upsampler.push(&pcm, &mut |s| audio.extend_from_slice(s))?;
+    let voice_spans = spans8k
+        .iter()
+        .map(|&(a, b)| (a * 2 + delay, b * 2 + delay))
+        .collect();
+    let text: Vec<&str> = pieces.iter().map(|(_, t)| *t).collect();
+    Ok(Case {
+        name: format!("{voice}: {}", text.join(" … ")),
+        kind,
+        audio,
+        voice: voice_spans,
+    })
+}
+
+fn speak(voice: &str, text: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(match voice {
+        "piper" => demo::caller_voice(&[text.to_owned()])?
+            .pop()
+            .map(|a| a.as_ref().clone())
+            .context("no audio")?,
+        _ => caller::espeak_audio(text)?,
+    })
+}
+
+/// One way of ending turns.
+struct Mode {
+    name: &'static str,
+    turn_taking: TurnTaking,
+}
+
+/// What one case did.
+#[derive(Default, Debug)]
+struct Outcome {
+    /// Decision times (samples) of each end of turn.
+    ends: Vec<usize>,
+    barge_ins: Vec<usize>,
+    judgements: Vec<Duration>,
+}
+
+fn run(
+    case: &Case,
+    mode: &Mode,
+    vad: &SileroVad,
+    model: Option<&SmartTurn>,
+) -> anyhow::Result<Outcome> {
+    let agent_speaking = matches!(case.kind, Kind::Backchannel | Kind::Interruption);
+    let mut state = vad.new_state();
+    let mut meter = QuietMeter::new();
+    let mut endpointer = Endpointer::new(mode.turn_taking.clone());
+    let mut outcome = Outcome::default();
+    let mut utterance: Vec<f32> = Vec::new();
+    let mut previous: &[f32] = &[];
+    // A judgement in flight: (pause, due at sample, complete).
+    let mut pending: Option<(u64, usize, bool)> = None;
+    for (i, chunk) in case.audio.chunks_exact(CHUNK_SAMPLES).enumerate() {
+        let start = i * CHUNK_SAMPLES;
+        let end = start + CHUNK_SAMPLES;
+        if let Some((pause, due, complete)) = pending
+            && due <= start
+        {
+            pending = None;
+            if let Some(TurnEvent::EndOfTurn { .. }) = endpointer.verdict(pause, complete) {
+                outcome.ends.push(due);
+                utterance.clear();
+            }
+        }
+        let probability = vad.speech_probability(&mut state, chunk)?;
+        let tail = meter.quiet_tail(chunk, probability);
+        let heard = Chunk {
+            probability,
+            length: CHUNK,
+            quiet_tail: Duration::from_micros(tail as u64 * 1000 / PER_MS as u64),
+        };
+        let event = endpointer.push(heard, agent_speaking);
+        match event {
+            Some(TurnEvent::SpeechStarted) => {
+                utterance.clear();
+                utterance.extend_from_slice(previous);
+            }
+            Some(TurnEvent::BargeIn) => outcome.barge_ins.push(end),
+            Some(TurnEvent::EndOfTurn { .. }) => {
+                outcome.ends.push(end);
+                pending = None;
+            }
+            _ => {}
+        }
+        if endpointer.in_speech() || matches!(event, Some(TurnEvent::EndOfTurn { .. })) {
+            utterance.extend_from_slice(chunk);
+        }
+        if let Some(TurnEvent::Pause(pause)) = event {
+            let model = model.context("a pause was asked about without a model")?;
+            let from = utterance.len().saturating_sub(smart_turn::WINDOW_SAMPLES);
+            let started = Instant::now();
+            let p = model.completion_probability(&utterance[from..])?;
+            let took = started.elapsed();
+            outcome.judgements.push(took);
+            let due = end + took.as_millis() as usize * PER_MS;
+            pending = Some((pause, due, p >= END_OF_TURN_PROBABILITY));
+        }
+        previous = chunk;
+    }
+    Ok(outcome)
+}
+
+fn ms(samples: usize) -> f64 {
+    samples as f64 / PER_MS as f64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let paths = ModelPaths::discover()?;
+    init_onnxruntime(&paths.onnxruntime()?)?;
+    let vad = SileroVad::load(&paths.vad()?)?;
+    let model = SmartTurn::load(&paths.smart_turn()?)?;
+
+    let mut cases = Vec::new();
+    for voice in ["piper", "espeak"] {
+        for (kind, pieces) in scripts() {
+            cases.push(build(voice, kind, &pieces)?);
+        }
+    }
+    if cases.is_empty() {
+        bail!("no cases");
+    }
+    let silence = |ms: u64| TurnTaking {
+        end_of_turn_silence: Duration::from_millis(ms),
+        ..TurnTaking::default()
+    };
+    let semantic = |plain: u64| TurnTaking {
+        semantic: Some(SemanticEndpointing {
+            min_silence: Duration::from_millis(200),
+            max_silence: Duration::from_millis(2000),
+        }),
+        ..silence(plain)
+    };
+    let modes = [
+        Mode {
+            name: "silence 200 ms",
+            turn_taking: silence(200),
+        },
+        Mode {
+            name: "silence 300 ms (default)",
+            turn_taking: silence(300),
+        },
+        Mode {
+            name: "silence 800 ms",
+            turn_taking: silence(800),
+        },
+        Mode {
+            name: "Smart Turn at 200 ms, max 2 s",
+            turn_taking: semantic(300),
+        },
+    ];
+    let count = |k: Kind| cases.iter().filter(|c| c.kind == k).count();
+    println!(
+        "{} paused sentences, {} complete answers, {} backchannels, {} interruptions (Piper and espeak-ng voices, 8 kHz mu-law); barge-in after {} ms of speech",
+        count(Kind::Paused),
+        count(Kind::Complete),
+        count(Kind::Backchannel),
+        count(Kind::Interruption),
+        TurnTaking::default().min_barge_in.as_millis(),
+    );
+    println!();
+    println!(
+        "| end of turn | premature cut-offs | end-of-turn delay p50 / p95 | false barge-ins | missed barge-ins | speculative hit rate | Smart Turn judgement p50 / p95 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for mode in &modes {
+        let model = mode.turn_taking.semantic.map(|_| &model);
+        let (mut cut_off, mut turns) = (0, 0);
+        let (mut false_barge, mut missed_barge) = (0, 0);
+        let mut delays = Vec::new();
+        let mut judgements = Vec::new();
+        for case in &cases {
+            let outcome = run(case, mode, &vad, model)?;
+            judgements.extend(outcome.judgements.iter().map(|d| d.as_secs_f64() * 1000.0));
+            let last_start = case.voice.last().map_or(0, |v| v.0);
+            let voice_end = case.voice.last().map_or(0, |v| v.1);
+            let verdict = match case.kind {
+                Kind::Paused | Kind::Complete => {
+                    turns += 1;
+                    match outcome.ends.first() {
+                        Some(&end) if end < last_start => {
+                            cut_off += 1;
+                            format!("cut off at {:.0} ms", ms(end))
+                        }
+                        Some(&end) => {
+                            let delay = ms(end.saturating_sub(voice_end));
+                            delays.push(delay);
+                            format!("ended {delay:.0} ms after the voice")
+                        }
+                        None => "never ended".into(),
+                    }
+                }
+                Kind::Backchannel => {
+                    if outcome.barge_ins.is_empty() {
+                        "no barge-in".into()
+                    } else {
+                        false_barge += 1;
+                        "FALSE barge-in".into()
+                    }
+                }
+                Kind::Interruption => match outcome.barge_ins.first() {
+                    Some(&at) => format!(
+                        "barge-in {:.0} ms into the voice",
+                        ms(at.saturating_sub(case.voice[0].0))
+                    ),
+                    None => {
+                        missed_barge += 1;
+                        "MISSED barge-in".into()
+                    }
+                },
+            };
+            if args.verbose {
+                eprintln!("{:32} {:60} {verdict}", mode.name, case.name);
+            }
+        }
+        delays.sort_by(f64::total_cmp);
+        judgements.sort_by(f64::total_cmp);
+        let judged = if judgements.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.0} / {:.0} ms",
+                percentile(&judgements, 0.5),
+                percentile(&judgements, 0.95)
+            )
+        };
+        println!(
+            "| {} | {}/{} ({:.0}%) | {:.0} / {:.0} ms | {}/{} | {}/{} | not built | {judged} |",
+            mode.name,
+            cut_off,
+            turns,
+            100.0 * cut_off as f64 / turns.max(1) as f64,
+            percentile(&delays, 0.5),
+            percentile(&delays, 0.95),
+            false_barge,
+            count(Kind::Backchannel),
+            missed_barge,
+            count(Kind::Interruption),
+        );
+    }
+    Ok(())
+}
