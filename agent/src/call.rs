@@ -74,7 +74,17 @@ enum CallEvent {
         audio: Vec<f32>,
         caller_stopped: Instant,
         endpointing: Duration,
+        /// The announced pause the turn ended in, if any.
+        pause: Option<u64>,
     },
+    /// The caller paused long enough that the turn may be over: start a speculative reply
+    /// on what they said so far.
+    Speculate {
+        pause: u64,
+        audio: Vec<f32>,
+    },
+    /// The caller spoke again after the pause a speculative reply started in.
+    PauseOver,
     BargeIn,
     Dtmf(char),
     Mark(String),
@@ -331,6 +341,8 @@ async fn receive(
         turn_model: state.turn_model().cloned(),
         judgements: state.turn_judgements(),
         permit_wait: permit_wait(&state.turn_taking()),
+        speculative: state.config.turn_taking.speculative_replies,
+        speculating: None,
         verdicts,
     };
     loop {
@@ -454,6 +466,10 @@ struct Detector {
     /// have ended the turn, so an overloaded pod degrades to silence-only turn-taking instead
     /// of making callers wait for the maximum silence.
     permit_wait: Duration,
+    /// Whether announced pauses start speculative replies.
+    speculative: bool,
+    /// The announced pause a speculative reply was started in, while it lasts.
+    speculating: Option<u64>,
     verdicts: mpsc::Sender<Verdict>,
 }
 
@@ -495,9 +511,9 @@ impl Detector {
                 self.utterance.extend_from_slice(&self.previous);
             }
             Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn),
-            Some(TurnEvent::EndOfTurn { silence, .. }) => {
+            Some(TurnEvent::EndOfTurn { silence, pause, .. }) => {
                 self.utterance.extend_from_slice(&self.chunk);
-                self.end_turn(silence, now);
+                self.end_turn(silence, pause, now);
             }
             Some(TurnEvent::Pause(pause)) => ask = Some(pause),
             Some(TurnEvent::Discarded) => {
@@ -510,7 +526,25 @@ impl Detector {
             self.utterance.extend_from_slice(&self.chunk);
         }
         if let Some(pause) = ask {
-            self.ask(pause);
+            if self.turn_model.is_some() {
+                self.ask(pause);
+            }
+            if self.speculative {
+                self.speculating = Some(pause);
+                self.pending.push(CallEvent::Speculate {
+                    pause,
+                    audio: self.utterance.clone(),
+                });
+            }
+        } else if let Some(pause) = self.speculating
+            && self.endpointer.pause_id() != pause
+        {
+            // The pause is over. A turn that ended in it takes the speculative reply (the
+            // conversation decides); speech that went on makes it stale.
+            self.speculating = None;
+            if !matches!(event, Some(TurnEvent::EndOfTurn { pause: Some(p), .. }) if p == pause) {
+                self.pending.push(CallEvent::PauseOver);
+            }
         }
         std::mem::swap(&mut self.previous, &mut self.chunk);
     }
@@ -520,7 +554,6 @@ impl Detector {
     /// goes on listening. A model that cannot answer, or cannot get a permit in time, ends
     /// the turn as if it said complete.
     fn ask(&self, pause: u64) {
-        // The endpointer asks only where a model is loaded (AgentState::turn_taking).
         let Some(model) = self.turn_model.clone() else {
             return;
         };
@@ -606,16 +639,17 @@ impl Detector {
                 true
             }
         };
-        if let Some(TurnEvent::EndOfTurn { silence, .. }) =
+        if let Some(TurnEvent::EndOfTurn { silence, pause, .. }) =
             self.endpointer.verdict(verdict.pause, complete)
         {
-            self.end_turn(silence, now);
+            self.speculating = None;
+            self.end_turn(silence, pause, now);
         }
     }
 
     /// Hands the utterance to the conversation, decided at `now`: the caller's voice ended
-    /// `silence` before the end of the last chunk heard.
-    fn end_turn(&mut self, silence: Duration, now: Instant) {
+    /// `silence` before the end of the last chunk heard, in announced pause `pause`.
+    fn end_turn(&mut self, silence: Duration, pause: Option<u64>, now: Instant) {
         let caller_stopped = self
             .heard_until
             .checked_sub(silence)
@@ -624,6 +658,7 @@ impl Detector {
             audio: std::mem::take(&mut self.utterance),
             caller_stopped,
             endpointing: now.saturating_duration_since(caller_stopped),
+            pause,
         });
     }
 }
@@ -718,6 +753,8 @@ async fn converse(
     // The turn at work. Its guard aborts it when the call ends however it ends (this future
     // dropped by the session's select), so no LLM or TTS request outlives the call.
     let mut running: Option<RunningTurn> = None;
+    // A reply begun in a pause that may end the turn, waiting for the turn to end there.
+    let mut speculation: Option<Speculation> = None;
 
     let clips = state.clips();
     if let Some(clips) = clips.as_ref().filter(|c| !c.greeting.is_empty()) {
@@ -756,15 +793,46 @@ async fn converse(
                         finish_turn(&mut running, &mut history, &acked);
                         debug!("barge-in");
                     }
-                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing } => {
+                    CallEvent::Speculate { pause, audio } => {
+                        missed(&state, speculation.take());
+                        // What the history will be if the turn ends in this pause, while the
+                        // current turn (if any) goes on playing.
+                        let mut preview = history.clone();
+                        preview_turn(&running, &mut preview, &acked);
+                        let (commit, committed) = tokio::sync::oneshot::channel();
+                        let input = TurnInput::Speech {
+                            audio,
+                            caller_stopped: Instant::now(),
+                            endpointing: Duration::ZERO,
+                            commit: Some(committed),
+                        };
+                        let turn = start_turn(&state, &shared, &playout, &preview, input, turn_number + 1);
+                        speculation = Some(Speculation { pause, turn, commit, history: preview });
+                    }
+                    CallEvent::PauseOver => missed(&state, speculation.take()),
+                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing, pause } => {
                         // The caller moved on: whatever the agent still had queued is stale.
                         interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked);
                         turn_number += 1;
-                        let input = TurnInput::Speech { audio, caller_stopped, endpointing };
-                        running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
+                        let generation = shared.generation.load(Ordering::Relaxed);
+                        match speculation.take() {
+                            // Ended in the pause the reply began in, on the same history: the
+                            // reply heard every word, so it is the turn's.
+                            Some(s) if pause == Some(s.pause) && s.history == history => {
+                                state.metrics.speculative_replies.with_label_values(&["hit"]).inc();
+                                let _ = s.commit.send(Commit { generation, caller_stopped, endpointing, at: Instant::now() });
+                                running = Some(s.turn);
+                            }
+                            stale => {
+                                missed(&state, stale);
+                                let input = TurnInput::Speech { audio, caller_stopped, endpointing, commit: None };
+                                running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
+                            }
+                        }
                     }
                     CallEvent::Dtmf(digit) => {
+                        missed(&state, speculation.take());
                         interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked);
                         turn_number += 1;
@@ -816,8 +884,24 @@ fn finish_turn(
     };
     drop(task);
     let record = std::mem::take(&mut *record.lock().unwrap_or_else(|p| p.into_inner()));
-    if let Some(user) = record.user {
-        history.caller(&user);
+    record_turn(&record, history, acked);
+}
+
+/// What [`finish_turn`] would write if the running turn ended now, leaving it running.
+fn preview_turn(
+    running: &Option<RunningTurn>,
+    history: &mut Conversation,
+    acked: &HashSet<String>,
+) {
+    if let Some((_, record)) = running {
+        let record = record.lock().unwrap_or_else(|p| p.into_inner());
+        record_turn(&record, history, acked);
+    }
+}
+
+fn record_turn(record: &TurnRecord, history: &mut Conversation, acked: &HashSet<String>) {
+    if let Some(user) = &record.user {
+        history.caller(user);
     }
     let heard: Vec<&str> = record
         .segments
@@ -828,11 +912,45 @@ fn finish_turn(
     history.agent(&heard.join(" "));
 }
 
+/// A reply started in an announced pause, before the turn was over: it transcribes and asks
+/// the LLM, and plays nothing until `commit` says the turn ended in that pause.
+struct Speculation {
+    pause: u64,
+    turn: RunningTurn,
+    commit: tokio::sync::oneshot::Sender<Commit>,
+    /// The history it was asked with; the turn must end on the same.
+    history: Conversation,
+}
+
+/// The end of the turn a speculative reply was waiting for.
+#[derive(Debug, Clone, Copy)]
+struct Commit {
+    /// The playback generation after the turn's end (older audio is dropped).
+    generation: u64,
+    caller_stopped: Instant,
+    endpointing: Duration,
+    /// When the turn ended: the caller waits only for what is left after this.
+    at: Instant,
+}
+
+/// Counts and drops a speculative reply that the turn did not take (the task is aborted).
+fn missed(state: &AgentState, speculation: Option<Speculation>) {
+    if speculation.is_some() {
+        state
+            .metrics
+            .speculative_replies
+            .with_label_values(&["miss"])
+            .inc();
+    }
+}
+
 enum TurnInput {
     Speech {
         audio: Vec<f32>,
         caller_stopped: Instant,
         endpointing: Duration,
+        /// For a speculative reply: when (and whether) the turn is its to play.
+        commit: Option<tokio::sync::oneshot::Receiver<Commit>>,
     },
     Text {
         text: String,
@@ -854,11 +972,14 @@ fn start_turn(
     let record = Arc::new(Mutex::new(TurnRecord::default()));
     let turn = Turn {
         state: state.clone(),
-        generation: shared.generation.load(Ordering::Relaxed),
+        generation: AtomicU64::new(shared.generation.load(Ordering::Relaxed)),
         playout: playout.clone(),
         encoder: tokio::sync::Mutex::new(None),
         record: record.clone(),
         number,
+        commit: tokio::sync::Mutex::new(None),
+        committed: Mutex::new(None),
+        started: Mutex::new(StageStarts::default()),
     };
     let history = history.clone();
     let span = info_span!("turn", turn = number);
@@ -868,24 +989,79 @@ fn start_turn(
 
 struct Turn {
     state: Arc<AgentState>,
-    generation: u64,
+    /// The playback generation its audio belongs to (a speculative reply's is set when the
+    /// turn becomes its own).
+    generation: AtomicU64,
     playout: mpsc::Sender<Playout>,
     /// This turn's own rate converter: clauses of one reply flow through it without a seam,
     /// and an interrupted turn, aborted mid-clause, cannot leave samples in the next one's.
     encoder: tokio::sync::Mutex<Option<FrameEncoder>>,
     record: Arc<Mutex<TurnRecord>>,
     number: u64,
+    /// A speculative reply's wait for the end of the turn; taken by the first [`Turn::own`].
+    commit: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Commit>>>,
+    /// The end of the turn a speculative reply got.
+    committed: Mutex<Option<Commit>>,
+    /// When STT and the LLM started, to count only their time after a commit.
+    started: Mutex<StageStarts>,
+}
+
+/// When a turn's stages started.
+#[derive(Debug, Default, Clone, Copy)]
+struct StageStarts {
+    stt: Option<Instant>,
+    llm: Option<Instant>,
 }
 
 impl Turn {
-    async fn run(self, input: TurnInput, history: Conversation) {
+    /// Waits until the turn is this reply's to play: at once for an ordinary turn, at the
+    /// end of the turn for a speculative reply. False when the speculation was dropped.
+    async fn own(&self) -> bool {
+        let Some(waiting) = self.commit.lock().await.take() else {
+            return true;
+        };
+        let Ok(commit) = waiting.await else {
+            return false;
+        };
+        self.generation.store(commit.generation, Ordering::Relaxed);
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(commit);
+        if let Some(user) = &self.lock_record().user {
+            self.state.said("caller", user);
+        }
+        true
+    }
+
+    /// The timings of the first audio, as the caller waited for them: for a speculative
+    /// reply, each stage counts only what it still took after the turn ended, so the stages
+    /// add up to the turn's latency.
+    fn as_waited(&self, mut t: TurnTimings, tts_started: Instant) -> TurnTimings {
+        let Some(c) = *self.committed.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return t;
+        };
+        let starts = *self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = |start: Option<Instant>, took: Duration| {
+            start.map_or(took, |s| (s + took).saturating_duration_since(s.max(c.at)))
+        };
+        t.stt = waited(starts.stt, t.stt);
+        t.llm_first_token = waited(starts.llm, t.llm_first_token);
+        t.llm_first_clause = waited(starts.llm, t.llm_first_clause);
+        t.tts_first_audio = waited(Some(tts_started), t.tts_first_audio);
+        t.caller_stopped = c.caller_stopped;
+        t.endpointing = c.endpointing;
+        t
+    }
+
+    async fn run(mut self, input: TurnInput, history: Conversation) {
         let (user, mut timings) = match input {
             TurnInput::Speech {
                 audio,
                 caller_stopped,
                 endpointing,
+                commit,
             } => {
+                *self.commit.get_mut() = commit;
                 let started = Instant::now();
+                self.started.lock().unwrap_or_else(|p| p.into_inner()).stt = Some(started);
                 let stt = &self.state.backends.stt;
                 let timeout = self.state.config.stt.stage.timeout();
                 let result = tokio::time::timeout(timeout, stt.transcribe(audio))
@@ -925,10 +1101,13 @@ impl Turn {
             debug!("empty transcript; no reply");
             return;
         };
-        self.state.said("caller", &user);
+        if self.commit.get_mut().is_none() {
+            self.state.said("caller", &user);
+        }
         self.lock_record().user = Some(user);
 
         let llm_started = Instant::now();
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).llm = Some(llm_started);
         let llm_timeout = self.state.config.llm.stage.timeout();
         let tokens = tokio::time::timeout(llm_timeout, self.state.backends.llm.reply(messages))
             .await
@@ -1004,6 +1183,10 @@ impl Turn {
             (spoken, None)
         };
         let (first_token, (spoken, error)) = tokio::join!(reader, speaker);
+        // A reply with nothing to say still waits for its turn, so its words are logged then.
+        if error.is_none() && !self.own().await {
+            return;
+        }
         if let Some(first) = first_token {
             let seconds = first.saturating_duration_since(llm_started).as_secs_f64();
             self.state.metrics.stage(Stage::LlmFirstToken, seconds);
@@ -1032,6 +1215,12 @@ impl Turn {
             stage: crate::backend::StageName::Tts,
             after: tts_timeout,
         };
+        // A speculative reply synthesises nothing before the turn is its own, unless
+        // preemptive TTS lets it prepare the first clause (which still waits to play).
+        let preemptive = self.state.config.turn_taking.preemptive_tts;
+        if index == 0 && !preemptive && !self.own().await {
+            return Ok(());
+        }
         let started = Instant::now();
         let mut audio = tokio::time::timeout(
             tts_timeout,
@@ -1075,8 +1264,11 @@ impl Turn {
             if !frames.is_empty() {
                 let timings = if first_audio {
                     first_audio = false;
+                    if !self.own().await {
+                        return Ok(());
+                    }
                     timings.tts_first_audio = started.elapsed();
-                    Some(*timings)
+                    Some(self.as_waited(*timings, started))
                 } else {
                     None
                 };
@@ -1084,7 +1276,7 @@ impl Turn {
                 if self
                     .playout
                     .send(Playout::Audio {
-                        generation: self.generation,
+                        generation: self.generation.load(Ordering::Relaxed),
                         frames,
                         timings,
                     })
@@ -1105,7 +1297,7 @@ impl Turn {
         let _ = self
             .playout
             .send(Playout::Mark {
-                generation: self.generation,
+                generation: self.generation.load(Ordering::Relaxed),
                 name: mark,
             })
             .await;
@@ -1123,10 +1315,15 @@ impl Turn {
         let Some(clips) = self.state.clips() else {
             return;
         };
+        // A speculative reply apologises only once the turn is its own.
+        if !self.own().await {
+            return;
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
         let _ = self
             .playout
             .send(Playout::Audio {
-                generation: self.generation,
+                generation,
                 frames: clips.apology.clone(),
                 timings: None,
             })
@@ -1134,7 +1331,7 @@ impl Turn {
         let _ = self
             .playout
             .send(Playout::Mark {
-                generation: self.generation,
+                generation,
                 name: format!("t{}-apology", self.number),
             })
             .await;

@@ -150,6 +150,13 @@ pub struct TurnTakingConfig {
     pub min_end_of_turn_silence_ms: u64,
     /// With a model: the pause that ends the turn whatever the model says.
     pub max_end_of_turn_silence_ms: u64,
+    /// Start the reply (STT and LLM) at the first pause that may end the turn: the model's
+    /// pause, or `minEndOfTurnSilenceMs` of silence without one. It is used when the turn
+    /// ends in that pause, and cancelled (counted as a miss) when the caller goes on.
+    pub speculative_replies: bool,
+    /// With speculative replies: synthesise the reply's first clause before the turn is
+    /// over too (it still plays only once the turn has ended).
+    pub preemptive_tts: bool,
 }
 
 /// Which end-of-turn model judges the caller's pauses.
@@ -187,6 +194,8 @@ impl Default for TurnTakingConfig {
             end_of_turn_model: EndOfTurnModel::None,
             min_end_of_turn_silence_ms: 200,
             max_end_of_turn_silence_ms: 2000,
+            speculative_replies: false,
+            preemptive_tts: false,
         }
     }
 }
@@ -207,6 +216,10 @@ impl TurnTakingConfig {
                     max_silence: Duration::from_millis(self.max_end_of_turn_silence_ms),
                 }
             }),
+            // With a model, its pause is announced anyway.
+            speculate_after: (self.speculative_replies
+                && self.end_of_turn_model == EndOfTurnModel::None)
+                .then(|| Duration::from_millis(self.min_end_of_turn_silence_ms)),
         }
     }
 }
@@ -629,6 +642,22 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
             Ok(())
         },
     ),
+    (
+        "GROKCAST_SPECULATIVE_REPLIES",
+        "turnTaking.speculativeReplies",
+        |c, v| {
+            c.turn_taking.speculative_replies = parse_bool(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_PREEMPTIVE_TTS",
+        "turnTaking.preemptiveTts",
+        |c, v| {
+            c.turn_taking.preemptive_tts = parse_bool(v)?;
+            Ok(())
+        },
+    ),
     ("GROKCAST_BARGE_IN", "turnTaking.bargeIn", |c, v| {
         c.turn_taking.barge_in = parse_bool(v)?;
         Ok(())
@@ -778,6 +807,19 @@ impl AgentConfig {
                 "turnTaking.minEndOfTurnSilenceMs {} and maxEndOfTurnSilenceMs {} must satisfy 50 <= min < max <= 5000",
                 t.min_end_of_turn_silence_ms, t.max_end_of_turn_silence_ms
             ));
+        }
+        if t.speculative_replies
+            && t.end_of_turn_model == EndOfTurnModel::None
+            && !(50 <= t.min_end_of_turn_silence_ms
+                && t.min_end_of_turn_silence_ms < t.end_of_turn_silence_ms)
+        {
+            problems.push(format!(
+                "turnTaking.speculativeReplies without a model starts replies at minEndOfTurnSilenceMs ({} ms), which must be at least 50 and below endOfTurnSilenceMs ({} ms)",
+                t.min_end_of_turn_silence_ms, t.end_of_turn_silence_ms
+            ));
+        }
+        if t.preemptive_tts && !t.speculative_replies {
+            problems.push("turnTaking.preemptiveTts needs speculativeReplies".to_owned());
         }
         if t.max_turn_ms < 1000 || t.max_turn_ms > 60_000 {
             problems.push(format!(
@@ -936,7 +978,10 @@ mod tests {
             let mut c = AgentConfig::default();
             let value = match *var {
                 v if v.ends_with("_BACKEND") => "openai",
-                "GROKCAST_INSECURE_SKIP_SIGNATURE" | "GROKCAST_LOG_TRANSCRIPTS" => "true",
+                "GROKCAST_INSECURE_SKIP_SIGNATURE"
+                | "GROKCAST_LOG_TRANSCRIPTS"
+                | "GROKCAST_SPECULATIVE_REPLIES"
+                | "GROKCAST_PREEMPTIVE_TTS" => "true",
                 "GROKCAST_BARGE_IN" => "false",
                 "GROKCAST_TTS_RESPONSE_FORMAT" => "wav",
                 "GROKCAST_END_OF_TURN_MODEL" => "smart-turn",
@@ -1016,6 +1061,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn speculative_replies_start_at_the_short_pause_and_are_checked() {
+        let c = AgentConfig::load(None, &env(MINIMAL)).unwrap();
+        assert_eq!(
+            c.turn_taking.turn_taking().speculate_after,
+            None,
+            "off by default"
+        );
+        let file = write("turnTaking: {speculativeReplies: true}\n");
+        let c = AgentConfig::load(Some(&file.0), &env(MINIMAL)).unwrap();
+        assert_eq!(
+            c.turn_taking.turn_taking().speculate_after,
+            Some(Duration::from_millis(200))
+        );
+        // With a model, the model's pause is where the reply starts.
+        let file = write("turnTaking: {speculativeReplies: true, endOfTurnModel: smart-turn}\n");
+        let c = AgentConfig::load(Some(&file.0), &env(MINIMAL)).unwrap();
+        assert_eq!(c.turn_taking.turn_taking().speculate_after, None);
+        assert!(c.turn_taking.turn_taking().semantic.is_some());
+
+        let file = write("turnTaking: {speculativeReplies: true, endOfTurnSilenceMs: 200}\n");
+        let err = AgentConfig::load(Some(&file.0), &env(MINIMAL))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("below endOfTurnSilenceMs (200 ms)"), "{err}");
+        let file = write("turnTaking: {preemptiveTts: true}\n");
+        let err = AgentConfig::load(Some(&file.0), &env(MINIMAL))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("preemptiveTts needs speculativeReplies"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct Metrics {
     pub end_of_turn_predictions: IntCounterVec,
     /// Time the end-of-turn model took for one pause.
     pub end_of_turn_prediction_seconds: Histogram,
+    /// Speculative replies by outcome (`hit`, `miss`).
+    pub speculative_replies: IntCounterVec,
 }
 
 impl Metrics {
@@ -173,6 +175,13 @@ impl Metrics {
             ),
             &["verdict"],
         )?;
+        let speculative_replies = IntCounterVec::new(
+            Opts::new(
+                "grokcast_speculative_replies_total",
+                "Replies started in a pause that may end the turn: hit (the turn ended there and took it) or miss (cancelled)",
+            ),
+            &["outcome"],
+        )?;
         let end_of_turn_prediction_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "grokcast_end_of_turn_prediction_seconds",
@@ -191,6 +200,7 @@ impl Metrics {
         registry.register(Box::new(backend_errors.clone()))?;
         registry.register(Box::new(end_of_turn_predictions.clone()))?;
         registry.register(Box::new(end_of_turn_prediction_seconds.clone()))?;
+        registry.register(Box::new(speculative_replies.clone()))?;
         // Pre-create label values so dashboards see zeros instead of missing series.
         for stage in [
             Stage::Endpointing,
@@ -207,6 +217,9 @@ impl Metrics {
         for verdict in ["complete", "incomplete", "error", "busy"] {
             end_of_turn_predictions.with_label_values(&[verdict]);
         }
+        for outcome in ["hit", "miss"] {
+            speculative_replies.with_label_values(&[outcome]);
+        }
         Ok(Self {
             registry,
             turn_latency,
@@ -220,6 +233,7 @@ impl Metrics {
             backend_errors,
             end_of_turn_predictions,
             end_of_turn_prediction_seconds,
+            speculative_replies,
         })
     }
 

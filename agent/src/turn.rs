@@ -37,6 +37,10 @@ pub struct TurnTaking {
     pub max_turn: Duration,
     /// Ask an end-of-turn model at pauses; `None` ends turns on silence alone.
     pub semantic: Option<SemanticEndpointing>,
+    /// Without a model: the silence after which the turn may be over, where a speculative
+    /// reply starts ([`TurnEvent::Pause`]); `None` announces no pause. With a model, pauses
+    /// are announced at its minimum silence.
+    pub speculate_after: Option<Duration>,
 }
 
 /// Pause lengths when an end-of-turn model judges the caller's pauses.
@@ -58,6 +62,7 @@ impl Default for TurnTaking {
             min_barge_in: Duration::from_millis(200),
             max_turn: Duration::from_secs(20),
             semantic: None,
+            speculate_after: None,
         }
     }
 }
@@ -140,9 +145,13 @@ pub enum TurnEvent {
         speech: Duration,
         /// Silence since the voice ended: the caller stopped this long ago.
         silence: Duration,
+        /// The announced pause ([`TurnEvent::Pause`]) this end closes, if the turn ended in
+        /// one: a speculative reply begun there heard every word of the turn.
+        pause: Option<u64>,
     },
-    /// The caller paused long enough that the turn may be over: ask the end-of-turn model,
-    /// and hand its answer to [`Endpointer::verdict`] with this pause.
+    /// The caller paused long enough that the turn may be over: ask the end-of-turn model
+    /// (and hand its answer to [`Endpointer::verdict`] with this pause) or start a
+    /// speculative reply. When the caller speaks again, [`Endpointer::pause_id`] moves on.
     Pause(u64),
     /// The speech that started was too short or ignored; drop the kept audio.
     Discarded,
@@ -192,6 +201,12 @@ impl Endpointer {
     /// Whether the caller is in the middle of speaking.
     pub fn in_speech(&self) -> bool {
         matches!(self.state, State::Speaking { .. })
+    }
+
+    /// The number the next announced pause gets; it moves past an announced pause as soon
+    /// as that pause is over (speech resumed or the turn ended).
+    pub fn pause_id(&self) -> u64 {
+        self.pause
     }
 
     /// Feeds one chunk; `agent_speaking` says whether the caller is hearing the agent right
@@ -269,10 +284,11 @@ impl Endpointer {
                     _ => c.end_of_turn_silence,
                 };
                 if *silence < limit && *total < c.max_turn {
-                    if let Some(s) = c.semantic
+                    let announce = c.semantic.map(|s| s.min_silence).or(c.speculate_after);
+                    if let Some(at) = announce
                         && counts
                         && !*asked
-                        && *silence >= s.min_silence
+                        && *silence >= at
                     {
                         *asked = true;
                         return Some(TurnEvent::Pause(self.pause));
@@ -280,9 +296,14 @@ impl Endpointer {
                     return None;
                 }
                 let (speech, silence) = (*speech, *silence);
+                let pause = asked.then_some(self.pause);
                 self.end();
                 Some(if counts {
-                    TurnEvent::EndOfTurn { speech, silence }
+                    TurnEvent::EndOfTurn {
+                        speech,
+                        silence,
+                        pause,
+                    }
                 } else {
                     TurnEvent::Discarded
                 })
@@ -307,7 +328,11 @@ impl Endpointer {
             return None;
         }
         self.end();
-        Some(TurnEvent::EndOfTurn { speech, silence })
+        Some(TurnEvent::EndOfTurn {
+            speech,
+            silence,
+            pause: Some(pause),
+        })
     }
 
     fn end(&mut self) {
@@ -356,7 +381,8 @@ mod tests {
                     34,
                     TurnEvent::EndOfTurn {
                         speech: CHUNK * 20,
-                        silence: CHUNK * 10
+                        silence: CHUNK * 10,
+                        pause: None,
                     }
                 )
             ]
@@ -457,7 +483,8 @@ mod tests {
             e.verdict(0, true),
             Some(TurnEvent::EndOfTurn {
                 speech: CHUNK * 20,
-                silence: CHUNK * 7
+                silence: CHUNK * 7,
+                pause: Some(0),
             })
         );
         assert!(!e.in_speech());
@@ -482,7 +509,8 @@ mod tests {
                 35,
                 TurnEvent::EndOfTurn {
                     speech: CHUNK * 20,
-                    silence: CHUNK * 63
+                    silence: CHUNK * 63,
+                    pause: Some(0),
                 }
             )]
         );
@@ -570,6 +598,7 @@ mod tests {
                     TurnEvent::EndOfTurn {
                         speech: CHUNK * 20 - tail,
                         silence: tail + CHUNK * 9,
+                        pause: None,
                     }
                 )
             ]
@@ -598,6 +627,7 @@ mod tests {
                 TurnEvent::EndOfTurn {
                     speech: CHUNK * 20 - tail,
                     silence: tail + CHUNK * 10,
+                    pause: None,
                 }
             ))
         );
@@ -648,5 +678,42 @@ mod tests {
         let level = meter.level();
         meter.quiet_tail(&[0.3; 512], 0.1);
         assert!(meter.level() < 0.2, "{} -> {}", level, meter.level());
+    }
+
+    #[test]
+    fn without_a_model_a_pause_is_announced_for_a_speculative_reply_and_silence_still_decides() {
+        let mut e = Endpointer::new(TurnTaking {
+            speculate_after: Some(Duration::from_millis(200)),
+            ..TurnTaking::default()
+        });
+        // The caller pauses past 200 ms, then goes on: the announced pause is over.
+        let ev = run(&mut e, &[(0.9, 20), (0.05, 7)], false);
+        assert_eq!(ev.last(), Some(&(26, TurnEvent::Pause(0))));
+        let ev = run(&mut e, &[(0.9, 5)], false);
+        assert!(ev.is_empty());
+        assert_eq!(e.pause_id(), 1, "speech moved past the announced pause");
+        // The next pause is announced, and 300 ms of silence ends the turn in it.
+        let ev = run(&mut e, &[(0.05, 10)], false);
+        assert_eq!(
+            ev,
+            vec![
+                (6, TurnEvent::Pause(1)),
+                (
+                    9,
+                    TurnEvent::EndOfTurn {
+                        speech: CHUNK * 32,
+                        silence: CHUNK * 10,
+                        pause: Some(1),
+                    }
+                )
+            ]
+        );
+        assert_eq!(e.pause_id(), 2);
+        // Noise is never announced.
+        let ev = run(&mut e, &[(0.9, 2), (0.0, 12)], false);
+        assert!(
+            !ev.iter().any(|(_, e)| matches!(e, TurnEvent::Pause(_))),
+            "{ev:?}"
+        );
     }
 }

@@ -563,6 +563,133 @@ fn smart_turn(c: &mut AgentConfig) {
     c.stt.stage.timeout_ms = 10_000;
 }
 
+/// "I'd like a pizza with... mushrooms and olives.", paused 450 ms: past the 200 ms where a
+/// speculative reply starts, short of the 600 ms end-of-turn silence these tests set.
+fn paused_order() -> Arc<Vec<u8>> {
+    hesitant(
+        "I'd like a pizza with",
+        Duration::from_millis(450),
+        "mushrooms and olives.",
+    )
+}
+
+/// Speculative replies on, with or without preemptive TTS.
+fn speculative(preemptive: bool) -> impl FnOnce(&mut AgentConfig) {
+    move |c: &mut AgentConfig| {
+        c.turn_taking.speculative_replies = true;
+        c.turn_taking.preemptive_tts = preemptive;
+    }
+}
+
+fn speculative_outcome(metrics: &str, outcome: &str) -> Option<f64> {
+    metric(
+        metrics,
+        "grokcast_speculative_replies_total",
+        &with_agent(&[("outcome", outcome)]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_started_in_the_pause_that_ends_the_turn_is_the_turns_reply() {
+    if !models_present() {
+        return;
+    }
+    let h = start(speculative(false)).await;
+    let report = caller::place_call(&h.caller(&[&question()])).await.unwrap();
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    let metrics = h.metrics().await;
+    assert_eq!(speculative_outcome(&metrics, "hit"), Some(1.0), "{metrics}");
+    assert_eq!(
+        speculative_outcome(&metrics, "miss"),
+        Some(0.0),
+        "{metrics}"
+    );
+    // One transcription and one chat request: the speculative ones were the turn's.
+    assert_eq!(h.servers.counts.stt.load(Ordering::Relaxed), 1);
+    assert_eq!(h.servers.counts.llm.load(Ordering::Relaxed), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_goes_on_after_the_pause_cancels_the_speculative_reply_before_it_speaks() {
+    if !turn_models_present() {
+        return;
+    }
+    let utterance = paused_order();
+    for preemptive in [false, true] {
+        let h = start(|c| {
+            speculative(preemptive)(c);
+            c.turn_taking.end_of_turn_silence_ms = 600;
+        })
+        .await;
+        let report = caller::place_call(&h.caller(&[&utterance])).await.unwrap();
+        assert!(answered(&report, 0), "{:?}", report.turns);
+        let metrics = h.metrics().await;
+        assert_eq!(
+            speculative_outcome(&metrics, "miss"),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(speculative_outcome(&metrics, "hit"), Some(1.0), "{metrics}");
+        // The greeting, the apology and the goodbye are synthesised at start, then the
+        // reply's two clauses; the cancelled reply synthesised nothing, unless preemptive
+        // TTS let it prepare its first clause (if it got that far in the pause).
+        let speech = h.servers.counts.tts.load(Ordering::Relaxed);
+        if preemptive {
+            assert!((5..=6).contains(&speech), "{speech} speech requests");
+        } else {
+            assert_eq!(speech, 5, "the cancelled reply synthesised speech");
+        }
+        // Either way the caller heard one reply: each of its marks once.
+        let mut marks = report.marks.clone();
+        marks.sort();
+        assert_eq!(
+            marks,
+            ["greeting", "t1-s0", "t1-s1"],
+            "preemptive {preemptive}"
+        );
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speculative_reply_whose_model_fails_apologises_only_if_the_turn_is_its_own() {
+    if !turn_models_present() {
+        return;
+    }
+    let h = start(|c| {
+        speculative(false)(c);
+        c.turn_taking.end_of_turn_silence_ms = 600;
+    })
+    .await;
+    h.servers.set(|b| b.llm.fail = true);
+    let report = caller::place_call(&h.caller(&[&paused_order()]))
+        .await
+        .unwrap();
+    assert!(answered(&report, 0), "no apology: {:?}", report.turns);
+    let metrics = h.metrics().await;
+    // Every chat request failed and counts (the cancelled reply's, if it got that far);
+    // the cancelled one said nothing, the turn's own apologised once.
+    let requests = h.servers.counts.llm.load(Ordering::Relaxed);
+    assert!((1..=2).contains(&requests), "{requests} chat requests");
+    assert_eq!(
+        metric(
+            &metrics,
+            "grokcast_backend_errors_total",
+            &with_agent(&[("stage", "llm")])
+        ),
+        Some(requests as f64),
+        "{metrics}"
+    );
+    let apologies = report
+        .marks
+        .iter()
+        .filter(|m| m.ends_with("apology"))
+        .count();
+    assert_eq!(apologies, 1, "{:?}", report.marks);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_hesitates_mid_sentence_is_cut_off_on_silence_and_heard_out_with_smart_turn() {
     if !turn_models_present() {

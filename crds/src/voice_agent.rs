@@ -244,7 +244,13 @@ pub struct TtsSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
     validation = Rule::new("self.minEndOfTurnSilenceMs < self.maxEndOfTurnSilenceMs")
-        .message("turnTaking.minEndOfTurnSilenceMs must be below maxEndOfTurnSilenceMs")
+        .message("turnTaking.minEndOfTurnSilenceMs must be below maxEndOfTurnSilenceMs"),
+    validation = Rule::new("!self.preemptiveTts || self.speculativeReplies")
+        .message("turnTaking.preemptiveTts needs speculativeReplies"),
+    validation = Rule::new(
+        "!self.speculativeReplies || self.endOfTurnModel != 'none' || self.minEndOfTurnSilenceMs < self.endOfTurnSilenceMs"
+    )
+    .message("turnTaking.speculativeReplies without a model starts replies at minEndOfTurnSilenceMs, which must be below endOfTurnSilenceMs"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TurnTakingSpec {
@@ -279,6 +285,18 @@ pub struct TurnTakingSpec {
     #[serde(default = "default_max_end_of_turn")]
     #[schemars(range(min = 300, max = 5000))]
     pub max_end_of_turn_silence_ms: i32,
+    /// Start the reply (STT and the LLM) at the first pause that may end the turn: the
+    /// model's pause, or `minEndOfTurnSilenceMs` of silence without a model. When the turn
+    /// ends in that pause the reply is used, so the model time overlaps the rest of the
+    /// silence; when the caller goes on it is cancelled. Costs an extra STT and LLM request
+    /// per cancelled pause.
+    #[serde(default)]
+    pub speculative_replies: bool,
+    /// With `speculativeReplies`: synthesise the reply's first clause before the turn is
+    /// over too (it plays only once the turn has ended). Costs a TTS request per cancelled
+    /// pause.
+    #[serde(default)]
+    pub preemptive_tts: bool,
 }
 
 /// The model that judges whether the caller has finished.
@@ -312,6 +330,8 @@ impl Default for TurnTakingSpec {
             end_of_turn_model: EndOfTurnModel::None,
             min_end_of_turn_silence_ms: default_min_end_of_turn(),
             max_end_of_turn_silence_ms: default_max_end_of_turn(),
+            speculative_replies: false,
+            preemptive_tts: false,
         }
     }
 }

@@ -157,4 +157,42 @@ async fn samples_are_accepted_and_cel_rules_reject_bad_specs() {
             .expect_err("modelPoolRef and endpoint together rejected"),
     );
     assert!(msg.contains("spec.llm: Invalid value: "), "{msg}");
+
+    // Speculative replies without a model start at minEndOfTurnSilenceMs (200 by default),
+    // which must come before the end of the turn; preemptive TTS needs them.
+    for (turn_taking, rule) in [
+        (
+            json!({"speculativeReplies": true, "endOfTurnSilenceMs": 200}),
+            "speculativeReplies without a model starts replies at minEndOfTurnSilenceMs",
+        ),
+        (
+            json!({"preemptiveTts": true}),
+            "turnTaking.preemptiveTts needs speculativeReplies",
+        ),
+    ] {
+        let mut agent = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "bad-turns"}, "spec": receptionist.data["spec"].clone()});
+        agent["spec"]["turnTaking"] = turn_taking;
+        let msg = invalid_message(
+            agents
+                .patch(
+                    "bad-turns",
+                    &PatchParams::apply("test"),
+                    &Patch::Apply(agent),
+                )
+                .await
+                .expect_err("rejected"),
+        );
+        assert!(msg.contains("spec.turnTaking: Invalid value: "), "{msg}");
+        assert!(msg.contains(rule), "{msg}");
+    }
+    let mut agent = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "speculating"}, "spec": receptionist.data["spec"].clone()});
+    agent["spec"]["turnTaking"] = json!({"speculativeReplies": true, "preemptiveTts": true});
+    agents
+        .patch(
+            "speculating",
+            &PatchParams::apply("test"),
+            &Patch::Apply(agent),
+        )
+        .await
+        .expect("speculative replies with the default silences are valid");
 }

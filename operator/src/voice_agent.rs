@@ -443,6 +443,10 @@ pub struct TurnTakingConfig {
     pub min_end_of_turn_silence_ms: i32,
     /// With a model: the pause that ends the turn anyway, in ms.
     pub max_end_of_turn_silence_ms: i32,
+    /// Start replies at the first pause that may end the turn.
+    pub speculative_replies: bool,
+    /// Synthesise a speculative reply's first clause before the turn is over.
+    pub preemptive_tts: bool,
 }
 
 /// The resolved pipeline config for a validated agent.
@@ -496,6 +500,8 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             end_of_turn_model: spec.turn_taking.end_of_turn_model.as_str(),
             min_end_of_turn_silence_ms: spec.turn_taking.min_end_of_turn_silence_ms,
             max_end_of_turn_silence_ms: spec.turn_taking.max_end_of_turn_silence_ms,
+            speculative_replies: spec.turn_taking.speculative_replies,
+            preemptive_tts: spec.turn_taking.preemptive_tts,
         },
         slo: SloConfig {
             turn_latency_p95_ms: spec.slo.turn_latency_p95_ms,

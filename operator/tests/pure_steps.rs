@@ -606,6 +606,7 @@ fn agent_config_resolves_pool_endpoints_and_models() {
     assert_eq!(v["turnTaking"]["endOfTurnSilenceMs"].as_i64(), Some(300));
     // Without a model, silence alone ends turns, as before the field existed.
     assert_eq!(v["turnTaking"]["endOfTurnModel"].as_str(), Some("none"));
+    assert_eq!(v["turnTaking"]["speculativeReplies"].as_bool(), Some(false));
     assert_eq!(v["maxCalls"].as_i64(), Some(50));
     assert!(
         !yaml.contains("REPLACE"),
@@ -618,7 +619,7 @@ fn the_end_of_turn_model_and_its_pauses_reach_the_agent() {
     let text = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
     let text = text.replace(
         "  turnTaking:\n",
-        "  turnTaking:\n    endOfTurnModel: smart-turn\n    minEndOfTurnSilenceMs: 250\n    maxEndOfTurnSilenceMs: 1800\n",
+        "  turnTaking:\n    endOfTurnModel: smart-turn\n    minEndOfTurnSilenceMs: 250\n    maxEndOfTurnSilenceMs: 1800\n    speculativeReplies: true\n    preemptiveTts: true\n",
     );
     let agent = agent_yaml(&text);
     let children = build_agent(&agent, &pools(), &BuildSettings::default()).unwrap();
@@ -628,6 +629,8 @@ fn the_end_of_turn_model_and_its_pauses_reach_the_agent() {
     assert_eq!(t["endOfTurnModel"].as_str(), Some("smart-turn"), "{yaml}");
     assert_eq!(t["minEndOfTurnSilenceMs"].as_i64(), Some(250));
     assert_eq!(t["maxEndOfTurnSilenceMs"].as_i64(), Some(1800));
+    assert_eq!(t["speculativeReplies"].as_bool(), Some(true));
+    assert_eq!(t["preemptiveTts"].as_bool(), Some(true));
 }
 
 #[test]

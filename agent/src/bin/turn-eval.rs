@@ -188,6 +188,10 @@ struct Outcome {
     ends: Vec<usize>,
     barge_ins: Vec<usize>,
     judgements: Vec<Duration>,
+    /// Pauses announced (where a speculative reply would start).
+    announced: usize,
+    /// Turns that ended in an announced pause (a speculative reply begun there is used).
+    hits: usize,
 }
 
 fn run(
@@ -212,8 +216,9 @@ fn run(
             && due <= start
         {
             pending = None;
-            if let Some(TurnEvent::EndOfTurn { .. }) = endpointer.verdict(pause, complete) {
+            if let Some(TurnEvent::EndOfTurn { pause, .. }) = endpointer.verdict(pause, complete) {
                 outcome.ends.push(due);
+                outcome.hits += usize::from(pause.is_some());
                 utterance.clear();
             }
         }
@@ -231,8 +236,9 @@ fn run(
                 utterance.extend_from_slice(previous);
             }
             Some(TurnEvent::BargeIn) => outcome.barge_ins.push(end),
-            Some(TurnEvent::EndOfTurn { .. }) => {
+            Some(TurnEvent::EndOfTurn { pause, .. }) => {
                 outcome.ends.push(end);
+                outcome.hits += usize::from(pause.is_some());
                 pending = None;
             }
             _ => {}
@@ -241,7 +247,12 @@ fn run(
             utterance.extend_from_slice(chunk);
         }
         if let Some(TurnEvent::Pause(pause)) = event {
-            let model = model.context("a pause was asked about without a model")?;
+            outcome.announced += 1;
+            let Some(model) = model else {
+                // Silence alone: the pause only starts a speculative reply.
+                previous = chunk;
+                continue;
+            };
             let from = utterance.len().saturating_sub(smart_turn::WINDOW_SAMPLES);
             let started = Instant::now();
             let p = model.completion_probability(&utterance[from..])?;
@@ -282,8 +293,11 @@ fn main() -> anyhow::Result<()> {
     if cases.is_empty() {
         bail!("no cases");
     }
+    // Speculative replies start at 200 ms of silence, where the turn may be over.
+    let speculate_at = Duration::from_millis(200);
     let silence = |ms: u64| TurnTaking {
         end_of_turn_silence: Duration::from_millis(ms),
+        speculate_after: (Duration::from_millis(ms) > speculate_at).then_some(speculate_at),
         ..TurnTaking::default()
     };
     let semantic = |plain: u64| TurnTaking {
@@ -322,7 +336,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| end of turn | premature cut-offs | end-of-turn delay p50 / p95 | false barge-ins | missed barge-ins | speculative hit rate | Smart Turn judgement p50 / p95 |"
+        "| end of turn | premature cut-offs | end-of-turn delay p50 / p95 | false barge-ins | missed barge-ins | speculative hit rate (at 200 ms) | Smart Turn judgement p50 / p95 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for mode in &modes {
@@ -331,8 +345,11 @@ fn main() -> anyhow::Result<()> {
         let (mut false_barge, mut missed_barge) = (0, 0);
         let mut delays = Vec::new();
         let mut judgements = Vec::new();
+        let (mut announced, mut hits) = (0, 0);
         for case in &cases {
             let outcome = run(case, mode, &vad, model)?;
+            announced += outcome.announced;
+            hits += outcome.hits;
             judgements.extend(outcome.judgements.iter().map(|d| d.as_secs_f64() * 1000.0));
             let last_start = case.voice.last().map_or(0, |v| v.0);
             let voice_end = case.voice.last().map_or(0, |v| v.1);
@@ -386,8 +403,16 @@ fn main() -> anyhow::Result<()> {
                 percentile(&judgements, 0.95)
             )
         };
+        let speculation = if announced == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{hits}/{announced} ({:.0}%)",
+                100.0 * hits as f64 / announced as f64
+            )
+        };
         println!(
-            "| {} | {}/{} ({:.0}%) | {:.0} / {:.0} ms | {}/{} | {}/{} | not built | {judged} |",
+            "| {} | {}/{} ({:.0}%) | {:.0} / {:.0} ms | {}/{} | {}/{} | {speculation} | {judged} |",
             mode.name,
             cut_off,
             turns,
