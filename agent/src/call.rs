@@ -111,9 +111,49 @@ struct Shared {
     /// Microseconds since `epoch` until which the caller hears agent audio.
     speaking_until_us: AtomicU64,
     epoch: Instant,
+    /// How far the send task is into the clause it is sending.
+    progress: Mutex<Progress>,
+}
+
+/// Where the send task is: the `segment`-th clause (counted by marks) of `generation`'s
+/// audio, `sent` of it sent so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    generation: u64,
+    segment: usize,
+    sent: Duration,
+}
+
+/// How much of one clause the caller heard when the agent was stopped.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    generation: u64,
+    segment: usize,
+    heard: Duration,
 }
 
 impl Shared {
+    /// What the caller has heard of the clause being sent: what was sent less what is still
+    /// buffered at Twilio, unplayed.
+    fn heard(&self, now: Instant) -> Heard {
+        let progress = *self.progress();
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        let buffered = Duration::from_micros(
+            self.speaking_until_us
+                .load(Ordering::Relaxed)
+                .saturating_sub(now_us),
+        );
+        Heard {
+            generation: progress.generation,
+            segment: progress.segment,
+            heard: progress.sent.saturating_sub(buffered),
+        }
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn agent_speaking(&self, now: Instant) -> bool {
         let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
         self.speaking_until_us.load(Ordering::Relaxed) > now_us
@@ -220,6 +260,7 @@ async fn session(
         generation: AtomicU64::new(0),
         speaking_until_us: AtomicU64::new(0),
         epoch: Instant::now(),
+        progress: Mutex::new(Progress::default()),
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let (playout_tx, playout_rx) = mpsc::channel(64);
@@ -696,6 +737,14 @@ async fn send(
                 let end = (*offset + FRAME_BYTES).min(frames.len());
                 let text = encoder.media(&frames[*offset..end]);
                 sink.send(Message::Text(text.into())).await?;
+                {
+                    let mut progress = shared.progress();
+                    if progress.generation != *generation {
+                        *progress = Progress { generation: *generation, ..Progress::default() };
+                    }
+                    // 8 kHz mu-law: one byte per 125 us.
+                    progress.sent += Duration::from_micros((end - *offset) as u64 * 125);
+                }
                 let now = Instant::now();
                 if pacer.frame_sent(now) == FrameTiming::Late {
                     state.metrics.underruns.inc();
@@ -722,6 +771,11 @@ async fn send(
                 Some(Playout::Mark { generation, name }) => {
                     if generation >= shared.generation.load(Ordering::Relaxed) {
                         pacer.end_segment();
+                        {
+                            let mut progress = shared.progress();
+                            let segment = if progress.generation == generation { progress.segment + 1 } else { 1 };
+                            *progress = Progress { generation, segment, sent: Duration::ZERO };
+                        }
                         sink.send(Message::Text(encoder.mark(&name).into())).await?;
                     }
                 }
@@ -735,8 +789,10 @@ async fn send(
 #[derive(Debug, Default)]
 struct TurnRecord {
     user: Option<String>,
-    /// (mark name, clause text) in playback order.
-    segments: Vec<(String, String)>,
+    /// The playback generation its clauses were queued in.
+    generation: u64,
+    /// (mark name, clause text, its audio's length) in playback order.
+    segments: Vec<(String, String, Duration)>,
 }
 
 /// The conversation: history, turns, barge-in, DTMF, goodbye.
@@ -784,13 +840,14 @@ async fn converse(
                 match event {
                     CallEvent::Mark(name) => { acked.insert(name); }
                     CallEvent::Stop => {
-                        finish_turn(&mut running, &mut history, &acked);
+                        finish_turn(&mut running, &mut history, &acked, None);
                         return Some(Outcome::Completed);
                     }
                     CallEvent::BargeIn => {
                         state.metrics.barge_ins.inc();
+                        let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
-                        finish_turn(&mut running, &mut history, &acked);
+                        finish_turn(&mut running, &mut history, &acked, Some(heard));
                         debug!("barge-in");
                     }
                     CallEvent::Speculate { pause, audio } => {
@@ -798,7 +855,7 @@ async fn converse(
                         // What the history will be if the turn ends in this pause, while the
                         // current turn (if any) goes on playing.
                         let mut preview = history.clone();
-                        preview_turn(&running, &mut preview, &acked);
+                        preview_turn(&running, &mut preview, &acked, Some(shared.heard(Instant::now())));
                         let (commit, committed) = tokio::sync::oneshot::channel();
                         let input = TurnInput::Speech {
                             audio,
@@ -812,8 +869,9 @@ async fn converse(
                     CallEvent::PauseOver => missed(&state, speculation.take()),
                     CallEvent::EndOfTurn { audio, caller_stopped, endpointing, pause } => {
                         // The caller moved on: whatever the agent still had queued is stale.
+                        let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
-                        finish_turn(&mut running, &mut history, &acked);
+                        finish_turn(&mut running, &mut history, &acked, Some(heard));
                         turn_number += 1;
                         let generation = shared.generation.load(Ordering::Relaxed);
                         match speculation.take() {
@@ -833,8 +891,9 @@ async fn converse(
                     }
                     CallEvent::Dtmf(digit) => {
                         missed(&state, speculation.take());
+                        let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
-                        finish_turn(&mut running, &mut history, &acked);
+                        finish_turn(&mut running, &mut history, &acked, Some(heard));
                         turn_number += 1;
                         let input = TurnInput::Text { text: format!("[caller pressed {digit}]"), at: Instant::now() };
                         running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
@@ -843,7 +902,7 @@ async fn converse(
             }
             _ = goodbye.cancelled() => {
                 interrupt(&shared, &clears).await;
-                finish_turn(&mut running, &mut history, &acked);
+                finish_turn(&mut running, &mut history, &acked, None);
                 let generation = shared.generation.load(Ordering::Relaxed);
                 if let Some(clips) = &clips {
                     let _ = playout.send(Playout::Audio { generation, frames: clips.goodbye.clone(), timings: None }).await;
@@ -873,18 +932,20 @@ async fn interrupt(shared: &Shared, clears: &mpsc::Sender<()>) {
 }
 
 /// Ends the running turn (aborting it if still at work) and writes it into the history with
-/// only the clauses whose marks Twilio acknowledged: what the caller actually heard.
+/// what the caller actually heard: the clauses whose marks Twilio acknowledged, then, when
+/// the agent was stopped mid-clause (`heard`), the words of that clause the caller heard.
 fn finish_turn(
     running: &mut Option<RunningTurn>,
     history: &mut Conversation,
     acked: &HashSet<String>,
+    heard: Option<Heard>,
 ) {
     let Some((task, record)) = running.take() else {
         return;
     };
     drop(task);
     let record = std::mem::take(&mut *record.lock().unwrap_or_else(|p| p.into_inner()));
-    record_turn(&record, history, acked);
+    record_turn(&record, history, acked, heard);
 }
 
 /// What [`finish_turn`] would write if the running turn ended now, leaving it running.
@@ -892,24 +953,54 @@ fn preview_turn(
     running: &Option<RunningTurn>,
     history: &mut Conversation,
     acked: &HashSet<String>,
+    heard: Option<Heard>,
 ) {
     if let Some((_, record)) = running {
         let record = record.lock().unwrap_or_else(|p| p.into_inner());
-        record_turn(&record, history, acked);
+        record_turn(&record, history, acked, heard);
     }
 }
 
-fn record_turn(record: &TurnRecord, history: &mut Conversation, acked: &HashSet<String>) {
+fn record_turn(
+    record: &TurnRecord,
+    history: &mut Conversation,
+    acked: &HashSet<String>,
+    heard: Option<Heard>,
+) {
     if let Some(user) = &record.user {
         history.caller(user);
     }
-    let heard: Vec<&str> = record
+    let whole = record
         .segments
         .iter()
-        .take_while(|(mark, _)| acked.contains(mark))
-        .map(|(_, t)| t.as_str())
+        .take_while(|(mark, _, _)| acked.contains(mark))
+        .count();
+    let mut said: Vec<String> = record.segments[..whole]
+        .iter()
+        .map(|(_, text, _)| text.clone())
         .collect();
-    history.agent(&heard.join(" "));
+    // The clause that was playing: its words in proportion to the audio heard.
+    if let Some(heard) = heard.filter(|h| h.generation == record.generation && h.segment == whole)
+        && let Some((_, text, length)) = record.segments.get(whole)
+    {
+        said.extend(heard_words(text, heard.heard, *length));
+    }
+    history.agent(&said.join(" "));
+}
+
+/// The words of `text` (spoken in `length`) a caller heard in its first `heard`, taking the
+/// words as evenly spaced; a clause cut short ends with an ellipsis, so the model knows it
+/// was interrupted there.
+fn heard_words(text: &str, heard: Duration, length: Duration) -> Option<String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() || length.is_zero() {
+        return None;
+    }
+    if heard >= length {
+        return Some(words.join(" "));
+    }
+    let n = (words.len() as f64 * heard.as_secs_f64() / length.as_secs_f64()).floor() as usize;
+    (n > 0).then(|| format!("{}…", words[..n].join(" ")))
 }
 
 /// A reply started in an announced pause, before the turn was over: it transcribes and asks
@@ -1230,6 +1321,8 @@ impl Turn {
         .map_err(|_| timeout_err())??;
         let mut first_audio = index == 0;
         let mut frames = Vec::new();
+        // The clause's length as played, for what a caller stopped mid-clause heard of it.
+        let mut spoken = Duration::ZERO;
         loop {
             let chunk = tokio::time::timeout(tts_timeout, audio.chunks.next())
                 .await
@@ -1273,6 +1366,8 @@ impl Turn {
                     None
                 };
                 let frames = Bytes::from(std::mem::take(&mut frames));
+                // 8 kHz mu-law: one byte per 125 us.
+                spoken += Duration::from_micros(frames.len() as u64 * 125);
                 if self
                     .playout
                     .send(Playout::Audio {
@@ -1291,9 +1386,14 @@ impl Turn {
             }
         }
         let mark = format!("t{}-s{index}", self.number);
-        self.lock_record()
-            .segments
-            .push((mark.clone(), text.to_string()));
+        {
+            let generation = self.generation.load(Ordering::Relaxed);
+            let mut record = self.lock_record();
+            record.generation = generation;
+            record
+                .segments
+                .push((mark.clone(), text.to_string(), spoken));
+        }
         let _ = self
             .playout
             .send(Playout::Mark {
@@ -1335,5 +1435,76 @@ impl Turn {
                 name: format!("t{}-apology", self.number),
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clause_cut_short_keeps_the_words_heard_and_says_it_was_cut() {
+        let clause = "On Monday and Tuesday we open at nine.";
+        let length = Duration::from_millis(3200);
+        // Eight words over 3.2 s: 1.3 s heard is three whole words.
+        assert_eq!(
+            heard_words(clause, Duration::from_millis(1300), length).as_deref(),
+            Some("On Monday and…")
+        );
+        assert_eq!(
+            heard_words(clause, length, length).as_deref(),
+            Some(clause),
+            "heard to the end: the whole clause, not flagged"
+        );
+        assert_eq!(
+            heard_words(clause, Duration::from_millis(300), length),
+            None
+        );
+        assert_eq!(heard_words("", length, length), None);
+        assert_eq!(heard_words(clause, length, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn history_has_the_acknowledged_clauses_then_what_was_heard_of_the_one_playing() {
+        let record = TurnRecord {
+            user: Some("When are you open?".into()),
+            generation: 3,
+            segments: vec![
+                (
+                    "t1-s0".into(),
+                    "We open at nine.".into(),
+                    Duration::from_millis(1000),
+                ),
+                (
+                    "t1-s1".into(),
+                    "On Sundays we open at noon.".into(),
+                    Duration::from_millis(2400),
+                ),
+                (
+                    "t1-s2".into(),
+                    "Anything else?".into(),
+                    Duration::from_millis(800),
+                ),
+            ],
+        };
+        let acked: HashSet<String> = ["t1-s0".to_owned()].into();
+        let said = |heard: Option<Heard>| {
+            let mut history = Conversation::new("");
+            record_turn(&record, &mut history, &acked, heard);
+            history.request("Wait.").unwrap()[1].content.clone()
+        };
+        let playing = |generation, segment, ms| Heard {
+            generation,
+            segment,
+            heard: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            said(Some(playing(3, 1, 1300))),
+            "We open at nine. On Sundays we…"
+        );
+        // Progress of another generation or another clause says nothing of this one.
+        assert_eq!(said(Some(playing(4, 1, 1300))), "We open at nine.");
+        assert_eq!(said(Some(playing(3, 2, 700))), "We open at nine.");
+        assert_eq!(said(None), "We open at nine.");
     }
 }
