@@ -811,6 +811,10 @@ async fn converse(
     let mut running: Option<RunningTurn> = None;
     // A reply begun in a pause that may end the turn, waiting for the turn to end there.
     let mut speculation: Option<Speculation> = None;
+    // The reply the last barge-in cut, in case the interruption had no words.
+    let mut interrupted: Option<Resume> = None;
+    let resume_window =
+        Duration::from_millis(state.config.turn_taking.false_interruption_resume_ms);
 
     let clips = state.clips();
     if let Some(clips) = clips.as_ref().filter(|c| !c.greeting.is_empty()) {
@@ -845,6 +849,7 @@ async fn converse(
                     }
                     CallEvent::BargeIn => {
                         state.metrics.barge_ins.inc();
+                        interrupted = resumable(&running, &acked, resume_window);
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked, Some(heard));
@@ -862,6 +867,7 @@ async fn converse(
                             caller_stopped: Instant::now(),
                             endpointing: Duration::ZERO,
                             commit: Some(committed),
+                            resume: interrupted.clone(),
                         };
                         let turn = start_turn(&state, &shared, &playout, &preview, input, turn_number + 1);
                         speculation = Some(Speculation { pause, turn, commit, history: preview });
@@ -884,13 +890,14 @@ async fn converse(
                             }
                             stale => {
                                 missed(&state, stale);
-                                let input = TurnInput::Speech { audio, caller_stopped, endpointing, commit: None };
+                                let input = TurnInput::Speech { audio, caller_stopped, endpointing, commit: None, resume: interrupted.take() };
                                 running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
                             }
                         }
                     }
                     CallEvent::Dtmf(digit) => {
                         missed(&state, speculation.take());
+                        interrupted = None;
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked, Some(heard));
@@ -1003,6 +1010,32 @@ fn heard_words(text: &str, heard: Duration, length: Duration) -> Option<String> 
     (n > 0).then(|| format!("{}…", words[..n].join(" ")))
 }
 
+/// A reply the caller interrupted: the clause they cut and those queued after it, spoken
+/// again if the interruption turns out to have no words within `window` of its end.
+#[derive(Debug, Clone)]
+struct Resume {
+    clauses: Vec<String>,
+    window: Duration,
+}
+
+/// What the running turn would resume from if the caller has just cut it: the first clause
+/// they had not heard to its end, and every clause queued after it.
+fn resumable(
+    running: &Option<RunningTurn>,
+    acked: &HashSet<String>,
+    window: Duration,
+) -> Option<Resume> {
+    let (_, record) = running.as_ref()?;
+    let record = record.lock().unwrap_or_else(|p| p.into_inner());
+    let clauses: Vec<String> = record
+        .segments
+        .iter()
+        .skip_while(|(mark, _, _)| acked.contains(mark))
+        .map(|(_, text, _)| text.clone())
+        .collect();
+    (!window.is_zero() && !clauses.is_empty()).then_some(Resume { clauses, window })
+}
+
 /// A reply started in an announced pause, before the turn was over: it transcribes and asks
 /// the LLM, and plays nothing until `commit` says the turn ended in that pause.
 struct Speculation {
@@ -1042,6 +1075,8 @@ enum TurnInput {
         endpointing: Duration,
         /// For a speculative reply: when (and whether) the turn is its to play.
         commit: Option<tokio::sync::oneshot::Receiver<Commit>>,
+        /// The reply this utterance interrupted, to resume if it has no words.
+        resume: Option<Resume>,
     },
     Text {
         text: String,
@@ -1143,14 +1178,17 @@ impl Turn {
     }
 
     async fn run(mut self, input: TurnInput, history: Conversation) {
+        let mut resume = None;
         let (user, mut timings) = match input {
             TurnInput::Speech {
                 audio,
                 caller_stopped,
                 endpointing,
                 commit,
+                resume: cut,
             } => {
                 *self.commit.get_mut() = commit;
+                resume = cut;
                 let started = Instant::now();
                 self.started.lock().unwrap_or_else(|p| p.into_inner()).stt = Some(started);
                 let stt = &self.state.backends.stt;
@@ -1189,7 +1227,14 @@ impl Turn {
         };
         // The only place a call builds what it sends the LLM (see `conversation`).
         let Some(messages) = history.request(&user) else {
-            debug!("empty transcript; no reply");
+            // Words are due within the window from the end of the caller's sound.
+            let stopped = timings.caller_stopped;
+            match resume.filter(|r| Instant::now() <= stopped + r.window) {
+                // The caller's sound stopped the agent but said nothing: a cough, a breath,
+                // a door. Go back to what they cut.
+                Some(resume) => self.resume(resume, &mut timings).await,
+                None => debug!("empty transcript; no reply"),
+            }
             return;
         };
         if self.commit.get_mut().is_none() {
@@ -1287,6 +1332,26 @@ impl Turn {
         }
         if let Some(e) = error {
             self.apologise(e).await;
+        }
+    }
+
+    /// Speaks again the clauses a false interruption cut, from the start of the cut one.
+    async fn resume(&self, resume: Resume, timings: &mut TurnTimings) {
+        self.state.metrics.false_interruptions.inc();
+        debug!(
+            clauses = resume.clauses.len(),
+            "no words in the interruption; resuming"
+        );
+        let mut spoken = Vec::new();
+        for (index, clause) in resume.clauses.iter().enumerate() {
+            if let Err(e) = self.speak(clause, index, timings).await {
+                self.apologise(e).await;
+                break;
+            }
+            spoken.push(clause.as_str());
+        }
+        if !spoken.is_empty() {
+            self.state.said("agent", &spoken.join(" "));
         }
     }
 

@@ -157,6 +157,9 @@ pub struct TurnTakingConfig {
     /// With speculative replies: synthesise the reply's first clause before the turn is
     /// over too (it still plays only once the turn has ended).
     pub preemptive_tts: bool,
+    /// When a barge-in's speech turns out to have no words within this many ms (a cough, a
+    /// door), the agent resumes the clause it was cut in; 0 never resumes.
+    pub false_interruption_resume_ms: u64,
 }
 
 /// Which end-of-turn model judges the caller's pauses.
@@ -196,6 +199,7 @@ impl Default for TurnTakingConfig {
             max_end_of_turn_silence_ms: 2000,
             speculative_replies: false,
             preemptive_tts: false,
+            false_interruption_resume_ms: 1500,
         }
     }
 }
@@ -658,6 +662,14 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
             Ok(())
         },
     ),
+    (
+        "GROKCAST_FALSE_INTERRUPTION_RESUME_MS",
+        "turnTaking.falseInterruptionResumeMs",
+        |c, v| {
+            c.turn_taking.false_interruption_resume_ms = parse(v)?;
+            Ok(())
+        },
+    ),
     ("GROKCAST_BARGE_IN", "turnTaking.bargeIn", |c, v| {
         c.turn_taking.barge_in = parse_bool(v)?;
         Ok(())
@@ -816,6 +828,12 @@ impl AgentConfig {
             problems.push(format!(
                 "turnTaking.speculativeReplies without a model starts replies at minEndOfTurnSilenceMs ({} ms), which must be at least 50 and below endOfTurnSilenceMs ({} ms)",
                 t.min_end_of_turn_silence_ms, t.end_of_turn_silence_ms
+            ));
+        }
+        if t.false_interruption_resume_ms > 10_000 {
+            problems.push(format!(
+                "turnTaking.falseInterruptionResumeMs {} must be at most 10000",
+                t.false_interruption_resume_ms
             ));
         }
         if t.preemptive_tts && !t.speculative_replies {

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub end_of_turn_prediction_seconds: Histogram,
     /// Speculative replies by outcome (`hit`, `miss`).
     pub speculative_replies: IntCounterVec,
+    /// Barge-ins whose sound had no words, after which the agent resumed what it was saying.
+    pub false_interruptions: IntCounter,
 }
 
 impl Metrics {
@@ -175,6 +177,10 @@ impl Metrics {
             ),
             &["verdict"],
         )?;
+        let false_interruptions = IntCounter::new(
+            "grokcast_false_interruptions_total",
+            "Barge-ins whose sound had no words, after which the agent resumed the clause it was cut in",
+        )?;
         let speculative_replies = IntCounterVec::new(
             Opts::new(
                 "grokcast_speculative_replies_total",
@@ -201,6 +207,7 @@ impl Metrics {
         registry.register(Box::new(end_of_turn_predictions.clone()))?;
         registry.register(Box::new(end_of_turn_prediction_seconds.clone()))?;
         registry.register(Box::new(speculative_replies.clone()))?;
+        registry.register(Box::new(false_interruptions.clone()))?;
         // Pre-create label values so dashboards see zeros instead of missing series.
         for stage in [
             Stage::Endpointing,
@@ -234,6 +241,7 @@ impl Metrics {
             end_of_turn_predictions,
             end_of_turn_prediction_seconds,
             speculative_replies,
+            false_interruptions,
         })
     }
 

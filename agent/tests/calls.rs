@@ -371,6 +371,62 @@ async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interruption_with_no_words_lets_the_agent_resume_the_clause_it_cut() {
+    if !models_present() {
+        return;
+    }
+    for resume_ms in [1500, 0] {
+        let h = start(|c| c.turn_taking.false_interruption_resume_ms = resume_ms).await;
+        h.servers.set(|b| {
+            b.reply = "Let me tell you all about our opening hours. \
+                       On Monday and Tuesday we open at nine in the morning and close at six."
+                .into()
+        });
+        // The question is heard; the sound that interrupts the second clause has no words
+        // (STT hears nothing in a cough or a door).
+        let servers = h.servers.clone();
+        let silence_after_first = tokio::spawn(async move {
+            while servers.counts.stt.load(Ordering::Relaxed) < 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            servers.set(|b| b.transcript = String::new());
+        });
+        let noise = Arc::new(caller::espeak_audio("Hm, hm, hm.").unwrap());
+        let mut options = h.caller(&[&question(), &noise]);
+        options.interrupt_after = Some(Duration::from_millis(3500));
+        options.linger = Some(Duration::from_secs(6));
+        let report = caller::place_call(&options).await.unwrap();
+        silence_after_first.await.unwrap();
+        let metrics = h.metrics().await;
+        assert_eq!(
+            metric(&metrics, "grokcast_barge_ins_total", &AGENT),
+            Some(1.0),
+            "{metrics}"
+        );
+        // No new reply was asked for either way.
+        assert_eq!(h.servers.counts.llm.load(Ordering::Relaxed), 1);
+        let resumed = metric(&metrics, "grokcast_false_interruptions_total", &AGENT);
+        if resume_ms > 0 {
+            assert_eq!(resumed, Some(1.0), "{metrics}");
+            // The cut clause was spoken again, from its start, and played to its end.
+            assert!(
+                report.marks.iter().any(|m| m == "t2-s0"),
+                "{:?}",
+                report.marks
+            );
+        } else {
+            assert_eq!(resumed, Some(0.0), "{metrics}");
+            assert!(
+                !report.marks.iter().any(|m| m.starts_with("t2")),
+                "{:?}",
+                report.marks
+            );
+        }
+        h.stop().await;
+    }
+}
+
 /// Whether `part` is `text`'s first words.
 fn is_word_prefix(text: &str, part: &str) -> bool {
     text.starts_with(part) && (text.len() == part.len() || text[part.len()..].starts_with(' '))

@@ -297,6 +297,12 @@ pub struct TurnTakingSpec {
     /// pause.
     #[serde(default)]
     pub preemptive_tts: bool,
+    /// When the caller's sound stops the agent but STT finds no words in it within this
+    /// many milliseconds of its end (a cough, a door), the agent speaks again the clause it
+    /// was cut in and the rest it had queued. 0 never resumes.
+    #[serde(default = "default_false_interruption_resume")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub false_interruption_resume_ms: i32,
 }
 
 /// The model that judges whether the caller has finished.
@@ -332,8 +338,13 @@ impl Default for TurnTakingSpec {
             max_end_of_turn_silence_ms: default_max_end_of_turn(),
             speculative_replies: false,
             preemptive_tts: false,
+            false_interruption_resume_ms: default_false_interruption_resume(),
         }
     }
+}
+
+fn default_false_interruption_resume() -> i32 {
+    1500
 }
 
 fn default_min_end_of_turn() -> i32 {

@@ -447,6 +447,8 @@ pub struct TurnTakingConfig {
     pub speculative_replies: bool,
     /// Synthesise a speculative reply's first clause before the turn is over.
     pub preemptive_tts: bool,
+    /// Resume a clause cut by a sound with no words within this many ms.
+    pub false_interruption_resume_ms: i32,
 }
 
 /// The resolved pipeline config for a validated agent.
@@ -502,6 +504,7 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             max_end_of_turn_silence_ms: spec.turn_taking.max_end_of_turn_silence_ms,
             speculative_replies: spec.turn_taking.speculative_replies,
             preemptive_tts: spec.turn_taking.preemptive_tts,
+            false_interruption_resume_ms: spec.turn_taking.false_interruption_resume_ms,
         },
         slo: SloConfig {
             turn_latency_p95_ms: spec.slo.turn_latency_p95_ms,

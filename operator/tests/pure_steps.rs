@@ -607,6 +607,10 @@ fn agent_config_resolves_pool_endpoints_and_models() {
     // Without a model, silence alone ends turns, as before the field existed.
     assert_eq!(v["turnTaking"]["endOfTurnModel"].as_str(), Some("none"));
     assert_eq!(v["turnTaking"]["speculativeReplies"].as_bool(), Some(false));
+    assert_eq!(
+        v["turnTaking"]["falseInterruptionResumeMs"].as_i64(),
+        Some(1500)
+    );
     assert_eq!(v["maxCalls"].as_i64(), Some(50));
     assert!(
         !yaml.contains("REPLACE"),
