@@ -524,11 +524,13 @@ async fn a_call_through_what_the_operator_wrote_is_heard_by_whisper() {
         "greeting as heard / as the TTS pool speaks it: length {span_ratio:.3}, pitch {pitch_ratio:.3}"
     );
     // Speed moves length and pitch in opposite directions: a wrongly assumed rate (24 kHz
-    // for Piper's 22,050 Hz) plays 8% short and 9% high, a ratio of 1.18 between them. Piper
-    // varies each one by up to about 4% from one synthesis to the next, on its own.
+    // for Piper's 22,050 Hz) plays 8% short and 9% high, a ratio of 1.18 between them (0.85
+    // the other way). Piper varies each one by up to about 5% from one synthesis to the next,
+    // on its own, in opposite directions too: a clean run has measured 1.10 (length 0.941,
+    // pitch 1.037). The bounds sit halfway between.
     let speed = pitch_ratio / span_ratio;
     assert!(
-        (0.91..=1.1).contains(&speed),
+        (0.89..=1.13).contains(&speed),
         "the greeting played at the wrong speed: {span_ratio:.3} times its length, \
          {pitch_ratio:.3} times its pitch"
     );
