@@ -1011,7 +1011,8 @@ fn heard_words(text: &str, heard: Duration, length: Duration) -> Option<String> 
 }
 
 /// A reply the caller interrupted: the clause they cut and those queued after it, spoken
-/// again if the interruption turns out to have no words within `window` of its end.
+/// again if the interruption turns out to have no words (or only backchannels) within
+/// `window` of its end.
 #[derive(Debug, Clone)]
 struct Resume {
     clauses: Vec<String>,
@@ -1225,13 +1226,23 @@ impl Turn {
                 },
             ),
         };
+        // A reply the caller cut, still to be resumed: words are due within the window from
+        // the end of the caller's sound.
+        let stopped = timings.caller_stopped;
+        let resume = resume.filter(|r| Instant::now() <= stopped + r.window);
+        // "Uh-huh" over the agent is listening, not taking the turn: like no words at all.
+        let backchannel = resume.is_some()
+            && crate::turn::only_backchannels(&user, &self.state.config.turn_taking.backchannels);
         // The only place a call builds what it sends the LLM (see `conversation`).
-        let Some(messages) = history.request(&user) else {
-            // Words are due within the window from the end of the caller's sound.
-            let stopped = timings.caller_stopped;
-            match resume.filter(|r| Instant::now() <= stopped + r.window) {
-                // The caller's sound stopped the agent but said nothing: a cough, a breath,
-                // a door. Go back to what they cut.
+        let messages = if backchannel {
+            None
+        } else {
+            history.request(&user)
+        };
+        let Some(messages) = messages else {
+            match resume {
+                // The caller's sound stopped the agent but said nothing (a cough, a door) or
+                // only that they are listening: go back to what they cut.
                 Some(resume) => self.resume(resume, &mut timings).await,
                 None => debug!("empty transcript; no reply"),
             }

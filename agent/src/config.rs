@@ -160,6 +160,9 @@ pub struct TurnTakingConfig {
     /// When a barge-in's speech turns out to have no words within this many ms (a cough, a
     /// door), the agent resumes the clause it was cut in; 0 never resumes.
     pub false_interruption_resume_ms: u64,
+    /// Words and phrases that, said alone over the agent ("uh-huh", "okay"), count as no
+    /// words: the agent resumes instead of answering them.
+    pub backchannels: Vec<String>,
 }
 
 /// Which end-of-turn model judges the caller's pauses.
@@ -200,6 +203,10 @@ impl Default for TurnTakingConfig {
             speculative_replies: false,
             preemptive_tts: false,
             false_interruption_resume_ms: 1500,
+            backchannels: crate::turn::DEFAULT_BACKCHANNELS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -659,6 +666,18 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         "turnTaking.preemptiveTts",
         |c, v| {
             c.turn_taking.preemptive_tts = parse_bool(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_BACKCHANNELS",
+        "turnTaking.backchannels",
+        |c, v| {
+            c.turn_taking.backchannels = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
             Ok(())
         },
     ),

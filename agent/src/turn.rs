@@ -20,6 +20,62 @@ use std::time::Duration;
 /// model's own decision point).
 pub const END_OF_TURN_PROBABILITY: f32 = 0.5;
 
+/// What callers say to show they are listening, not to take the turn: said over the agent,
+/// they are treated like a sound with no words (the agent resumes what it was saying).
+pub const DEFAULT_BACKCHANNELS: &[&str] = &[
+    "uh-huh",
+    "uh huh",
+    "mm-hm",
+    "mhm",
+    "mm",
+    "hmm",
+    "hm",
+    "okay",
+    "ok",
+    "right",
+    "yeah",
+    "yep",
+    "sure",
+    "got it",
+    "i see",
+    "alright",
+    "all right",
+];
+
+/// Lower-case words of `text`, without punctuation (hyphens and apostrophes inside a word
+/// stay: "uh-huh", "that's").
+fn spoken_words(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '\''))
+        .map(|w| w.trim_matches(|c| c == '-' || c == '\'').to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Whether `transcript` says nothing but backchannels ("Okay.", "Yeah, right.", "uh huh
+/// okay"); an empty transcript is not one.
+pub fn only_backchannels(transcript: &str, backchannels: &[String]) -> bool {
+    let words = spoken_words(transcript);
+    let phrases: Vec<Vec<String>> = backchannels
+        .iter()
+        .map(|p| spoken_words(p))
+        .filter(|p| !p.is_empty())
+        .collect();
+    let mut at = 0;
+    while at < words.len() {
+        // The longest phrase that fits here ("uh huh" before "uh").
+        let step = phrases
+            .iter()
+            .filter(|p| words[at..].starts_with(p))
+            .map(Vec::len)
+            .max();
+        match step {
+            Some(n) => at += n,
+            None => return false,
+        }
+    }
+    !words.is_empty()
+}
+
 /// Turn-taking thresholds, from the VoiceAgent's `turnTaking`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnTaking {
@@ -715,5 +771,30 @@ mod tests {
             !ev.iter().any(|(_, e)| matches!(e, TurnEvent::Pause(_))),
             "{ev:?}"
         );
+    }
+
+    #[test]
+    fn backchannels_are_recognised_only_when_nothing_else_is_said() {
+        let list: Vec<String> = DEFAULT_BACKCHANNELS.iter().map(|s| s.to_string()).collect();
+        for said in [
+            "Okay.",
+            "Uh-huh.",
+            "uh huh",
+            "Yeah, right.",
+            "Mm-hm, okay, got it.",
+        ] {
+            assert!(only_backchannels(said, &list), "{said}");
+        }
+        for said in [
+            "",
+            "...",
+            "Okay, but what about Sunday?",
+            "No.",
+            "Right now please.",
+            "I see a problem.",
+        ] {
+            assert!(!only_backchannels(said, &list), "{said}");
+        }
+        assert!(!only_backchannels("Okay.", &[]), "an empty list has none");
     }
 }

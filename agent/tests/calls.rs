@@ -376,21 +376,27 @@ async fn an_interruption_with_no_words_lets_the_agent_resume_the_clause_it_cut()
     if !models_present() {
         return;
     }
-    for resume_ms in [1500, 0] {
+    // (resume window, what STT hears in the interruption, whether the agent resumes)
+    for (resume_ms, heard, resumes) in [
+        (1500, "", true),
+        (1500, "Uh-huh, okay.", true),
+        (1500, "Okay, but what about Sunday?", false),
+        (0, "", false),
+    ] {
         let h = start(|c| c.turn_taking.false_interruption_resume_ms = resume_ms).await;
         h.servers.set(|b| {
             b.reply = "Let me tell you all about our opening hours. \
                        On Monday and Tuesday we open at nine in the morning and close at six."
                 .into()
         });
-        // The question is heard; the sound that interrupts the second clause has no words
-        // (STT hears nothing in a cough or a door).
+        // The question is heard; then STT hears `heard` in the sound that interrupts the
+        // second clause (nothing in a cough or a door).
         let servers = h.servers.clone();
         let silence_after_first = tokio::spawn(async move {
             while servers.counts.stt.load(Ordering::Relaxed) < 1 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            servers.set(|b| b.transcript = String::new());
+            servers.set(|b| b.transcript = heard.into());
         });
         let noise = Arc::new(caller::espeak_audio("Hm, hm, hm.").unwrap());
         let mut options = h.caller(&[&question(), &noise]);
@@ -404,10 +410,15 @@ async fn an_interruption_with_no_words_lets_the_agent_resume_the_clause_it_cut()
             Some(1.0),
             "{metrics}"
         );
-        // No new reply was asked for either way.
-        assert_eq!(h.servers.counts.llm.load(Ordering::Relaxed), 1);
+        // Only words that are more than listening get a new reply.
+        let replies = if heard.contains("Sunday") { 2 } else { 1 };
+        assert_eq!(
+            h.servers.counts.llm.load(Ordering::Relaxed),
+            replies,
+            "{heard:?}"
+        );
         let resumed = metric(&metrics, "grokcast_false_interruptions_total", &AGENT);
-        if resume_ms > 0 {
+        if resumes {
             assert_eq!(resumed, Some(1.0), "{metrics}");
             // The cut clause was spoken again, from its start, and played to its end.
             assert!(
@@ -417,9 +428,11 @@ async fn an_interruption_with_no_words_lets_the_agent_resume_the_clause_it_cut()
             );
         } else {
             assert_eq!(resumed, Some(0.0), "{metrics}");
-            assert!(
-                !report.marks.iter().any(|m| m.starts_with("t2")),
-                "{:?}",
+            // Nothing said again: either silence, or the answer to the real question.
+            assert_eq!(
+                report.marks.iter().any(|m| m.starts_with("t2")),
+                replies == 2,
+                "{heard:?}: {:?}",
                 report.marks
             );
         }

@@ -303,6 +303,11 @@ pub struct TurnTakingSpec {
     #[serde(default = "default_false_interruption_resume")]
     #[schemars(range(min = 0, max = 10000))]
     pub false_interruption_resume_ms: i32,
+    /// Words and phrases that, said alone over the agent, only show the caller is listening
+    /// ("uh-huh", "okay"): like a sound with no words, the agent resumes what it was saying
+    /// instead of answering them. Matched whole, case and punctuation aside.
+    #[serde(default = "default_backchannels")]
+    pub backchannels: Vec<String>,
 }
 
 /// The model that judges whether the caller has finished.
@@ -339,8 +344,33 @@ impl Default for TurnTakingSpec {
             speculative_replies: false,
             preemptive_tts: false,
             false_interruption_resume_ms: default_false_interruption_resume(),
+            backchannels: default_backchannels(),
         }
     }
+}
+
+fn default_backchannels() -> Vec<String> {
+    [
+        "uh-huh",
+        "uh huh",
+        "mm-hm",
+        "mhm",
+        "mm",
+        "hmm",
+        "hm",
+        "okay",
+        "ok",
+        "right",
+        "yeah",
+        "yep",
+        "sure",
+        "got it",
+        "i see",
+        "alright",
+        "all right",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn default_false_interruption_resume() -> i32 {

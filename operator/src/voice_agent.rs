@@ -449,6 +449,8 @@ pub struct TurnTakingConfig {
     pub preemptive_tts: bool,
     /// Resume a clause cut by a sound with no words within this many ms.
     pub false_interruption_resume_ms: i32,
+    /// What counts as a backchannel over the agent.
+    pub backchannels: Vec<String>,
 }
 
 /// The resolved pipeline config for a validated agent.
@@ -505,6 +507,7 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             speculative_replies: spec.turn_taking.speculative_replies,
             preemptive_tts: spec.turn_taking.preemptive_tts,
             false_interruption_resume_ms: spec.turn_taking.false_interruption_resume_ms,
+            backchannels: spec.turn_taking.backchannels.clone(),
         },
         slo: SloConfig {
             turn_latency_p95_ms: spec.slo.turn_latency_p95_ms,

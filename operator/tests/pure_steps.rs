@@ -611,6 +611,8 @@ fn agent_config_resolves_pool_endpoints_and_models() {
         v["turnTaking"]["falseInterruptionResumeMs"].as_i64(),
         Some(1500)
     );
+    let backchannels = v["turnTaking"]["backchannels"].as_sequence().unwrap();
+    assert!(backchannels.iter().any(|w| w.as_str() == Some("uh-huh")));
     assert_eq!(v["maxCalls"].as_i64(), Some(50));
     assert!(
         !yaml.contains("REPLACE"),
