@@ -885,6 +885,8 @@ async fn converse(
                             // reply heard every word, so it is the turn's.
                             Some(s) if pause == Some(s.pause) && s.history == history => {
                                 state.metrics.speculative_replies.with_label_values(&["hit"]).inc();
+                                // The speculative reply carries its own copy of what to resume.
+                                interrupted = None;
                                 let _ = s.commit.send(Commit { generation, caller_stopped, endpointing, at: Instant::now() });
                                 running = Some(s.turn);
                             }
@@ -1348,6 +1350,10 @@ impl Turn {
 
     /// Speaks again the clauses a false interruption cut, from the start of the cut one.
     async fn resume(&self, resume: Resume, timings: &mut TurnTimings) {
+        // Counted only once it is the turn's (not for a speculation that is cancelled).
+        if !self.own().await {
+            return;
+        }
         self.state.metrics.false_interruptions.inc();
         debug!(
             clauses = resume.clauses.len(),
@@ -1431,11 +1437,13 @@ impl Turn {
                 return Err(e);
             }
             if !frames.is_empty() {
+                // Nothing of a speculative reply plays before the turn is its own, whichever
+                // clause has the first audio (cheap once it is).
+                if !self.own().await {
+                    return Ok(());
+                }
                 let timings = if first_audio {
                     first_audio = false;
-                    if !self.own().await {
-                        return Ok(());
-                    }
                     timings.tts_first_audio = started.elapsed();
                     Some(self.as_waited(*timings, started))
                 } else {
@@ -1460,6 +1468,10 @@ impl Turn {
             if last {
                 break;
             }
+        }
+        // Nor its marks (a clause with no audio still has one).
+        if !self.own().await {
+            return Ok(());
         }
         let mark = format!("t{}-s{index}", self.number);
         {

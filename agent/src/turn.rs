@@ -26,6 +26,7 @@ pub const DEFAULT_BACKCHANNELS: &[&str] = &[
     "uh-huh",
     "uh huh",
     "mm-hm",
+    "mm-hmm",
     "mhm",
     "mm",
     "hmm",
@@ -321,18 +322,22 @@ impl Endpointer {
                     }
                     *silence += length;
                 }
+                // Only voiced speech interrupts: the quiet the VAD still calls speech after a
+                // short sound is not part of it.
                 if *over_agent
                     && !*barged
                     && c.barge_in
                     && agent_speaking
-                    && *speech >= c.min_barge_in
+                    && speech.saturating_sub(*quiet) >= c.min_barge_in
                 {
                     *barged = true;
                     return Some(TurnEvent::BargeIn);
                 }
                 // Speech over the agent only makes a turn if it interrupted; otherwise it was
-                // a cough, a "mm-hm" or speech while barge-in is off.
-                let counts = *speech >= c.min_speech && (!*over_agent || *barged);
+                // a cough, a "mm-hm" or speech while barge-in is off. An interruption is always
+                // a turn, even a short one: the agent stopped for it, and what it said (or
+                // did not) decides what comes next.
+                let counts = (*speech >= c.min_speech && !*over_agent) || *barged;
                 // Only a turn worth answering is worth the model's time; noise ends on the
                 // plain silence.
                 let limit = match c.semantic {
@@ -796,5 +801,47 @@ mod tests {
             assert!(!only_backchannels(said, &list), "{said}");
         }
         assert!(!only_backchannels("Okay.", &[]), "an empty list has none");
+    }
+
+    #[test]
+    fn a_short_sound_over_the_agent_does_not_interrupt_on_the_vads_lag_and_an_interruption_is_always_a_turn()
+     {
+        let mut e = Endpointer::new(TurnTaking::default());
+        let over = |e: &mut Endpointer, p: f32, quiet: Duration| {
+            e.push(
+                Chunk {
+                    probability: p,
+                    length: CHUNK,
+                    quiet_tail: quiet,
+                },
+                true,
+            )
+        };
+        // 4 loud chunks (128 ms), then 3 quiet ones the VAD still calls speech: 224 ms of
+        // "speech", but only 128 ms of voice.
+        let mut events = Vec::new();
+        for _ in 0..4 {
+            events.extend(over(&mut e, 0.9, Duration::ZERO));
+        }
+        for _ in 0..3 {
+            events.extend(over(&mut e, 0.9, CHUNK));
+        }
+        for _ in 0..12 {
+            events.extend(over(&mut e, 0.05, CHUNK));
+        }
+        assert_eq!(events, vec![TurnEvent::SpeechStarted, TurnEvent::Discarded]);
+        // 7 loud chunks interrupt at 224 ms, and the interruption is a turn.
+        let mut events = Vec::new();
+        for _ in 0..7 {
+            events.extend(over(&mut e, 0.9, Duration::ZERO));
+        }
+        for _ in 0..12 {
+            events.extend(over(&mut e, 0.05, CHUNK));
+        }
+        assert_eq!(events[..2], [TurnEvent::SpeechStarted, TurnEvent::BargeIn]);
+        assert!(
+            matches!(events.last(), Some(TurnEvent::EndOfTurn { .. })),
+            "{events:?}"
+        );
     }
 }

@@ -354,6 +354,7 @@ fn default_backchannels() -> Vec<String> {
         "uh-huh",
         "uh huh",
         "mm-hm",
+        "mm-hmm",
         "mhm",
         "mm",
         "hmm",
