@@ -8,7 +8,8 @@ pub mod call;
 pub mod caller;
 pub mod clause;
 pub mod clips;
-pub mod codec;
+/// G.711 mu-law, shared with the engines (grokcast-serve reads mu-law streams too).
+pub use grokcast_engines::mulaw as codec;
 pub mod config;
 pub mod conversation;
 pub mod demo;

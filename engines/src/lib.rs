@@ -22,10 +22,13 @@ pub mod csm;
 pub mod espeak;
 pub mod llm;
 pub mod models;
+pub mod mulaw;
+pub mod riva;
 pub mod server;
 pub mod smart_turn;
 #[cfg(feature = "whisper")]
 pub mod stt;
+pub mod stt_stream;
 pub mod tts;
 pub mod vad;
 pub mod whisper_convert;

@@ -97,20 +97,25 @@ impl WhisperStt {
         })
     }
 
+    /// The language Whisper is told for `language` (an ISO code such as `en`, or none), or
+    /// why this model cannot transcribe it: `None` means English for English-only models and
+    /// auto-detection otherwise.
+    pub fn language<'a>(&self, language: Option<&'a str>) -> Result<Option<&'a str>, SttError> {
+        match language.map(str::trim).filter(|l| !l.is_empty()) {
+            None if self.multilingual => Ok(None),
+            None => Ok(Some("en")),
+            Some(l) if !self.multilingual && l != "en" => Err(SttError::Language(l.to_owned())),
+            Some(l) if whisper_rs::get_lang_id(l).is_none() => {
+                Err(SttError::Language(l.to_owned()))
+            }
+            Some(l) => Ok(Some(l)),
+        }
+    }
+
     /// Transcribes 16 kHz mono audio in -1..1. `language` is an ISO code such as `en`;
     /// `None` means English for English-only models and auto-detection otherwise.
     pub fn transcribe(&self, pcm16k: &[f32], language: Option<&str>) -> Result<String, SttError> {
-        let language = match language.map(str::trim).filter(|l| !l.is_empty()) {
-            None if self.multilingual => None,
-            None => Some("en"),
-            Some(l) if !self.multilingual && l != "en" => {
-                return Err(SttError::Language(l.to_owned()));
-            }
-            Some(l) if whisper_rs::get_lang_id(l).is_none() => {
-                return Err(SttError::Language(l.to_owned()));
-            }
-            Some(l) => Some(l),
-        };
+        let language = self.language(language)?;
         // whisper.cpp needs at least one second; pad short clips with silence.
         let min_len = 16_000 + 1_600;
         let padded;
@@ -137,6 +142,10 @@ impl WhisperStt {
         // second) plus a margin. This cuts encoder time roughly in proportion.
         let positions = audio.len() / 320 + 128;
         params.set_audio_ctx(i32::try_from(positions.min(1500)).unwrap_or(1500));
+        // A small model fed a long quiet tail can loop on its last sentence; no one speaks
+        // more than about six tokens a second, so cap the transcript at ten per second.
+        let max_tokens = pcm16k.len() / 1_600 + 16;
+        params.set_max_tokens(i32::try_from(max_tokens).unwrap_or(i32::MAX));
         params.set_print_progress(false);
         params.set_print_realtime(false);
         params.set_print_special(false);

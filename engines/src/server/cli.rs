@@ -47,6 +47,17 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8000", env = "GROKCAST_SERVE_ADDR")]
     listen: SocketAddr,
+    /// Also serve NVIDIA Riva's speech recognition over gRPC (`StreamingRecognize`, with
+    /// interim transcripts while the caller speaks) on this address; roles `stt` and `all`.
+    #[arg(long, env = "GROKCAST_SERVE_GRPC_ADDR")]
+    grpc_listen: Option<SocketAddr>,
+    /// Streams decode again after this much new audio, for interim transcripts.
+    #[arg(long, default_value_t = 400)]
+    stream_step_ms: u64,
+    /// Streams decode at once after this much quiet following speech, so the final
+    /// transcript is ready when the turn ends.
+    #[arg(long, default_value_t = 100)]
+    stream_pause_ms: u64,
     /// Models directory (default: $GROKCAST_MODELS_DIR, else models/ found upwards).
     #[arg(long)]
     models_dir: Option<PathBuf>,
@@ -207,6 +218,46 @@ async fn shutdown_signal() {
     tokio::select! { () = ctrl_c => {}, () = term => {} }
 }
 
+/// The Riva gRPC server when `--grpc-listen` asks for one, as a future that resolves only
+/// if it fails (it stops quietly on shutdown, like the HTTP server); pending without one.
+async fn grpc_server(
+    args: &Args,
+    state: &Arc<AppState>,
+) -> Result<futures::future::BoxFuture<'static, String>, String> {
+    let Some(addr) = args.grpc_listen else {
+        return Ok(Box::pin(std::future::pending()));
+    };
+    if !matches!(args.role, ServeRole::Stt | ServeRole::All) {
+        return Err(format!(
+            "--grpc-listen serves speech recognition; role {:?} has none",
+            args.role
+        ));
+    }
+    #[cfg(feature = "whisper")]
+    {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(%addr, "serving Riva speech recognition over gRPC");
+        let policy = crate::stt_stream::Policy {
+            step: std::time::Duration::from_millis(args.stream_step_ms),
+            pause: std::time::Duration::from_millis(args.stream_pause_ms),
+        };
+        let served = server::riva::serve(listener, Arc::clone(state), policy, shutdown_signal());
+        Ok(Box::pin(async move {
+            match served.await {
+                Ok(()) => std::future::pending().await,
+                Err(e) => e.to_string(),
+            }
+        }))
+    }
+    #[cfg(not(feature = "whisper"))]
+    {
+        let _ = (addr, state);
+        Err("--grpc-listen needs a build with Whisper (feature `whisper`)".to_owned())
+    }
+}
+
 /// Runs the command line until shutdown (SIGTERM or Ctrl-C).
 pub fn main_entry() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -332,6 +383,13 @@ async fn async_main() -> ExitCode {
             let _ = failed_tx.blocking_send(e);
         }
     });
+    let grpc = match grpc_server(&args, &state).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("grokcast-serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = server::serve(listener, state, shutdown_signal());
     tokio::select! {
         res = server => match res {
@@ -340,6 +398,10 @@ async fn async_main() -> ExitCode {
                 eprintln!("grokcast-serve: {e}");
                 ExitCode::FAILURE
             }
+        },
+        e = grpc => {
+            eprintln!("grokcast-serve: the gRPC server stopped: {e}");
+            ExitCode::FAILURE
         },
         Some(e) = failed_rx.recv() => {
             // A server that can never become ready should exit so the pod restarts

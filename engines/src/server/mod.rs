@@ -10,6 +10,8 @@ mod chat;
 pub mod cli;
 mod error;
 mod metrics;
+#[cfg(feature = "whisper")]
+pub mod riva;
 mod speech;
 mod transcribe;
 
