@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, StreamingStt, SttStream};
 use crate::clause::ClauseSplitter;
 use crate::clips::FrameEncoder;
 use crate::codec;
@@ -76,6 +76,8 @@ enum CallEvent {
         endpointing: Duration,
         /// The announced pause the turn ended in, if any.
         pause: Option<u64>,
+        /// The utterance's transcription stream, when STT streams.
+        stream: Option<SttStream>,
     },
     /// The caller paused long enough that the turn may be over: start a speculative reply
     /// on what they said so far.
@@ -385,6 +387,9 @@ async fn receive(
         speculative: state.config.turn_taking.speculative_replies,
         speculating: None,
         verdicts,
+        stt: state.backends.stt_stream.clone(),
+        stream: None,
+        streamed: 0,
     };
     loop {
         let message = tokio::select! {
@@ -512,6 +517,11 @@ struct Detector {
     /// The announced pause a speculative reply was started in, while it lasts.
     speculating: Option<u64>,
     verdicts: mpsc::Sender<Verdict>,
+    /// Streaming STT, if the agent has it: each utterance streams while it is spoken.
+    stt: Option<Arc<dyn StreamingStt>>,
+    /// The utterance's stream, and how much of the utterance it has been sent.
+    stream: Option<SttStream>,
+    streamed: usize,
 }
 
 impl Detector {
@@ -550,6 +560,8 @@ impl Detector {
                 self.utterance.clear();
                 // Keep the chunk before the onset: word starts are quiet.
                 self.utterance.extend_from_slice(&self.previous);
+                self.stream = self.stt.as_ref().map(|stt| stt.open());
+                self.streamed = 0;
             }
             Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn),
             Some(TurnEvent::EndOfTurn { silence, pause, .. }) => {
@@ -560,12 +572,16 @@ impl Detector {
             Some(TurnEvent::Discarded) => {
                 self.utterance.clear();
                 self.utterance.shrink_to(16_000);
+                // Too short to be a turn: its stream is cancelled unheard.
+                self.stream = None;
+                self.streamed = 0;
             }
             None => {}
         }
         if self.endpointer.in_speech() {
             self.utterance.extend_from_slice(&self.chunk);
         }
+        self.feed_stream();
         if let Some(pause) = ask {
             if self.turn_model.is_some() {
                 self.ask(pause);
@@ -588,6 +604,14 @@ impl Detector {
             }
         }
         std::mem::swap(&mut self.previous, &mut self.chunk);
+    }
+
+    /// Sends the stream what the utterance gained since it was last fed.
+    fn feed_stream(&mut self) {
+        if let Some(stream) = self.stream.as_mut() {
+            stream.push(&self.utterance[self.streamed.min(self.utterance.len())..]);
+        }
+        self.streamed = self.utterance.len();
     }
 
     /// Hands the utterance so far (its last 8 s: all the model hears) to the end-of-turn
@@ -695,11 +719,14 @@ impl Detector {
             .heard_until
             .checked_sub(silence)
             .unwrap_or(self.heard_until);
+        self.feed_stream();
+        self.streamed = 0;
         self.pending.push(CallEvent::EndOfTurn {
             audio: std::mem::take(&mut self.utterance),
             caller_stopped,
             endpointing: now.saturating_duration_since(caller_stopped),
             pause,
+            stream: self.stream.take(),
         });
     }
 }
@@ -864,6 +891,7 @@ async fn converse(
                         let (commit, committed) = tokio::sync::oneshot::channel();
                         let input = TurnInput::Speech {
                             audio,
+                            stream: None,
                             caller_stopped: Instant::now(),
                             endpointing: Duration::ZERO,
                             commit: Some(committed),
@@ -873,7 +901,7 @@ async fn converse(
                         speculation = Some(Speculation { pause, turn, commit, history: preview });
                     }
                     CallEvent::PauseOver => missed(&state, speculation.take()),
-                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing, pause } => {
+                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing, pause, stream } => {
                         // The caller moved on: whatever the agent still had queued is stale.
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
@@ -892,7 +920,7 @@ async fn converse(
                             }
                             stale => {
                                 missed(&state, stale);
-                                let input = TurnInput::Speech { audio, caller_stopped, endpointing, commit: None, resume: interrupted.take() };
+                                let input = TurnInput::Speech { audio, stream, caller_stopped, endpointing, commit: None, resume: interrupted.take() };
                                 running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
                             }
                         }
@@ -1074,6 +1102,8 @@ fn missed(state: &AgentState, speculation: Option<Speculation>) {
 enum TurnInput {
     Speech {
         audio: Vec<f32>,
+        /// Its transcription stream, when STT streams; `audio` is the batch fallback.
+        stream: Option<SttStream>,
         caller_stopped: Instant,
         endpointing: Duration,
         /// For a speculative reply: when (and whether) the turn is its to play.
@@ -1185,6 +1215,7 @@ impl Turn {
         let (user, mut timings) = match input {
             TurnInput::Speech {
                 audio,
+                stream,
                 caller_stopped,
                 endpointing,
                 commit,
@@ -1194,15 +1225,7 @@ impl Turn {
                 resume = cut;
                 let started = Instant::now();
                 self.started.lock().unwrap_or_else(|p| p.into_inner()).stt = Some(started);
-                let stt = &self.state.backends.stt;
-                let timeout = self.state.config.stt.stage.timeout();
-                let result = tokio::time::timeout(timeout, stt.transcribe(audio))
-                    .await
-                    .unwrap_or(Err(BackendError::Timeout {
-                        stage: crate::backend::StageName::Stt,
-                        after: timeout,
-                    }));
-                let text = match result {
+                let text = match self.transcribe(audio, stream).await {
                     Ok(text) => text,
                     Err(e) => return self.apologise(e).await,
                 };
@@ -1349,6 +1372,36 @@ impl Turn {
     }
 
     /// Speaks again the clauses a false interruption cut, from the start of the cut one.
+    /// The utterance's transcript, within the stage timeout: the stream's final transcript
+    /// when there is a stream, and the batch request when there is none or it failed (it
+    /// died, fell behind, or refused the audio), so a broken stream costs time, not words.
+    async fn transcribe(
+        &self,
+        audio: Vec<f32>,
+        stream: Option<SttStream>,
+    ) -> Result<String, BackendError> {
+        let timeout = self.state.config.stt.stage.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || BackendError::Timeout {
+            stage: crate::backend::StageName::Stt,
+            after: timeout,
+        };
+        if let Some(stream) = stream {
+            match tokio::time::timeout_at(deadline, stream.finish()).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Ok(text)) => return Ok(text),
+                Ok(Err(error)) => {
+                    self.state.metrics.stt_stream_fallbacks.inc();
+                    warn!(%error, "the transcription stream failed; transcribing the turn in one request");
+                }
+            }
+        }
+        let stt = &self.state.backends.stt;
+        tokio::time::timeout_at(deadline, stt.transcribe(audio))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+
     async fn resume(&self, resume: Resume, timings: &mut TurnTimings) {
         // Counted only once it is the turn's (not for a speculation that is cancelled).
         if !self.own().await {

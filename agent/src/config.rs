@@ -348,6 +348,10 @@ pub struct SttConfig {
     pub stage: StageConfig,
     /// ISO language code.
     pub language: String,
+    /// A server speaking NVIDIA Riva's `StreamingRecognize` over gRPC (`http://host:50051`):
+    /// the caller's audio streams there while they speak, and a turn whose stream fails is
+    /// transcribed through `backend`/`url` instead. Empty: every turn in one request.
+    pub streaming_url: String,
 }
 
 /// LLM settings.
@@ -385,6 +389,7 @@ impl Default for SttConfig {
         Self {
             stage: StageConfig::new("whisper-1", 5_000),
             language: "en".into(),
+            streaming_url: String::new(),
         }
     }
 }
@@ -567,6 +572,10 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     }),
     ("GROKCAST_STT_LANGUAGE", "stt.language", |c, v| {
         c.stt.language = v.into();
+        Ok(())
+    }),
+    ("GROKCAST_STT_STREAMING_URL", "stt.streamingUrl", |c, v| {
+        c.stt.streaming_url = v.into();
         Ok(())
     }),
     ("GROKCAST_STT_TIMEOUT_MS", "stt.timeoutMs", |c, v| {
@@ -881,6 +890,15 @@ impl AgentConfig {
                 problems.push(format!("{name}.timeoutMs must be above 0"));
             }
         }
+        let streaming = &self.stt.streaming_url;
+        let plain_grpc = streaming
+            .strip_prefix("http://")
+            .is_some_and(|host| !host.is_empty());
+        if !streaming.is_empty() && !plain_grpc {
+            problems.push(format!(
+                "stt.streamingUrl {streaming:?} must be a plain-text gRPC URL such as http://stt:50051 (in-cluster gRPC without TLS)"
+            ));
+        }
         if !crate::backend::speech_audio::RATES.contains(&self.tts.sample_rate) {
             problems.push(format!(
                 "tts.sampleRate {} must be within 8000..48000",
@@ -1065,6 +1083,30 @@ mod tests {
         )
         .unwrap();
         assert!(c.insecure_skip_signature);
+    }
+
+    #[test]
+    fn a_streaming_stt_url_is_plain_grpc_and_optional() {
+        let c = AgentConfig::load(None, &env(MINIMAL)).unwrap();
+        assert!(
+            c.stt.streaming_url.is_empty(),
+            "no streaming unless asked for"
+        );
+        let mut vars = MINIMAL.to_vec();
+        vars.push((
+            "GROKCAST_STT_STREAMING_URL",
+            "http://whisper.voice.svc:50051",
+        ));
+        let c = AgentConfig::load(None, &env(&vars)).unwrap();
+        assert_eq!(c.stt.streaming_url, "http://whisper.voice.svc:50051");
+        for bad in ["https://stt:50051", "stt:50051", "http://"] {
+            let mut vars = MINIMAL.to_vec();
+            vars.push(("GROKCAST_STT_STREAMING_URL", bad));
+            let err = AgentConfig::load(None, &env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("stt.streamingUrl"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The local demo: an agent on the embedded engines (Silero VAD, Whisper and Piper in-process,
-//! Gemma in `grokcast-serve-llm` over the OpenAI chat API) and one simulated Twilio call to it
+//! Gemma in `grokcast-serve-llm` over the OpenAI chat API, the caller's audio streamed to
+//! grokcast-serve's Riva speech recognition on a local port while they speak) and one
+//! simulated Twilio call to it
 //! over real sockets, with both sides' words, each turn's latency
 //! and its stage breakdown, and the call written to a WAV (caller left, agent right).
 
@@ -35,6 +37,10 @@ pub struct DemoOptions {
     pub say: Vec<String>,
     /// WAV file for the whole call.
     pub record: PathBuf,
+    /// Stream the caller's audio to STT while they speak (Riva's gRPC protocol, served on a
+    /// local port as an STT pool would serve it); otherwise each turn is transcribed in one
+    /// request after it ends.
+    pub streaming_stt: bool,
 }
 
 /// What happened.
@@ -111,9 +117,57 @@ pub fn serve_llm_binary() -> PathBuf {
     }
 }
 
+/// grokcast-serve's streaming speech recognition (Riva's gRPC protocol on Whisper) on a
+/// local port, as an STT pool serves it; stops when dropped.
+#[cfg(feature = "embedded")]
+struct SttStreamServer {
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[cfg(feature = "embedded")]
+impl SttStreamServer {
+    async fn start() -> Result<Self, DemoError> {
+        use grokcast_engines::server::{AppState, Engines, ServerConfig, riva};
+        let other = |e: String| DemoError::Other(format!("the streaming STT server: {e}"));
+        let paths =
+            grokcast_engines::models::ModelPaths::discover().map_err(|e| other(e.to_string()))?;
+        let path = paths.whisper().map_err(|e| other(e.to_string()))?;
+        let whisper =
+            grokcast_engines::stt::WhisperStt::load(&path).map_err(|e| other(e.to_string()))?;
+        let state = AppState::new(ServerConfig::default()).map_err(|e| other(e.to_string()))?;
+        state.set_engines(Engines {
+            stt: Some(Arc::new(whisper)),
+            ..Engines::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| other(e.to_string()))?;
+        let url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| other(e.to_string()))?
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(riva::serve(
+            listener,
+            state,
+            grokcast_engines::stt_stream::Policy::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Self { url, _stop: stop })
+    }
+}
+
 /// Runs the demo.
 pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let llm = LlmServer::start().await?;
+    #[cfg(feature = "embedded")]
+    let stt_stream = match options.streaming_stt {
+        true => Some(SttStreamServer::start().await?),
+        false => None,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| DemoError::Other(e.to_string()))?;
@@ -135,6 +189,10 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     config.llm.stage.timeout_ms = 30_000;
     config.stt.stage.timeout_ms = 30_000;
     config.tts.stage.timeout_ms = 30_000;
+    #[cfg(feature = "embedded")]
+    if let Some(server) = &stt_stream {
+        config.stt.streaming_url = server.url.clone();
+    }
     config
         .validate()
         .map_err(|e| DemoError::Other(e.to_string()))?;
@@ -169,6 +227,8 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
     drop(llm);
+    #[cfg(feature = "embedded")]
+    drop(stt_stream);
     Ok(DemoReport {
         call,
         transcript: state.take_transcript(),

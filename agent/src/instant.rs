@@ -12,6 +12,12 @@
 //! syllable envelope), 55 ms per character of text, as 16-bit mono at a settable rate (24 kHz
 //! by default, OpenAI's `pcm`): raw PCM or a WAV file as the request's `response_format`
 //! asks, with the rate in `x-sample-rate` unless that is switched off.
+//!
+//! Streaming transcription ([`InstantServers::serve_riva`]) stands for a Riva, NIM or
+//! grokcast-serve STT pool: NVIDIA Riva's `StreamingRecognize` over real gRPC. It demands
+//! what those servers demand (the configuration first, 16 kHz LINEAR_PCM, audio after it),
+//! sends an interim transcript once half a second of audio has come, and the final one when
+//! the agent closes its side. It can die mid-utterance or be slow to finish.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +30,16 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use grokcast_engines::llm::{GEMMA3_ROLE_ORDER_ERROR, Role, gemma3_accepts};
+use grokcast_engines::riva::asr::streaming_recognize_request::StreamingRequest;
+use grokcast_engines::riva::asr::{
+    RecognizeRequest, RecognizeResponse, RivaSpeechRecognitionConfigRequest,
+    RivaSpeechRecognitionConfigResponse, SpeechRecognitionAlternative, StreamingRecognitionResult,
+    StreamingRecognizeRequest, StreamingRecognizeResponse,
+};
+use grokcast_engines::riva::{AudioEncoding, RivaSpeechRecognition, RivaSpeechRecognitionServer};
 use grokcast_engines::server::SAMPLE_RATE_HEADER;
 use serde::Deserialize;
+use tonic::Status;
 
 /// Sample rate of the speech the double returns unless told otherwise.
 pub const SPEECH_RATE: u32 = 24_000;
@@ -113,6 +127,17 @@ pub struct InstantBehaviour {
     pub llm: StageBehaviour,
     /// Speech.
     pub tts: StageBehaviour,
+    /// Streaming transcription.
+    pub stream: StreamBehaviour,
+}
+
+/// How the streaming transcription double behaves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamBehaviour {
+    /// Reset every stream (UNAVAILABLE) once a quarter second of audio has come.
+    pub die_mid_utterance: bool,
+    /// Wait this long after the agent closes its side before the final transcript.
+    pub final_delay: Duration,
 }
 
 impl Default for InstantBehaviour {
@@ -126,6 +151,7 @@ impl Default for InstantBehaviour {
             stt: StageBehaviour::default(),
             llm: StageBehaviour::default(),
             tts: StageBehaviour::default(),
+            stream: StreamBehaviour::default(),
         }
     }
 }
@@ -139,6 +165,10 @@ pub struct InstantCounts {
     pub llm: AtomicU64,
     /// Speech requests.
     pub tts: AtomicU64,
+    /// Transcription streams opened.
+    pub stt_streams: AtomicU64,
+    /// Transcription streams that reached their final transcript.
+    pub stt_streams_finished: AtomicU64,
 }
 
 /// Shared handle to a running double.
@@ -178,6 +208,128 @@ impl InstantServers {
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         axum::serve(listener, self.router()).await
+    }
+
+    /// Serves streaming transcription (Riva's gRPC protocol) on `listener` until the task is
+    /// dropped.
+    pub async fn serve_riva(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(RivaSpeechRecognitionServer::new(InstantRiva(self)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    }
+}
+
+/// The streaming transcription double.
+struct InstantRiva(InstantServers);
+
+type Responses = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<StreamingRecognizeResponse, Status>> + Send>,
+>;
+
+fn result(transcript: String, is_final: bool) -> StreamingRecognizeResponse {
+    StreamingRecognizeResponse {
+        results: vec![StreamingRecognitionResult {
+            alternatives: vec![SpeechRecognitionAlternative {
+                transcript,
+                confidence: 0.0,
+            }],
+            is_final,
+            stability: if is_final { 1.0 } else { 0.5 },
+            channel_tag: 1,
+            audio_processed: 0.0,
+        }],
+    }
+}
+
+#[tonic::async_trait]
+impl RivaSpeechRecognition for InstantRiva {
+    async fn recognize(
+        &self,
+        _request: tonic::Request<RecognizeRequest>,
+    ) -> Result<tonic::Response<RecognizeResponse>, Status> {
+        Err(Status::unimplemented("the instant double only streams"))
+    }
+
+    type StreamingRecognizeStream = Responses;
+
+    async fn streaming_recognize(
+        &self,
+        request: tonic::Request<tonic::Streaming<StreamingRecognizeRequest>>,
+    ) -> Result<tonic::Response<Responses>, Status> {
+        let servers = self.0.clone();
+        servers.counts.stt_streams.fetch_add(1, Ordering::Relaxed);
+        let mut requests = request.into_inner();
+        let config = match requests.message().await?.and_then(|m| m.streaming_request) {
+            Some(StreamingRequest::StreamingConfig(c)) => c.config.unwrap_or_default(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be the config",
+                ));
+            }
+        };
+        if config.encoding != AudioEncoding::LinearPcm as i32 || config.sample_rate_hertz != 16_000
+        {
+            return Err(Status::invalid_argument(
+                "the double reads 16 kHz LINEAR_PCM, as the agent sends",
+            ));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let b = servers.behaviour();
+            let mut bytes = 0usize;
+            let mut interim_sent = false;
+            loop {
+                let message = match requests.message().await {
+                    Ok(m) => m,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                match message.and_then(|m| m.streaming_request) {
+                    Some(StreamingRequest::AudioContent(audio)) => bytes += audio.len(),
+                    Some(StreamingRequest::StreamingConfig(_)) => {
+                        let _ = tx.send(Err(Status::invalid_argument("config twice"))).await;
+                        return;
+                    }
+                    None => break,
+                }
+                // 16 kHz, 2 bytes a sample: 8000 bytes is a quarter second.
+                if b.stream.die_mid_utterance && bytes >= 8_000 {
+                    let _ = tx
+                        .send(Err(Status::unavailable("stream reset (test double)")))
+                        .await;
+                    return;
+                }
+                if !interim_sent && bytes >= 16_000 {
+                    interim_sent = true;
+                    let words: Vec<&str> = b.transcript.split_whitespace().collect();
+                    let half = words[..words.len() / 2].join(" ");
+                    let _ = tx.send(Ok(result(half, false))).await;
+                }
+            }
+            tokio::time::sleep(b.stream.final_delay).await;
+            servers
+                .counts
+                .stt_streams_finished
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(Ok(result(b.transcript.clone(), true))).await;
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    async fn get_riva_speech_recognition_config(
+        &self,
+        _request: tonic::Request<RivaSpeechRecognitionConfigRequest>,
+    ) -> Result<tonic::Response<RivaSpeechRecognitionConfigResponse>, Status> {
+        Err(Status::unimplemented("the instant double only streams"))
     }
 }
 

@@ -72,6 +72,10 @@ enum Command {
         /// Where to write the call (stereo WAV: caller left, agent right).
         #[arg(long, default_value = "demo-call.wav")]
         record: PathBuf,
+        /// Transcribe each turn in one request after it ends instead of streaming the
+        /// caller's audio while they speak (to compare the two).
+        #[arg(long)]
+        batch_stt: bool,
     },
     /// Run the instant OpenAI-compatible model servers (a test double for GPU model pools).
     InstantServers {
@@ -145,8 +149,16 @@ async fn main() -> anyhow::Result<()> {
             };
             call(options, calls, Duration::from_millis(spread_ms), record).await
         }
-        Command::Demo { say, record } => {
-            let options = grokcast_agent::demo::DemoOptions { say, record };
+        Command::Demo {
+            say,
+            record,
+            batch_stt,
+        } => {
+            let options = grokcast_agent::demo::DemoOptions {
+                say,
+                record,
+                streaming_stt: !batch_stt,
+            };
             eprintln!(
                 "Starting an agent on the embedded engines (Silero VAD, Whisper tiny.en and Piper in-process, Gemma 3 270M in grokcast-serve-llm) and calling it..."
             );

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub speculative_replies: IntCounterVec,
     /// Barge-ins whose sound had no words, after which the agent resumed what it was saying.
     pub false_interruptions: IntCounter,
+    /// Turns whose transcription stream failed and that were transcribed in one request.
+    pub stt_stream_fallbacks: IntCounter,
 }
 
 impl Metrics {
@@ -181,6 +183,10 @@ impl Metrics {
             "grokcast_false_interruptions_total",
             "Barge-ins whose sound had no words, after which the agent resumed the clause it was cut in",
         )?;
+        let stt_stream_fallbacks = IntCounter::new(
+            "grokcast_stt_stream_fallbacks_total",
+            "Turns whose transcription stream failed (died, fell behind, or was refused), transcribed in one batch request instead",
+        )?;
         let speculative_replies = IntCounterVec::new(
             Opts::new(
                 "grokcast_speculative_replies_total",
@@ -208,6 +214,7 @@ impl Metrics {
         registry.register(Box::new(end_of_turn_prediction_seconds.clone()))?;
         registry.register(Box::new(speculative_replies.clone()))?;
         registry.register(Box::new(false_interruptions.clone()))?;
+        registry.register(Box::new(stt_stream_fallbacks.clone()))?;
         // Pre-create label values so dashboards see zeros instead of missing series.
         for stage in [
             Stage::Endpointing,
@@ -242,6 +249,7 @@ impl Metrics {
             end_of_turn_prediction_seconds,
             speculative_replies,
             false_interruptions,
+            stt_stream_fallbacks,
         })
     }
 

@@ -118,7 +118,26 @@ pub fn build_backends(config: &AgentConfig) -> Result<Backends, StartupError> {
             config.tts.stage.timeout(),
         )),
     };
-    Ok(Backends { stt, llm, tts })
+    let stt_stream = if config.stt.streaming_url.is_empty() {
+        None
+    } else {
+        let client = crate::backend::riva::RivaStt::new(
+            &config.stt.streaming_url,
+            &config.stt.stage.model,
+            &config.stt.language,
+        )
+        .map_err(|message| StartupError::Engine {
+            stage: "stt",
+            message,
+        })?;
+        Some(Arc::new(client) as Arc<dyn crate::backend::StreamingStt>)
+    };
+    Ok(Backends {
+        stt,
+        llm,
+        tts,
+        stt_stream,
+    })
 }
 
 #[cfg(feature = "embedded")]

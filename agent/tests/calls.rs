@@ -101,6 +101,22 @@ async fn start_against(servers: InstantServers, adjust: impl FnOnce(&mut AgentCo
     }
 }
 
+/// An agent that streams its callers' audio to the instant streaming transcription double
+/// (Riva's gRPC protocol) and falls back to `servers`' batch transcription.
+async fn start_streaming(
+    servers: InstantServers,
+    adjust: impl FnOnce(&mut AgentConfig),
+) -> Harness {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(servers.clone().serve_riva(listener));
+    start_against(servers, move |c| {
+        c.stt.streaming_url = url;
+        adjust(c);
+    })
+    .await
+}
+
 impl Harness {
     fn caller(&self, utterances: &[&Arc<Vec<u8>>]) -> CallerOptions {
         CallerOptions {
@@ -166,6 +182,15 @@ const AGENT: [(&str, &str); 2] = [("voiceagent", "receptionist"), ("namespace", 
 
 fn with_agent<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     AGENT.iter().copied().chain(extra.iter().copied()).collect()
+}
+
+/// `grokcast_backend_errors_total` of one stage.
+fn backend_errors(metrics: &str, stage: &str) -> Option<f64> {
+    metric(
+        metrics,
+        "grokcast_backend_errors_total",
+        &with_agent(&[("stage", stage)]),
+    )
 }
 
 fn question() -> Arc<Vec<u8>> {
@@ -304,12 +329,7 @@ async fn barge_in_clears_within_100ms_and_history_keeps_only_what_was_heard() {
     // Every request was one the strict chat server answered: none was refused (a refusal
     // is a backend error and an apology).
     assert_eq!(
-        metric(
-            &metrics,
-            "grokcast_backend_errors_total",
-            &with_agent(&[("stage", "llm")])
-        )
-        .unwrap_or(0.0),
+        backend_errors(&metrics, "llm").unwrap_or(0.0),
         0.0,
         "{metrics}"
     );
@@ -1086,6 +1106,83 @@ async fn a_failing_or_slow_backend_gets_an_apology_and_the_call_goes_on() {
         Some(2.0),
         "{metrics}"
     );
+    h.stop().await;
+}
+
+/// Waits until `count` reaches `at_least`.
+async fn reached(count: &std::sync::atomic::AtomicU64, at_least: u64) {
+    while count.load(Ordering::Relaxed) < at_least {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_turns_take_the_streams_transcript_and_a_failed_stream_costs_time_not_words() {
+    if !models_present() {
+        return;
+    }
+    let h = start_streaming(InstantServers::default(), |c| {
+        c.stt.stage.timeout_ms = 1_000
+    })
+    .await;
+    let q = question();
+    // Turn 1: the stream works. Turn 2: it dies mid-utterance. Turn 3: its final transcript
+    // comes after the stage timeout. Turn 4: all is well again.
+    let options = h.caller(&[&q, &q, &q, &q]);
+    let servers = h.servers.clone();
+    let flip = tokio::spawn(async move {
+        let counts = &servers.counts;
+        reached(&counts.stt_streams_finished, 1).await;
+        servers.set(|b| b.stream.die_mid_utterance = true);
+        reached(&counts.stt, 1).await;
+        servers.set(|b| {
+            b.stream.die_mid_utterance = false;
+            b.stream.final_delay = Duration::from_secs(2);
+        });
+        reached(&counts.stt_streams, 3).await;
+        // Let the third stream start with the delay before it is lifted.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        servers.set(|b| b.stream.final_delay = Duration::ZERO);
+    });
+    let report = caller::place_call(&options).await.unwrap();
+    flip.await.unwrap();
+    for turn in 0..4 {
+        assert!(answered(&report, turn), "turn {turn}: {:?}", report.turns);
+    }
+    let counts = &h.servers.counts;
+    assert_eq!(
+        counts.stt.load(Ordering::Relaxed),
+        1,
+        "only the turn whose stream died was transcribed in one request"
+    );
+    assert!(counts.stt_streams.load(Ordering::Relaxed) >= 4);
+    let apologies = report
+        .marks
+        .iter()
+        .filter(|m| m.ends_with("-apology"))
+        .count();
+    assert_eq!(
+        apologies, 1,
+        "the late stream, and only it: {:?}",
+        report.marks
+    );
+    // Every answered turn's words reached the LLM: the stream's final or the batch's.
+    let conversations = h.servers.conversations.lock().unwrap().clone();
+    assert_eq!(conversations.len(), 3, "{conversations:?}");
+    for messages in &conversations {
+        let last = messages.last().unwrap();
+        assert_eq!(
+            last["content"], "What are your opening hours?",
+            "{messages:?}"
+        );
+    }
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(&metrics, "grokcast_stt_stream_fallbacks_total", &AGENT),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(backend_errors(&metrics, "stt"), Some(1.0), "{metrics}");
     h.stop().await;
 }
 

@@ -39,6 +39,7 @@ async fn a_spoken_question_gets_a_spoken_answer_whisper_can_transcribe() {
     let options = DemoOptions {
         say: vec!["What are your opening hours today?".into()],
         record: record.clone(),
+        streaming_stt: true,
     };
     let report = tokio::time::timeout(Duration::from_secs(240), demo::run(&options))
         .await

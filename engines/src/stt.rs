@@ -5,7 +5,8 @@
 //! utterance. Timestamps are off and the result is one segment, which is what a turn is.
 
 use std::path::Path;
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
 
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
@@ -28,6 +29,9 @@ pub enum SttError {
     /// The language code is not one Whisper knows, or the model is English-only.
     #[error("unsupported language {0:?} for this Whisper model")]
     Language(String),
+    /// The caller cancelled the transcription before it finished.
+    #[error("the transcription was cancelled")]
+    Cancelled,
 }
 
 /// Options for [`WhisperStt`].
@@ -64,6 +68,13 @@ impl std::fmt::Debug for WhisperStt {
 }
 
 static QUIET_LOGS: Once = Once::new();
+
+/// whisper.cpp's abort callback: whether the `AtomicBool` at `flag` is set.
+unsafe extern "C" fn cancel_requested(flag: *mut std::ffi::c_void) -> bool {
+    // SAFETY: `transcribe_until` passes the address of an AtomicBool it keeps alive for
+    // the whole transcription, the only time whisper.cpp calls this.
+    unsafe { (*flag.cast::<AtomicBool>()).load(Ordering::Relaxed) }
+}
 
 impl WhisperStt {
     /// Loads a ggml Whisper model with default options.
@@ -115,6 +126,18 @@ impl WhisperStt {
     /// Transcribes 16 kHz mono audio in -1..1. `language` is an ISO code such as `en`;
     /// `None` means English for English-only models and auto-detection otherwise.
     pub fn transcribe(&self, pcm16k: &[f32], language: Option<&str>) -> Result<String, SttError> {
+        self.transcribe_until(pcm16k, language, &Arc::new(AtomicBool::new(false)))
+    }
+
+    /// [`WhisperStt::transcribe`], stopped early with [`SttError::Cancelled`] once `cancel`
+    /// is set (whisper.cpp checks it between compute steps): a stream whose caller paused
+    /// drops the decode of older audio to start on all of it at once.
+    pub fn transcribe_until(
+        &self,
+        pcm16k: &[f32],
+        language: Option<&str>,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<String, SttError> {
         let language = self.language(language)?;
         // whisper.cpp needs at least one second; pad short clips with silence.
         let min_len = 16_000 + 1_600;
@@ -140,7 +163,7 @@ impl WhisperStt {
         // Whisper's encoder always runs over 30 s (1500 positions) of audio; a phone
         // turn is a few seconds, so encode only the positions the clip fills (50 per
         // second) plus a margin. This cuts encoder time roughly in proportion.
-        let positions = audio.len() / 320 + 128;
+        let positions = audio.len() / 320 + 32;
         params.set_audio_ctx(i32::try_from(positions.min(1500)).unwrap_or(1500));
         // A small model fed a long quiet tail can loop on its last sentence; no one speaks
         // more than about six tokens a second, so cap the transcript at ten per second.
@@ -150,6 +173,17 @@ impl WhisperStt {
         params.set_print_realtime(false);
         params.set_print_special(false);
         params.set_print_timestamps(false);
+        if cancel.load(Ordering::Relaxed) {
+            return Err(SttError::Cancelled);
+        }
+        // whisper-rs 0.16's closure form of this callback reads its closure through the
+        // wrong pointer type (it aborts every run), so hand whisper.cpp the flag itself.
+        // SAFETY: the callback only reads an AtomicBool; `cancel` keeps it alive past `full`,
+        // the only call that uses it, and `params` is consumed by that call.
+        unsafe {
+            params.set_abort_callback(Some(cancel_requested));
+            params.set_abort_callback_user_data(Arc::as_ptr(cancel).cast_mut().cast());
+        }
 
         let mut state = match self.states.lock().ok().and_then(|mut s| s.pop()) {
             Some(s) => s,
@@ -160,7 +194,13 @@ impl WhisperStt {
         };
         let result = state
             .full(params, audio)
-            .map_err(|e| SttError::Transcribe(e.to_string()))
+            .map_err(|e| {
+                if cancel.load(Ordering::Relaxed) {
+                    SttError::Cancelled
+                } else {
+                    SttError::Transcribe(e.to_string())
+                }
+            })
             .map(|()| {
                 let mut text = String::new();
                 for segment in state.as_iter() {
@@ -170,7 +210,10 @@ impl WhisperStt {
                 }
                 text.trim().to_owned()
             });
-        if let Ok(mut states) = self.states.lock() {
+        // A state stopped halfway is dropped rather than trusted with the next clip.
+        if !matches!(result, Err(SttError::Cancelled))
+            && let Ok(mut states) = self.states.lock()
+        {
             states.push(state);
         }
         result

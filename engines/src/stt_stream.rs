@@ -178,7 +178,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             step: Duration::from_millis(400),
-            pause: Duration::from_millis(100),
+            pause: Duration::from_millis(60),
         }
     }
 }
@@ -195,6 +195,15 @@ impl Policy {
         let new = utterance.duration_of(utterance.len().saturating_sub(decoded));
         let quiet = utterance.duration_of(utterance.len() - voiced);
         new >= self.step || quiet >= self.pause
+    }
+}
+
+impl Policy {
+    /// Whether to drop a running decode of the first `running` samples and start on all
+    /// of it: the caller has paused after voice that decode does not have.
+    pub fn should_preempt(&self, utterance: &Utterance, running: usize) -> bool {
+        let voiced = utterance.voiced_end();
+        voiced > running && utterance.duration_of(utterance.len() - voiced) >= self.pause
     }
 }
 
@@ -308,7 +317,12 @@ mod tests {
             "100 ms of quiet after new voice: decode now"
         );
         assert!(!heard_all(&u, decoded));
+        assert!(
+            policy.should_preempt(&u, decoded),
+            "a decode still running on older audio is dropped in the pause"
+        );
         let decoded = u.decode_end();
+        assert!(!policy.should_preempt(&u, decoded));
         assert!(heard_all(&u, decoded));
         u.push(&s16(&tone(1.0, 0.001, 16_000)));
         assert_eq!(

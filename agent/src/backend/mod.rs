@@ -13,6 +13,7 @@ pub use grokcast_engines::llm::{ChatMessage, Role};
 
 pub mod embedded;
 pub mod openai;
+pub mod riva;
 pub mod speech_audio;
 
 /// A model stage, for errors and metrics.
@@ -120,6 +121,90 @@ pub trait Stt: Send + Sync {
     fn transcribe(&self, audio: Vec<f32>) -> BoxFuture<'_, Result<String, BackendError>>;
 }
 
+/// Speech to text that listens while the caller speaks.
+pub trait StreamingStt: Send + Sync {
+    /// Opens a stream for one utterance; its audio goes in with [`SttStream::push`].
+    fn open(&self) -> SttStream;
+}
+
+/// One utterance being transcribed while it is spoken. Dropping it cancels the stream.
+pub struct SttStream {
+    /// Where audio goes; `None` once the stream is closed or broken.
+    audio: Option<tokio::sync::mpsc::Sender<Vec<f32>>>,
+    /// Audio was lost (the stream fell behind or died): its transcript would miss words.
+    lost: bool,
+    interim: tokio::sync::watch::Receiver<String>,
+    task: tokio::task::JoinHandle<Result<String, BackendError>>,
+}
+
+impl SttStream {
+    /// A stream fed through `audio`, whose `task` publishes interim transcripts on
+    /// `interim` and returns the final one once `audio` closes.
+    pub fn new(
+        audio: tokio::sync::mpsc::Sender<Vec<f32>>,
+        interim: tokio::sync::watch::Receiver<String>,
+        task: tokio::task::JoinHandle<Result<String, BackendError>>,
+    ) -> Self {
+        Self {
+            audio: Some(audio),
+            lost: false,
+            interim,
+            task,
+        }
+    }
+
+    /// Sends 16 kHz audio without waiting. Audio the stream cannot take (the server stopped
+    /// reading, or the stream died) breaks it: [`SttStream::finish`] then fails, and the
+    /// turn is transcribed in one request instead.
+    pub fn push(&mut self, samples: &[f32]) {
+        if samples.is_empty() {
+            return;
+        }
+        if let Some(audio) = &self.audio
+            && audio.try_send(samples.to_vec()).is_err()
+        {
+            self.audio = None;
+            self.lost = true;
+        }
+    }
+
+    /// The transcript so far (final results, then the latest interim one).
+    pub fn interim(&self) -> String {
+        self.interim.borrow().clone()
+    }
+
+    /// Ends the audio and waits for the final transcript.
+    pub async fn finish(mut self) -> Result<String, BackendError> {
+        self.audio = None;
+        let result = (&mut self.task).await.map_err(|e| BackendError::Engine {
+            stage: StageName::Stt,
+            message: format!("the transcription stream's task failed: {e}"),
+        })?;
+        match result {
+            Ok(_) if self.lost => Err(BackendError::Transport {
+                stage: StageName::Stt,
+                message: "the stream fell behind and lost audio".into(),
+            }),
+            other => other,
+        }
+    }
+}
+
+impl Drop for SttStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for SttStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SttStream")
+            .field("open", &self.audio.is_some())
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A language model that streams its reply.
 pub trait Llm: Send + Sync {
     /// Starts a reply to the conversation; drop the stream to cancel.
@@ -142,4 +227,7 @@ pub struct Backends {
     pub llm: std::sync::Arc<dyn Llm>,
     /// Text to speech.
     pub tts: std::sync::Arc<dyn Tts>,
+    /// Streaming speech to text, when `stt.streamingUrl` names a server; turns whose stream
+    /// fails use `stt`.
+    pub stt_stream: Option<std::sync::Arc<dyn StreamingStt>>,
 }

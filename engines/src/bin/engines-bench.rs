@@ -28,6 +28,10 @@ struct Args {
     /// CPU threads for STT and LLM (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// The end-of-turn silence a streamed utterance is followed by before the agent closes
+    /// its stream (the agent's `endOfTurnSilenceMs`).
+    #[arg(long, default_value_t = 300)]
+    end_silence_ms: u64,
 }
 
 /// Median and 95th percentile.
@@ -47,6 +51,127 @@ fn row(name: &str, unit: &str, values: Vec<f64>) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// CPU seconds this process has used (user and system), from /proc.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces, inside parentheses).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; Linux
+    // counts them in USER_HZ, which is 100.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Streamed STT through grokcast-serve's Riva gRPC service on a local port: the utterance
+/// at the line's pace in 20 ms messages, then `end_silence_ms` of silence (the agent's
+/// end-of-turn wait), then the client closes its side. Prints the time from that close to
+/// the final transcript (what a turn waits for STT), and the CPU per streamed utterance.
+#[cfg(feature = "whisper")]
+fn streamed_stt(
+    stt: std::sync::Arc<grokcast_engines::stt::WhisperStt>,
+    pcm: &[f32],
+    runs: usize,
+    end_silence_ms: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use grokcast_engines::riva::asr::streaming_recognize_request::StreamingRequest;
+    use grokcast_engines::riva::asr::{
+        RecognitionConfig, StreamingRecognitionConfig, StreamingRecognizeRequest,
+    };
+    use grokcast_engines::riva::{AudioEncoding, RivaSpeechRecognitionClient};
+    use grokcast_engines::server::{AppState, Engines, ServerConfig, riva};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let state = AppState::new(ServerConfig::default())?;
+        state.set_engines(Engines {
+            stt: Some(stt),
+            ..Engines::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(riva::serve(
+            listener,
+            state,
+            grokcast_engines::stt_stream::Policy::default(),
+            std::future::pending(),
+        ));
+        let mut client = RivaSpeechRecognitionClient::connect(url).await?;
+        let mut audio = pcm.to_vec();
+        audio.resize(pcm.len() + end_silence_ms as usize * 16, 0.0);
+        let mut after_close = Vec::new();
+        let mut cpu = Vec::new();
+        let mut text = String::new();
+        for i in 0..=runs {
+            let config = StreamingRecognizeRequest {
+                streaming_request: Some(StreamingRequest::StreamingConfig(
+                    StreamingRecognitionConfig {
+                        config: Some(RecognitionConfig {
+                            encoding: AudioEncoding::LinearPcm as i32,
+                            sample_rate_hertz: 16_000,
+                            language_code: "en-US".into(),
+                            ..RecognitionConfig::default()
+                        }),
+                        interim_results: true,
+                    },
+                )),
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tx.send(config).await?;
+            let requests =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+                );
+            let mut responses = client.streaming_recognize(requests).await?.into_inner();
+            let reader = tokio::spawn(async move {
+                let mut last = (String::new(), Instant::now());
+                while let Ok(Some(r)) = responses.message().await {
+                    if let Some(result) = r.results.first().filter(|r| r.is_final) {
+                        let words = result.alternatives.first().map(|a| a.transcript.clone());
+                        last = (words.unwrap_or_default(), Instant::now());
+                    }
+                }
+                last
+            });
+            let cpu_before = cpu_seconds();
+            let started = Instant::now();
+            for (n, chunk) in audio.chunks(320).enumerate() {
+                let mut bytes = Vec::with_capacity(chunk.len() * 2);
+                audio::push_s16le(&mut bytes, chunk);
+                tx.send(StreamingRecognizeRequest {
+                    streaming_request: Some(StreamingRequest::AudioContent(bytes)),
+                })
+                .await?;
+                // At the line's pace: message n leaves 20 ms after message n - 1.
+                let due = started + Duration::from_millis(20 * (n as u64 + 1));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            drop(tx);
+            let closed = Instant::now();
+            let (final_text, at) = reader.await?;
+            if i > 0 {
+                after_close.push(ms(at.saturating_duration_since(closed)));
+                cpu.push(cpu_seconds() - cpu_before);
+            }
+            text = final_text;
+        }
+        row("STT streamed: final after end of turn", "ms", after_close);
+        row("STT streamed: CPU per 3 s utterance", "CPU-s", cpu);
+        println!("  (streamed transcript: {text:?})");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
 }
 
 fn main() -> ExitCode {
@@ -120,6 +245,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         row("STT latency, 3 s utterance", "ms", latency);
         row("STT real-time factor", "x (lower is faster)", rtf);
         println!("  (transcript: {text:?})");
+        streamed_stt(std::sync::Arc::new(stt), &pcm, runs, args.end_silence_ms)?;
     }
 
     #[cfg(feature = "llama")]

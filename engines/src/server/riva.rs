@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::Stream;
@@ -131,12 +132,13 @@ fn status_of(error: &ApiError) -> Status {
     }
 }
 
-/// One transcription of the first `upto` samples heard, through the transcription lane.
+/// One transcription through the transcription lane, stopped early once `cancel` is set.
 fn decode(
     state: Arc<AppState>,
     whisper: Arc<WhisperStt>,
     pcm16k: Vec<f32>,
     language: Option<String>,
+    cancel: Arc<AtomicBool>,
 ) -> BoxFuture<'static, Result<String, Status>> {
     Box::pin(async move {
         let admission = state
@@ -145,15 +147,31 @@ fn decode(
             .map_err(|e| status_of(&e))?;
         tokio::task::spawn_blocking(move || {
             let _admission = admission;
-            whisper.transcribe(&pcm16k, language.as_deref())
+            whisper.transcribe_until(&pcm16k, language.as_deref(), &cancel)
         })
         .await
         .map_err(|e| Status::internal(format!("the transcription task failed: {e}")))?
         .map_err(|e| match e {
             SttError::Language(_) => Status::invalid_argument(e.to_string()),
+            SttError::Cancelled => Status::cancelled(e.to_string()),
             other => Status::internal(other.to_string()),
         })
     })
+}
+
+/// A stream's decode in progress. Dropping it stops the decode: its audio is stale, or the
+/// client is gone.
+struct Running {
+    /// Samples of the utterance it decodes.
+    upto: usize,
+    text: BoxFuture<'static, Result<String, Status>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 fn alternative(transcript: String) -> Vec<SpeechRecognitionAlternative> {
@@ -190,8 +208,7 @@ impl StreamTask {
         mut requests: Streaming<StreamingRecognizeRequest>,
     ) -> Result<(), Status> {
         let max = self.state.config.max_audio_seconds;
-        // The decode running, and how many samples it took.
-        let mut running: Option<(usize, BoxFuture<'static, Result<String, Status>>)> = None;
+        let mut running: Option<Running> = None;
         // The latest finished decode: samples it took, its text.
         let mut latest: Option<(usize, String)> = None;
         let mut input_open = true;
@@ -201,7 +218,7 @@ impl StreamTask {
                 message = requests.message(), if input_open => Step::Message(message?),
                 text = async {
                     match running.as_mut() {
-                        Some((_, decoding)) => decoding.await,
+                        Some(r) => (&mut r.text).await,
                         None => std::future::pending().await,
                     }
                 }, if running.is_some() => Step::Decoded(text),
@@ -236,7 +253,7 @@ impl StreamTask {
                     closed_at = Some(Instant::now());
                 }
                 Step::Decoded(text) => {
-                    let Some((took, _)) = running.take() else {
+                    let Some(took) = running.take().map(|r| r.upto) else {
                         continue;
                     };
                     let text = text?;
@@ -256,14 +273,25 @@ impl StreamTask {
             }
             let decoded = latest.as_ref().map_or(0, |(took, _)| *took);
             if input_open {
-                if running.is_none() && self.policy.should_decode(&self.utterance, decoded) {
-                    running = Some(self.start(self.utterance.decode_end()));
+                match &running {
+                    // The caller paused after voice the running decode does not have: that
+                    // decode is stale, and the pause may end the turn, so start over now.
+                    Some(r) if self.policy.should_preempt(&self.utterance, r.upto) => {
+                        running = Some(self.start());
+                    }
+                    Some(_) => {}
+                    None if self.policy.should_decode(&self.utterance, decoded) => {
+                        running = Some(self.start());
+                    }
+                    None => {}
                 }
                 continue;
             }
             // The client is done: the latest decode is final if it heard every voiced frame;
-            // otherwise wait for the one running, or decode everything now.
-            if stt_stream::heard_all(&self.utterance, decoded) && running.is_none() {
+            // otherwise wait for one running that will have, or decode everything now.
+            if stt_stream::heard_all(&self.utterance, decoded) {
+                // A decode still running (of silence, or a step) is not needed: stop it.
+                drop(running.take());
                 let text = latest.map(|(_, t)| t).unwrap_or_default();
                 let result = StreamingRecognitionResult {
                     alternatives: alternative(text),
@@ -282,20 +310,27 @@ impl StreamTask {
                 }
                 return Ok(());
             }
-            if running.is_none() {
-                running = Some(self.start(self.utterance.decode_end()));
+            if !running
+                .as_ref()
+                .is_some_and(|r| stt_stream::heard_all(&self.utterance, r.upto))
+            {
+                running = Some(self.start());
             }
         }
     }
 
-    fn start(&self, upto: usize) -> (usize, BoxFuture<'static, Result<String, Status>>) {
-        let future = decode(
+    /// Starts decoding everything heard so far.
+    fn start(&self) -> Running {
+        let upto = self.utterance.decode_end();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let text = decode(
             Arc::clone(&self.state),
             Arc::clone(&self.whisper),
             self.utterance.pcm16k(upto),
             self.language.clone(),
+            Arc::clone(&cancel),
         );
-        (upto, future)
+        Running { upto, text, cancel }
     }
 
     async fn send(&self, result: StreamingRecognitionResult) -> Result<(), Status> {
@@ -337,6 +372,7 @@ impl RivaSpeechRecognition for RivaWhisper {
                 whisper,
                 utterance.pcm16k(utterance.len()),
                 language,
+                Arc::new(AtomicBool::new(false)),
             )
             .await?;
             Ok(RecognizeResponse {

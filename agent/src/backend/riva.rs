@@ -1,0 +1,138 @@
+//! Streaming speech to text over gRPC with NVIDIA Riva's `StreamingRecognize`: the caller's
+//! audio goes to the STT pool while they speak, interim transcripts come back, and at the end
+//! of the turn the final transcript needs only what the server has not decoded yet. Riva and
+//! NIM ASR pools and `grokcast-serve --grpc-listen` answer the same client.
+//!
+//! One HTTP/2 connection per pod carries every call's streams. A stream that fails is the
+//! turn's to handle: the call falls back to the batch request for that turn
+//! ([`super::Stt`]), so a dead stream costs latency, never the caller's words.
+
+use std::time::Duration;
+
+use grokcast_engines::audio;
+use grokcast_engines::riva::asr::streaming_recognize_request::StreamingRequest;
+use grokcast_engines::riva::asr::{
+    RecognitionConfig, StreamingRecognitionConfig, StreamingRecognizeRequest,
+};
+use grokcast_engines::riva::{AudioEncoding, RivaSpeechRecognitionClient};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{BackendError, StageName, StreamingStt, SttStream};
+
+/// Audio chunks a stream may hold unsent before it counts as broken (about 8 s of VAD
+/// chunks): the server has stopped reading, and the turn will need the batch path.
+const QUEUED_CHUNKS: usize = 256;
+
+/// A Riva-protocol STT server.
+#[derive(Debug, Clone)]
+pub struct RivaStt {
+    client: RivaSpeechRecognitionClient<Channel>,
+    model: String,
+    language: String,
+}
+
+impl RivaStt {
+    /// A client of the server at `url` (`http://host:port`; connects on the first stream).
+    /// `model` is sent as Riva's model name; `language` is an ISO code such as `en`.
+    pub fn new(url: &str, model: &str, language: &str) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("stt.streamingUrl {url:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            // A dead peer is found within seconds, not at the next turn's timeout.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        Ok(Self {
+            client: RivaSpeechRecognitionClient::new(endpoint.connect_lazy()),
+            model: model.to_owned(),
+            language: language.to_owned(),
+        })
+    }
+
+    fn config(&self) -> StreamingRecognizeRequest {
+        StreamingRecognizeRequest {
+            streaming_request: Some(StreamingRequest::StreamingConfig(
+                StreamingRecognitionConfig {
+                    config: Some(RecognitionConfig {
+                        encoding: AudioEncoding::LinearPcm as i32,
+                        sample_rate_hertz: 16_000,
+                        language_code: self.language.clone(),
+                        max_alternatives: 1,
+                        audio_channel_count: 1,
+                        model: self.model.clone(),
+                    }),
+                    interim_results: true,
+                },
+            )),
+        }
+    }
+}
+
+/// A gRPC status as the stage's error.
+fn error(status: &tonic::Status) -> BackendError {
+    use tonic::Code;
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted => {
+            BackendError::Transport {
+                stage: StageName::Stt,
+                message,
+            }
+        }
+        _ => BackendError::Protocol {
+            stage: StageName::Stt,
+            message,
+        },
+    }
+}
+
+impl StreamingStt for RivaStt {
+    fn open(&self) -> SttStream {
+        let (audio_tx, audio_rx) = mpsc::channel::<Vec<f32>>(QUEUED_CHUNKS);
+        let (interim_tx, interim_rx) = watch::channel(String::new());
+        let mut client = self.client.clone();
+        let first = self.config();
+        let task = tokio::spawn(async move {
+            let audio = futures::stream::unfold(audio_rx, |mut rx| async move {
+                let samples = rx.recv().await?;
+                let mut bytes = Vec::with_capacity(samples.len() * 2);
+                audio::push_s16le(&mut bytes, &samples);
+                let message = StreamingRecognizeRequest {
+                    streaming_request: Some(StreamingRequest::AudioContent(bytes)),
+                };
+                Some((message, rx))
+            });
+            let requests = futures::StreamExt::chain(futures::stream::iter([first]), audio);
+            let mut responses = client
+                .streaming_recognize(requests)
+                .await
+                .map_err(|s| error(&s))?
+                .into_inner();
+            // Riva may end several segments of one stream with final results; the turn's
+            // transcript is all of them in order.
+            let mut finals: Vec<String> = Vec::new();
+            while let Some(response) = responses.message().await.map_err(|s| error(&s))? {
+                for result in response.results {
+                    let Some(best) = result.alternatives.into_iter().next() else {
+                        continue;
+                    };
+                    let text = best.transcript.trim().to_owned();
+                    if result.is_final {
+                        if !text.is_empty() {
+                            finals.push(text);
+                        }
+                        let _ = interim_tx.send(finals.join(" "));
+                    } else {
+                        let mut so_far = finals.clone();
+                        so_far.push(text);
+                        let _ = interim_tx.send(so_far.join(" "));
+                    }
+                }
+            }
+            Ok(finals.join(" "))
+        });
+        SttStream::new(audio_tx, interim_rx, task)
+    }
+}
