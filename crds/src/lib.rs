@@ -13,12 +13,12 @@ pub use common::{
 };
 pub use model_pool::{
     CacheAccessMode, CacheSpec, Engine, GpuSpec, ModelPool, ModelPoolSpec, ModelPoolStatus,
-    PoolAutoscaling, PoolAutoscalingStatus, PreloadStatus, Protocol, Quantization,
+    PoolAutoscaling, PoolAutoscalingStatus, PreloadStatus, Protocol, Quantization, RIVA_PORT,
 };
 pub use voice_agent::{
     AgentAutoscalingStatus, AgentScaling, EndOfTurnModel, LlmSpec, PersonaSpec, SloSpec,
-    StageBackend, StageLatency, SttSpec, TelephonySpec, TtsSpec, TurnTakingSpec, TwilioSpec,
-    VoiceAgent, VoiceAgentSpec, VoiceAgentStatus,
+    StageBackend, StageLatency, SttProtocol, SttSpec, TelephonySpec, TtsSpec, TurnTakingSpec,
+    TwilioSpec, VoiceAgent, VoiceAgentSpec, VoiceAgentStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

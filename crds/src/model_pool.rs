@@ -62,7 +62,11 @@ use crate::common::{Role, SecretKeyRef};
     validation = Rule::new("self.quantization == 'none' || self.engine == 'vllm'")
         .message("quantization is only derived for engine vllm; use a quantized model for other engines"),
     validation = Rule::new("self.gpu.count > 0 || self.engine in ['grokcast', 'custom']")
-        .message("engines vllm, whisper and csm need at least one GPU (gpu.count > 0)")
+        .message("engines vllm, whisper and csm need at least one GPU (gpu.count > 0)"),
+    validation = Rule::new("self.protocol != 'riva' || (self.engine in ['grokcast', 'custom'] && has(self.role) && self.role == 'stt')")
+        .message("protocol riva is streaming speech recognition: engine grokcast or custom with role stt"),
+    validation = Rule::new("!has(self.grpcPort) || self.protocol == 'riva'")
+        .message("grpcPort is the Riva port; set protocol riva")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelPoolSpec {
@@ -91,9 +95,17 @@ pub struct ModelPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
-    /// Protocol the server speaks. Every engine today speaks the OpenAI-compatible HTTP API.
+    /// Protocol the server speaks. `openai`: the OpenAI-compatible HTTP API on `port`.
+    /// `riva` (speech to text only): also NVIDIA Riva's speech recognition over gRPC on
+    /// `grpcPort`, so agents stream callers' audio while they speak and get the transcript
+    /// as the turn ends (grokcast-serve `--grpc-listen`; a Riva or NIM ASR server as engine
+    /// `custom`). Agents fall back to the HTTP API for a turn whose stream fails.
     #[serde(default)]
     pub protocol: Protocol,
+    /// Port of the Riva gRPC service, with protocol `riva`. Unset: 50051, Riva's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub grpc_port: Option<i32>,
     /// Longest context (prompt plus reply) in tokens. vLLM only; voice turns are short, so the
     /// default of 8192 leaves most GPU memory for concurrent calls' KV cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +196,16 @@ pub enum Quantization {
     Fp8,
 }
 
+/// Riva's gRPC port, the default `grpcPort`.
+pub const RIVA_PORT: i32 = 50051;
+
+impl ModelPoolSpec {
+    /// The Riva gRPC port when the pool speaks protocol `riva`.
+    pub fn riva_port(&self) -> Option<i32> {
+        (self.protocol == Protocol::Riva).then(|| self.grpc_port.unwrap_or(RIVA_PORT))
+    }
+}
+
 /// Wire protocol between the agent and a model server.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -191,6 +213,9 @@ pub enum Protocol {
     /// OpenAI-compatible HTTP: `/v1/chat/completions`, `/v1/audio/transcriptions`, `/v1/audio/speech`.
     #[default]
     Openai,
+    /// The OpenAI-compatible HTTP API, plus NVIDIA Riva's `nvidia.riva.asr` gRPC service
+    /// (`StreamingRecognize`) for streaming speech to text.
+    Riva,
 }
 
 /// GPUs per replica.
@@ -331,6 +356,10 @@ pub struct ModelPoolStatus {
     /// In-cluster base URL of the OpenAI-compatible API, e.g. `http://gemma-27b.voice.svc:8000/v1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// In-cluster URL of the Riva streaming speech recognition service (protocol `riva`),
+    /// e.g. `http://whisper.voice.svc:50051`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming_endpoint: Option<String>,
     /// GPUs requested by the desired replicas (`replicas` x `gpu.count`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus_requested: Option<i32>,

@@ -157,7 +157,11 @@ pub struct PersonaSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
     validation = Rule::new("has(self.modelPoolRef) != has(self.endpoint)")
-        .message("stt needs exactly one of modelPoolRef and endpoint")
+        .message("stt needs exactly one of modelPoolRef and endpoint"),
+    validation = Rule::new("!has(self.streamingEndpoint) || has(self.endpoint)")
+        .message("stt.streamingEndpoint goes with stt.endpoint; a ModelPool's comes from the pool"),
+    validation = Rule::new("!has(self.endpoint) || !has(self.protocol) || self.protocol != 'riva' || has(self.streamingEndpoint)")
+        .message("stt.protocol riva with an external endpoint needs stt.streamingEndpoint")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SttSpec {
@@ -175,6 +179,28 @@ pub struct SttSpec {
     #[serde(default = "default_language")]
     #[schemars(regex(pattern = r"^[a-z]{2,3}$"))]
     pub language: String,
+    /// How the agent transcribes. `riva`: the caller's audio streams over gRPC (NVIDIA
+    /// Riva's `StreamingRecognize`) while they speak, and the transcript is ready as the turn
+    /// ends; a turn whose stream fails is sent in one OpenAI request instead. `openai`: each
+    /// finished utterance in one request. Unset: `riva` when the pool serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<SttProtocol>,
+    /// gRPC URL of an external Riva-protocol server (`http://host:50051`, plain-text gRPC),
+    /// with `endpoint` for the fallback requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^http://[^/]+$"))]
+    pub streaming_endpoint: Option<String>,
+}
+
+/// How the agent sends callers' speech to STT.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SttProtocol {
+    /// One OpenAI transcription request per finished utterance.
+    Openai,
+    /// Streaming over gRPC with NVIDIA Riva's `StreamingRecognize`, falling back to OpenAI
+    /// requests for turns whose stream fails.
+    Riva,
 }
 
 fn default_language() -> String {

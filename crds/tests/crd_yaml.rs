@@ -71,11 +71,13 @@ fn voiceagent_schema_has_cel_rules_defaults_and_columns() {
     let spec = &s["properties"]["spec"];
     for stage in ["stt", "llm", "tts"] {
         assert_eq!(
-            rules(&spec["properties"][stage]),
-            vec!["has(self.modelPoolRef) != has(self.endpoint)".to_string()],
+            rules(&spec["properties"][stage]).first(),
+            Some(&"has(self.modelPoolRef) != has(self.endpoint)".to_string()),
             "stage {stage} must require exactly one of modelPoolRef/endpoint"
         );
     }
+    // Streaming STT to an external server names where it streams.
+    assert_eq!(rules(&spec["properties"]["stt"]).len(), 3);
     assert!(
         rules(&spec["properties"]["scaling"])
             .contains(&"self.minReplicas <= self.maxReplicas".into())

@@ -185,6 +185,41 @@ async fn samples_are_accepted_and_cel_rules_reject_bad_specs() {
         assert!(msg.contains("spec.turnTaking: Invalid value: "), "{msg}");
         assert!(msg.contains(rule), "{msg}");
     }
+    // Streaming STT: riva is for speech-recognition pools, and an external endpoint that
+    // streams says where.
+    let mut riva = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "ModelPool", "metadata": {"name": "riva-llm"}, "spec": gemma.data["spec"].clone()});
+    riva["spec"]["protocol"] = json!("riva");
+    let msg = invalid_message(
+        pools
+            .patch("riva-llm", &PatchParams::apply("test"), &Patch::Apply(riva))
+            .await
+            .expect_err("riva on an LLM pool rejected"),
+    );
+    assert!(
+        msg.contains("protocol riva is streaming speech recognition"),
+        "{msg}"
+    );
+    for (stt, rule) in [
+        (
+            json!({"endpoint": "http://stt.example:8000/v1", "model": "w", "protocol": "riva"}),
+            "stt.protocol riva with an external endpoint needs stt.streamingEndpoint",
+        ),
+        (
+            json!({"modelPoolRef": "whisper-v3", "streamingEndpoint": "http://stt.example:50051"}),
+            "stt.streamingEndpoint goes with stt.endpoint",
+        ),
+    ] {
+        let mut agent = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "bad-stt"}, "spec": receptionist.data["spec"].clone()});
+        agent["spec"]["stt"] = stt;
+        let msg = invalid_message(
+            agents
+                .patch("bad-stt", &PatchParams::apply("test"), &Patch::Apply(agent))
+                .await
+                .expect_err("rejected"),
+        );
+        assert!(msg.contains("spec.stt: Invalid value: "), "{msg}");
+        assert!(msg.contains(rule), "{msg}");
+    }
     let mut agent = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "speculating"}, "spec": receptionist.data["spec"].clone()});
     agent["spec"]["turnTaking"] = json!({"speculativeReplies": true, "preemptiveTts": true});
     agents

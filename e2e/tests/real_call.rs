@@ -179,12 +179,17 @@ async fn kubelet_env(c: &Container, secrets: &Api<Secret>, pod: &str) -> BTreeMa
 }
 
 /// Starts a pool's server as its Deployment says, listening on `port` instead.
-fn start_pool(c: &Container, models: &Path, port: u16) -> Process {
+/// Runs a pool's container command on `port` (and `grpc_port` for its Riva service, if its
+/// command line asks for one).
+fn start_pool(c: &Container, models: &Path, port: u16, grpc_port: u16) -> Process {
     // The image's entrypoint is grokcast-serve (docker/serve.Dockerfile).
     assert!(c.command.is_none(), "{:?}", c.command);
     let mut args = c.args.clone().unwrap_or_default();
     let listen = args.iter().position(|a| a == "--listen").unwrap() + 1;
     args[listen] = format!("127.0.0.1:{port}");
+    if let Some(grpc) = args.iter().position(|a| a == "--grpc-listen") {
+        args[grpc + 1] = format!("127.0.0.1:{grpc_port}");
+    }
     let child = Command::new(workspace_binary("grokcast-serve"))
         .args(&args)
         .envs(
@@ -339,12 +344,14 @@ async fn a_call_through_what_the_operator_wrote_is_heard_by_whisper() {
     // The pools' servers, as their Deployments run them.
     let deployments: Api<Deployment> = Api::namespaced(p.admin.clone(), &ns);
     let mut ports = BTreeMap::new();
+    let mut grpc_ports = BTreeMap::new();
     let mut pools = Vec::new();
     for pool in ["whisper-cpu", "gemma-cpu", "piper-cpu"] {
         let c = container(&deployments, &format!("grokcast.io/modelpool={pool}")).await;
-        let port = free_port();
+        let (port, grpc_port) = (free_port(), free_port());
         ports.insert(pool.to_owned(), port);
-        pools.push((start_pool(&c, paths.root(), port), port));
+        grpc_ports.insert(pool.to_owned(), grpc_port);
+        pools.push((start_pool(&c, paths.root(), port, grpc_port), port));
     }
     for (server, port) in &mut pools {
         server
@@ -391,6 +398,11 @@ async fn a_call_through_what_the_operator_wrote_is_heard_by_whisper() {
         (
             "GROKCAST_TTS_URL",
             to_loopback(&config.tts.stage.url, &ports),
+        ),
+        // The quickstart's STT pool speaks Riva: the agent streams callers' audio to it.
+        (
+            "GROKCAST_STT_STREAMING_URL",
+            to_loopback(&config.stt.streaming_url, &grpc_ports),
         ),
         ("GROKCAST_MODELS_DIR", paths.root().display().to_string()),
         ("GROKCAST_STT_TIMEOUT_MS", "60000".into()),
@@ -447,6 +459,25 @@ async fn a_call_through_what_the_operator_wrote_is_heard_by_whisper() {
     .await
     .unwrap();
     drop(agent);
+    // The question was transcribed by the stream, not by a fallback request.
+    let stt_metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", ports["whisper-cpu"]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let streams = stt_metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("grokcast_engine_requests_total")
+                && l.contains("StreamingRecognize")
+                && l.contains("code=\"0\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(
+        streams.is_some_and(|n| n >= 1.0),
+        "no finished transcription stream on the STT pool:\n{stt_metrics}"
+    );
     // The greeting as the TTS pool speaks it, in WAV, whose header gives the rate: what the
     // caller should have heard, to compare with what it did.
     let mut references = Vec::new();

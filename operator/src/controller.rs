@@ -845,6 +845,9 @@ async fn reconcile_pool_inner(pool: &ModelPool, ctx: &Context) -> Result<Action,
     fields.selector = Some(valid.owner.selector_string());
     fields.role = Some(valid.role);
     fields.endpoint = Some(model_pool::endpoint(&valid.owner.name, &ns, valid.port));
+    fields.streaming_endpoint = valid
+        .grpc_port
+        .map(|port| model_pool::streaming_endpoint(&valid.owner.name, &ns, port));
     fields.gpus_requested = Some(pool.spec.replicas * pool.spec.gpu.count);
 
     // dereference

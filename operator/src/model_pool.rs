@@ -105,6 +105,24 @@ pub enum ValidationError {
         /// The engine.
         engine: &'static str,
     },
+    /// Protocol riva on a pool that does not serve streaming speech recognition.
+    #[error(
+        "protocol riva is streaming speech recognition: engine grokcast or custom with role stt, not engine {engine}"
+    )]
+    RivaNeedsStt {
+        /// The engine.
+        engine: &'static str,
+    },
+    /// grpcPort without protocol riva, or on the HTTP port.
+    #[error(
+        "grpcPort {port} needs protocol riva and a port of its own (the HTTP API is on {http})"
+    )]
+    GrpcPort {
+        /// grpcPort.
+        port: i32,
+        /// The HTTP port.
+        http: i32,
+    },
 }
 
 /// A ModelPool whose spec passed validation, with everything derived from it resolved.
@@ -120,6 +138,8 @@ pub struct ValidPool<'a> {
     pub image: String,
     /// Container port.
     pub port: i32,
+    /// The Riva gRPC port, with protocol riva.
+    pub grpc_port: Option<i32>,
 }
 
 /// Pod label for model-server pods.
@@ -180,18 +200,38 @@ pub fn validate<'a>(
         _ => return Err(ValidationError::NoImage { engine }),
     };
     let port = spec.port.unwrap_or(PRESET_PORT);
+    let grpc_port = spec.riva_port();
+    if grpc_port.is_some()
+        && !(matches!(spec.engine, Engine::Grokcast | Engine::Custom) && role == Role::Stt)
+    {
+        return Err(ValidationError::RivaNeedsStt { engine });
+    }
+    if let Some(p) = spec.grpc_port
+        && (grpc_port.is_none() || p == port)
+    {
+        return Err(ValidationError::GrpcPort {
+            port: p,
+            http: port,
+        });
+    }
     Ok(ValidPool {
         pool,
         owner,
         role,
         image,
         port,
+        grpc_port,
     })
 }
 
 /// The in-cluster base URL of a pool's OpenAI-compatible API.
 pub fn endpoint(name: &str, namespace: &str, port: i32) -> String {
     format!("http://{name}.{namespace}.svc:{port}/v1")
+}
+
+/// The in-cluster URL of a pool's Riva gRPC service (plain-text HTTP/2).
+pub fn streaming_endpoint(name: &str, namespace: &str, port: i32) -> String {
+    format!("http://{name}.{namespace}.svc:{port}")
 }
 
 /// Pre-quantized checkpoints for models whose publishers ship none. vLLM reads the
@@ -394,6 +434,10 @@ pub fn engine_run(v: &ValidPool<'_>) -> EngineRun {
             preload_script: None,
         },
     };
+    if let (Engine::Grokcast, Some(grpc)) = (spec.engine, v.grpc_port) {
+        run.args
+            .extend(["--grpc-listen".into(), format!("0.0.0.0:{grpc}")]);
+    }
     if spec.engine == Engine::Csm && spec.voices_config_map.is_some() {
         // Where `build` mounts the pool's voices ConfigMap.
         run.args
@@ -740,18 +784,26 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
             ..VolumeMount::default()
         });
     }
+    // `grpc` for the Riva service: the name tells meshes and ingresses it is gRPC.
+    let mut ports = vec![("http", v.port)];
+    ports.extend(v.grpc_port.map(|p| ("grpc", p)));
     let container = Container {
         name: "server".into(),
         image: Some(v.image.clone()),
         command: (!run.command.is_empty()).then(|| run.command.clone()),
         args: (!run.args.is_empty()).then(|| run.args.clone()),
         env: Some(run.env.clone()),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: v.port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(name, port)| ContainerPort {
+                    name: Some((*name).into()),
+                    container_port: *port,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
         resources: Some(resources),
         // Loading a 27B checkpoint takes minutes (longer when it downloads): the startup
         // probe allows 30 minutes so liveness never kills a pod that is still loading.
@@ -824,7 +876,7 @@ pub fn build(v: &ValidPool<'_>, settings: &BuildSettings) -> Vec<Child> {
     out.push(Child::Service(children::service(
         &v.owner,
         name.clone(),
-        &[("http", v.port)],
+        &ports,
     )));
     out.push(Child::PodDisruptionBudget(children::pod_disruption_budget(
         &v.owner,

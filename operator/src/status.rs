@@ -31,6 +31,9 @@ pub struct PoolFields {
     /// In-cluster URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// In-cluster URL of the Riva gRPC service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming_endpoint: Option<String>,
     /// GPUs the desired replicas request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus_requested: Option<i32>,
@@ -48,6 +51,7 @@ impl PoolFields {
             selector: s.selector.clone(),
             role: s.role,
             endpoint: s.endpoint.clone(),
+            streaming_endpoint: s.streaming_endpoint.clone(),
             gpus_requested: s.gpus_requested,
             preload: s.preload.clone(),
         }

@@ -160,6 +160,8 @@ pub struct ValidAgent<'a> {
     pub owner: Owner,
     /// STT backend.
     pub stt: ResolvedStage,
+    /// Where the agent streams callers' audio (Riva gRPC), if it streams.
+    pub stt_streaming: Option<String>,
     /// LLM backend.
     pub llm: ResolvedStage,
     /// TTS backend.
@@ -245,6 +247,41 @@ fn resolve_stage<'a>(
     }
 }
 
+/// Where the agent streams callers' audio: the pool's Riva service (when it serves one and
+/// `stt.protocol` is not `openai`) or `stt.streamingEndpoint`; none for batch only.
+fn resolve_streaming<'a>(
+    stt: &grokcast_crds::SttSpec,
+    namespace: &str,
+    lookup: &impl Fn(&str) -> PoolLookup<'a>,
+) -> Result<Option<String>, Problem> {
+    use grokcast_crds::SttProtocol;
+    if stt.protocol == Some(SttProtocol::Openai) {
+        return Ok(None);
+    }
+    if let Some(url) = &stt.streaming_endpoint {
+        return Ok(Some(url.trim_end_matches('/').to_owned()));
+    }
+    let served = stt
+        .model_pool_ref
+        .as_deref()
+        .and_then(|name| match lookup(name) {
+            PoolLookup::Found(pool) => pool
+                .spec
+                .riva_port()
+                .map(|port| model_pool::streaming_endpoint(name, namespace, port)),
+            PoolLookup::Missing => None,
+        });
+    match (served, stt.protocol) {
+        (None, Some(SttProtocol::Riva)) => Err(Problem::InvalidSpec(format!(
+            "stt.protocol is riva, but {} serves no streaming recognition (set the ModelPool's protocol to riva, or stt.streamingEndpoint)",
+            stt.model_pool_ref
+                .as_deref()
+                .map_or_else(|| "the endpoint".to_owned(), |p| format!("ModelPool {p:?}"))
+        ))),
+        (served, _) => Ok(served),
+    }
+}
+
 /// Check the spec and resolve every reference. `lookup` answers from the pool cache;
 /// `secret` is what dereference read for the Twilio auth token.
 pub fn validate<'a>(
@@ -288,6 +325,7 @@ pub fn validate<'a>(
     }
     let ns = owner.namespace.clone();
     let stt = resolve_stage("stt", Role::Stt, spec.stt.backend(), &ns, &lookup)?;
+    let stt_streaming = resolve_streaming(&spec.stt, &ns, &lookup)?;
     let llm = resolve_stage("llm", Role::Llm, spec.llm.backend(), &ns, &lookup)?;
     let tts = resolve_stage("tts", Role::Tts, spec.tts.backend(), &ns, &lookup)?;
     let twilio = &spec.telephony.twilio.auth_token_secret_ref;
@@ -309,6 +347,7 @@ pub fn validate<'a>(
         agent,
         owner,
         stt,
+        stt_streaming,
         llm,
         tts,
     })
@@ -375,6 +414,9 @@ pub struct SttConfig {
     pub backend: ResolvedStage,
     /// Language code.
     pub language: String,
+    /// The Riva gRPC URL callers' audio streams to; none: every turn in one request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming_url: Option<String>,
 }
 
 /// LLM section of `agent.yaml`.
@@ -476,6 +518,7 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
         stt: SttConfig {
             backend: v.stt.clone(),
             language: spec.stt.language.clone(),
+            streaming_url: v.stt_streaming.clone(),
         },
         llm: LlmConfig {
             backend: v.llm.clone(),

@@ -55,6 +55,25 @@ fn config_map(children: &[Child]) -> &ConfigMap {
         .expect("a ConfigMap")
 }
 
+/// The (name, port) pairs of the children's Service.
+fn service_ports(children: &[Child]) -> Vec<(String, i32)> {
+    let service = children
+        .iter()
+        .find_map(|c| match c {
+            Child::Service(s) => Some(s),
+            _ => None,
+        })
+        .expect("a Service");
+    service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .expect("ports")
+        .iter()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.port))
+        .collect()
+}
+
 fn pod(d: &Deployment) -> &PodSpec {
     d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
 }
@@ -620,6 +639,101 @@ fn agent_config_resolves_pool_endpoints_and_models() {
     );
 }
 
+/// A grokcast STT pool serving Riva's streaming recognition (`protocol: riva`).
+fn riva_pool(extra: &str) -> ModelPool {
+    pool_yaml(&format!(
+        "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {{name: whisper-v3, namespace: voice}}\n\
+         spec: {{engine: grokcast, role: stt, model: whisper-1, protocol: riva, gpu: {{count: 0}}{extra}}}\n"
+    ))
+}
+
+#[test]
+fn a_riva_pool_serves_grpc_beside_http_and_agents_stream_to_it() {
+    let pool = riva_pool("");
+    let children = build_pool(&pool);
+    let c = container(deployment(&children));
+    assert_eq!(
+        args_pair(c.args.as_ref().unwrap(), "--grpc-listen"),
+        Some("0.0.0.0:50051")
+    );
+    let ports: Vec<(String, i32)> = c
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(ports, [("http".into(), 8000), ("grpc".into(), 50051)]);
+    assert_eq!(
+        service_ports(&children),
+        [("http".into(), 8000), ("grpc".into(), 50051)]
+    );
+
+    // The agent streams to the pool unless told not to; batch requests stay on HTTP.
+    let mut pools = pools();
+    pools.retain(|p| p.metadata.name.as_deref() != Some("whisper-v3"));
+    pools.push(riva_pool(", grpcPort: 9000"));
+    let agent: VoiceAgent = sample("receptionist.yaml");
+    let stt = |agent: &VoiceAgent, pools: &[ModelPool]| {
+        let children = build_agent(agent, pools, &BuildSettings::default())?;
+        let yaml = &config_map(&children).data.as_ref().unwrap()["agent.yaml"];
+        let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        Ok::<_, Problem>(v["stt"].clone())
+    };
+    let v = stt(&agent, &pools).unwrap();
+    assert_eq!(
+        v["streamingUrl"].as_str(),
+        Some("http://whisper-v3.voice.svc:9000")
+    );
+    assert_eq!(
+        v["url"].as_str(),
+        Some("http://whisper-v3.voice.svc:8000/v1")
+    );
+    let mut batch = agent.clone();
+    batch.spec.stt.protocol = Some(grokcast_crds::SttProtocol::Openai);
+    assert!(stt(&batch, &pools).unwrap()["streamingUrl"].is_null());
+    // An OpenAI-only pool: no streaming by default, a clear error when it is demanded.
+    assert!(stt(&agent, &self::pools()).unwrap()["streamingUrl"].is_null());
+    let mut riva = agent.clone();
+    riva.spec.stt.protocol = Some(grokcast_crds::SttProtocol::Riva);
+    let err = stt(&riva, &self::pools()).unwrap_err().to_string();
+    assert!(
+        err.contains("whisper-v3") && err.contains("protocol"),
+        "{err}"
+    );
+}
+
+#[test]
+fn riva_is_only_for_speech_recognition_pools() {
+    let settings = BuildSettings::default();
+    for (spec, want) in [
+        (
+            "{engine: vllm, model: m, protocol: riva}",
+            "protocol riva is streaming speech recognition",
+        ),
+        (
+            "{engine: grokcast, role: llm, model: m, protocol: riva, gpu: {count: 0}}",
+            "protocol riva is streaming speech recognition",
+        ),
+        (
+            "{engine: grokcast, role: stt, model: m, grpcPort: 9000, gpu: {count: 0}}",
+            "grpcPort 9000 needs protocol riva",
+        ),
+        (
+            "{engine: grokcast, role: stt, model: m, protocol: riva, grpcPort: 8000, gpu: {count: 0}}",
+            "a port of its own",
+        ),
+    ] {
+        let pool = pool_yaml(&format!(
+            "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {{name: p, namespace: ns}}\nspec: {spec}\n"
+        ));
+        let err = model_pool::validate(&pool, &settings)
+            .expect_err(spec)
+            .to_string();
+        assert!(err.contains(want), "{spec}: got {err:?}, want {want:?}");
+    }
+}
+
 #[test]
 fn the_end_of_turn_model_and_its_pauses_reach_the_agent() {
     let text = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
@@ -914,25 +1028,8 @@ fn agent_metrics_and_probes_are_on_the_admin_port_not_the_twilio_one() {
     let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
     assert_eq!(v["listenAddr"].as_str(), Some("0.0.0.0:8080"));
     assert_eq!(v["adminListenAddr"].as_str(), Some("0.0.0.0:9090"));
-    let svc = children
-        .iter()
-        .find_map(|c| match c {
-            Child::Service(s) => Some(s),
-            _ => None,
-        })
-        .unwrap();
-    let svc_ports: Vec<_> = svc
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|p| (p.name.clone().unwrap(), p.port))
-        .collect();
     assert_eq!(
-        svc_ports,
+        service_ports(&children),
         [("http".to_string(), 8080), ("admin".to_string(), 9090)]
     );
     let sm = children
