@@ -344,7 +344,7 @@ fn permit_wait(turn_taking: &crate::turn::TurnTaking) -> Duration {
 
 /// The length of `n` samples at 16 kHz.
 fn samples_16k(n: usize) -> Duration {
-    Duration::from_micros(n as u64 * 1_000_000 / 16_000)
+    grokcast_engines::audio::duration(n, 16_000)
 }
 
 /// Reads Twilio's messages: audio through the resampler and VAD into turn events.
@@ -769,8 +769,8 @@ async fn send(
                     if progress.generation != *generation {
                         *progress = Progress { generation: *generation, ..Progress::default() };
                     }
-                    // 8 kHz mu-law: one byte per 125 us.
-                    progress.sent += Duration::from_micros((end - *offset) as u64 * 125);
+                    // 8 kHz mu-law: one byte a sample.
+                    progress.sent += grokcast_engines::audio::duration(end - *offset, 8_000);
                 }
                 let now = Instant::now();
                 if pacer.frame_sent(now) == FrameTiming::Late {
@@ -1503,8 +1503,8 @@ impl Turn {
                     None
                 };
                 let frames = Bytes::from(std::mem::take(&mut frames));
-                // 8 kHz mu-law: one byte per 125 us.
-                spoken += Duration::from_micros(frames.len() as u64 * 125);
+                // 8 kHz mu-law: one byte a sample.
+                spoken += grokcast_engines::audio::duration(frames.len(), 8_000);
                 if self
                     .playout
                     .send(Playout::Audio {

@@ -121,15 +121,14 @@ pub fn build_backends(config: &AgentConfig) -> Result<Backends, StartupError> {
     let stt_stream = if config.stt.streaming_url.is_empty() {
         None
     } else {
-        let client = crate::backend::riva::RivaStt::new(
-            &config.stt.streaming_url,
-            &config.stt.stage.model,
-            &config.stt.language,
-        )
-        .map_err(|message| StartupError::Engine {
-            stage: "stt",
-            message,
-        })?;
+        // The batch model's name (`whisper-1`, a Hugging Face id) means nothing to a Riva
+        // server: the stream lets the server pick its model for the language.
+        let client =
+            crate::backend::riva::RivaStt::new(&config.stt.streaming_url, "", &config.stt.language)
+                .map_err(|message| StartupError::Engine {
+                    stage: "stt",
+                    message,
+                })?;
         Some(Arc::new(client) as Arc<dyn crate::backend::StreamingStt>)
     };
     Ok(Backends {

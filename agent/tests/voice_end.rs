@@ -15,7 +15,7 @@ use grokcast_engines::vad::{CHUNK_SAMPLES, SileroVad};
 const CHUNK: Duration = Duration::from_millis(32);
 
 fn samples_16k(n: usize) -> Duration {
-    Duration::from_micros(n as u64 * 1_000_000 / 16_000)
+    grokcast_engines::audio::duration(n, 16_000)
 }
 
 fn vad() -> Option<SileroVad> {

@@ -66,7 +66,9 @@ use crate::common::{Role, SecretKeyRef};
     validation = Rule::new("self.protocol != 'riva' || (self.engine in ['grokcast', 'custom'] && has(self.role) && self.role == 'stt')")
         .message("protocol riva is streaming speech recognition: engine grokcast or custom with role stt"),
     validation = Rule::new("!has(self.grpcPort) || self.protocol == 'riva'")
-        .message("grpcPort is the Riva port; set protocol riva")
+        .message("grpcPort is the Riva port; set protocol riva"),
+    validation = Rule::new("self.protocol != 'riva' || (has(self.grpcPort) ? self.grpcPort : 50051) != (has(self.port) ? self.port : 8000)")
+        .message("the Riva port (grpcPort, 50051 by default) must differ from port (8000 by default)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelPoolSpec {

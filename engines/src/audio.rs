@@ -113,6 +113,11 @@ fn decode_wav(bytes: &[u8]) -> Result<Clip, AudioError> {
     })
 }
 
+/// The length of `samples` samples at `rate` Hz.
+pub fn duration(samples: usize, rate: u32) -> std::time::Duration {
+    std::time::Duration::from_micros(samples as u64 * 1_000_000 / u64::from(rate.max(1)))
+}
+
 /// Converts the clip's rate by linear interpolation. Good enough for speech going into
 /// Whisper, whose front end keeps only 0-8 kHz.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {

@@ -254,10 +254,10 @@ impl WhisperStt {
                 }
                 text.trim().to_owned()
             });
-        // A state stopped halfway is dropped rather than trusted with the next clip.
-        if !matches!(result, Err(SttError::Cancelled))
-            && let Ok(mut states) = self.states.lock()
-        {
+        // whisper.cpp resets a state at the start of each transcription, so one stopped
+        // halfway is as good as any: keeping it spares the next decode (often the one that
+        // replaced it, on the turn's critical path) from allocating a new one.
+        if let Ok(mut states) = self.states.lock() {
             states.push(state);
         }
         result

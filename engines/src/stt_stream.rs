@@ -46,6 +46,11 @@ const FRAMES_PER_SECOND: u32 = 50;
 /// line well below. Erring low is safe: noise taken for voice costs one more decode at the
 /// end, while voice taken for quiet could end a transcript early.
 const LOUD_RMS: f32 = 0.01;
+/// A quieter frame is voiced too when it stands [`NOISE_MARGIN`] times above the quietest
+/// frame heard (a quiet caller on a clean line), down to this RMS (-50 dBFS).
+const QUIET_VOICE_RMS: f32 = 0.003;
+/// How far above the line's quietest frame a quiet voice stands.
+const NOISE_MARGIN: f32 = 4.0;
 
 /// Quiet after the voice that a decode keeps: word ends fade below the voiced threshold.
 const QUIET_KEPT: Duration = Duration::from_millis(200);
@@ -64,6 +69,8 @@ pub struct Utterance {
     measured: usize,
     /// End of the last voiced frame, in samples.
     voiced_end: usize,
+    /// RMS of the quietest frame so far.
+    noise_floor: f32,
 }
 
 impl Utterance {
@@ -84,6 +91,7 @@ impl Utterance {
             frame: (rate / FRAMES_PER_SECOND) as usize,
             measured: 0,
             voiced_end: 0,
+            noise_floor: f32::MAX,
         })
     }
 
@@ -119,7 +127,9 @@ impl Utterance {
             let frame = &self.samples[self.measured..self.measured + self.frame];
             let rms = (frame.iter().map(|s| s * s).sum::<f32>() / frame.len() as f32).sqrt();
             self.measured += self.frame;
-            if rms > LOUD_RMS {
+            self.noise_floor = self.noise_floor.min(rms);
+            let quiet_voice = rms > QUIET_VOICE_RMS && rms > NOISE_MARGIN * self.noise_floor;
+            if rms > LOUD_RMS || quiet_voice {
                 self.voiced_end = self.measured;
             }
         }
@@ -137,7 +147,7 @@ impl Utterance {
 
     /// The length of `samples` samples of this stream.
     pub fn duration_of(&self, samples: usize) -> Duration {
-        Duration::from_micros(samples as u64 * 1_000_000 / u64::from(self.rate))
+        audio::duration(samples, self.rate)
     }
 
     /// The audio's length.
@@ -154,6 +164,10 @@ impl Utterance {
     /// of the quiet after it. Whisper gains nothing from more silence, and a small model may
     /// loop on its last words over a long one.
     pub fn decode_end(&self) -> usize {
+        if self.voiced_end == 0 {
+            // No frame seemed voiced: take it all rather than guess where the voice is.
+            return self.samples.len();
+        }
         let kept = self.rate as usize * QUIET_KEPT.as_millis() as usize / 1_000;
         (self.voiced_end + kept).min(self.samples.len())
     }
@@ -295,6 +309,18 @@ mod tests {
         u.push(&s16(&tone(0.3, 0.001, 16_000)));
         let end = u.duration_of(u.voiced_end());
         assert_eq!(end, Duration::from_millis(1_200));
+    }
+
+    #[test]
+    fn a_quiet_voice_on_a_clean_line_is_voice_and_unvoiced_audio_is_decoded_whole() {
+        let mut u = Utterance::new(LineEncoding::Linear16, 16_000).unwrap();
+        u.push(&s16(&tone(0.2, 0.0005, 16_000)));
+        assert_eq!(u.voiced_end(), 0);
+        assert_eq!(u.decode_end(), u.len(), "nothing voiced yet: all of it");
+        // -45 dBFS: under the absolute threshold, far above this line's noise.
+        u.push(&s16(&tone(0.5, 0.008, 16_000)));
+        u.push(&s16(&tone(0.3, 0.0005, 16_000)));
+        assert_eq!(u.duration_of(u.voiced_end()), Duration::from_millis(700));
     }
 
     #[test]

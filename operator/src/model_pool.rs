@@ -206,9 +206,14 @@ pub fn validate<'a>(
     {
         return Err(ValidationError::RivaNeedsStt { engine });
     }
-    if let Some(p) = spec.grpc_port
-        && (grpc_port.is_none() || p == port)
-    {
+    let clash = match (spec.grpc_port, grpc_port) {
+        // grpcPort without protocol riva.
+        (Some(p), None) => Some(p),
+        // The Riva port on the HTTP port, set or by default.
+        (_, Some(g)) if g == port => Some(g),
+        _ => None,
+    };
+    if let Some(p) = clash {
         return Err(ValidationError::GrpcPort {
             port: p,
             http: port,

@@ -723,6 +723,10 @@ fn riva_is_only_for_speech_recognition_pools() {
             "{engine: grokcast, role: stt, model: m, protocol: riva, grpcPort: 8000, gpu: {count: 0}}",
             "a port of its own",
         ),
+        (
+            "{engine: custom, role: stt, model: m, image: riva:1, port: 50051, protocol: riva, gpu: {count: 0}}",
+            "grpcPort 50051 needs protocol riva and a port of its own",
+        ),
     ] {
         let pool = pool_yaml(&format!(
             "apiVersion: grokcast.io/v1alpha1\nkind: ModelPool\nmetadata: {{name: p, namespace: ns}}\nspec: {spec}\n"

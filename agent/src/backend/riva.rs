@@ -34,20 +34,23 @@ pub struct RivaStt {
 
 impl RivaStt {
     /// A client of the server at `url` (`http://host:port`; connects on the first stream).
-    /// `model` is sent as Riva's model name; `language` is an ISO code such as `en`.
+    /// `model` is sent as Riva's model name (empty: the server's choice, which is what a
+    /// Riva deployment with one model per language expects); `language` is an ISO code such
+    /// as `en`, sent as the BCP-47 tag Riva selects models by.
     pub fn new(url: &str, model: &str, language: &str) -> Result<Self, String> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("stt.streamingUrl {url:?}: {e}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
-            // A dead peer is found within seconds, not at the next turn's timeout.
+            // A dead peer is found within seconds of a stream's start, not at the turn's
+            // timeout. Only while streams are open: gRPC servers (Riva's among them) take
+            // pings on an idle connection for abuse and close it.
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+            .keep_alive_timeout(Duration::from_secs(5));
         Ok(Self {
             client: RivaSpeechRecognitionClient::new(endpoint.connect_lazy()),
             model: model.to_owned(),
-            language: language.to_owned(),
+            language: bcp47(language),
         })
     }
 
@@ -68,6 +71,27 @@ impl RivaStt {
             )),
         }
     }
+}
+
+/// The BCP-47 tag Riva's models are named by for an ISO language code (`en` is `en-US`);
+/// a code already carrying a region, or one without a usual region here, goes as it is.
+fn bcp47(language: &str) -> String {
+    let region = match language {
+        "en" | "es" => "US",
+        "de" => "DE",
+        "fr" => "FR",
+        "it" => "IT",
+        "pt" => "BR",
+        "ja" => "JP",
+        "ko" => "KR",
+        "zh" => "CN",
+        "ru" => "RU",
+        "hi" => "IN",
+        "ar" => "AR",
+        "nl" => "NL",
+        _ => return language.to_owned(),
+    };
+    format!("{language}-{region}")
 }
 
 /// A gRPC status as the stage's error.
@@ -134,5 +158,18 @@ impl StreamingStt for RivaStt {
             Ok(finals.join(" "))
         });
         SttStream::new(audio_tx, interim_rx, task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bcp47;
+
+    #[test]
+    fn languages_go_as_the_tags_riva_names_models_by() {
+        assert_eq!(bcp47("en"), "en-US");
+        assert_eq!(bcp47("de"), "de-DE");
+        assert_eq!(bcp47("en-GB"), "en-GB");
+        assert_eq!(bcp47("sw"), "sw");
     }
 }

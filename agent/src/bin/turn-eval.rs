@@ -227,7 +227,7 @@ fn run(
         let heard = Chunk {
             probability,
             length: CHUNK,
-            quiet_tail: Duration::from_micros(tail as u64 * 1000 / PER_MS as u64),
+            quiet_tail: grokcast_engines::audio::duration(tail, 16_000),
         };
         let event = endpointer.push(heard, agent_speaking);
         match event {

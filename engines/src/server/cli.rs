@@ -56,7 +56,7 @@ struct Args {
     stream_step_ms: u64,
     /// Streams decode at once after this much quiet following speech, so the final
     /// transcript is ready when the turn ends.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 60)]
     stream_pause_ms: u64,
     /// Models directory (default: $GROKCAST_MODELS_DIR, else models/ found upwards).
     #[arg(long)]

@@ -120,6 +120,45 @@ pub(crate) struct Admission {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A request that holds a slot of its lane while it waits for a worker: dropped before a
+/// worker is free, it gives the slot back and leaves the queue-depth gauge.
+struct Queued {
+    lane: Arc<Lane>,
+    gauge: prometheus::IntGauge,
+    /// Whether the slot is still this request's to give back.
+    holds_slot: bool,
+}
+
+impl Queued {
+    fn new(lane: &Arc<Lane>, metrics: &ServerMetrics) -> Self {
+        let gauge = metrics.queue_depth.with_label_values(&[lane.route]);
+        gauge.inc();
+        Self {
+            lane: Arc::clone(lane),
+            gauge,
+            holds_slot: true,
+        }
+    }
+
+    /// A worker is free: the slot passes to the running request.
+    fn admitted(mut self, permit: OwnedSemaphorePermit) -> Admission {
+        self.holds_slot = false;
+        Admission {
+            lane: Arc::clone(&self.lane),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if self.holds_slot {
+            self.lane.admitted.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         self.lane.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -198,22 +237,16 @@ impl AppState {
                 "queue_full",
             ));
         }
-        let gauge = self.metrics.queue_depth.with_label_values(&[lane.route]);
-        gauge.inc();
+        // From here the slot is the caller's; a caller that stops waiting (a client gone, a
+        // stream's stale decode dropped) gives it back through the guard's drop.
+        let queued = Queued::new(lane, &self.metrics);
         let permit = Arc::clone(&lane.workers).acquire_owned().await;
-        gauge.dec();
         match permit {
-            Ok(permit) => Ok(Admission {
-                lane: Arc::clone(lane),
-                _permit: permit,
-            }),
-            Err(_) => {
-                lane.admitted.fetch_sub(1, Ordering::AcqRel);
-                Err(ApiError::unavailable(
-                    "the server is shutting down",
-                    "shutting_down",
-                ))
-            }
+            Ok(permit) => Ok(queued.admitted(permit)),
+            Err(_) => Err(ApiError::unavailable(
+                "the server is shutting down",
+                "shutting_down",
+            )),
         }
     }
 }
@@ -348,4 +381,43 @@ pub(crate) fn not_served(what: &str) -> ApiError {
     e.message = format!("this server does not run {what} (see grokcast-serve --role)");
     e.code = Some("engine_not_served");
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_that_stops_waiting_gives_its_slot_back() {
+        let state = AppState::new(ServerConfig {
+            queue_capacity: 2,
+            workers: 1,
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        let lane = Arc::clone(&state.stt_lane);
+        let running = state.admit(&lane).await.unwrap();
+        // The second waits for the worker; its caller gives up (a stale decode dropped).
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(20), state.admit(&lane));
+        assert!(waiting.await.is_err(), "no worker is free");
+        assert_eq!(lane.admitted.load(Ordering::Acquire), 1);
+        let depth = state
+            .metrics()
+            .queue_depth
+            .with_label_values(&[lane.route])
+            .get();
+        assert_eq!(depth, 0, "nobody is waiting any more");
+        drop(running);
+        // Both slots are free again: two requests fit, a third is refused.
+        let first = state.admit(&lane).await.unwrap();
+        let (waiter, waiter_lane) = (Arc::clone(&state), Arc::clone(&lane));
+        let second = tokio::spawn(async move { waiter.admit(&waiter_lane).await.map(|_| ()) });
+        while lane.admitted.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert!(state.admit(&lane).await.is_err(), "the lane holds two");
+        drop(first);
+        second.await.unwrap().unwrap();
+    }
 }

@@ -28,6 +28,9 @@ use crate::stt_stream::{self, LineEncoding, Policy, Utterance};
 
 /// The route label of streams in the server's metrics.
 const STREAM_ROUTE: &str = "/nvidia.riva.asr.RivaSpeechRecognition/StreamingRecognize";
+/// How long a new stream may take to send its configuration.
+const FIRST_MESSAGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The route label of one-shot recognitions.
 const RECOGNIZE_ROUTE: &str = "/nvidia.riva.asr.RivaSpeechRecognition/Recognize";
 
@@ -209,6 +212,9 @@ impl StreamTask {
     ) -> Result<(), Status> {
         let max = self.state.config.max_audio_seconds;
         let mut running: Option<Running> = None;
+        // Samples the last decode started took, whether or not it finished: a decode the
+        // lane refused is not retried until more audio or a pause calls for one.
+        let mut attempted = 0usize;
         // The latest finished decode: samples it took, its text.
         let mut latest: Option<(usize, String)> = None;
         let mut input_open = true;
@@ -256,7 +262,16 @@ impl StreamTask {
                     let Some(took) = running.take().map(|r| r.upto) else {
                         continue;
                     };
-                    let text = text?;
+                    let text = match text {
+                        Ok(text) => text,
+                        // A full lane refuses an interim decode: the stream goes on without
+                        // that interim result (it decodes again after more audio or a pause,
+                        // and at the end); only the final's refusal ends the stream.
+                        Err(status) if input_open && status.code() == tonic::Code::Unavailable => {
+                            continue;
+                        }
+                        Err(status) => return Err(status),
+                    };
                     if self.interim && input_open && !text.is_empty() {
                         let previous = latest.as_ref().map_or("", |(_, t)| t.as_str());
                         let result = StreamingRecognitionResult {
@@ -277,19 +292,21 @@ impl StreamTask {
                     // The caller paused after voice the running decode does not have: that
                     // decode is stale, and the pause may end the turn, so start over now.
                     Some(r) if self.policy.should_preempt(&self.utterance, r.upto) => {
-                        running = Some(self.start());
+                        running = Some(self.start(&mut attempted));
                     }
                     Some(_) => {}
-                    None if self.policy.should_decode(&self.utterance, decoded) => {
-                        running = Some(self.start());
+                    None if self.policy.should_decode(&self.utterance, attempted) => {
+                        running = Some(self.start(&mut attempted));
                     }
                     None => {}
                 }
                 continue;
             }
             // The client is done: the latest decode is final if it heard every voiced frame;
-            // otherwise wait for one running that will have, or decode everything now.
-            if stt_stream::heard_all(&self.utterance, decoded) {
+            // otherwise wait for one running that will have, or decode everything now. Audio
+            // never decoded is decoded, even if no frame of it seemed voiced.
+            let heard = latest.is_some() || self.utterance.is_empty();
+            if heard && stt_stream::heard_all(&self.utterance, decoded) {
                 // A decode still running (of silence, or a step) is not needed: stop it.
                 drop(running.take());
                 let text = latest.map(|(_, t)| t).unwrap_or_default();
@@ -314,14 +331,15 @@ impl StreamTask {
                 .as_ref()
                 .is_some_and(|r| stt_stream::heard_all(&self.utterance, r.upto))
             {
-                running = Some(self.start());
+                running = Some(self.start(&mut attempted));
             }
         }
     }
 
-    /// Starts decoding everything heard so far.
-    fn start(&self) -> Running {
+    /// Starts decoding everything heard so far, noting how much in `attempted`.
+    fn start(&self, attempted: &mut usize) -> Running {
         let upto = self.utterance.decode_end();
+        *attempted = upto;
         let cancel = Arc::new(AtomicBool::new(false));
         let text = decode(
             Arc::clone(&self.state),
@@ -400,7 +418,20 @@ impl RivaSpeechRecognition for RivaWhisper {
     ) -> Result<Response<Self::StreamingRecognizeStream>, Status> {
         let started = Instant::now();
         let mut requests = request.into_inner();
-        let first = requests.message().await?;
+        let first = match tokio::time::timeout(FIRST_MESSAGE_WAIT, requests.message()).await {
+            Ok(first) => first,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no streaming_config within {} s of opening the stream",
+                FIRST_MESSAGE_WAIT.as_secs()
+            ))),
+        };
+        let first = match first {
+            Ok(first) => first,
+            Err(status) => {
+                self.count(STREAM_ROUTE, &Err(status.clone()), started);
+                return Err(status);
+            }
+        };
         let config = match first {
             Some(StreamingRecognizeRequest {
                 streaming_request: Some(StreamingRequest::StreamingConfig(config)),
