@@ -54,6 +54,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// CPU seconds this process has used (user and system), from /proc.
+#[cfg(feature = "whisper")]
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return f64::NAN;
