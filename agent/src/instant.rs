@@ -319,10 +319,9 @@ impl RivaSpeechRecognition for InstantRiva {
                 .fetch_add(1, Ordering::Relaxed);
             let _ = tx.send(Ok(result(b.transcript.clone(), true))).await;
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(tonic::Response::new(Box::pin(stream)))
+        Ok(tonic::Response::new(Box::pin(
+            grokcast_engines::receiver_stream(rx),
+        )))
     }
 
     async fn get_riva_speech_recognition_config(

@@ -124,7 +124,7 @@ pub fn build_backends(config: &AgentConfig) -> Result<Backends, StartupError> {
         // The batch model's name (`whisper-1`, a Hugging Face id) means nothing to a Riva
         // server: the stream lets the server pick its model for the language.
         let client =
-            crate::backend::riva::RivaStt::new(&config.stt.streaming_url, "", &config.stt.language)
+            crate::backend::riva::RivaStt::new(&config.stt.streaming_url, &config.stt.language)
                 .map_err(|message| StartupError::Engine {
                     stage: "stt",
                     message,

@@ -784,11 +784,7 @@ async fn a_speculative_reply_whose_model_fails_apologises_only_if_the_turn_is_it
     let requests = h.servers.counts.llm.load(Ordering::Relaxed);
     assert!((1..=2).contains(&requests), "{requests} chat requests");
     assert_eq!(
-        metric(
-            &metrics,
-            "grokcast_backend_errors_total",
-            &with_agent(&[("stage", "llm")])
-        ),
+        backend_errors(&metrics, "llm"),
         Some(requests as f64),
         "{metrics}"
     );
@@ -1097,15 +1093,7 @@ async fn a_failing_or_slow_backend_gets_an_apology_and_the_call_goes_on() {
     );
     assert!(!report.closed_by_agent);
     let metrics = h.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "grokcast_backend_errors_total",
-            &with_agent(&[("stage", "llm")])
-        ),
-        Some(2.0),
-        "{metrics}"
-    );
+    assert_eq!(backend_errors(&metrics, "llm"), Some(2.0), "{metrics}");
     h.stop().await;
 }
 

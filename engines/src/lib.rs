@@ -32,3 +32,13 @@ pub mod stt_stream;
 pub mod tts;
 pub mod vad;
 pub mod whisper_convert;
+
+/// The items sent on `rx`, as a stream that ends when every sender is gone: how a task
+/// producing messages feeds a streaming response or request body.
+pub fn receiver_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

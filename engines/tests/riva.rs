@@ -111,8 +111,7 @@ async fn interim_transcripts_while_speaking_then_the_final_from_what_was_decoded
     tx.send(config(AudioEncoding::LinearPcm, 16_000, true))
         .await
         .unwrap();
-    let requests =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let requests = grokcast_engines::receiver_stream(rx);
     let mut responses = client
         .streaming_recognize(requests)
         .await
@@ -242,9 +241,7 @@ async fn malformed_streams_end_with_a_clear_status_and_other_streams_go_on() {
         .unwrap();
     let good = client
         .clone()
-        .streaming_recognize(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        }))
+        .streaming_recognize(grokcast_engines::receiver_stream(rx))
         .await
         .unwrap()
         .into_inner();

@@ -11,15 +11,6 @@ use grokcast_engines::tts::PiperVoice;
 
 use super::{AudioStream, BackendError, StageName, Tts};
 
-/// A stream over a channel receiver.
-fn receiver_stream<T: Send + 'static>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-}
-
 /// Piper through ONNX Runtime.
 pub struct EmbeddedTts {
     voice: Arc<PiperVoice>,
@@ -51,7 +42,7 @@ impl Tts for EmbeddedTts {
             });
             Ok(AudioStream {
                 sample_rate,
-                chunks: Box::pin(receiver_stream(rx)),
+                chunks: Box::pin(grokcast_engines::receiver_stream(rx)),
             })
         }
         .boxed()
@@ -120,8 +111,8 @@ mod gemma {
     use futures::future::BoxFuture;
     use grokcast_engines::llm::{GemmaLlm, GenerationParams};
 
-    use super::receiver_stream;
     use crate::backend::{BackendError, ChatMessage, Llm, StageName, TokenStream};
+    use grokcast_engines::receiver_stream;
 
     /// Gemma through llama.cpp.
     pub struct EmbeddedLlm {

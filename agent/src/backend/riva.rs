@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use grokcast_engines::audio;
 use grokcast_engines::riva::asr::streaming_recognize_request::StreamingRequest;
 use grokcast_engines::riva::asr::{
@@ -28,16 +29,15 @@ const QUEUED_CHUNKS: usize = 256;
 #[derive(Debug, Clone)]
 pub struct RivaStt {
     client: RivaSpeechRecognitionClient<Channel>,
-    model: String,
     language: String,
 }
 
 impl RivaStt {
     /// A client of the server at `url` (`http://host:port`; connects on the first stream).
-    /// `model` is sent as Riva's model name (empty: the server's choice, which is what a
-    /// Riva deployment with one model per language expects); `language` is an ISO code such
-    /// as `en`, sent as the BCP-47 tag Riva selects models by.
-    pub fn new(url: &str, model: &str, language: &str) -> Result<Self, String> {
+    /// `language` is an ISO code such as `en`, sent as the BCP-47 tag Riva selects models
+    /// by. No model is named: the server picks its model for the language, which is what a
+    /// Riva deployment with one model per language expects.
+    pub fn new(url: &str, language: &str) -> Result<Self, String> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| format!("stt.streamingUrl {url:?}: {e}"))?
             .connect_timeout(Duration::from_secs(2))
@@ -49,7 +49,6 @@ impl RivaStt {
             .keep_alive_timeout(Duration::from_secs(5));
         Ok(Self {
             client: RivaSpeechRecognitionClient::new(endpoint.connect_lazy()),
-            model: model.to_owned(),
             language: bcp47(language),
         })
     }
@@ -64,7 +63,7 @@ impl RivaStt {
                         language_code: self.language.clone(),
                         max_alternatives: 1,
                         audio_channel_count: 1,
-                        model: self.model.clone(),
+                        model: String::new(),
                     }),
                     interim_results: true,
                 },
@@ -119,14 +118,12 @@ impl StreamingStt for RivaStt {
         let mut client = self.client.clone();
         let first = self.config();
         let task = tokio::spawn(async move {
-            let audio = futures::stream::unfold(audio_rx, |mut rx| async move {
-                let samples = rx.recv().await?;
+            let audio = grokcast_engines::receiver_stream(audio_rx).map(|samples| {
                 let mut bytes = Vec::with_capacity(samples.len() * 2);
                 audio::push_s16le(&mut bytes, &samples);
-                let message = StreamingRecognizeRequest {
+                StreamingRecognizeRequest {
                     streaming_request: Some(StreamingRequest::AudioContent(bytes)),
-                };
-                Some((message, rx))
+                }
             });
             let requests = futures::StreamExt::chain(futures::stream::iter([first]), audio);
             let mut responses = client

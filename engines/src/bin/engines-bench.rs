@@ -130,11 +130,7 @@ fn streamed_stt(
             };
             let (tx, rx) = tokio::sync::mpsc::channel(8);
             tx.send(config).await?;
-            let requests =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
-                );
+            let requests = grokcast_engines::receiver_stream(rx);
             let mut responses = client.streaming_recognize(requests).await?.into_inner();
             let reader = tokio::spawn(async move {
                 let mut last = (String::new(), Instant::now());

@@ -267,10 +267,8 @@ pub(crate) fn streamed_response(
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     headers: [(header::HeaderName, String); 2],
 ) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    let stream = futures::StreamExt::map(crate::receiver_stream(rx), |b| {
+        Ok::<_, std::convert::Infallible>(b)
     });
     let mut response = (headers, axum::body::Body::from_stream(stream)).into_response();
     response.extensions_mut().insert(Streamed);

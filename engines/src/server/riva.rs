@@ -479,10 +479,7 @@ impl RivaSpeechRecognition for RivaWhisper {
                 let _ = responses.send(Err(status)).await;
             }
         });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(crate::receiver_stream(rx))))
     }
 
     async fn get_riva_speech_recognition_config(
