@@ -22,11 +22,14 @@ use crate::clause::ClauseSplitter;
 use crate::clips::FrameEncoder;
 use crate::codec;
 use crate::conversation::Conversation;
-use crate::metrics::{Outcome, Stage};
+use crate::metrics::{HELD_OUTCOMES, Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
 use crate::server::AgentState;
-use crate::turn::{Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent};
+use crate::turn::{
+    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, only_backchannels,
+    words_besides_backchannels,
+};
 use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
 
 /// Time allowed between the socket opening and Twilio's `start`.
@@ -78,6 +81,9 @@ enum CallEvent {
         pause: Option<u64>,
         /// The utterance's transcription stream, when STT streams.
         stream: Option<SttStream>,
+        /// Speech over the agent that ended before its words were known: a turn only if
+        /// its transcript has words (see [`TurnEvent::EndOfTurn`]).
+        overheard: bool,
     },
     /// The caller paused long enough that the turn may be over: start a speculative reply
     /// on what they said so far.
@@ -87,7 +93,11 @@ enum CallEvent {
     },
     /// The caller spoke again after the pause a speculative reply started in.
     PauseOver,
-    BargeIn,
+    /// The caller interrupted the agent; `held` names why speech held for its words did
+    /// (a [`HELD_OUTCOMES`] label), `None` for speech alone.
+    BargeIn {
+        held: Option<&'static str>,
+    },
     Dtmf(char),
     Mark(String),
     Stop,
@@ -553,6 +563,7 @@ impl Detector {
             quiet_tail: samples_16k(quiet),
         };
         self.heard_until = heard_until;
+        let was_holding = self.endpointer.holding();
         let event = self.endpointer.push(chunk, agent_speaking);
         let mut ask = None;
         match event {
@@ -563,10 +574,17 @@ impl Detector {
                 self.stream = self.stt.as_ref().map(|stt| stt.open());
                 self.streamed = 0;
             }
-            Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn),
-            Some(TurnEvent::EndOfTurn { silence, pause, .. }) => {
+            Some(TurnEvent::BargeIn) => self.pending.push(CallEvent::BargeIn {
+                held: was_holding.then_some(HELD_OUTCOMES[1]),
+            }),
+            Some(TurnEvent::EndOfTurn {
+                silence,
+                pause,
+                overheard,
+                ..
+            }) => {
                 self.utterance.extend_from_slice(&self.chunk);
-                self.end_turn(silence, pause, now);
+                self.end_turn(silence, pause, overheard, now);
             }
             Some(TurnEvent::Pause(pause)) => ask = Some(pause),
             Some(TurnEvent::Discarded) => {
@@ -582,6 +600,15 @@ impl Detector {
             self.utterance.extend_from_slice(&self.chunk);
         }
         self.feed_stream();
+        // Speech over the agent held for its words interrupts once the stream has them.
+        if self.endpointer.holding()
+            && let Some(stream) = &self.stream
+            && let Some(TurnEvent::BargeIn) = self.endpointer.words(&stream.interim())
+        {
+            self.pending.push(CallEvent::BargeIn {
+                held: Some(HELD_OUTCOMES[0]),
+            });
+        }
         if let Some(pause) = ask {
             if self.turn_model.is_some() {
                 self.ask(pause);
@@ -704,17 +731,22 @@ impl Detector {
                 true
             }
         };
-        if let Some(TurnEvent::EndOfTurn { silence, pause, .. }) =
-            self.endpointer.verdict(verdict.pause, complete)
+        if let Some(TurnEvent::EndOfTurn {
+            silence,
+            pause,
+            overheard,
+            ..
+        }) = self.endpointer.verdict(verdict.pause, complete)
         {
             self.speculating = None;
-            self.end_turn(silence, pause, now);
+            self.end_turn(silence, pause, overheard, now);
         }
     }
 
     /// Hands the utterance to the conversation, decided at `now`: the caller's voice ended
-    /// `silence` before the end of the last chunk heard, in announced pause `pause`.
-    fn end_turn(&mut self, silence: Duration, pause: Option<u64>, now: Instant) {
+    /// `silence` before the end of the last chunk heard, in announced pause `pause`;
+    /// `overheard` when it was speech over the agent still held for its words.
+    fn end_turn(&mut self, silence: Duration, pause: Option<u64>, overheard: bool, now: Instant) {
         let caller_stopped = self
             .heard_until
             .checked_sub(silence)
@@ -727,6 +759,7 @@ impl Detector {
             endpointing: now.saturating_duration_since(caller_stopped),
             pause,
             stream: self.stream.take(),
+            overheard,
         });
     }
 }
@@ -842,6 +875,11 @@ async fn converse(
     let mut interrupted: Option<Resume> = None;
     let resume_window =
         Duration::from_millis(state.config.turn_taking.false_interruption_resume_ms);
+    // Speech over the agent that ended before its words were known is transcribed while the
+    // agent talks on; the transcript comes back here and decides whether it was a turn.
+    let (overheard_tx, mut overheard_rx) = mpsc::channel::<Overheard>(1);
+    // Held only to abort the task when it is replaced, moot, or the call ends.
+    let mut _listening: Option<TaskGuard<()>> = None;
 
     let clips = state.clips();
     if let Some(clips) = clips.as_ref().filter(|c| !c.greeting.is_empty()) {
@@ -874,8 +912,11 @@ async fn converse(
                         finish_turn(&mut running, &mut history, &acked, None);
                         return Some(Outcome::Completed);
                     }
-                    CallEvent::BargeIn => {
+                    CallEvent::BargeIn { held } => {
                         state.metrics.barge_ins.inc();
+                        if let Some(outcome) = held {
+                            state.metrics.held_interruptions.with_label_values(&[outcome]).inc();
+                        }
                         interrupted = resumable(&running, &acked, resume_window);
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
@@ -901,7 +942,18 @@ async fn converse(
                         speculation = Some(Speculation { pause, turn, commit, history: preview });
                     }
                     CallEvent::PauseOver => missed(&state, speculation.take()),
-                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing, pause, stream } => {
+                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing, stream, overheard: true, .. } => {
+                        // The agent talks on while the words are found.
+                        let (state, overheard) = (state.clone(), overheard_tx.clone());
+                        let task = async move {
+                            let started = Instant::now();
+                            let transcript = transcribe(&state, audio, stream).await;
+                            let _ = overheard.send(Overheard { transcript, caller_stopped, endpointing, stt: started.elapsed() }).await;
+                        };
+                        _listening = Some(TaskGuard(tokio::spawn(task.instrument(tracing::Span::current()))));
+                    }
+                    CallEvent::EndOfTurn { audio, caller_stopped, endpointing, pause, stream, overheard: false } => {
+                        _listening = None;
                         // The caller moved on: whatever the agent still had queued is stale.
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
@@ -926,6 +978,7 @@ async fn converse(
                         }
                     }
                     CallEvent::Dtmf(digit) => {
+                        _listening = None;
                         missed(&state, speculation.take());
                         interrupted = None;
                         let heard = shared.heard(Instant::now());
@@ -935,6 +988,36 @@ async fn converse(
                         let input = TurnInput::Text { text: format!("[caller pressed {digit}]"), at: Instant::now() };
                         running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
                     }
+                }
+            }
+            Some(o) = overheard_rx.recv() => {
+                _listening = None;
+                let now = Instant::now();
+                let turn_taking = &state.config.turn_taking;
+                let text = o.transcript.unwrap_or_else(|error| {
+                    state.metrics.backend_errors.with_label_values(&[error.stage().label()]).inc();
+                    warn!(%error, "could not transcribe the speech over the agent; the agent talks on");
+                    String::new()
+                });
+                let words = words_besides_backchannels(&text, &turn_taking.backchannels);
+                let said = words > 0 || only_backchannels(&text, &turn_taking.backchannels);
+                // While the agent talks, a backchannel is listening; once it has finished,
+                // even "yeah" answers it.
+                let talking = shared.agent_speaking(now)
+                    || running.as_ref().is_some_and(|(task, _)| !task.0.is_finished());
+                if !said || (talking && words < turn_taking.min_interruption_words as usize) {
+                    state.metrics.held_interruptions.with_label_values(&[HELD_OUTCOMES[3]]).inc();
+                    debug!(words, "speech over the agent without words to interrupt; talking on");
+                } else {
+                    state.metrics.held_interruptions.with_label_values(&[HELD_OUTCOMES[2]]).inc();
+                    missed(&state, speculation.take());
+                    interrupted = None;
+                    let heard = shared.heard(now);
+                    interrupt(&shared, &clears).await;
+                    finish_turn(&mut running, &mut history, &acked, Some(heard));
+                    turn_number += 1;
+                    let input = TurnInput::Heard { text, caller_stopped: o.caller_stopped, endpointing: o.endpointing, stt: o.stt };
+                    running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
                 }
             }
             _ = goodbye.cancelled() => {
@@ -1099,6 +1182,15 @@ fn missed(state: &AgentState, speculation: Option<Speculation>) {
     }
 }
 
+/// The transcript of speech over the agent that ended while held for its words.
+struct Overheard {
+    transcript: Result<String, BackendError>,
+    caller_stopped: Instant,
+    endpointing: Duration,
+    /// How long transcribing it took after it ended.
+    stt: Duration,
+}
+
 enum TurnInput {
     Speech {
         audio: Vec<f32>,
@@ -1111,10 +1203,47 @@ enum TurnInput {
         /// The reply this utterance interrupted, to resume if it has no words.
         resume: Option<Resume>,
     },
+    /// Speech whose transcript is already known (overheard speech that had words).
+    Heard {
+        text: String,
+        caller_stopped: Instant,
+        endpointing: Duration,
+        stt: Duration,
+    },
     Text {
         text: String,
         at: Instant,
     },
+}
+
+/// The utterance's transcript, within the stage timeout: the stream's final transcript
+/// when there is a stream, and the batch request when there is none or it failed (it
+/// died, fell behind, or refused the audio), so a broken stream costs time, not words.
+async fn transcribe(
+    state: &AgentState,
+    audio: Vec<f32>,
+    stream: Option<SttStream>,
+) -> Result<String, BackendError> {
+    let timeout = state.config.stt.stage.timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || BackendError::Timeout {
+        stage: crate::backend::StageName::Stt,
+        after: timeout,
+    };
+    if let Some(stream) = stream {
+        match tokio::time::timeout_at(deadline, stream.finish()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(text)) => return Ok(text),
+            Ok(Err(error)) => {
+                state.metrics.stt_stream_fallbacks.inc();
+                warn!(%error, "the transcription stream failed; transcribing the turn in one request");
+            }
+        }
+    }
+    let stt = &state.backends.stt;
+    tokio::time::timeout_at(deadline, stt.transcribe(audio))
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
 }
 
 /// A turn's task (aborted when this is dropped) and what it has queued for playback.
@@ -1225,7 +1354,7 @@ impl Turn {
                 resume = cut;
                 let started = Instant::now();
                 self.started.lock().unwrap_or_else(|p| p.into_inner()).stt = Some(started);
-                let text = match self.transcribe(audio, stream).await {
+                let text = match transcribe(&self.state, audio, stream).await {
                     Ok(text) => text,
                     Err(e) => return self.apologise(e).await,
                 };
@@ -1239,6 +1368,22 @@ impl Turn {
                 };
                 (text, timings)
             }
+            TurnInput::Heard {
+                text,
+                caller_stopped,
+                endpointing,
+                stt,
+            } => (
+                text,
+                TurnTimings {
+                    caller_stopped,
+                    endpointing,
+                    stt,
+                    llm_first_token: Duration::ZERO,
+                    llm_first_clause: Duration::ZERO,
+                    tts_first_audio: Duration::ZERO,
+                },
+            ),
             TurnInput::Text { text, at } => (
                 text,
                 TurnTimings {
@@ -1372,36 +1517,6 @@ impl Turn {
     }
 
     /// Speaks again the clauses a false interruption cut, from the start of the cut one.
-    /// The utterance's transcript, within the stage timeout: the stream's final transcript
-    /// when there is a stream, and the batch request when there is none or it failed (it
-    /// died, fell behind, or refused the audio), so a broken stream costs time, not words.
-    async fn transcribe(
-        &self,
-        audio: Vec<f32>,
-        stream: Option<SttStream>,
-    ) -> Result<String, BackendError> {
-        let timeout = self.state.config.stt.stage.timeout();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let timed_out = || BackendError::Timeout {
-            stage: crate::backend::StageName::Stt,
-            after: timeout,
-        };
-        if let Some(stream) = stream {
-            match tokio::time::timeout_at(deadline, stream.finish()).await {
-                Err(_) => return Err(timed_out()),
-                Ok(Ok(text)) => return Ok(text),
-                Ok(Err(error)) => {
-                    self.state.metrics.stt_stream_fallbacks.inc();
-                    warn!(%error, "the transcription stream failed; transcribing the turn in one request");
-                }
-            }
-        }
-        let stt = &self.state.backends.stt;
-        tokio::time::timeout_at(deadline, stt.transcribe(audio))
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))
-    }
-
     async fn resume(&self, resume: Resume, timings: &mut TurnTimings) {
         // Counted only once it is the turn's (not for a speculation that is cancelled).
         if !self.own().await {

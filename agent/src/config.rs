@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::openai::ResponseFormat;
-use crate::turn::{SemanticEndpointing, TurnTaking};
+use crate::turn::{InterruptionWords, SemanticEndpointing, TurnTaking};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +163,13 @@ pub struct TurnTakingConfig {
     /// Words and phrases that, said alone over the agent ("uh-huh", "okay"), count as no
     /// words: the agent resumes instead of answering them.
     pub backchannels: Vec<String>,
+    /// With streaming STT: words besides backchannels that speech over the agent must say
+    /// (in its interim transcripts) before it stops the agent; 0 stops it on
+    /// `minBargeInMs` of speech alone, as without streaming STT.
+    pub min_interruption_words: u32,
+    /// With `minInterruptionWords`: speech over the agent that goes on this many ms past
+    /// `minBargeInMs` without the words stops the agent anyway (late or lost transcripts).
+    pub max_interruption_wait_ms: u64,
 }
 
 /// Which end-of-turn model judges the caller's pauses.
@@ -207,6 +214,8 @@ impl Default for TurnTakingConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            min_interruption_words: 1,
+            max_interruption_wait_ms: 1000,
         }
     }
 }
@@ -231,6 +240,12 @@ impl TurnTakingConfig {
             speculate_after: (self.speculative_replies
                 && self.end_of_turn_model == EndOfTurnModel::None)
                 .then(|| Duration::from_millis(self.min_end_of_turn_silence_ms)),
+            // Only where interim transcripts come: the agent drops it without streaming STT.
+            interruption_words: (self.min_interruption_words > 0).then(|| InterruptionWords {
+                min_words: self.min_interruption_words as usize,
+                max_wait: Duration::from_millis(self.max_interruption_wait_ms),
+                backchannels: self.backchannels.clone(),
+            }),
         }
     }
 }
@@ -691,6 +706,22 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         },
     ),
     (
+        "GROKCAST_MIN_INTERRUPTION_WORDS",
+        "turnTaking.minInterruptionWords",
+        |c, v| {
+            c.turn_taking.min_interruption_words = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_MAX_INTERRUPTION_WAIT_MS",
+        "turnTaking.maxInterruptionWaitMs",
+        |c, v| {
+            c.turn_taking.max_interruption_wait_ms = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
         "GROKCAST_FALSE_INTERRUPTION_RESUME_MS",
         "turnTaking.falseInterruptionResumeMs",
         |c, v| {
@@ -862,6 +893,18 @@ impl AgentConfig {
             problems.push(format!(
                 "turnTaking.falseInterruptionResumeMs {} must be at most 10000",
                 t.false_interruption_resume_ms
+            ));
+        }
+        if t.min_interruption_words > 10 {
+            problems.push(format!(
+                "turnTaking.minInterruptionWords {} must be at most 10",
+                t.min_interruption_words
+            ));
+        }
+        if t.min_interruption_words > 0 && !(100..=10_000).contains(&t.max_interruption_wait_ms) {
+            problems.push(format!(
+                "turnTaking.maxInterruptionWaitMs {} must be within 100..10000",
+                t.max_interruption_wait_ms
             ));
         }
         if t.preemptive_tts && !t.speculative_replies {
@@ -1045,7 +1088,8 @@ mod tests {
                     || v.ends_with("_SECONDS")
                     || v.ends_with("_CALLS")
                     || v.ends_with("_TOKENS")
-                    || v.ends_with("_RATE") =>
+                    || v.ends_with("_RATE")
+                    || v.ends_with("_WORDS") =>
                 {
                     "123"
                 }

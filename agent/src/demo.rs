@@ -246,8 +246,11 @@ pub fn caller_voice(say: &[String]) -> Result<Vec<Arc<Vec<u8>>>, DemoError> {
     let paths =
         grokcast_engines::models::ModelPaths::discover().map_err(|e| engine(e.to_string()))?;
     let (onnx, json) = paths.piper_voice().map_err(|e| engine(e.to_string()))?;
-    let voice =
-        grokcast_engines::tts::PiperVoice::load(&onnx, &json).map_err(|e| engine(e.to_string()))?;
+    // Without Piper's random noise, so a caller says the same thing the same way on every
+    // run (tests and turn-eval hear the same audio each time).
+    let voice = grokcast_engines::tts::PiperVoice::load(&onnx, &json)
+        .map_err(|e| engine(e.to_string()))?
+        .without_noise();
     let mut utterances = Vec::with_capacity(say.len());
     for text in say {
         let mut pcm = Vec::new();

@@ -118,7 +118,16 @@ pub struct Metrics {
     pub false_interruptions: IntCounter,
     /// Turns whose transcription stream failed and that were transcribed in one request.
     pub stt_stream_fallbacks: IntCounter,
+    /// Speech over the agent held for its words (`minInterruptionWords`), by how it ended:
+    /// `words` (its interim transcript had them: barge-in), `waited` (it went on past
+    /// `maxInterruptionWaitMs` without them: barge-in), `turn` (it ended first and its
+    /// transcript had them: answered), `ignored` (backchannels or no words: the agent
+    /// talked on).
+    pub held_interruptions: IntCounterVec,
 }
+
+/// The outcomes of [`Metrics::held_interruptions`].
+pub const HELD_OUTCOMES: [&str; 4] = ["words", "waited", "turn", "ignored"];
 
 impl Metrics {
     /// Registers every metric with constant `voiceagent` and `namespace` labels.
@@ -187,6 +196,13 @@ impl Metrics {
             "grokcast_stt_stream_fallbacks_total",
             "Turns whose transcription stream failed (died, fell behind, or was refused), transcribed in one batch request instead",
         )?;
+        let held_interruptions = IntCounterVec::new(
+            Opts::new(
+                "grokcast_held_interruptions_total",
+                "Speech over the agent held for its words: words or waited (it interrupted), turn (answered after it ended), ignored (backchannels or no words; the agent talked on)",
+            ),
+            &["outcome"],
+        )?;
         let speculative_replies = IntCounterVec::new(
             Opts::new(
                 "grokcast_speculative_replies_total",
@@ -215,6 +231,7 @@ impl Metrics {
         registry.register(Box::new(speculative_replies.clone()))?;
         registry.register(Box::new(false_interruptions.clone()))?;
         registry.register(Box::new(stt_stream_fallbacks.clone()))?;
+        registry.register(Box::new(held_interruptions.clone()))?;
         // Pre-create label values so dashboards see zeros instead of missing series.
         for stage in [
             Stage::Endpointing,
@@ -234,6 +251,9 @@ impl Metrics {
         for outcome in ["hit", "miss"] {
             speculative_replies.with_label_values(&[outcome]);
         }
+        for outcome in HELD_OUTCOMES {
+            held_interruptions.with_label_values(&[outcome]);
+        }
         Ok(Self {
             registry,
             turn_latency,
@@ -250,6 +270,7 @@ impl Metrics {
             speculative_replies,
             false_interruptions,
             stt_stream_fallbacks,
+            held_interruptions,
         })
     }
 

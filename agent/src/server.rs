@@ -126,11 +126,15 @@ impl AgentState {
     }
 
     /// Each call's turn-taking thresholds: the configuration's, with pauses judged by the
-    /// model only where one is loaded.
+    /// model only where one is loaded, and interruptions held for their words only where
+    /// STT streams (nothing else gives words while the caller speaks).
     pub fn turn_taking(&self) -> crate::turn::TurnTaking {
         let mut t = self.config.turn_taking.turn_taking();
         if self.turn_model.is_none() {
             t.semantic = None;
+        }
+        if self.backends.stt_stream.is_none() {
+            t.interruption_words = None;
         }
         t
     }

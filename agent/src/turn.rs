@@ -41,27 +41,49 @@ pub const DEFAULT_BACKCHANNELS: &[&str] = &[
     "i see",
     "alright",
     "all right",
+    // Fillers and exclamations: said alone, they hold no words to answer.
+    "uh",
+    "um",
+    "oh",
+    "ah",
+    "mmm",
 ];
 
 /// Lower-case words of `text`, without punctuation (hyphens and apostrophes inside a word
-/// stay: "uh-huh", "that's").
+/// stay: "uh-huh", "that's"). What STT writes in brackets or asterisks ("(coughs)",
+/// "[BLANK_AUDIO]", "*sigh*") describes a sound, not words, and is left out.
 fn spoken_words(text: &str) -> Vec<String> {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '\''))
+    let mut said = String::with_capacity(text.len());
+    let mut closer = None;
+    for c in text.chars() {
+        match (closer, c) {
+            (None, '(') => closer = Some(')'),
+            (None, '[') => closer = Some(']'),
+            (None, '*') => closer = Some('*'),
+            (Some(end), c) if c == end => {
+                closer = None;
+                said.push(' ');
+            }
+            (Some(_), _) => {}
+            (None, c) => said.push(c),
+        }
+    }
+    said.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '\''))
         .map(|w| w.trim_matches(|c| c == '-' || c == '\'').to_lowercase())
         .filter(|w| !w.is_empty())
         .collect()
 }
 
-/// Whether `transcript` says nothing but backchannels ("Okay.", "Yeah, right.", "uh huh
-/// okay"); an empty transcript is not one.
-pub fn only_backchannels(transcript: &str, backchannels: &[String]) -> bool {
+/// How many words `transcript` says besides backchannels: "Okay." and "uh huh, right" say
+/// none, "Okay, wait" one.
+pub fn words_besides_backchannels(transcript: &str, backchannels: &[String]) -> usize {
     let words = spoken_words(transcript);
     let phrases: Vec<Vec<String>> = backchannels
         .iter()
         .map(|p| spoken_words(p))
         .filter(|p| !p.is_empty())
         .collect();
-    let mut at = 0;
+    let (mut at, mut others) = (0, 0);
     while at < words.len() {
         // The longest phrase that fits here ("uh huh" before "uh").
         let step = phrases
@@ -71,10 +93,20 @@ pub fn only_backchannels(transcript: &str, backchannels: &[String]) -> bool {
             .max();
         match step {
             Some(n) => at += n,
-            None => return false,
+            None => {
+                others += 1;
+                at += 1;
+            }
         }
     }
-    !words.is_empty()
+    others
+}
+
+/// Whether `transcript` says nothing but backchannels ("Okay.", "Yeah, right.", "uh huh
+/// okay"); an empty transcript is not one.
+pub fn only_backchannels(transcript: &str, backchannels: &[String]) -> bool {
+    !spoken_words(transcript).is_empty()
+        && words_besides_backchannels(transcript, backchannels) == 0
 }
 
 /// Turn-taking thresholds, from the VoiceAgent's `turnTaking`.
@@ -98,6 +130,22 @@ pub struct TurnTaking {
     /// reply starts ([`TurnEvent::Pause`]); `None` announces no pause. With a model, pauses
     /// are announced at its minimum silence.
     pub speculate_after: Option<Duration>,
+    /// Words an interruption needs before it stops the agent, read from interim
+    /// transcripts ([`Endpointer::words`]); `None` interrupts on `min_barge_in` of speech.
+    pub interruption_words: Option<InterruptionWords>,
+}
+
+/// An interruption that must say something: speech over the agent stops it only once its
+/// interim transcript has words besides backchannels, so "uh-huh" and a cough never do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterruptionWords {
+    /// Words besides backchannels that stop the agent (at least 1).
+    pub min_words: usize,
+    /// Speech held past `min_barge_in` for this long without the words interrupts anyway:
+    /// the transcripts are late or the stream died, and a caller who talks on means it.
+    pub max_wait: Duration,
+    /// What does not count as a word ([`words_besides_backchannels`]).
+    pub backchannels: Vec<String>,
 }
 
 /// Pause lengths when an end-of-turn model judges the caller's pauses.
@@ -120,6 +168,7 @@ impl Default for TurnTaking {
             max_turn: Duration::from_secs(20),
             semantic: None,
             speculate_after: None,
+            interruption_words: None,
         }
     }
 }
@@ -205,6 +254,10 @@ pub enum TurnEvent {
         /// The announced pause ([`TurnEvent::Pause`]) this end closes, if the turn ended in
         /// one: a speculative reply begun there heard every word of the turn.
         pause: Option<u64>,
+        /// The speech was over the agent and held for its words, which had not come: it is
+        /// a turn only if its transcript has them (or the agent has finished talking), and
+        /// the agent talks on meanwhile.
+        overheard: bool,
     },
     /// The caller paused long enough that the turn may be over: ask the end-of-turn model
     /// (and hand its answer to [`Endpointer::verdict`] with this pause) or start a
@@ -223,6 +276,9 @@ enum State {
         total: Duration,
         over_agent: bool,
         barged: bool,
+        /// Enough speech over the agent to interrupt, held for its words: the speech the
+        /// hold began at.
+        held: Option<Duration>,
         /// The end-of-turn model was asked about the current pause.
         asked: bool,
         /// The quiet end of the speech so far: silence the VAD has not noticed yet.
@@ -281,6 +337,7 @@ impl Endpointer {
                         total: length,
                         over_agent: agent_speaking,
                         barged: false,
+                        held: None,
                         asked: false,
                         quiet: quiet_tail,
                     };
@@ -294,6 +351,7 @@ impl Endpointer {
                 total,
                 over_agent,
                 barged,
+                held,
                 asked,
                 quiet,
             } => {
@@ -324,30 +382,46 @@ impl Endpointer {
                 }
                 // Only voiced speech interrupts: the quiet the VAD still calls speech after a
                 // short sound is not part of it.
+                let voiced = speech.saturating_sub(*quiet);
                 if *over_agent
                     && !*barged
+                    && held.is_none()
                     && c.barge_in
                     && agent_speaking
-                    && speech.saturating_sub(*quiet) >= c.min_barge_in
+                    && voiced >= c.min_barge_in
                 {
+                    if c.interruption_words.is_none() {
+                        *barged = true;
+                        return Some(TurnEvent::BargeIn);
+                    }
+                    *held = Some(voiced);
+                }
+                // Only while the agent talks: held speech that outlasts the reply is a turn
+                // anyway, decided when it ends.
+                if let (Some(at), Some(words)) = (*held, &c.interruption_words)
+                    && agent_speaking
+                    && voiced.saturating_sub(at) >= words.max_wait
+                {
+                    *held = None;
                     *barged = true;
                     return Some(TurnEvent::BargeIn);
                 }
-                // Speech over the agent only makes a turn if it interrupted; otherwise it was
-                // a cough, a "mm-hm" or speech while barge-in is off. An interruption is always
-                // a turn, even a short one: the agent stopped for it, and what it said (or
-                // did not) decides what comes next.
-                let counts = (*speech >= c.min_speech && !*over_agent) || *barged;
-                // Only a turn worth answering is worth the model's time; noise ends on the
-                // plain silence.
+                // Speech over the agent only makes a turn if it interrupted (or may yet, by
+                // its words); otherwise it was a cough, a "mm-hm" or speech while barge-in is
+                // off. An interruption is always a turn, even a short one: the agent stopped
+                // for it, and what it said (or did not) decides what comes next.
+                let counts = (*speech >= c.min_speech && !*over_agent) || *barged || held.is_some();
+                // Only a turn worth answering is worth the model's time; noise, and speech
+                // held for its words, end on the plain silence.
                 let limit = match c.semantic {
-                    Some(s) if counts => s.max_silence,
+                    Some(s) if counts && held.is_none() => s.max_silence,
                     _ => c.end_of_turn_silence,
                 };
                 if *silence < limit && *total < c.max_turn {
                     let announce = c.semantic.map(|s| s.min_silence).or(c.speculate_after);
                     if let Some(at) = announce
                         && counts
+                        && held.is_none()
                         && !*asked
                         && *silence >= at
                     {
@@ -356,7 +430,7 @@ impl Endpointer {
                     }
                     return None;
                 }
-                let (speech, silence) = (*speech, *silence);
+                let (speech, silence, overheard) = (*speech, *silence, held.is_some());
                 let pause = asked.then_some(self.pause);
                 self.end();
                 Some(if counts {
@@ -364,6 +438,7 @@ impl Endpointer {
                         speech,
                         silence,
                         pause,
+                        overheard,
                     }
                 } else {
                     TurnEvent::Discarded
@@ -393,7 +468,30 @@ impl Endpointer {
             speech,
             silence,
             pause: Some(pause),
+            overheard: false,
         })
+    }
+
+    /// Whether speech over the agent is held for its words ([`Self::words`]).
+    pub fn holding(&self) -> bool {
+        matches!(self.state, State::Speaking { held: Some(_), .. })
+    }
+
+    /// The held speech's interim `transcript`: with enough words besides backchannels it
+    /// interrupts the agent now.
+    pub fn words(&mut self, transcript: &str) -> Option<TurnEvent> {
+        let needed = self.config.interruption_words.as_ref()?;
+        let State::Speaking { held, barged, .. } = &mut self.state else {
+            return None;
+        };
+        if held.is_none()
+            || words_besides_backchannels(transcript, &needed.backchannels) < needed.min_words
+        {
+            return None;
+        }
+        *held = None;
+        *barged = true;
+        Some(TurnEvent::BargeIn)
     }
 
     fn end(&mut self) {
@@ -444,6 +542,7 @@ mod tests {
                         speech: CHUNK * 20,
                         silence: CHUNK * 10,
                         pause: None,
+                        overheard: false,
                     }
                 )
             ]
@@ -498,6 +597,129 @@ mod tests {
         );
     }
 
+    fn with_words(min_words: usize) -> TurnTaking {
+        TurnTaking {
+            interruption_words: Some(InterruptionWords {
+                min_words,
+                max_wait: Duration::from_millis(1000),
+                backchannels: DEFAULT_BACKCHANNELS.iter().map(|s| s.to_string()).collect(),
+            }),
+            ..TurnTaking::default()
+        }
+    }
+
+    #[test]
+    fn speech_over_the_agent_waits_for_words_and_a_backchannel_never_interrupts() {
+        let mut e = Endpointer::new(with_words(1));
+        // "Okay" over the agent: long enough to interrupt on its own, but its words are a
+        // backchannel. It is held, still turns into a (held) end of turn for the
+        // conversation to check, and never barges in.
+        let mut ev = run(&mut e, &[(0.9, 12)], true);
+        assert!(e.holding(), "held for its words: {ev:?}");
+        assert_eq!(e.words("Okay."), None);
+        assert_eq!(e.words("(coughs) Mm-hm, okay"), None);
+        ev.extend(run(&mut e, &[(0.0, 10)], true));
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(
+            matches!(
+                ev[1].1,
+                TurnEvent::EndOfTurn {
+                    overheard: true,
+                    pause: None,
+                    ..
+                }
+            ),
+            "{ev:?}"
+        );
+        assert!(!e.holding(), "the hold ends with the utterance");
+        assert_eq!(e.words("Stop"), None, "no speech, nothing to interrupt");
+    }
+
+    #[test]
+    fn words_in_the_interim_transcript_interrupt_at_once_and_only_once() {
+        let mut e = Endpointer::new(with_words(2));
+        let ev = run(&mut e, &[(0.9, 8)], true);
+        assert_eq!(ev, vec![(0, TurnEvent::SpeechStarted)]);
+        assert_eq!(e.words("Okay, wait"), None, "one word of two");
+        assert_eq!(e.words("Okay, wait, stop"), Some(TurnEvent::BargeIn));
+        assert!(!e.holding());
+        assert_eq!(e.words("Okay, wait, stop that"), None, "once");
+        let ev = run(&mut e, &[(0.9, 4), (0.0, 10)], true);
+        assert!(
+            matches!(
+                ev[..],
+                [(
+                    _,
+                    TurnEvent::EndOfTurn {
+                        overheard: false,
+                        ..
+                    }
+                )]
+            ),
+            "an interruption is a turn like any: {ev:?}"
+        );
+    }
+
+    #[test]
+    fn held_speech_interrupts_anyway_when_its_words_are_late() {
+        let mut e = Endpointer::new(with_words(1));
+        // Held at 224 ms of speech; 1000 ms more of it (32 chunks) interrupts without words.
+        let ev = run(&mut e, &[(0.9, 7 + 30)], true);
+        assert_eq!(ev, vec![(0, TurnEvent::SpeechStarted)]);
+        let ev = run(&mut e, &[(0.9, 3)], true);
+        assert_eq!(
+            ev.iter().map(|e| e.1).collect::<Vec<_>>(),
+            [TurnEvent::BargeIn]
+        );
+        // Once the reply is over, held speech stops nothing: it ends as held, to be judged
+        // on its transcript.
+        let mut e = Endpointer::new(with_words(1));
+        run(&mut e, &[(0.9, 8)], true);
+        let ev = run(&mut e, &[(0.9, 60), (0.0, 10)], false);
+        assert!(
+            matches!(
+                ev[..],
+                [(
+                    _,
+                    TurnEvent::EndOfTurn {
+                        overheard: true,
+                        ..
+                    }
+                )]
+            ),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn held_speech_is_not_judged_by_the_model_and_ends_on_the_plain_silence() {
+        let mut e = Endpointer::new(TurnTaking {
+            speculate_after: Some(Duration::from_millis(100)),
+            ..with_words(1)
+        });
+        let ev = run(&mut e, &[(0.9, 10), (0.0, 10)], true);
+        assert_eq!(ev.len(), 2, "no pause announced: {ev:?}");
+        assert!(
+            matches!(
+                ev[1],
+                (
+                    19,
+                    TurnEvent::EndOfTurn {
+                        overheard: true,
+                        ..
+                    }
+                )
+            ),
+            "{ev:?}"
+        );
+        // Without the agent talking the same speech is an ordinary turn with its pause.
+        let ev = run(&mut e, &[(0.9, 10), (0.0, 10)], false);
+        assert!(
+            ev.iter().any(|e| matches!(e.1, TurnEvent::Pause(_))),
+            "{ev:?}"
+        );
+    }
+
     #[test]
     fn barge_in_off_ignores_speech_over_the_agent() {
         let mut e = Endpointer::new(TurnTaking {
@@ -546,6 +768,7 @@ mod tests {
                 speech: CHUNK * 20,
                 silence: CHUNK * 7,
                 pause: Some(0),
+                overheard: false,
             })
         );
         assert!(!e.in_speech());
@@ -572,6 +795,7 @@ mod tests {
                     speech: CHUNK * 20,
                     silence: CHUNK * 63,
                     pause: Some(0),
+                    overheard: false,
                 }
             )]
         );
@@ -660,6 +884,7 @@ mod tests {
                         speech: CHUNK * 20 - tail,
                         silence: tail + CHUNK * 9,
                         pause: None,
+                        overheard: false,
                     }
                 )
             ]
@@ -689,6 +914,7 @@ mod tests {
                     speech: CHUNK * 20 - tail,
                     silence: tail + CHUNK * 10,
                     pause: None,
+                    overheard: false,
                 }
             ))
         );
@@ -765,6 +991,7 @@ mod tests {
                         speech: CHUNK * 32,
                         silence: CHUNK * 10,
                         pause: Some(1),
+                        overheard: false,
                     }
                 )
             ]
@@ -801,6 +1028,28 @@ mod tests {
             assert!(!only_backchannels(said, &list), "{said}");
         }
         assert!(!only_backchannels("Okay.", &[]), "an empty list has none");
+    }
+
+    #[test]
+    fn words_besides_backchannels_leave_out_backchannels_and_described_sounds() {
+        let list: Vec<String> = DEFAULT_BACKCHANNELS.iter().map(|s| s.to_string()).collect();
+        for (said, words) in [
+            ("Okay.", 0),
+            ("uh huh, right", 0),
+            ("(coughing)", 0),
+            ("[BLANK_AUDIO]", 0),
+            ("*clears throat* okay", 0),
+            ("Okay, wait", 1),
+            ("Wait, stop, that's not what I asked.", 7),
+            ("(coughs) No.", 1),
+            ("Hold on (unclear", 2),
+        ] {
+            assert_eq!(words_besides_backchannels(said, &list), words, "{said}");
+        }
+        assert!(
+            !only_backchannels("(coughs)", &list),
+            "a sound is not a backchannel"
+        );
     }
 
     #[test]

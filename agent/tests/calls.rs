@@ -1178,6 +1178,124 @@ async fn streamed_turns_take_the_streams_transcript_and_a_failed_stream_costs_ti
     h.stop().await;
 }
 
+/// `grokcast_held_interruptions_total` for one outcome.
+fn held(metrics: &str, outcome: &str) -> Option<f64> {
+    metric(
+        metrics,
+        "grokcast_held_interruptions_total",
+        &with_agent(&[("outcome", outcome)]),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_streaming_stt_only_words_stop_the_agent_and_a_backchannel_never_does() {
+    if !models_present() {
+        return;
+    }
+    let okay = Arc::new(caller::espeak_audio("Okay.").unwrap());
+    let objection =
+        Arc::new(caller::espeak_audio("Wait, stop, that is not what I asked.").unwrap());
+    // (what the caller says over the reply's second clause, what STT hears in it, whether
+    // its stream dies, the held speech's outcome, whether the agent stopped and answered)
+    let cases = [
+        // Listening: the agent talks on, and nothing reaches the LLM.
+        (&okay, "Uh-huh, okay.", false, "ignored", false),
+        // Words in the interim transcript (the double sends the first half of the
+        // transcript after half a second of audio) stop the agent while the caller talks.
+        (
+            &objection,
+            "Wait, stop, that's not what I asked.",
+            false,
+            "words",
+            true,
+        ),
+        // Too short for an interim: its final transcript has a word, so it is a turn.
+        (&okay, "No.", false, "turn", true),
+        // Its stream dies: the batch transcript decides, and it is listening.
+        (&okay, "Mm-hm.", true, "ignored", false),
+    ];
+    for (audio, heard, dies, outcome, stops) in cases {
+        let h = start_streaming(InstantServers::default(), |c| {
+            c.turn_taking.min_barge_in_ms = 200;
+            c.turn_taking.min_interruption_words = 1;
+            c.turn_taking.max_interruption_wait_ms = 1000;
+        })
+        .await;
+        h.servers.set(|b| {
+            b.reply = "Let me tell you all about our opening hours. \
+                       On Monday and Tuesday we open at nine in the morning and close at six."
+                .into()
+        });
+        let servers = h.servers.clone();
+        let after_question = tokio::spawn(async move {
+            reached(&servers.counts.stt_streams_finished, 1).await;
+            servers.set(|b| {
+                b.transcript = heard.into();
+                b.stream.die_mid_utterance = dies;
+            });
+        });
+        let mut options = h.caller(&[&question(), audio]);
+        options.interrupt_after = Some(Duration::from_millis(3500));
+        options.linger = Some(Duration::from_secs(4));
+        let report = caller::place_call(&options).await.unwrap();
+        after_question.await.unwrap();
+        let metrics = h.metrics().await;
+        assert_eq!(held(&metrics, outcome), Some(1.0), "{heard:?}: {metrics}");
+        let held_total: f64 = ["words", "waited", "turn", "ignored"]
+            .iter()
+            .filter_map(|o| held(&metrics, o))
+            .sum();
+        assert_eq!(held_total, 1.0, "{heard:?}: {metrics}");
+        // Words heard while the caller talks clear the agent's audio then; a turn found
+        // after the caller stopped clears it after they stopped.
+        let cleared_while_talking = report.turns[1].clear_after_speech_start.is_some();
+        assert_eq!(
+            cleared_while_talking,
+            outcome == "words",
+            "{heard:?}: {:?}",
+            report.turns
+        );
+        assert_eq!(
+            metric(&metrics, "grokcast_barge_ins_total", &AGENT),
+            Some(if outcome == "words" { 1.0 } else { 0.0 }),
+            "only words heard while the caller talks barge in: {metrics}"
+        );
+        let conversations = h.servers.conversations.lock().unwrap().clone();
+        assert_eq!(
+            conversations.len(),
+            if stops { 2 } else { 1 },
+            "{heard:?}: {conversations:#?}"
+        );
+        if stops {
+            // The answer sees the caller's words, after what they heard of the reply.
+            let last = said(&conversations[1]).pop().unwrap();
+            assert_eq!(last, ("user".to_string(), heard.to_string()));
+            assert!(
+                assistant_before_last_user(&conversations[1]).is_some_and(|a| a.ends_with('…')),
+                "{conversations:#?}"
+            );
+        } else {
+            // The reply played to its end: its last clause's mark came back.
+            assert!(
+                report.marks.iter().any(|m| m == "t1-s1"),
+                "{:?}",
+                report.marks
+            );
+            assert_eq!(
+                metric(&metrics, "grokcast_false_interruptions_total", &AGENT),
+                Some(0.0),
+                "nothing stopped, so nothing resumed: {metrics}"
+            );
+        }
+        assert_eq!(
+            h.servers.counts.stt.load(Ordering::Relaxed),
+            u64::from(dies),
+            "only a dead stream is transcribed in one request"
+        );
+        h.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_or_forged_requests_are_refused() {
     if !models_present() {

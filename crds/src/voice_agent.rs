@@ -334,6 +334,21 @@ pub struct TurnTakingSpec {
     /// instead of answering them. Matched whole, case and punctuation aside.
     #[serde(default = "default_backchannels")]
     pub backchannels: Vec<String>,
+    /// With streaming transcription (`stt.protocol: riva`): the words, besides
+    /// backchannels, that the caller's speech over the agent must say (in its interim
+    /// transcripts) before it stops the agent; "uh-huh" and a cough then never do. Speech
+    /// held this way that ends first is answered only if its transcript has the words (or
+    /// the agent has finished talking). 0 stops the agent on `minBargeInMs` of speech
+    /// alone, as without streaming transcription.
+    #[serde(default = "default_min_interruption_words")]
+    #[schemars(range(min = 0, max = 10))]
+    pub min_interruption_words: i32,
+    /// With `minInterruptionWords`: speech over the agent that goes on this many
+    /// milliseconds past `minBargeInMs` without the words stops the agent anyway (the
+    /// transcripts are late or the stream died; a caller who talks on means it).
+    #[serde(default = "default_max_interruption_wait")]
+    #[schemars(range(min = 100, max = 10000))]
+    pub max_interruption_wait_ms: i32,
 }
 
 /// The model that judges whether the caller has finished.
@@ -371,6 +386,8 @@ impl Default for TurnTakingSpec {
             preemptive_tts: false,
             false_interruption_resume_ms: default_false_interruption_resume(),
             backchannels: default_backchannels(),
+            min_interruption_words: default_min_interruption_words(),
+            max_interruption_wait_ms: default_max_interruption_wait(),
         }
     }
 }
@@ -395,6 +412,11 @@ fn default_backchannels() -> Vec<String> {
         "i see",
         "alright",
         "all right",
+        "uh",
+        "um",
+        "oh",
+        "ah",
+        "mmm",
     ]
     .map(String::from)
     .to_vec()
@@ -402,6 +424,14 @@ fn default_backchannels() -> Vec<String> {
 
 fn default_false_interruption_resume() -> i32 {
     1500
+}
+
+fn default_min_interruption_words() -> i32 {
+    1
+}
+
+fn default_max_interruption_wait() -> i32 {
+    1000
 }
 
 fn default_min_end_of_turn() -> i32 {

@@ -30,4 +30,12 @@ fn the_crd_and_the_agent_default_turn_taking_alike() {
     assert_eq!(crd.speculative_replies, agent.speculative_replies);
     assert_eq!(crd.preemptive_tts, agent.preemptive_tts);
     assert_eq!(crd.barge_in, agent.barge_in);
+    assert_eq!(
+        crd.min_interruption_words as u32,
+        agent.min_interruption_words
+    );
+    assert_eq!(
+        crd.max_interruption_wait_ms as u64,
+        agent.max_interruption_wait_ms
+    );
 }

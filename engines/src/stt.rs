@@ -69,30 +69,51 @@ impl std::fmt::Debug for WhisperStt {
 
 static QUIET_LOGS: Once = Once::new();
 
-/// Encoder positions (20 ms each) past the clip's end on the first try: enough for clear
-/// speech, and the encoder's time shrinks with them (a 3 s turn decodes in about 280 ms
+/// Encoder positions (20 ms each) past the clip's end: enough for clear speech, and the encoder's time shrinks with them (a 3 s turn decodes in about 280 ms
 /// instead of 370 ms on two cores).
-const TIGHT_MARGIN: usize = 32;
-/// The margin of a retry after a loop.
-const WIDE_MARGIN: usize = 128;
+const MARGIN: usize = 32;
 
-/// Whether a transcript is a decoding loop: at least eight words, in which fewer than half
-/// of the word triples are distinct ("call connected, call connected, call connected...").
-/// Speech repeats a phrase now and then, never like that.
-fn looped(text: &str) -> bool {
-    let words: Vec<String> = text
-        .split_whitespace()
+/// A transcript that ends in a decoding loop, cut after the loop's first round: "Okay. Okay.
+/// Okay. Okay. Okay." is "Okay.", "Can you say that again? Can you say that again?" is "Can you
+/// say that again?". Greedy decoding of a clip cut close to its last word (a streamed
+/// utterance, a reduced encoder context) often runs on by repeating what it heard until the
+/// token cap; the first round is what was said. A loop runs to the end of the transcript
+/// (a partial last round, even a partial last word, included) and repeats a phrase of
+/// three words or more twice, two words four times or one word five times: people say
+/// "no no no" and "five five five five" (a phone number), not five rounds of one word.
+/// `None` when the transcript does not end in a loop.
+fn unloop(text: &str) -> Option<String> {
+    let said: Vec<&str> = text.split_whitespace().collect();
+    let words: Vec<String> = said
+        .iter()
         .map(|w| {
             w.trim_matches(|c: char| !c.is_alphanumeric())
                 .to_lowercase()
         })
         .collect();
-    if words.len() < 8 {
-        return false;
+    let n = words.len();
+    for start in 0..n {
+        for period in 1..=(n - start) / 2 {
+            let rounds = (n - start) as f32 / period as f32;
+            let enough = match period {
+                1 => 5.0,
+                2 => 4.0,
+                _ => 2.0,
+            };
+            if rounds < enough {
+                continue;
+            }
+            // The cap may stop the last round inside a word.
+            let same = |i: usize| {
+                words[i] == words[i - period]
+                    || (i == n - 1 && words[i - period].starts_with(words[i].as_str()))
+            };
+            if (start + period..n).all(same) {
+                return Some(said[..start + period].join(" "));
+            }
+        }
     }
-    let triples: Vec<&[String]> = words.windows(3).collect();
-    let distinct: std::collections::HashSet<&[String]> = triples.iter().copied().collect();
-    distinct.len() * 2 < triples.len()
+    None
 }
 
 /// whisper.cpp's abort callback: whether the `AtomicBool` at `flag` is set.
@@ -165,14 +186,13 @@ impl WhisperStt {
         cancel: &Arc<AtomicBool>,
     ) -> Result<String, SttError> {
         let language = self.language(language)?;
-        let text = self.decode(pcm16k, language, cancel, TIGHT_MARGIN)?;
-        if !looped(&text) {
-            return Ok(text);
-        }
+        let text = self.decode(pcm16k, language, cancel, MARGIN)?;
         // Whisper's reference decoder retries a transcript that compresses too well (a
-        // loop); here the retry gives the encoder its wider margin, which the loops seen on
-        // short, unclear clips do not survive.
-        self.decode(pcm16k, language, cancel, WIDE_MARGIN)
+        // loop) at a higher temperature. Retrying costs a whole decode on the turn's
+        // critical path, and on streamed clips the retries loop as well (with a wider
+        // encoder margin or timestamps, measured on turn-eval's set); the loop's first
+        // round is the words, so keep that.
+        Ok(unloop(&text).unwrap_or(text))
     }
 
     /// One greedy decode with `margin` encoder positions after the clip.
@@ -266,19 +286,42 @@ impl WhisperStt {
 
 #[cfg(test)]
 mod tests {
-    use super::looped;
+    use super::unloop;
 
     #[test]
-    fn a_loop_is_told_from_speech_that_repeats_itself() {
-        assert!(looped(
-            "call connected, call connected, call connected, call connected, call connected"
-        ));
-        assert!(!looped(
-            "Thanks for calling. We are open from 9 to 5 on weekdays."
-        ));
-        assert!(!looped("no no no"), "too short to call");
-        assert!(!looped(
-            "one two three four, one two three four, and five six seven eight nine ten"
-        ));
+    fn a_loop_is_cut_after_its_first_round_and_speech_that_repeats_itself_is_kept() {
+        for (looped, said) in [
+            (
+                "call connected, call connected, call connected, call connected, call",
+                "call connected,",
+            ),
+            ("Okay. Okay. Okay. Okay. Okay.", "Okay."),
+            (
+                "Can you say that again? Can you say that again?",
+                "Can you say that again?",
+            ),
+            (
+                "No, I said Tuesday. No, I said Tuesday. No, I said",
+                "No, I said Tuesday.",
+            ),
+            (
+                "of massive massive massive massive massive massive",
+                "of massive",
+            ),
+            ("Hm, Hm, Hm, Hm, Hm, Hm, H", "Hm,"),
+        ] {
+            let expected = (looped != said).then(|| said.to_owned());
+            assert_eq!(unloop(looped), expected, "{looped:?}");
+        }
+        for speech in [
+            "Thanks for calling. We are open from 9 to 5 on weekdays.",
+            "no no no",
+            "my number is five five five five",
+            "thank you, thank you",
+            "one two three four, one two three four, and five six seven eight nine ten",
+            "",
+        ] {
+            assert_eq!(unloop(speech), None, "{speech:?}");
+        }
     }
 }

@@ -141,6 +141,17 @@ impl PiperVoice {
         })
     }
 
+    /// The same voice speaking each text the same way every time. Piper draws random noise
+    /// for every synthesis (scaled by `noise_scale` for the sound, `noise_w` for the
+    /// phonemes' lengths), so a test or a benchmark that speaks with it would hear a
+    /// slightly different utterance on each run; without the noise the voice is a little
+    /// flatter and always the same.
+    pub fn without_noise(mut self) -> Self {
+        self.scales[0] = 0.0;
+        self.scales[2] = 0.0;
+        self
+    }
+
     /// Sample rate of the audio this voice produces (mono f32).
     pub fn sample_rate(&self) -> u32 {
         self.sample_rate

@@ -493,6 +493,10 @@ pub struct TurnTakingConfig {
     pub false_interruption_resume_ms: i32,
     /// What counts as a backchannel over the agent.
     pub backchannels: Vec<String>,
+    /// Words speech over the agent must say before it interrupts (streaming STT).
+    pub min_interruption_words: i32,
+    /// Speech held for its words interrupts anyway after this many ms.
+    pub max_interruption_wait_ms: i32,
 }
 
 /// The resolved pipeline config for a validated agent.
@@ -551,6 +555,8 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             preemptive_tts: spec.turn_taking.preemptive_tts,
             false_interruption_resume_ms: spec.turn_taking.false_interruption_resume_ms,
             backchannels: spec.turn_taking.backchannels.clone(),
+            min_interruption_words: spec.turn_taking.min_interruption_words,
+            max_interruption_wait_ms: spec.turn_taking.max_interruption_wait_ms,
         },
         slo: SloConfig {
             turn_latency_p95_ms: spec.slo.turn_latency_p95_ms,

@@ -632,6 +632,12 @@ fn agent_config_resolves_pool_endpoints_and_models() {
     );
     let backchannels = v["turnTaking"]["backchannels"].as_sequence().unwrap();
     assert!(backchannels.iter().any(|w| w.as_str() == Some("uh-huh")));
+    // With streaming STT, only words interrupt the agent: the agent reads both.
+    assert_eq!(v["turnTaking"]["minInterruptionWords"].as_i64(), Some(1));
+    assert_eq!(
+        v["turnTaking"]["maxInterruptionWaitMs"].as_i64(),
+        Some(1000)
+    );
     assert_eq!(v["maxCalls"].as_i64(), Some(50));
     assert!(
         !yaml.contains("REPLACE"),

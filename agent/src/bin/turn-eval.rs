@@ -19,6 +19,12 @@
 //! really took on this machine. So the figures are the agent's decisions, without network or
 //! model servers.
 //!
+//! The modes whose interruptions need words (`minInterruptionWords`, with streaming STT)
+//! stream the speech over the agent through Whisper as `grokcast-serve`'s Riva service does
+//! (the same decode policy, the same model as the demo): each interim transcript arrives as
+//! much audio later as its decode took, and speech that ends while held for its words is
+//! judged on its final transcript, as the agent does.
+//!
 //! `cargo run --release -p grokcast-agent --bin turn-eval` (after `scripts/install.sh`;
 //! docs/benchmarks.md has the figures).
 
@@ -27,12 +33,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use grokcast_agent::turn::{
-    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, SemanticEndpointing, TurnEvent,
-    TurnTaking,
+    Chunk, DEFAULT_BACKCHANNELS, END_OF_TURN_PROBABILITY, Endpointer, InterruptionWords,
+    QuietMeter, SemanticEndpointing, TurnEvent, TurnTaking, words_besides_backchannels,
 };
 use grokcast_agent::{caller, codec, demo, resample::StreamResampler};
 use grokcast_engines::models::{ModelPaths, init_onnxruntime};
 use grokcast_engines::smart_turn::{self, SmartTurn};
+use grokcast_engines::stt::WhisperStt;
+use grokcast_engines::stt_stream::{LineEncoding, Policy, Utterance};
 use grokcast_engines::vad::{CHUNK_SAMPLES, SileroVad};
 
 #[derive(Parser)]
@@ -192,6 +200,70 @@ struct Outcome {
     announced: usize,
     /// Turns that ended in an announced pause (a speculative reply begun there is used).
     hits: usize,
+    /// What streaming STT heard of speech held for its words (interim, or final at its end).
+    heard: Option<String>,
+}
+
+/// Speech over the agent streamed to Whisper on the virtual clock, as the Riva service
+/// decodes it: on every step of new audio and at every pause after voice.
+struct Listening {
+    utterance: Utterance,
+    /// How much the last decode started with took.
+    attempted: usize,
+    /// A decode's text and the sample it arrives at.
+    running: Option<(String, usize)>,
+    /// The latest interim transcript.
+    interim: String,
+}
+
+impl Listening {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            utterance: Utterance::new(LineEncoding::Linear16, 16_000)?,
+            attempted: 0,
+            running: None,
+            interim: String::new(),
+        })
+    }
+
+    fn push(&mut self, samples: &[f32]) {
+        let mut bytes = Vec::with_capacity(samples.len() * 2);
+        grokcast_engines::audio::push_s16le(&mut bytes, samples);
+        self.utterance.push(&bytes);
+    }
+
+    /// Advances to sample `now`: a decode due by then gives its interim, and a new one
+    /// starts when the policy asks.
+    fn tick(&mut self, now: usize, whisper: &WhisperStt) -> anyhow::Result<()> {
+        if let Some((_, due)) = &self.running
+            && *due <= now
+        {
+            let (text, _) = self.running.take().context("checked")?;
+            if !text.is_empty() {
+                self.interim = text;
+            }
+        }
+        if self.running.is_none()
+            && Policy::default().should_decode(&self.utterance, self.attempted)
+        {
+            let upto = self.utterance.decode_end();
+            self.attempted = upto;
+            let (text, took) = decode(whisper, &self.utterance.pcm16k(upto))?;
+            self.running = Some((text, now + took.as_millis() as usize * PER_MS));
+        }
+        Ok(())
+    }
+
+    /// The final transcript of everything heard, and how long it took.
+    fn finish(&self, whisper: &WhisperStt) -> anyhow::Result<(String, Duration)> {
+        decode(whisper, &self.utterance.pcm16k(self.utterance.len()))
+    }
+}
+
+fn decode(whisper: &WhisperStt, pcm16k: &[f32]) -> anyhow::Result<(String, Duration)> {
+    let started = Instant::now();
+    let text = whisper.transcribe(pcm16k, Some("en"))?;
+    Ok((text, started.elapsed()))
 }
 
 fn run(
@@ -199,8 +271,13 @@ fn run(
     mode: &Mode,
     vad: &SileroVad,
     model: Option<&SmartTurn>,
+    whisper: &WhisperStt,
 ) -> anyhow::Result<Outcome> {
     let agent_speaking = matches!(case.kind, Kind::Backchannel | Kind::Interruption);
+    let words = mode.turn_taking.interruption_words.as_ref();
+    // Only speech over the agent is held for its words; nothing else needs a transcript.
+    let streams = agent_speaking && words.is_some();
+    let mut listening: Option<Listening> = None;
     let mut state = vad.new_state();
     let mut meter = QuietMeter::new();
     let mut endpointer = Endpointer::new(mode.turn_taking.clone());
@@ -234,14 +311,45 @@ fn run(
             Some(TurnEvent::SpeechStarted) => {
                 utterance.clear();
                 utterance.extend_from_slice(previous);
+                if streams {
+                    let mut stream = Listening::new()?;
+                    stream.push(previous);
+                    listening = Some(stream);
+                }
             }
             Some(TurnEvent::BargeIn) => outcome.barge_ins.push(end),
-            Some(TurnEvent::EndOfTurn { pause, .. }) => {
+            Some(TurnEvent::EndOfTurn {
+                pause, overheard, ..
+            }) => {
                 outcome.ends.push(end);
                 outcome.hits += usize::from(pause.is_some());
                 pending = None;
+                if let (true, Some(mut stream), Some(words)) = (overheard, listening.take(), words)
+                {
+                    // Held to its end: the final transcript decides, the agent still talking.
+                    stream.push(chunk);
+                    let (text, took) = stream.finish(whisper)?;
+                    outcome.heard = Some(text.clone());
+                    if words_besides_backchannels(&text, &words.backchannels) >= words.min_words {
+                        outcome
+                            .barge_ins
+                            .push(end + took.as_millis() as usize * PER_MS);
+                    }
+                }
             }
             _ => {}
+        }
+        if let Some(stream) = listening.as_mut()
+            && endpointer.in_speech()
+        {
+            stream.push(chunk);
+            stream.tick(end, whisper)?;
+            if endpointer.holding() {
+                if let Some(TurnEvent::BargeIn) = endpointer.words(&stream.interim) {
+                    outcome.barge_ins.push(end);
+                }
+                outcome.heard = Some(stream.interim.clone());
+            }
         }
         if endpointer.in_speech() || matches!(event, Some(TurnEvent::EndOfTurn { .. })) {
             utterance.extend_from_slice(chunk);
@@ -283,6 +391,7 @@ fn main() -> anyhow::Result<()> {
     init_onnxruntime(&paths.onnxruntime()?)?;
     let vad = SileroVad::load(&paths.vad()?)?;
     let model = SmartTurn::load(&paths.smart_turn()?)?;
+    let whisper = WhisperStt::load(&paths.whisper()?)?;
 
     let mut cases = Vec::new();
     for voice in ["piper", "espeak"] {
@@ -324,6 +433,17 @@ fn main() -> anyhow::Result<()> {
             name: "Smart Turn at 200 ms, max 2 s",
             turn_taking: semantic(300),
         },
+        Mode {
+            name: "silence 300 ms, interruptions need a word (streaming Whisper)",
+            turn_taking: TurnTaking {
+                interruption_words: Some(InterruptionWords {
+                    min_words: 1,
+                    max_wait: Duration::from_millis(1000),
+                    backchannels: DEFAULT_BACKCHANNELS.iter().map(|s| s.to_string()).collect(),
+                }),
+                ..silence(300)
+            },
+        },
     ];
     let count = |k: Kind| cases.iter().filter(|c| c.kind == k).count();
     println!(
@@ -336,18 +456,19 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| end of turn | premature cut-offs | end-of-turn delay p50 / p95 | false barge-ins | missed barge-ins | speculative hit rate (at 200 ms) | Smart Turn judgement p50 / p95 |"
+        "| end of turn | premature cut-offs | end-of-turn delay p50 / p95 | false barge-ins | missed barge-ins | barge-in into the voice p50 / p95 | speculative hit rate (at 200 ms) | Smart Turn judgement p50 / p95 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for mode in &modes {
         let model = mode.turn_taking.semantic.map(|_| &model);
         let (mut cut_off, mut turns) = (0, 0);
         let (mut false_barge, mut missed_barge) = (0, 0);
         let mut delays = Vec::new();
+        let mut barge_delays = Vec::new();
         let mut judgements = Vec::new();
         let (mut announced, mut hits) = (0, 0);
         for case in &cases {
-            let outcome = run(case, mode, &vad, model)?;
+            let outcome = run(case, mode, &vad, model, &whisper)?;
             announced += outcome.announced;
             hits += outcome.hits;
             judgements.extend(outcome.judgements.iter().map(|d| d.as_secs_f64() * 1000.0));
@@ -378,21 +499,27 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 Kind::Interruption => match outcome.barge_ins.first() {
-                    Some(&at) => format!(
-                        "barge-in {:.0} ms into the voice",
-                        ms(at.saturating_sub(case.voice[0].0))
-                    ),
+                    Some(&at) => {
+                        let into = ms(at.saturating_sub(case.voice[0].0));
+                        barge_delays.push(into);
+                        format!("barge-in {into:.0} ms into the voice")
+                    }
                     None => {
                         missed_barge += 1;
                         "MISSED barge-in".into()
                     }
                 },
             };
+            let verdict = match &outcome.heard {
+                Some(text) => format!("{verdict} (heard {text:?})"),
+                None => verdict,
+            };
             if args.verbose {
                 eprintln!("{:32} {:60} {verdict}", mode.name, case.name);
             }
         }
         delays.sort_by(f64::total_cmp);
+        barge_delays.sort_by(f64::total_cmp);
         judgements.sort_by(f64::total_cmp);
         let judged = if judgements.is_empty() {
             "-".to_owned()
@@ -412,7 +539,7 @@ fn main() -> anyhow::Result<()> {
             )
         };
         println!(
-            "| {} | {}/{} ({:.0}%) | {:.0} / {:.0} ms | {}/{} | {}/{} | {speculation} | {judged} |",
+            "| {} | {}/{} ({:.0}%) | {:.0} / {:.0} ms | {}/{} | {}/{} | {:.0} / {:.0} ms | {speculation} | {judged} |",
             mode.name,
             cut_off,
             turns,
@@ -423,6 +550,8 @@ fn main() -> anyhow::Result<()> {
             count(Kind::Backchannel),
             missed_barge,
             count(Kind::Interruption),
+            percentile(&barge_delays, 0.5),
+            percentile(&barge_delays, 0.95),
         );
     }
     Ok(())
