@@ -356,6 +356,12 @@ impl Endpointer {
                 quiet,
             } => {
                 *total += length;
+                // The agent fell silent before this speech could interrupt it (its reply
+                // ended, or it paused between clauses): what the caller says now is theirs,
+                // a turn like any, not a sound over the agent to drop.
+                if *over_agent && !agent_speaking && !*barged && held.is_none() {
+                    *over_agent = false;
+                }
                 if chunk.probability >= self.negative_threshold {
                     *speech += *silence + length;
                     *silence = Duration::ZERO;
@@ -584,6 +590,26 @@ mod tests {
         assert!(
             matches!(ev[2].1, TurnEvent::EndOfTurn { .. }),
             "the interruption is a turn"
+        );
+    }
+
+    #[test]
+    fn speech_begun_over_the_agent_is_a_turn_once_the_agent_falls_silent() {
+        // The caller starts answering 64 ms before the agent's last word ends: too soon to
+        // interrupt, and their words are still their turn.
+        let mut e = Endpointer::new(TurnTaking::default());
+        let mut ev = run(&mut e, &[(0.9, 2)], true);
+        ev.extend(run(&mut e, &[(0.9, 15), (0.0, 10)], false));
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(
+            matches!(
+                ev[1].1,
+                TurnEvent::EndOfTurn {
+                    overheard: false,
+                    ..
+                }
+            ),
+            "{ev:?}"
         );
     }
 
