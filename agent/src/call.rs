@@ -27,7 +27,7 @@ use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
 use crate::server::AgentState;
 use crate::turn::{
-    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, only_backchannels,
+    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words,
     words_besides_backchannels,
 };
 use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
@@ -1000,7 +1000,7 @@ async fn converse(
                     String::new()
                 });
                 let words = words_besides_backchannels(&text, &turn_taking.backchannels);
-                let said = words > 0 || only_backchannels(&text, &turn_taking.backchannels);
+                let said = has_words(&text);
                 // While the agent talks, a backchannel is listening; once it has finished,
                 // even "yeah" answers it.
                 let talking = shared.agent_speaking(now)

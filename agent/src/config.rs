@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::openai::ResponseFormat;
-use crate::turn::{InterruptionWords, SemanticEndpointing, TurnTaking};
+use crate::turn::{Backchannels, InterruptionWords, SemanticEndpointing, TurnTaking};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +244,7 @@ impl TurnTakingConfig {
             interruption_words: (self.min_interruption_words > 0).then(|| InterruptionWords {
                 min_words: self.min_interruption_words as usize,
                 max_wait: Duration::from_millis(self.max_interruption_wait_ms),
-                backchannels: self.backchannels.clone(),
+                backchannels: Backchannels::new(&self.backchannels),
             }),
         }
     }

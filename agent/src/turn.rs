@@ -74,39 +74,70 @@ fn spoken_words(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// How many words `transcript` says besides backchannels: "Okay." and "uh huh, right" say
-/// none, "Okay, wait" one.
-pub fn words_besides_backchannels(transcript: &str, backchannels: &[String]) -> usize {
-    let words = spoken_words(transcript);
-    let phrases: Vec<Vec<String>> = backchannels
-        .iter()
-        .map(|p| spoken_words(p))
-        .filter(|p| !p.is_empty())
-        .collect();
-    let (mut at, mut others) = (0, 0);
-    while at < words.len() {
-        // The longest phrase that fits here ("uh huh" before "uh").
-        let step = phrases
-            .iter()
-            .filter(|p| words[at..].starts_with(p))
-            .map(Vec::len)
-            .max();
-        match step {
-            Some(n) => at += n,
-            None => {
-                others += 1;
-                at += 1;
-            }
-        }
-    }
-    others
+/// Whether `transcript` has any spoken word (a described sound is none).
+pub fn has_words(transcript: &str) -> bool {
+    !spoken_words(transcript).is_empty()
 }
 
-/// Whether `transcript` says nothing but backchannels ("Okay.", "Yeah, right.", "uh huh
-/// okay"); an empty transcript is not one.
+/// Backchannel phrases, each split into words once: speech held for its words is checked
+/// against them on every VAD chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backchannels(Vec<Vec<String>>);
+
+impl Backchannels {
+    /// The phrases of `list` ("uh huh", "okay"); empty ones are left out.
+    pub fn new(list: &[String]) -> Self {
+        Self(
+            list.iter()
+                .map(|p| spoken_words(p))
+                .filter(|p| !p.is_empty())
+                .collect(),
+        )
+    }
+
+    /// How many words `transcript` says besides backchannels: "Okay." and "uh huh, right"
+    /// say none, "Okay, wait" one.
+    pub fn words_besides(&self, transcript: &str) -> usize {
+        self.besides(&spoken_words(transcript))
+    }
+
+    /// Whether `transcript` says nothing but backchannels ("Okay.", "Yeah, right.", "uh
+    /// huh okay"); an empty transcript is not one.
+    pub fn only(&self, transcript: &str) -> bool {
+        let words = spoken_words(transcript);
+        !words.is_empty() && self.besides(&words) == 0
+    }
+
+    fn besides(&self, words: &[String]) -> usize {
+        let (mut at, mut others) = (0, 0);
+        while at < words.len() {
+            // The longest phrase that fits here ("uh huh" before "uh").
+            let step = self
+                .0
+                .iter()
+                .filter(|p| words[at..].starts_with(p))
+                .map(Vec::len)
+                .max();
+            match step {
+                Some(n) => at += n,
+                None => {
+                    others += 1;
+                    at += 1;
+                }
+            }
+        }
+        others
+    }
+}
+
+/// [`Backchannels::words_besides`] for a list not kept parsed.
+pub fn words_besides_backchannels(transcript: &str, backchannels: &[String]) -> usize {
+    Backchannels::new(backchannels).words_besides(transcript)
+}
+
+/// [`Backchannels::only`] for a list not kept parsed.
 pub fn only_backchannels(transcript: &str, backchannels: &[String]) -> bool {
-    !spoken_words(transcript).is_empty()
-        && words_besides_backchannels(transcript, backchannels) == 0
+    Backchannels::new(backchannels).only(transcript)
 }
 
 /// Turn-taking thresholds, from the VoiceAgent's `turnTaking`.
@@ -144,8 +175,8 @@ pub struct InterruptionWords {
     /// Speech held past `min_barge_in` for this long without the words interrupts anyway:
     /// the transcripts are late or the stream died, and a caller who talks on means it.
     pub max_wait: Duration,
-    /// What does not count as a word ([`words_besides_backchannels`]).
-    pub backchannels: Vec<String>,
+    /// What does not count as a word.
+    pub backchannels: Backchannels,
 }
 
 /// Pause lengths when an end-of-turn model judges the caller's pauses.
@@ -490,9 +521,7 @@ impl Endpointer {
         let State::Speaking { held, barged, .. } = &mut self.state else {
             return None;
         };
-        if held.is_none()
-            || words_besides_backchannels(transcript, &needed.backchannels) < needed.min_words
-        {
+        if held.is_none() || needed.backchannels.words_besides(transcript) < needed.min_words {
             return None;
         }
         *held = None;
@@ -628,7 +657,12 @@ mod tests {
             interruption_words: Some(InterruptionWords {
                 min_words,
                 max_wait: Duration::from_millis(1000),
-                backchannels: DEFAULT_BACKCHANNELS.iter().map(|s| s.to_string()).collect(),
+                backchannels: Backchannels::new(
+                    &DEFAULT_BACKCHANNELS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>(),
+                ),
             }),
             ..TurnTaking::default()
         }

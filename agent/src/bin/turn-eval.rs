@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use grokcast_agent::turn::{
-    Chunk, DEFAULT_BACKCHANNELS, END_OF_TURN_PROBABILITY, Endpointer, InterruptionWords,
-    QuietMeter, SemanticEndpointing, TurnEvent, TurnTaking, words_besides_backchannels,
+    Backchannels, Chunk, DEFAULT_BACKCHANNELS, END_OF_TURN_PROBABILITY, Endpointer,
+    InterruptionWords, QuietMeter, SemanticEndpointing, TurnEvent, TurnTaking,
 };
 use grokcast_agent::{caller, codec, demo, resample::StreamResampler};
 use grokcast_engines::models::{ModelPaths, init_onnxruntime};
@@ -330,7 +330,7 @@ fn run(
                     stream.push(chunk);
                     let (text, took) = stream.finish(whisper)?;
                     outcome.heard = Some(text.clone());
-                    if words_besides_backchannels(&text, &words.backchannels) >= words.min_words {
+                    if words.backchannels.words_besides(&text) >= words.min_words {
                         outcome
                             .barge_ins
                             .push(end + took.as_millis() as usize * PER_MS);
@@ -439,7 +439,12 @@ fn main() -> anyhow::Result<()> {
                 interruption_words: Some(InterruptionWords {
                     min_words: 1,
                     max_wait: Duration::from_millis(1000),
-                    backchannels: DEFAULT_BACKCHANNELS.iter().map(|s| s.to_string()).collect(),
+                    backchannels: Backchannels::new(
+                        &DEFAULT_BACKCHANNELS
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect::<Vec<_>>(),
+                    ),
                 }),
                 ..silence(300)
             },
