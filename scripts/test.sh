@@ -13,6 +13,9 @@ export GROKCAST_REQUIRE_MODELS=1
 # Builds are shared between clones on one machine (CI clones afresh each run); an explicit
 # CARGO_TARGET_DIR wins.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/grokcast/target}"
+# A test run builds every crate once: incremental state would only add gigabytes to the cache.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+./scripts/prune-target.sh "$CARGO_TARGET_DIR"
 
 failed=()
 run() {
