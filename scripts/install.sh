@@ -35,6 +35,9 @@ repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 models_dir="${GROKCAST_MODELS_DIR:-$repo_root/models}"
 manifest="$repo_root/scripts/models.sha256"
 python="${PYTHON:-python3}"
+# The model converter is built here; share the build with scripts/test.sh and demo.sh rather
+# than leaving a second cold build in the clone (an explicit CARGO_TARGET_DIR wins).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/grokcast/target}"
 skip_apt=0
 skip_cluster=0
 skip_nextest=0
