@@ -25,9 +25,9 @@ use crate::conversation::Conversation;
 use crate::metrics::{HELD_OUTCOMES, Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
-use crate::server::AgentState;
+use crate::server::{AgentState, TurnJudge};
 use crate::turn::{
-    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words,
+    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words, open_words,
     words_besides_backchannels,
 };
 use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
@@ -125,6 +125,9 @@ struct Shared {
     epoch: Instant,
     /// How far the send task is into the clause it is sending.
     progress: Mutex<Progress>,
+    /// The conversation as the LLM would get it now, kept by the conversation task for the
+    /// end-of-turn judgement that reads the caller's words after it.
+    conversation: Mutex<Conversation>,
 }
 
 /// Where the send task is: the `segment`-th clause (counted by marks) of `generation`'s
@@ -164,6 +167,10 @@ impl Shared {
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conversation(&self) -> std::sync::MutexGuard<'_, Conversation> {
+        self.conversation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn agent_speaking(&self, now: Instant) -> bool {
@@ -273,6 +280,7 @@ async fn session(
         speaking_until_us: AtomicU64::new(0),
         epoch: Instant::now(),
         progress: Mutex::new(Progress::default()),
+        conversation: Mutex::new(Conversation::new(&state.config.persona.system_prompt)),
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let (playout_tx, playout_rx) = mpsc::channel(64);
@@ -391,7 +399,9 @@ async fn receive(
         previous: vec![0.0; CHUNK_SAMPLES],
         utterance: Vec::new(),
         pending: Vec::with_capacity(4),
-        turn_model: state.turn_model().cloned(),
+        judge: state.turn_judge(),
+        state: state.clone(),
+        shared: shared.clone(),
         judgements: state.turn_judgements(),
         permit_wait: permit_wait(&state.turn_taking()),
         speculative: state.config.turn_taking.speculative_replies,
@@ -515,7 +525,10 @@ struct Detector {
     utterance: Vec<f32>,
     pending: Vec<CallEvent>,
     /// Judges pauses when the endpointer asks ([`TurnEvent::Pause`]).
-    turn_model: Option<Arc<SmartTurn>>,
+    judge: Option<TurnJudge>,
+    /// For a judgement of the caller's words: the backends, and the conversation so far.
+    state: Arc<AgentState>,
+    shared: Arc<Shared>,
     /// The process's permits for judgements, shared by every call.
     judgements: Arc<tokio::sync::Semaphore>,
     /// How long a question may wait for a permit: until the plain end-of-turn silence would
@@ -610,8 +623,10 @@ impl Detector {
             });
         }
         if let Some(pause) = ask {
-            if self.turn_model.is_some() {
-                self.ask(pause);
+            match &self.judge {
+                Some(TurnJudge::Audio(model)) => self.ask(pause, model.clone()),
+                Some(TurnJudge::Words { .. }) => self.ask_words(pause),
+                None => {}
             }
             if self.speculative {
                 self.speculating = Some(pause);
@@ -645,56 +660,60 @@ impl Detector {
     /// model on a blocking thread; the answer comes back through `verdicts` while the call
     /// goes on listening. A model that cannot answer, or cannot get a permit in time, ends
     /// the turn as if it said complete.
-    fn ask(&self, pause: u64) {
-        let Some(model) = self.turn_model.clone() else {
-            return;
-        };
+    fn ask(&self, pause: u64, model: Arc<SmartTurn>) {
         let from = self
             .utterance
             .len()
             .saturating_sub(smart_turn::WINDOW_SAMPLES);
         let audio = self.utterance[from..].to_vec();
-        let verdicts = self.verdicts.clone();
         let permits = self.judgements.clone();
         let permit_wait = self.permit_wait;
-        let span = tracing::Span::current();
         // No timeout of its own: the maximum silence ends the turn whatever the model does,
-        // and a late answer about a finished pause is ignored.
-        tokio::spawn(
-            async move {
-                let started = std::time::Instant::now();
-                // Waiting for a permit counts in the judgement's time: it is time the caller
-                // waits too.
-                let judgement = match tokio::time::timeout(permit_wait, permits.acquire_owned())
-                    .await
-                {
-                    Err(_) => Judgement::Busy,
-                    Ok(Err(_)) => Judgement::Failed("the end-of-turn permits are closed".into()),
-                    Ok(Ok(permit)) => {
-                        let judged = tokio::task::spawn_blocking(move || {
-                            let _permit = permit;
-                            model.completion_probability(&audio)
-                        });
-                        match judged.await {
-                            Ok(Ok(p)) => Judgement::Probability(p),
-                            Ok(Err(e)) => Judgement::Failed(e.to_string()),
-                            Err(e) => {
-                                Judgement::Failed(format!("the end-of-turn task failed: {e}"))
-                            }
-                        }
+        // and a late answer about a finished pause is ignored. Waiting for a permit counts in
+        // the judgement's time: it is time the caller waits too.
+        let judging = async move {
+            match tokio::time::timeout(permit_wait, permits.acquire_owned()).await {
+                Err(_) => Judgement::Busy,
+                Ok(Err(_)) => Judgement::Failed("the end-of-turn permits are closed".into()),
+                Ok(Ok(permit)) => {
+                    let judged = tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        model.completion_probability(&audio)
+                    });
+                    match judged.await {
+                        Ok(Ok(p)) => Judgement::Probability(p),
+                        Ok(Err(e)) => Judgement::Failed(e.to_string()),
+                        Err(e) => Judgement::Failed(format!("the end-of-turn task failed: {e}")),
                     }
-                };
-                // A closed channel means the call ended: nobody is waiting for the answer.
-                let _ = verdicts
-                    .send(Verdict {
-                        pause,
-                        judgement,
-                        took: started.elapsed(),
-                    })
-                    .await;
+                }
             }
-            .instrument(span),
-        );
+        };
+        tokio::spawn(deliver(self.verdicts.clone(), pause, judging).in_current_span());
+    }
+
+    /// Asks the LLM pool whether the caller's words so far end their turn, after the
+    /// conversation: the words are the streaming transcript once it has heard the voice up to
+    /// the pause (or, without a stream or when it dies, a transcription of the utterance). The
+    /// answer comes back through `verdicts`; the maximum silence ends the turn meanwhile
+    /// whatever it says, and a model that cannot answer ends it as if it said complete.
+    fn ask_words(&self, pause: u64) {
+        let Some(semantic) = self.endpointer.semantic() else {
+            return;
+        };
+        // The pause is announced at the minimum silence: the voice ended that long ago.
+        let voice_end = samples_16k(self.utterance.len()).saturating_sub(semantic.min_silence);
+        let transcript = self.stream.as_ref().map(SttStream::follow);
+        let audio = self.utterance.clone();
+        let (state, shared) = (self.state.clone(), self.shared.clone());
+        let patience = semantic.max_silence.saturating_sub(semantic.min_silence);
+        let judging = async move {
+            let judging = judge_words(&state, &shared, transcript, voice_end, audio);
+            // Past the maximum silence the turn is over whatever the answer: stop asking.
+            tokio::time::timeout(patience, judging)
+                .await
+                .unwrap_or(Judgement::Busy)
+        };
+        tokio::spawn(deliver(self.verdicts.clone(), pause, judging).in_current_span());
     }
 
     /// The model's answer: a complete utterance ends the turn now; an incomplete one waits.
@@ -705,7 +724,11 @@ impl Detector {
                 metrics
                     .end_of_turn_prediction_seconds
                     .observe(verdict.took.as_secs_f64());
-                let complete = p >= END_OF_TURN_PROBABILITY;
+                let threshold = match &self.judge {
+                    Some(TurnJudge::Words { threshold }) => *threshold,
+                    _ => END_OF_TURN_PROBABILITY,
+                };
+                let complete = p >= threshold;
                 let label = if complete { "complete" } else { "incomplete" };
                 metrics
                     .end_of_turn_predictions
@@ -761,6 +784,74 @@ impl Detector {
             stream: self.stream.take(),
             overheard,
         });
+    }
+}
+
+/// Hands the call `judging`'s answer about `pause`, timed from now.
+async fn deliver(
+    verdicts: mpsc::Sender<Verdict>,
+    pause: u64,
+    judging: impl std::future::Future<Output = Judgement>,
+) {
+    let started = std::time::Instant::now();
+    let judgement = judging.await;
+    // A closed channel means the call ended: nobody is waiting for the answer.
+    let _ = verdicts
+        .send(Verdict {
+            pause,
+            judgement,
+            took: started.elapsed(),
+        })
+        .await;
+}
+
+/// How far short of the voice's end (as the agent heard it) a streaming transcript may stop
+/// and still count as having heard it: the STT server finds the end of the voice by its own
+/// measure, which may put it a little earlier.
+const HEARD_SLACK: Duration = Duration::from_millis(100);
+
+/// The LLM pool's judgement of the caller's words so far (see [`Detector::ask_words`]).
+async fn judge_words(
+    state: &AgentState,
+    shared: &Shared,
+    transcript: Option<tokio::sync::watch::Receiver<crate::backend::Interim>>,
+    voice_end: Duration,
+    audio: Vec<f32>,
+) -> Judgement {
+    let mut words = None;
+    if let Some(mut interim) = transcript {
+        // The interim that heard the voice up to the pause. A stream that ends or dies first,
+        // or a server that does not say how much it heard (results without
+        // `audio_processed`), leaves the words to a transcription of the utterance.
+        words = loop {
+            {
+                let now = interim.borrow_and_update();
+                if now.heard + HEARD_SLACK >= voice_end {
+                    break Some(now.text.clone());
+                }
+                if now.heard.is_zero() && !now.text.is_empty() {
+                    break None;
+                }
+            }
+            if interim.changed().await.is_err() {
+                break None;
+            }
+        };
+    }
+    let words = match words {
+        Some(words) => words,
+        None => match state.backends.stt.transcribe(audio).await {
+            Ok(words) => words,
+            Err(error) => return Judgement::Failed(error.to_string()),
+        },
+    };
+    // No words (a noise) leave nothing to wait for; the turn's transcript decides the rest.
+    let Some(messages) = shared.conversation().request(open_words(&words)) else {
+        return Judgement::Probability(1.0);
+    };
+    match state.backends.llm.turn_end_probability(messages).await {
+        Ok(p) => Judgement::Probability(p),
+        Err(error) => Judgement::Failed(error.to_string()),
     }
 }
 
@@ -902,6 +993,16 @@ async fn converse(
 
     let goodbye = state.goodbye.clone();
     loop {
+        // What the end-of-turn judgement reads the caller's next words after: the history
+        // with whatever of the current reply the caller has heard whole.
+        {
+            let mut preview = history.clone();
+            preview_turn(&running, &mut preview, &acked, None);
+            let mut published = shared.conversation();
+            if *published != preview {
+                *published = preview;
+            }
+        }
         tokio::select! {
             event = events.recv() => {
                 // Closed: the receive task ended, and its result says why.

@@ -170,6 +170,9 @@ pub struct TurnTakingConfig {
     /// With `minInterruptionWords`: speech over the agent that goes on this many ms past
     /// `minBargeInMs` without the words stops the agent anyway (late or lost transcripts).
     pub max_interruption_wait_ms: u64,
+    /// With `endOfTurnModel: llm`: the LLM's probability that the caller's turn ends after
+    /// their words at or above which the pause ends it.
+    pub llm_end_of_turn_threshold: f32,
 }
 
 /// Which end-of-turn model judges the caller's pauses.
@@ -181,6 +184,10 @@ pub enum EndOfTurnModel {
     None,
     /// Smart Turn v3.2 (`turn/smart-turn-v3.2-cpu.onnx` in the models directory).
     SmartTurn,
+    /// The LLM pool reads the caller's words so far (streaming STT's interim transcript, or
+    /// a transcription of the utterance) after the conversation and says how likely the chat
+    /// template's end-of-turn token comes next.
+    Llm,
 }
 
 impl std::str::FromStr for EndOfTurnModel {
@@ -190,7 +197,8 @@ impl std::str::FromStr for EndOfTurnModel {
         match value.trim() {
             "" | "none" => Ok(Self::None),
             "smart-turn" => Ok(Self::SmartTurn),
-            other => Err(format!("{other:?} is not none or smart-turn")),
+            "llm" => Ok(Self::Llm),
+            other => Err(format!("{other:?} is not none, smart-turn or llm")),
         }
     }
 }
@@ -216,9 +224,13 @@ impl Default for TurnTakingConfig {
                 .collect(),
             min_interruption_words: 1,
             max_interruption_wait_ms: 1000,
+            llm_end_of_turn_threshold: DEFAULT_LLM_END_OF_TURN_THRESHOLD,
         }
     }
 }
+
+/// `turnTaking.llmEndOfTurnThreshold` unless set (docs/benchmarks.md, turn-eval).
+pub const DEFAULT_LLM_END_OF_TURN_THRESHOLD: f32 = 0.05;
 
 impl TurnTakingConfig {
     /// The endpointer's thresholds.
@@ -750,6 +762,14 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         },
     ),
     (
+        "GROKCAST_LLM_END_OF_TURN_THRESHOLD",
+        "turnTaking.llmEndOfTurnThreshold",
+        |c, v| {
+            c.turn_taking.llm_end_of_turn_threshold = parse(v)?;
+            Ok(())
+        },
+    ),
+    (
         "GROKCAST_MIN_END_OF_TURN_SILENCE_MS",
         "turnTaking.minEndOfTurnSilenceMs",
         |c, v| {
@@ -887,6 +907,12 @@ impl AgentConfig {
             problems.push(format!(
                 "turnTaking.speculativeReplies without a model starts replies at minEndOfTurnSilenceMs ({} ms), which must be at least 50 and below endOfTurnSilenceMs ({} ms)",
                 t.min_end_of_turn_silence_ms, t.end_of_turn_silence_ms
+            ));
+        }
+        if !(t.llm_end_of_turn_threshold > 0.0 && t.llm_end_of_turn_threshold < 1.0) {
+            problems.push(format!(
+                "turnTaking.llmEndOfTurnThreshold {} must be between 0 and 1 (exclusive)",
+                t.llm_end_of_turn_threshold
             ));
         }
         if t.false_interruption_resume_ms > 10_000 {
@@ -1083,7 +1109,9 @@ mod tests {
                 "GROKCAST_BARGE_IN" => "false",
                 "GROKCAST_TTS_RESPONSE_FORMAT" => "wav",
                 "GROKCAST_END_OF_TURN_MODEL" => "smart-turn",
-                "GROKCAST_VAD_THRESHOLD" | "GROKCAST_LLM_TEMPERATURE" => "0.3",
+                "GROKCAST_VAD_THRESHOLD"
+                | "GROKCAST_LLM_TEMPERATURE"
+                | "GROKCAST_LLM_END_OF_TURN_THRESHOLD" => "0.3",
                 v if v.ends_with("_MS")
                     || v.ends_with("_SECONDS")
                     || v.ends_with("_CALLS")
@@ -1287,7 +1315,21 @@ mod tests {
         let err = AgentConfig::load(None, &env(&vars))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not none or smart-turn"), "{err}");
+        assert!(err.contains("not none, smart-turn or llm"), "{err}");
+
+        let file = write("turnTaking: {endOfTurnModel: llm, llmEndOfTurnThreshold: 0.3}\n");
+        let c = AgentConfig::load(Some(&file.0), &env(MINIMAL)).unwrap();
+        assert_eq!(c.turn_taking.end_of_turn_model, EndOfTurnModel::Llm);
+        assert_eq!(c.turn_taking.llm_end_of_turn_threshold, 0.3);
+        assert!(c.turn_taking.turn_taking().semantic.is_some());
+        for bad in ["0", "1", "-0.5", "NaN"] {
+            let mut vars = MINIMAL.to_vec();
+            vars.push(("GROKCAST_LLM_END_OF_TURN_THRESHOLD", bad));
+            let err = AgentConfig::load(None, &env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("llmEndOfTurnThreshold"), "{bad}: {err}");
+        }
     }
 
     #[test]

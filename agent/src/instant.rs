@@ -6,7 +6,10 @@
 //!
 //! Chat enforces the message order of the model family it stands for ([`ChatRules`], strict
 //! Gemma 3 by default, the reference model) and answers a conversation the real server would
-//! refuse with the real server's 400, so a test of the agent fails on it.
+//! refuse with the real server's 400, so a test of the agent fails on it. Asked whether the
+//! caller's turn is over (one token's logprobs after the caller's open message, as the agent
+//! asks vLLM with `endOfTurnModel: llm`), it says not when the words end in one of
+//! [`InstantBehaviour::open_endings`] ("...a pizza with"), and yes otherwise.
 //!
 //! Speech is a voiced synthetic signal (a [`SPEECH_PITCH_HZ`] harmonic series with a
 //! syllable envelope), 55 ms per character of text, as 16-bit mono at a settable rate (24 kHz
@@ -129,6 +132,11 @@ pub struct InstantBehaviour {
     pub tts: StageBehaviour,
     /// Streaming transcription.
     pub stream: StreamBehaviour,
+    /// Words after which the chat double judges that the caller has not finished, when
+    /// asked whether a turn is over (logprobs after the caller's open message): matched
+    /// against the last word, case and punctuation aside. The turn's end then gets
+    /// probability 0.02, else 0.9.
+    pub open_endings: Vec<String>,
 }
 
 /// How the streaming transcription double behaves.
@@ -152,6 +160,9 @@ impl Default for InstantBehaviour {
             llm: StageBehaviour::default(),
             tts: StageBehaviour::default(),
             stream: StreamBehaviour::default(),
+            open_endings: ["with", "for", "to", "and", "if", "is", "my", "the", "a"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -169,6 +180,8 @@ pub struct InstantCounts {
     pub stt_streams: AtomicU64,
     /// Transcription streams that reached their final transcript.
     pub stt_streams_finished: AtomicU64,
+    /// Chat requests that asked whether the caller's turn is over (and what they judged).
+    pub llm_judgements: AtomicU64,
 }
 
 /// Shared handle to a running double.
@@ -368,6 +381,47 @@ struct ChatRequest {
     messages: Vec<serde_json::Value>,
     #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    logprobs: bool,
+    #[serde(default)]
+    continue_final_message: bool,
+}
+
+/// A turn-end judgement, as vLLM answers one: a single token after the caller's open message,
+/// with the chat template's end-of-turn token among the top logprobs.
+fn judge_turn_end(b: &InstantBehaviour, messages: &[serde_json::Value]) -> Response {
+    let said = messages
+        .last()
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    let last = said
+        .split_whitespace()
+        .next_back()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let open = b.open_endings.iter().any(|w| w.eq_ignore_ascii_case(&last));
+    let end: f32 = if open { 0.02 } else { 0.9 };
+    let go_on = 1.0 - end;
+    let (first, second) = if open {
+        (("more", go_on), ("<end_of_turn>", end))
+    } else {
+        (("<end_of_turn>", end), ("more", go_on))
+    };
+    let top = |(token, p): (&str, f32)| serde_json::json!({"token": token, "logprob": p.ln(), "bytes": token.as_bytes()});
+    let body = serde_json::json!({
+        "id": "chatcmpl-instant", "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                     "logprobs": {"content": [{"token": first.0, "logprob": first.1.ln(),
+                                               "bytes": first.0.as_bytes(),
+                                               "top_logprobs": [top(first), top(second)]}]},
+                     "finish_reason": "length"}],
+    });
+    axum::Json(body).into_response()
 }
 
 async fn chat(
@@ -378,6 +432,13 @@ async fn chat(
     let b = s.behaviour();
     if let Err(r) = gate(&b.llm).await {
         return r;
+    }
+    if request.logprobs && request.continue_final_message && !request.messages.is_empty() {
+        if let Some(refusal) = b.chat_rules.refusal(&request.messages) {
+            return vllm_bad_request(&refusal);
+        }
+        s.counts.llm_judgements.fetch_add(1, Ordering::Relaxed);
+        return judge_turn_end(&b, &request.messages);
     }
     if request.messages.is_empty() || !request.stream {
         return (

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use crate::backend::Backends;
 use crate::call::{self, TurnSample, TurnTimings};
 use crate::clips::Clips;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, EndOfTurnModel};
 use crate::metrics::{Metrics, Outcome, Stage};
 use crate::twilio::protocol::MAX_MESSAGE_BYTES;
 use crate::twilio::signature::RequestValidator;
@@ -51,6 +51,19 @@ pub struct AgentState {
     /// End-of-turn judgements running at once, over every call: one per core, so a burst of
     /// pauses queues instead of taking every core (and a model session each) at once.
     turn_judgements: Arc<tokio::sync::Semaphore>,
+}
+
+/// What judges whether the caller has finished, at each pause.
+#[derive(Clone)]
+pub enum TurnJudge {
+    /// Smart Turn v3.2 on the caller's audio, on this pod's CPU.
+    Audio(Arc<grokcast_engines::smart_turn::SmartTurn>),
+    /// The LLM pool on the caller's words ([`crate::backend::Llm::turn_end_probability`]):
+    /// the pause ends the turn when the probability is at least `threshold`.
+    Words {
+        /// `turnTaking.llmEndOfTurnThreshold`.
+        threshold: f32,
+    },
 }
 
 impl AgentState {
@@ -103,6 +116,18 @@ impl AgentState {
         self
     }
 
+    /// What judges the caller's pauses (`turnTaking.endOfTurnModel`); `None` when silence
+    /// alone ends turns (no model configured, or Smart Turn not loaded).
+    pub fn turn_judge(&self) -> Option<TurnJudge> {
+        match self.config.turn_taking.end_of_turn_model {
+            EndOfTurnModel::None => None,
+            EndOfTurnModel::SmartTurn => self.turn_model.clone().map(TurnJudge::Audio),
+            EndOfTurnModel::Llm => Some(TurnJudge::Words {
+                threshold: self.config.turn_taking.llm_end_of_turn_threshold,
+            }),
+        }
+    }
+
     /// Accepts a stream's one-time token for its call (always, when signatures are off).
     pub fn redeem_stream_token(
         &self,
@@ -120,17 +145,12 @@ impl AgentState {
         self.turn_judgements.clone()
     }
 
-    /// The end-of-turn model, when one is loaded.
-    pub fn turn_model(&self) -> Option<&Arc<grokcast_engines::smart_turn::SmartTurn>> {
-        self.turn_model.as_ref()
-    }
-
     /// Each call's turn-taking thresholds: the configuration's, with pauses judged by the
     /// model only where one is loaded, and interruptions held for their words only where
     /// STT streams (nothing else gives words while the caller speaks).
     pub fn turn_taking(&self) -> crate::turn::TurnTaking {
         let mut t = self.config.turn_taking.turn_taking();
-        if self.turn_model.is_none() {
+        if self.turn_judge().is_none() {
             t.semantic = None;
         }
         if self.backends.stt_stream.is_none() {

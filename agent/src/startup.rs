@@ -65,7 +65,8 @@ pub fn load_turn_model(
     config: &AgentConfig,
 ) -> Result<Option<Arc<grokcast_engines::smart_turn::SmartTurn>>, StartupError> {
     match config.turn_taking.end_of_turn_model {
-        EndOfTurnModel::None => Ok(None),
+        // The LLM pool judges words over HTTP: nothing to load here.
+        EndOfTurnModel::None | EndOfTurnModel::Llm => Ok(None),
         EndOfTurnModel::SmartTurn => {
             let paths = models(config)?;
             init_onnxruntime(&paths.onnxruntime()?)?;

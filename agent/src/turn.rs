@@ -79,10 +79,30 @@ pub fn has_words(transcript: &str) -> bool {
     !spoken_words(transcript).is_empty()
 }
 
+/// The caller's words as an LLM should go on from them at a pause: without the closing
+/// period, which STT writes at the end of every clip it is given (Whisper ends "I'd like a
+/// pizza with" with one), so it says nothing about whether the sentence is over. A question
+/// or exclamation mark, a comma or an ellipsis is kept: STT puts those there from the voice.
+pub fn open_words(transcript: &str) -> &str {
+    let words = transcript.trim();
+    match words.strip_suffix('.') {
+        Some(open) if !open.ends_with('.') => open.trim_end(),
+        _ => words,
+    }
+}
+
 /// Backchannel phrases, each split into words once: speech held for its words is checked
 /// against them on every VAD chunk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backchannels(Vec<Vec<String>>);
+
+impl Default for Backchannels {
+    /// [`DEFAULT_BACKCHANNELS`].
+    fn default() -> Self {
+        let list: Vec<String> = DEFAULT_BACKCHANNELS.iter().map(|s| s.to_string()).collect();
+        Self::new(&list)
+    }
+}
 
 impl Backchannels {
     /// The phrases of `list` ("uh huh", "okay"); empty ones are left out.
@@ -340,6 +360,11 @@ impl Endpointer {
             state: State::Quiet,
             pause: 0,
         }
+    }
+
+    /// The pause lengths an end-of-turn model works with, if one judges pauses.
+    pub fn semantic(&self) -> Option<SemanticEndpointing> {
+        self.config.semantic
     }
 
     /// Whether the caller is in the middle of speaking.
@@ -657,12 +682,7 @@ mod tests {
             interruption_words: Some(InterruptionWords {
                 min_words,
                 max_wait: Duration::from_millis(1000),
-                backchannels: Backchannels::new(
-                    &DEFAULT_BACKCHANNELS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>(),
-                ),
+                backchannels: Backchannels::default(),
             }),
             ..TurnTaking::default()
         }
@@ -749,6 +769,22 @@ mod tests {
             ),
             "{ev:?}"
         );
+    }
+
+    #[test]
+    fn a_pause_leaves_the_words_open_but_keeps_what_the_voice_said() {
+        assert_eq!(
+            open_words(" I'd like a pizza with. "),
+            "I'd like a pizza with"
+        );
+        assert_eq!(open_words("Can you repeat that?"), "Can you repeat that?");
+        assert_eq!(open_words("I need eggs,"), "I need eggs,");
+        assert_eq!(
+            open_words("Um, I was wondering if..."),
+            "Um, I was wondering if..."
+        );
+        assert_eq!(open_words("."), "");
+        assert_eq!(open_words(""), "");
     }
 
     #[test]

@@ -838,6 +838,83 @@ async fn a_caller_who_hesitates_mid_sentence_is_cut_off_on_silence_and_heard_out
     }
 }
 
+/// The LLM pool judges the caller's words at each pause (the instant double says "not
+/// finished" after "with"), read by the real Whisper in the agent; the longest pause (5 s)
+/// is far from the shortest, so which one ended a turn shows.
+fn llm_judge(c: &mut AgentConfig) {
+    c.turn_taking.end_of_turn_model = grokcast_agent::config::EndOfTurnModel::Llm;
+    c.turn_taking.max_end_of_turn_silence_ms = 5000;
+    c.stt.stage.backend = grokcast_agent::config::BackendKind::Embedded;
+    c.stt.stage.timeout_ms = 10_000;
+}
+
+/// The endpointing stage's total over the call's turns: the silence waited and any judgement.
+fn endpointing_seconds(metrics: &str) -> Option<f64> {
+    metric(
+        metrics,
+        "grokcast_stage_latency_seconds_sum",
+        &with_agent(&[("stage", "endpointing")]),
+    )
+}
+
+fn verdicts(metrics: &str, verdict: &str) -> f64 {
+    metric(
+        metrics,
+        "grokcast_end_of_turn_predictions_total",
+        &with_agent(&[("verdict", verdict)]),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_hears_out_words_that_are_not_finished_and_a_failed_judgement_ends_the_turn() {
+    if !turn_models_present() {
+        return;
+    }
+    // "I'd like a pizza with... mushrooms and olives.": silence alone (300 ms) cuts the
+    // caller off in the 450 ms pause; the LLM reads "with" as unfinished and waits.
+    let utterance = paused_order();
+    let h = start(llm_judge).await;
+    let mut options = h.caller(&[&utterance]);
+    options.reply_timeout = Duration::from_secs(20);
+    let report = caller::place_call(&options).await.unwrap();
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    let metrics = h.metrics().await;
+    let judged = h.servers.counts.llm_judgements.load(Ordering::Relaxed);
+    let chats = h.servers.counts.llm.load(Ordering::Relaxed);
+    assert!(judged >= 2, "{judged} judgements: {metrics}");
+    assert_eq!(chats - judged, 1, "one turn, one reply: {metrics}");
+    assert!(verdicts(&metrics, "incomplete") >= 1.0, "{metrics}");
+    assert!(verdicts(&metrics, "complete") >= 1.0, "{metrics}");
+    // The finished sentence ended at the short pause plus the judgement, not at 5 s.
+    let waited = endpointing_seconds(&metrics).unwrap();
+    assert!(waited < 4.0, "the turn waited {waited} s: {metrics}");
+    let replied = h.servers.conversations.lock().unwrap().clone();
+    let asked = replied[0].last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        asked.contains("pizza") && asked.contains("mushrooms"),
+        "the reply heard the whole sentence: {asked:?}"
+    );
+    h.stop().await;
+
+    // An LLM pool that cannot judge (down) leaves the pause to silence: the turn ends at the
+    // short pause as if the model said complete, and the error is counted.
+    let h = start(llm_judge).await;
+    h.servers.set(|b| b.llm.fail = true);
+    let mut options = h.caller(&[&utterance]);
+    options.reply_timeout = Duration::from_secs(20);
+    let report = caller::place_call(&options).await.unwrap();
+    let metrics = h.metrics().await;
+    assert!(verdicts(&metrics, "error") >= 1.0, "{metrics}");
+    assert_eq!(verdicts(&metrics, "incomplete"), 0.0, "{metrics}");
+    // The apology is what the caller hears for the failed reply: the call goes on.
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_with_no_cpu_free_for_the_model_falls_back_to_silence_not_the_longest_wait() {
     if !turn_models_present() {
@@ -867,12 +944,7 @@ async fn a_pod_with_no_cpu_free_for_the_model_falls_back_to_silence_not_the_long
         &with_agent(&[("verdict", "busy")]),
     );
     assert!(busy >= Some(2.0), "{metrics}");
-    let endpointing = metric(
-        &metrics,
-        "grokcast_stage_latency_seconds_sum",
-        &with_agent(&[("stage", "endpointing")]),
-    )
-    .unwrap_or(f64::MAX);
+    let endpointing = endpointing_seconds(&metrics).unwrap_or(f64::MAX);
     assert!(
         endpointing < 4.0,
         "endpointing took {endpointing} s in all: {metrics}"
@@ -903,12 +975,7 @@ async fn a_complete_answer_ends_at_the_short_pause_not_the_longest() {
     );
     // The endpointing stage is the silence waited: the model's answer ended it, well
     // before the 5 s maximum.
-    let waited = metric(
-        &metrics,
-        "grokcast_stage_latency_seconds_sum",
-        &with_agent(&[("stage", "endpointing")]),
-    )
-    .unwrap();
+    let waited = endpointing_seconds(&metrics).unwrap();
     assert!(waited < 4.0, "the turn waited {waited} s: {metrics}");
     h.stop().await;
 }

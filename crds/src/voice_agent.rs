@@ -296,10 +296,12 @@ pub struct TurnTakingSpec {
     #[schemars(range(min = 0, max = 2000))]
     pub min_barge_in_ms: i32,
     /// A model that judges, at each pause of the caller, whether the utterance is complete:
-    /// `smart-turn` (Smart Turn v3.2, on the agent pod's CPU) ends a complete one after
-    /// `minEndOfTurnSilenceMs` and lets an unfinished one ("my number is... 555...") go on
-    /// for up to `maxEndOfTurnSilenceMs`. `none` ends every turn after
-    /// `endOfTurnSilenceMs` of silence.
+    /// it ends a complete one after `minEndOfTurnSilenceMs` and lets an unfinished one ("my
+    /// number is... 555...") go on for up to `maxEndOfTurnSilenceMs`. `smart-turn` (Smart
+    /// Turn v3.2, on the agent pod's CPU) hears the audio; `llm` has the agent's LLM pool
+    /// read the caller's words so far after the conversation (best with `stt.protocol:
+    /// riva`, whose interim transcripts are ready at the pause). `none` ends every turn
+    /// after `endOfTurnSilenceMs` of silence.
     #[serde(default)]
     pub end_of_turn_model: EndOfTurnModel,
     /// With a model: the pause, in milliseconds, after which the model is asked; a complete
@@ -311,6 +313,12 @@ pub struct TurnTakingSpec {
     #[serde(default = "default_max_end_of_turn")]
     #[schemars(range(min = 300, max = 5000))]
     pub max_end_of_turn_silence_ms: i32,
+    /// With `endOfTurnModel: llm`: the probability, from the LLM's next-token logprobs, that
+    /// the caller's turn ends after their words, at or above which a pause ends it. Lower
+    /// answers sooner and cuts off more.
+    #[serde(default = "default_llm_end_of_turn_threshold")]
+    #[schemars(range(min = 0.01, max = 0.99))]
+    pub llm_end_of_turn_threshold: f64,
     /// Start the reply (STT and the LLM) at the first pause that may end the turn: the
     /// model's pause, or `minEndOfTurnSilenceMs` of silence without a model. When the turn
     /// ends in that pause the reply is used, so the model time overlaps the rest of the
@@ -360,6 +368,8 @@ pub enum EndOfTurnModel {
     None,
     /// Smart Turn v3.2 (Pipecat's open end-of-turn model, BSD-2), baked into the agent image.
     SmartTurn,
+    /// The LLM pool reads the caller's words (vLLM's chat API with logprobs).
+    Llm,
 }
 
 impl EndOfTurnModel {
@@ -368,6 +378,7 @@ impl EndOfTurnModel {
         match self {
             EndOfTurnModel::None => "none",
             EndOfTurnModel::SmartTurn => "smart-turn",
+            EndOfTurnModel::Llm => "llm",
         }
     }
 }
@@ -382,6 +393,7 @@ impl Default for TurnTakingSpec {
             end_of_turn_model: EndOfTurnModel::None,
             min_end_of_turn_silence_ms: default_min_end_of_turn(),
             max_end_of_turn_silence_ms: default_max_end_of_turn(),
+            llm_end_of_turn_threshold: default_llm_end_of_turn_threshold(),
             speculative_replies: false,
             preemptive_tts: false,
             false_interruption_resume_ms: default_false_interruption_resume(),
@@ -390,6 +402,10 @@ impl Default for TurnTakingSpec {
             max_interruption_wait_ms: default_max_interruption_wait(),
         }
     }
+}
+
+fn default_llm_end_of_turn_threshold() -> f64 {
+    0.05
 }
 
 fn default_backchannels() -> Vec<String> {

@@ -62,6 +62,28 @@ pub fn gemma3_accepts(roles: &[Role]) -> bool {
         .all(|(i, role)| (*role == Role::User) == (i % 2 == 0))
 }
 
+/// What the chat template's end-of-turn token is called in logprobs. Gemma 3's template ends
+/// every turn with it, so it is the token a client watches for after a caller's open message
+/// (a turn-end judgement); the CPU model's transcript prompt ends a turn with a newline, which
+/// this server reports under the same name, as the vLLM pool it stands in for would.
+pub const END_OF_TURN_TOKEN: &str = "<end_of_turn>";
+
+/// The most alternatives a token's logprobs may list (OpenAI's and vLLM's default limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// Where the prompt leaves the model: the chat template flags of vLLM's chat API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PromptEnd {
+    /// A new assistant turn is opened for the reply (`add_generation_prompt`, the default).
+    #[default]
+    Reply,
+    /// The last message is left open for the model to continue (`continue_final_message`):
+    /// after a caller's words, the next token's logprobs say how likely their turn is over.
+    ContinueLast,
+    /// The last turn is closed and nothing is opened (`add_generation_prompt: false`).
+    Closed,
+}
+
 /// Sampling settings for one reply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationParams {
@@ -71,6 +93,11 @@ pub struct GenerationParams {
     pub temperature: f32,
     /// Extra strings that end the reply (not included in it).
     pub stop: Vec<String>,
+    /// Where the prompt ends.
+    pub prompt_end: PromptEnd,
+    /// Report each generated token's log probability with this many alternatives
+    /// (at most [`MAX_TOP_LOGPROBS`]); `None` reports none.
+    pub top_logprobs: Option<usize>,
 }
 
 impl Default for GenerationParams {
@@ -79,8 +106,21 @@ impl Default for GenerationParams {
             max_tokens: 64,
             temperature: 0.0,
             stop: Vec::new(),
+            prompt_end: PromptEnd::Reply,
+            top_logprobs: None,
         }
     }
+}
+
+/// One generated token's log probability and the likeliest alternatives at its place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's text ([`END_OF_TURN_TOKEN`] for a token that ends the turn).
+    pub token: String,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// The likeliest tokens at this place, most likely first, with their logprobs.
+    pub top: Vec<(String, f32)>,
 }
 
 /// Why generation stopped.
@@ -108,6 +148,8 @@ pub struct GenerationStats {
     pub total: Duration,
     /// Why it stopped.
     pub finish_reason: FinishReason,
+    /// Each generated token's logprobs, when [`GenerationParams::top_logprobs`] asked.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Why generation failed.
@@ -153,6 +195,13 @@ Assistant: Sure, it's Main Street, M A I N.
 /// Builds the few-shot prompt for the conversation: system prompt, examples, this
 /// call's history, and an open `Assistant:` line. Errors when no caller message exists.
 pub fn build_prompt(messages: &[ChatMessage]) -> Result<String, LlmError> {
+    build_prompt_ending(messages, PromptEnd::Reply)
+}
+
+/// [`build_prompt`], ending where `end` says: after an open `Assistant:` line, inside the
+/// last message (no newline: the model's next token continues it or ends the turn), or
+/// after the last message's line.
+pub fn build_prompt_ending(messages: &[ChatMessage], end: PromptEnd) -> Result<String, LlmError> {
     if !messages.iter().any(|m| m.role == Role::User) {
         return Err(LlmError::NoUserMessage);
     }
@@ -174,7 +223,8 @@ pub fn build_prompt(messages: &[ChatMessage]) -> Result<String, LlmError> {
     prompt.push_str("\n### Call 1\n");
     prompt.push_str(FEW_SHOT);
     prompt.push_str("\n### Call 2\n");
-    for m in messages {
+    let last = messages.iter().rposition(|m| m.role != Role::System);
+    for (i, m) in messages.iter().enumerate() {
         let speaker = match m.role {
             Role::System => continue,
             Role::User => "Caller",
@@ -185,10 +235,58 @@ pub fn build_prompt(messages: &[ChatMessage]) -> Result<String, LlmError> {
         prompt.push_str(speaker);
         prompt.push_str(": ");
         prompt.push_str(&text);
+        if end == PromptEnd::ContinueLast && Some(i) == last {
+            return Ok(prompt);
+        }
         prompt.push('\n');
     }
-    prompt.push_str("Assistant:");
+    if end == PromptEnd::Reply {
+        prompt.push_str("Assistant:");
+    }
     Ok(prompt)
+}
+
+/// One place's distribution, as logprobs report it.
+#[cfg_attr(not(feature = "llama"), allow(dead_code))]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Place {
+    /// Log of the softmax's denominator: a token's logprob is its logit less this.
+    pub(crate) log_total: f32,
+    /// The logprob of ending the turn: every token the caller marked, together.
+    pub(crate) end: Option<f32>,
+    /// The likeliest other tokens and their logprobs, most likely first.
+    pub(crate) top: Vec<(usize, f32)>,
+}
+
+/// The log-softmax of `logits` at one place, with the tokens `ends_turn` marks counted as one
+/// (the turn's end, however the tokenizer spells it) and the `n` likeliest others.
+#[cfg_attr(not(feature = "llama"), allow(dead_code))]
+pub(crate) fn top_logprobs(logits: &[f32], ends_turn: &[bool], n: usize) -> Place {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f64;
+    let mut ending = 0f64;
+    let mut top: Vec<(usize, f32)> = Vec::with_capacity(n + 1);
+    for (id, &logit) in logits.iter().enumerate() {
+        let weight = f64::from(logit - max).exp();
+        total += weight;
+        if ends_turn.get(id).copied().unwrap_or(false) {
+            ending += weight;
+        } else if n > 0 && (top.len() < n || logit > top[top.len() - 1].1) {
+            let at = top.partition_point(|&(_, l)| l >= logit);
+            top.insert(at, (id, logit));
+            top.truncate(n);
+        }
+    }
+    let log_total = max + total.ln() as f32;
+    let end = (ending > 0.0).then(|| max + ending.ln() as f32 - log_total);
+    for entry in &mut top {
+        entry.1 -= log_total;
+    }
+    Place {
+        log_total,
+        end,
+        top,
+    }
 }
 
 /// Streams text while holding back anything that could be the start of a stop string,
@@ -300,10 +398,11 @@ mod engine {
     use llama_cpp_2::model::LlamaModel;
     use llama_cpp_2::model::params::LlamaModelParams;
     use llama_cpp_2::sampling::LlamaSampler;
+    use llama_cpp_2::token::LlamaToken;
 
     use super::{
-        ChatMessage, FinishReason, GenerationParams, GenerationStats, LlmError, StopFilter,
-        build_prompt,
+        ChatMessage, END_OF_TURN_TOKEN, FinishReason, GenerationParams, GenerationStats, LlmError,
+        MAX_TOP_LOGPROBS, Place, StopFilter, TokenLogprob, build_prompt_ending, top_logprobs,
     };
 
     /// Options for [`GemmaLlm`].
@@ -327,6 +426,10 @@ mod engine {
         }
     }
 
+    fn token_index(token: LlamaToken) -> usize {
+        usize::try_from(token.0).unwrap_or(usize::MAX)
+    }
+
     /// llama.cpp's backend may be initialised once per process.
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 
@@ -346,6 +449,9 @@ mod engine {
     pub struct GemmaLlm {
         model: LlamaModel,
         options: LlmOptions,
+        /// By token id: whether the token ends the turn (an end-of-generation token, or one
+        /// that starts a new line, which ends a turn in the transcript prompt).
+        ends_turn: Vec<bool>,
         /// Creating contexts from one model concurrently is unsound in llama.cpp.
         context_lock: Mutex<()>,
     }
@@ -371,9 +477,20 @@ mod engine {
             let backend = backend().map_err(load_err)?;
             let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
                 .map_err(|e| load_err(e.to_string()))?;
+            let vocab = model.vocab();
+            let mut piece = Vec::with_capacity(16);
+            let ends_turn = (0..vocab.n_tokens())
+                .map(|id| {
+                    let token = LlamaToken::new(id);
+                    piece.clear();
+                    vocab.token_to_piece_into(token, &mut piece, false, None);
+                    vocab.is_eog(token) || piece.first() == Some(&b'\n')
+                })
+                .collect();
             Ok(Self {
                 model,
                 options,
+                ends_turn,
                 context_lock: Mutex::new(()),
             })
         }
@@ -387,7 +504,7 @@ mod engine {
             on_token: &mut dyn FnMut(&str) -> bool,
         ) -> Result<GenerationStats, LlmError> {
             let started = Instant::now();
-            let prompt = build_prompt(messages)?;
+            let prompt = build_prompt_ending(messages, params.prompt_end)?;
             let backend = backend().map_err(LlmError::Inference)?;
             let vocab = self.model.vocab();
             let tokens = vocab.tokenize(prompt.as_bytes(), true, false);
@@ -445,9 +562,18 @@ mod engine {
             let mut generated = 0u32;
             let mut finish = FinishReason::Length;
             let mut piece = Vec::with_capacity(16);
+            let mut logprobs = Vec::new();
+            let top_n = params.top_logprobs.map(|n| n.min(MAX_TOP_LOGPROBS));
             while (generated as usize) < budget {
-                let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+                let at = batch.n_tokens() - 1;
+                // Read before sampling: the distribution the token is drawn from.
+                let place = top_n.map(|n| top_logprobs(ctx.get_logits_ith(at), &self.ends_turn, n));
+                let token = sampler.sample(&ctx, at);
                 generated += 1;
+                if let Some(place) = place {
+                    let logit = ctx.get_logits_ith(at).get(token_index(token)).copied();
+                    logprobs.push(self.token_logprob(token, logit, &place));
+                }
                 if vocab.is_eog(token) {
                     finish = FinishReason::Stop;
                     break;
@@ -480,7 +606,48 @@ mod engine {
                 time_to_first_token: first_token_at,
                 total: started.elapsed(),
                 finish_reason: finish,
+                logprobs,
             })
+        }
+
+        /// The logprobs entry for `token` (whose logit was `logit`), drawn at `place`.
+        fn token_logprob(
+            &self,
+            token: LlamaToken,
+            logit: Option<f32>,
+            place: &Place,
+        ) -> TokenLogprob {
+            let vocab = self.model.vocab();
+            let text = |id: LlamaToken| {
+                let mut bytes = Vec::with_capacity(16);
+                vocab.token_to_piece_into(id, &mut bytes, true, None);
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            let mut top: Vec<(String, f32)> = place
+                .top
+                .iter()
+                .map(|&(id, lp)| (text(LlamaToken::new(i32::try_from(id).unwrap_or(0))), lp))
+                .collect();
+            if let Some(end) = place.end {
+                let at = top.partition_point(|&(_, lp)| lp >= end);
+                top.insert(at, (END_OF_TURN_TOKEN.to_owned(), end));
+                top.truncate(place.top.len());
+            }
+            let ends = self
+                .ends_turn
+                .get(token_index(token))
+                .copied()
+                .unwrap_or(false);
+            let (token, logprob) = if ends {
+                (END_OF_TURN_TOKEN.to_owned(), place.end)
+            } else {
+                (text(token), logit.map(|l| l - place.log_total))
+            };
+            TokenLogprob {
+                token,
+                logprob: logprob.unwrap_or(f32::NEG_INFINITY),
+                top,
+            }
         }
     }
 }

@@ -221,6 +221,30 @@ async fn malformed_chat_requests_get_openai_errors() {
     let mut b = chat_body();
     b["n"] = json!(3);
     expect_error(send(b).await.unwrap(), StatusCode::BAD_REQUEST, Some("n")).await;
+
+    // Logprobs and the chat-template flags, refused as vLLM refuses them.
+    for (fields, param) in [
+        (json!({"top_logprobs": 5}), "top_logprobs"),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (
+            json!({"logprobs": true, "top_logprobs": -1}),
+            "top_logprobs",
+        ),
+        (json!({"logprobs": true, "stream": true}), "logprobs"),
+        (
+            json!({"continue_final_message": true, "add_generation_prompt": true}),
+            "continue_final_message",
+        ),
+    ] {
+        let mut b = chat_body();
+        for (k, v) in fields.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        expect_error(send(b).await.unwrap(), StatusCode::BAD_REQUEST, Some(param)).await;
+    }
 }
 
 #[tokio::test]
@@ -497,13 +521,21 @@ async fn transcriptions_of_wav_and_raw_pcm() {
     expect_error(r, StatusCode::BAD_REQUEST, Some("language")).await;
 }
 
+/// A server with every engine loaded, a client, and its chat URL; `None` without models.
+#[cfg(feature = "llama")]
+async fn chat_server() -> Option<(TestServer, reqwest::Client, String)> {
+    let paths = models()?;
+    let s = start(ServerConfig::default(), Some(load_all(&paths))).await;
+    let url = format!("{}/v1/chat/completions", s.base);
+    Some((s, reqwest::Client::new(), url))
+}
+
 #[cfg(feature = "llama")]
 #[tokio::test]
 async fn chat_completions_whole_and_streamed() {
-    let Some(paths) = models() else { return };
-    let s = start(ServerConfig::default(), Some(load_all(&paths))).await;
-    let c = reqwest::Client::new();
-    let url = format!("{}/v1/chat/completions", s.base);
+    let Some((s, c, url)) = chat_server().await else {
+        return;
+    };
 
     let r = c.post(&url).json(&chat_body()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -565,6 +597,103 @@ async fn chat_completions_whole_and_streamed() {
     );
     // This build has no Whisper, so it does not claim to serve it.
     assert!(!ids.contains(&"whisper-1"), "{ids:?}");
+}
+
+/// The turn-end judgement a client makes with vLLM's chat API: the caller's words left open
+/// (`continue_final_message`), one token, and the chat template's end-of-turn token among
+/// the top logprobs.
+#[cfg(feature = "llama")]
+async fn turn_end_logprob(c: &reqwest::Client, url: &str, said: &str) -> f64 {
+    let body = json!({"model": "gemma-3-270m", "messages": [
+        {"role": "system", "content": "You are the receptionist of Sunny Dental."},
+        {"role": "user", "content": "Hi, I'd like to book a cleaning."},
+        {"role": "assistant", "content": "Sure. Can I have your name and phone number?"},
+        {"role": "user", "content": said}
+    ], "max_tokens": 1, "temperature": 0, "logprobs": true, "top_logprobs": 20,
+       "add_generation_prompt": false, "continue_final_message": true});
+    let r = c.post(url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(content.len(), 1, "{body}");
+    let top = content[0]["top_logprobs"].as_array().unwrap();
+    assert_eq!(top.len(), 20, "{body}");
+    let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+    assert!(
+        lps.windows(2).all(|w| w[0] >= w[1]),
+        "most likely first: {lps:?}"
+    );
+    assert!(lps.iter().all(|lp| *lp <= 0.0), "{lps:?}");
+    top.iter()
+        .find(|t| t["token"] == grokcast_engines::llm::END_OF_TURN_TOKEN)
+        .and_then(|t| t["logprob"].as_f64())
+        .unwrap_or(-30.0)
+}
+
+#[cfg(feature = "llama")]
+#[tokio::test]
+async fn logprobs_say_whether_the_callers_words_end_their_turn() {
+    let Some((_server, c, url)) = chat_server().await else {
+        return;
+    };
+
+    // A finished answer ends the turn far more likely than words that stop on "my" or
+    // "and"; the turn's end is the one token named END_OF_TURN_TOKEN.
+    let finished = turn_end_logprob(&c, &url, "My name is John Smith.").await;
+    for unfinished in ["My name is John and my", "My phone number is"] {
+        let open = turn_end_logprob(&c, &url, unfinished).await;
+        assert!(
+            finished > open + 1.0,
+            "finished {finished:.2} vs '{unfinished}' {open:.2}"
+        );
+    }
+
+    // Without logprobs the response says null, as OpenAI's does; a reply carries them per
+    // token when asked, each with its own alternatives.
+    let r: Value = c
+        .post(&url)
+        .json(&chat_body())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(r["choices"][0]["logprobs"].is_null(), "{r}");
+    let mut b = chat_body();
+    b["logprobs"] = json!(true);
+    b["max_tokens"] = json!(4);
+    let r: Value = c
+        .post(&url)
+        .json(&b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let content = r["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!content.is_empty() && content.len() <= 4, "{r}");
+    assert!(
+        content
+            .iter()
+            .all(|t| t["top_logprobs"].as_array().unwrap().is_empty())
+    );
+    let text: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .filter(|t| *t != grokcast_engines::llm::END_OF_TURN_TOKEN)
+        .collect();
+    assert_eq!(
+        text.trim(),
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .trim(),
+        "the tokens spell the reply"
+    );
 }
 
 #[cfg(feature = "llama")]

@@ -479,12 +479,14 @@ pub struct TurnTakingConfig {
     pub barge_in: bool,
     /// Minimum barge-in speech in ms.
     pub min_barge_in_ms: i32,
-    /// The end-of-turn model (`none` or `smart-turn`).
+    /// The end-of-turn model (`none`, `smart-turn` or `llm`).
     pub end_of_turn_model: &'static str,
     /// With a model: the pause after which it is asked, in ms.
     pub min_end_of_turn_silence_ms: i32,
     /// With a model: the pause that ends the turn anyway, in ms.
     pub max_end_of_turn_silence_ms: i32,
+    /// With the `llm` model: the end-of-turn probability that ends a turn at a pause.
+    pub llm_end_of_turn_threshold: f64,
     /// Start replies at the first pause that may end the turn.
     pub speculative_replies: bool,
     /// Synthesise a speculative reply's first clause before the turn is over.
@@ -551,6 +553,7 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             end_of_turn_model: spec.turn_taking.end_of_turn_model.as_str(),
             min_end_of_turn_silence_ms: spec.turn_taking.min_end_of_turn_silence_ms,
             max_end_of_turn_silence_ms: spec.turn_taking.max_end_of_turn_silence_ms,
+            llm_end_of_turn_threshold: spec.turn_taking.llm_end_of_turn_threshold,
             speculative_replies: spec.turn_taking.speculative_replies,
             preemptive_tts: spec.turn_taking.preemptive_tts,
             false_interruption_resume_ms: spec.turn_taking.false_interruption_resume_ms,

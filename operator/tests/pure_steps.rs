@@ -638,6 +638,10 @@ fn agent_config_resolves_pool_endpoints_and_models() {
         v["turnTaking"]["maxInterruptionWaitMs"].as_i64(),
         Some(1000)
     );
+    assert_eq!(
+        v["turnTaking"]["llmEndOfTurnThreshold"].as_f64(),
+        Some(0.05)
+    );
     assert_eq!(v["maxCalls"].as_i64(), Some(50));
     assert!(
         !yaml.contains("REPLACE"),
@@ -761,6 +765,25 @@ fn the_end_of_turn_model_and_its_pauses_reach_the_agent() {
     assert_eq!(t["maxEndOfTurnSilenceMs"].as_i64(), Some(1800));
     assert_eq!(t["speculativeReplies"].as_bool(), Some(true));
     assert_eq!(t["preemptiveTts"].as_bool(), Some(true));
+
+    // The LLM pool as the judge, with its own threshold.
+    let llm = text.replace(
+        "endOfTurnModel: smart-turn\n",
+        "endOfTurnModel: llm\n    llmEndOfTurnThreshold: 0.35\n",
+    );
+    let children = build_agent(&agent_yaml(&llm), &pools(), &BuildSettings::default()).unwrap();
+    let yaml = &config_map(&children).data.as_ref().unwrap()["agent.yaml"];
+    let v: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(
+        v["turnTaking"]["endOfTurnModel"].as_str(),
+        Some("llm"),
+        "{yaml}"
+    );
+    assert_eq!(
+        v["turnTaking"]["llmEndOfTurnThreshold"].as_f64(),
+        Some(0.35),
+        "{yaml}"
+    );
 }
 
 #[test]

@@ -109,7 +109,7 @@ mod gemma {
 
     use futures::FutureExt;
     use futures::future::BoxFuture;
-    use grokcast_engines::llm::{GemmaLlm, GenerationParams};
+    use grokcast_engines::llm::{GemmaLlm, GenerationParams, MAX_TOP_LOGPROBS, PromptEnd};
 
     use crate::backend::{BackendError, ChatMessage, Llm, StageName, TokenStream};
     use grokcast_engines::receiver_stream;
@@ -128,7 +128,7 @@ mod gemma {
                 params: GenerationParams {
                     max_tokens,
                     temperature,
-                    stop: Vec::new(),
+                    ..GenerationParams::default()
                 },
             }
         }
@@ -155,6 +155,41 @@ mod gemma {
                     }
                 });
                 Ok(Box::pin(receiver_stream(rx)) as TokenStream)
+            }
+            .boxed()
+        }
+
+        fn turn_end_probability(
+            &self,
+            messages: Vec<ChatMessage>,
+        ) -> BoxFuture<'_, Result<f32, BackendError>> {
+            let engine = self.engine.clone();
+            let params = GenerationParams {
+                max_tokens: 1,
+                temperature: 0.0,
+                prompt_end: PromptEnd::ContinueLast,
+                top_logprobs: Some(MAX_TOP_LOGPROBS),
+                ..GenerationParams::default()
+            };
+            async move {
+                let judged = tokio::task::spawn_blocking(move || {
+                    engine.generate(&messages, &params, &mut |_| true)
+                })
+                .await;
+                let engine_error = |message: String| BackendError::Engine {
+                    stage: StageName::Llm,
+                    message,
+                };
+                let stats = judged
+                    .map_err(|e| engine_error(format!("the judgement task failed: {e}")))?
+                    .map_err(|e| engine_error(e.to_string()))?;
+                let place = stats
+                    .logprobs
+                    .first()
+                    .ok_or_else(|| engine_error("no token was generated".into()))?;
+                Ok(crate::backend::turn_end_from_logprobs(
+                    place.top.iter().map(|(t, lp)| (t.as_str(), *lp)),
+                ))
             }
             .boxed()
         }

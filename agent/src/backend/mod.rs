@@ -6,6 +6,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::Stream;
 use futures::future::BoxFuture;
 
@@ -133,8 +134,18 @@ pub struct SttStream {
     audio: Option<tokio::sync::mpsc::Sender<Vec<f32>>>,
     /// Audio was lost (the stream fell behind or died): its transcript would miss words.
     lost: bool,
-    interim: tokio::sync::watch::Receiver<String>,
+    interim: tokio::sync::watch::Receiver<Interim>,
     task: tokio::task::JoinHandle<Result<String, BackendError>>,
+}
+
+/// What a stream has recognised so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interim {
+    /// The final results, then the latest interim one.
+    pub text: String,
+    /// How much of the stream's audio, from its start, the recognition has heard
+    /// (Riva's `audio_processed`).
+    pub heard: Duration,
 }
 
 impl SttStream {
@@ -142,7 +153,7 @@ impl SttStream {
     /// `interim` and returns the final one once `audio` closes.
     pub fn new(
         audio: tokio::sync::mpsc::Sender<Vec<f32>>,
-        interim: tokio::sync::watch::Receiver<String>,
+        interim: tokio::sync::watch::Receiver<Interim>,
         task: tokio::task::JoinHandle<Result<String, BackendError>>,
     ) -> Self {
         Self {
@@ -170,7 +181,13 @@ impl SttStream {
 
     /// The transcript so far (final results, then the latest interim one).
     pub fn interim(&self) -> String {
-        self.interim.borrow().clone()
+        self.interim.borrow().text.clone()
+    }
+
+    /// Follows the transcript as it grows, apart from the stream: its sender closes when the
+    /// stream ends or dies.
+    pub fn follow(&self) -> tokio::sync::watch::Receiver<Interim> {
+        self.interim.clone()
     }
 
     /// Ends the audio and waits for the final transcript.
@@ -210,6 +227,55 @@ pub trait Llm: Send + Sync {
     /// Starts a reply to the conversation; drop the stream to cancel.
     fn reply(&self, messages: Vec<ChatMessage>)
     -> BoxFuture<'_, Result<TokenStream, BackendError>>;
+
+    /// How likely the caller has finished, after `messages`, whose last is the caller's words
+    /// so far: the model's probability that its next token ends the caller's sentence or turn
+    /// ([`turn_end_from_logprobs`]). A backend that cannot say answers an error, and the pause
+    /// is judged by silence.
+    fn turn_end_probability(
+        &self,
+        messages: Vec<ChatMessage>,
+    ) -> BoxFuture<'_, Result<f32, BackendError>> {
+        drop(messages);
+        futures::future::ready(Err(BackendError::Protocol {
+            stage: StageName::Llm,
+            message: "this LLM backend cannot judge whether a turn is over".into(),
+        }))
+        .boxed()
+    }
+}
+
+/// How chat templates spell the end of a turn, as a server reports the token in logprobs:
+/// Gemma, Llama 3, ChatML (Qwen), Phi, and the end-of-sequence tokens of older templates.
+pub const TURN_END_TOKENS: &[&str] = &[
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "</s>",
+    "<eos>",
+    "<|endoftext|>",
+];
+
+/// Tokens that end the caller's sentence: the words are left open without STT's closing
+/// period ([`crate::turn::open_words`]), so a finished sentence goes on with one of these
+/// before the turn's end, and an unfinished one with more words.
+pub const SENTENCE_END_TOKENS: &[&str] = &[".", "?", "!"];
+
+/// The probability that the caller has finished, from one place's top logprobs (token,
+/// logprob): the sum over the turn-ending and sentence-ending tokens. One outside the list
+/// is less likely than its last entry; counting it as 0 errs toward waiting, which the
+/// maximum silence bounds.
+pub fn turn_end_from_logprobs<'a>(top: impl IntoIterator<Item = (&'a str, f32)>) -> f32 {
+    top.into_iter()
+        .filter(|(token, _)| {
+            let token = token.trim();
+            TURN_END_TOKENS.contains(&token) || SENTENCE_END_TOKENS.contains(&token)
+        })
+        .map(|(_, logprob)| logprob.exp())
+        // Summing from 0.0, not the -0.0 an empty f32 sum gives.
+        .fold(0.0f32, |sum, p| sum + p)
+        .clamp(0.0, 1.0)
 }
 
 /// Text to speech that streams audio.

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use grokcast_engines::server::SAMPLE_RATE_HEADER;
 
 use super::speech_audio::{SpeechAudioError, SpeechDecoder};
-use super::{AudioStream, BackendError, ChatMessage, Llm, StageName, Stt, TokenStream, Tts};
+use super::{
+    AudioStream, BackendError, ChatMessage, Llm, StageName, Stt, TokenStream, Tts,
+    turn_end_from_logprobs,
+};
 
 /// An HTTP client for one stage.
 #[derive(Clone)]
@@ -329,6 +332,102 @@ impl Llm for OpenAiLlm {
         }
         .boxed()
     }
+
+    fn turn_end_probability(
+        &self,
+        messages: Vec<ChatMessage>,
+    ) -> BoxFuture<'_, Result<f32, BackendError>> {
+        self.judge(messages).boxed()
+    }
+}
+
+/// A non-streamed chat completion, for its logprobs.
+#[derive(Deserialize)]
+struct JudgedCompletion {
+    choices: Vec<JudgedChoice>,
+}
+
+#[derive(Deserialize)]
+struct JudgedChoice {
+    #[serde(default)]
+    logprobs: Option<ChoiceLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceLogprobs {
+    #[serde(default)]
+    content: Vec<TokenLogprobs>,
+}
+
+#[derive(Deserialize)]
+struct TokenLogprobs {
+    token: String,
+    logprob: f32,
+    #[serde(default)]
+    top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Deserialize)]
+struct TopLogprob {
+    token: String,
+    logprob: f32,
+}
+
+impl OpenAiLlm {
+    /// The turn-end judgement as vLLM's chat API asks for it: the template renders the
+    /// conversation with the caller's last message left open (`continue_final_message`),
+    /// and one token's top 20 logprobs say how likely the template's end-of-turn token
+    /// comes next. Special tokens are kept in the logprobs' text so the token is named.
+    async fn judge(&self, messages: Vec<ChatMessage>) -> Result<f32, BackendError> {
+        let e = &self.endpoint;
+        let body = serde_json::json!({
+            "model": e.model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": true,
+            "top_logprobs": 20,
+            "add_generation_prompt": false,
+            "continue_final_message": true,
+            "skip_special_tokens": false,
+        });
+        let response = e
+            .send(e.client.post(e.url("chat/completions")).json(&body))
+            .await?;
+        let parsed: JudgedCompletion = tokio::time::timeout(e.timeout, response.json())
+            .await
+            .map_err(|_| BackendError::Timeout {
+                stage: e.stage,
+                after: e.timeout,
+            })?
+            .map_err(|err| BackendError::Protocol {
+                stage: e.stage,
+                message: format!("chat completion with logprobs: {err}"),
+            })?;
+        let place = parsed
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.logprobs)
+            .and_then(|l| l.content.into_iter().next())
+            .ok_or_else(|| BackendError::Protocol {
+                stage: e.stage,
+                message: "the LLM server returned no logprobs (a vLLM-compatible server returns \
+                          them for logprobs: true)"
+                    .into(),
+            })?;
+        let top = place
+            .top_logprobs
+            .iter()
+            .map(|t| (t.token.as_str(), t.logprob));
+        // The chosen token is among the top ones when the server lists any; otherwise it is
+        // the only evidence.
+        Ok(if place.top_logprobs.is_empty() {
+            turn_end_from_logprobs([(place.token.as_str(), place.logprob)])
+        } else {
+            turn_end_from_logprobs(top)
+        })
+    }
 }
 
 /// The `response_format` the agent asks speech servers for.
@@ -506,6 +605,22 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn the_turn_ends_with_any_template_end_token_or_a_sentence_end_and_nothing_else() {
+        let p = turn_end_from_logprobs([
+            ("<end_of_turn>", 0.3f32.ln()),
+            (" and", 0.4f32.ln()),
+            (".", 0.1f32.ln()),
+            (" <|im_end|>", 0.05f32.ln()),
+            (",", 0.05f32.ln()),
+        ]);
+        assert!((p - 0.45).abs() < 1e-5, "{p}");
+        // Nothing that ends it among the top: as unlikely as can be said.
+        assert_eq!(turn_end_from_logprobs([(" with", -0.1), (" a", -2.0)]), 0.0);
+        // A server whose logprobs sum past 1 (rounding) still gives a probability.
+        assert_eq!(turn_end_from_logprobs([("<eos>", 0.0), (".", 0.0)]), 1.0);
     }
 
     #[test]

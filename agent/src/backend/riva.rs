@@ -19,7 +19,7 @@ use grokcast_engines::riva::{AudioEncoding, RivaSpeechRecognitionClient};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{BackendError, StageName, StreamingStt, SttStream};
+use super::{BackendError, Interim, StageName, StreamingStt, SttStream};
 
 /// Audio chunks a stream may hold unsent before it counts as broken (about 8 s of VAD
 /// chunks): the server has stopped reading, and the turn will need the batch path.
@@ -114,7 +114,7 @@ fn error(status: &tonic::Status) -> BackendError {
 impl StreamingStt for RivaStt {
     fn open(&self) -> SttStream {
         let (audio_tx, audio_rx) = mpsc::channel::<Vec<f32>>(QUEUED_CHUNKS);
-        let (interim_tx, interim_rx) = watch::channel(String::new());
+        let (interim_tx, interim_rx) = watch::channel(Interim::default());
         let mut client = self.client.clone();
         let first = self.config();
         let task = tokio::spawn(async move {
@@ -134,22 +134,28 @@ impl StreamingStt for RivaStt {
             // Riva may end several segments of one stream with final results; the turn's
             // transcript is all of them in order.
             let mut finals: Vec<String> = Vec::new();
+            let mut heard = Duration::ZERO;
             while let Some(response) = responses.message().await.map_err(|s| error(&s))? {
                 for result in response.results {
+                    // Riva counts the audio processed from the stream's start.
+                    if result.audio_processed.is_finite() && result.audio_processed > 0.0 {
+                        heard = heard.max(Duration::from_secs_f32(result.audio_processed));
+                    }
                     let Some(best) = result.alternatives.into_iter().next() else {
                         continue;
                     };
                     let text = best.transcript.trim().to_owned();
-                    if result.is_final {
+                    let text = if result.is_final {
                         if !text.is_empty() {
                             finals.push(text);
                         }
-                        let _ = interim_tx.send(finals.join(" "));
+                        finals.join(" ")
                     } else {
                         let mut so_far = finals.clone();
                         so_far.push(text);
-                        let _ = interim_tx.send(so_far.join(" "));
-                    }
+                        so_far.join(" ")
+                    };
+                    let _ = interim_tx.send(Interim { text, heard });
                 }
             }
             Ok(finals.join(" "))

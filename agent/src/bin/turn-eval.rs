@@ -32,9 +32,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use grokcast_agent::backend::Llm as _;
+use grokcast_agent::backend::openai::OpenAiLlm;
+use grokcast_agent::config::{DEFAULT_LLM_END_OF_TURN_THRESHOLD, Persona};
+use grokcast_agent::conversation::Conversation;
 use grokcast_agent::turn::{
-    Backchannels, Chunk, DEFAULT_BACKCHANNELS, END_OF_TURN_PROBABILITY, Endpointer,
-    InterruptionWords, QuietMeter, SemanticEndpointing, TurnEvent, TurnTaking,
+    Backchannels, Chunk, END_OF_TURN_PROBABILITY, Endpointer, InterruptionWords, QuietMeter,
+    SemanticEndpointing, TurnEvent, TurnTaking, open_words,
 };
 use grokcast_agent::{caller, codec, demo, resample::StreamResampler};
 use grokcast_engines::models::{ModelPaths, init_onnxruntime};
@@ -49,10 +53,74 @@ struct Args {
     /// Print every case's outcome.
     #[arg(long)]
     verbose: bool,
+    /// An OpenAI-compatible LLM server (`grokcast-serve-llm`, vLLM) at this base URL, e.g.
+    /// `http://127.0.0.1:8081/v1`: adds the modes where the LLM judges the caller's words.
+    #[arg(long)]
+    llm_url: Option<String>,
+    /// The model the LLM server serves.
+    #[arg(long, default_value = "gemma-3-270m")]
+    llm_model: String,
+    /// `turnTaking.llmEndOfTurnThreshold` for the LLM modes; more than one (comma-separated)
+    /// adds an `--assume-llm-ms` row for each.
+    #[arg(long, value_delimiter = ',', default_values_t = [DEFAULT_LLM_END_OF_TURN_THRESHOLD])]
+    llm_threshold: Vec<f32>,
+    /// Also run the LLM mode with each judgement taking this many ms instead of what it took
+    /// here (the same answers, timed as on a GPU pool).
+    #[arg(long)]
+    assume_llm_ms: Option<u64>,
+}
+
+/// The LLM pool judging the caller's words at a pause, as the agent asks it: after the
+/// agent's default persona and greeting, through the agent's own HTTP client.
+struct WordsJudge {
+    runtime: tokio::runtime::Runtime,
+    llm: OpenAiLlm,
+    conversation: Conversation,
+    /// The answers already given, by words, with the time they took: a mode that replays
+    /// them at another timing asks nothing twice.
+    answers: std::cell::RefCell<std::collections::HashMap<String, (f32, Duration)>>,
+}
+
+impl WordsJudge {
+    fn new(url: &str, model: &str) -> anyhow::Result<Self> {
+        let persona = Persona::default();
+        let mut conversation = Conversation::new(&persona.system_prompt);
+        conversation.agent(&persona.greeting);
+        Ok(Self {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            llm: OpenAiLlm::new(url, model, 0.0, 1, Duration::from_secs(10)),
+            conversation,
+            answers: Default::default(),
+        })
+    }
+
+    /// How likely `words` end the turn, and how long the LLM took to say.
+    fn judge(&self, words: &str) -> anyhow::Result<(f32, Duration)> {
+        let Some(messages) = self.conversation.request(open_words(words)) else {
+            return Ok((1.0, Duration::ZERO));
+        };
+        if let Some(&answer) = self.answers.borrow().get(words) {
+            return Ok(answer);
+        }
+        let started = Instant::now();
+        let p = self
+            .runtime
+            .block_on(self.llm.turn_end_probability(messages))?;
+        let took = started.elapsed();
+        self.answers
+            .borrow_mut()
+            .insert(words.to_owned(), (p, took));
+        Ok((p, took))
+    }
 }
 
 /// 16 kHz samples per ms.
 const PER_MS: usize = 16;
+/// How far short of the voice's end a streaming transcript may stop and count as having
+/// heard it (the agent's `HEARD_SLACK`).
+const HEARD_SLACK_MS: usize = 100;
 const CHUNK: Duration = Duration::from_millis(32);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -187,6 +255,13 @@ fn speak(voice: &str, text: &str) -> anyhow::Result<Vec<u8>> {
 struct Mode {
     name: &'static str,
     turn_taking: TurnTaking,
+    /// The LLM judges the words at pauses (streamed through Whisper) instead of Smart Turn
+    /// judging the audio.
+    words: bool,
+    /// With `words`: count each judgement as taking this long, not what it took here.
+    assume_llm: Option<Duration>,
+    /// With `words`: `llmEndOfTurnThreshold`.
+    threshold: f32,
 }
 
 /// What one case did.
@@ -202,6 +277,8 @@ struct Outcome {
     hits: usize,
     /// What streaming STT heard of speech held for its words (interim, or final at its end).
     heard: Option<String>,
+    /// What the LLM judged at each pause: the words and its probability of the turn's end.
+    judged: Vec<(String, f32)>,
 }
 
 /// Speech over the agent streamed to Whisper on the virtual clock, as the Riva service
@@ -210,10 +287,12 @@ struct Listening {
     utterance: Utterance,
     /// How much the last decode started with took.
     attempted: usize,
-    /// A decode's text and the sample it arrives at.
-    running: Option<(String, usize)>,
+    /// A decode's text, the sample it arrives at, and the samples it heard.
+    running: Option<(String, usize, usize)>,
     /// The latest interim transcript.
     interim: String,
+    /// The samples the latest interim transcript heard.
+    interim_heard: usize,
 }
 
 impl Listening {
@@ -223,6 +302,7 @@ impl Listening {
             attempted: 0,
             running: None,
             interim: String::new(),
+            interim_heard: 0,
         })
     }
 
@@ -235,23 +315,49 @@ impl Listening {
     /// Advances to sample `now`: a decode due by then gives its interim, and a new one
     /// starts when the policy asks.
     fn tick(&mut self, now: usize, whisper: &WhisperStt) -> anyhow::Result<()> {
-        if let Some((_, due)) = &self.running
+        if let Some((_, due, _)) = &self.running
             && *due <= now
         {
-            let (text, _) = self.running.take().context("checked")?;
+            let (text, _, heard) = self.running.take().context("checked")?;
             if !text.is_empty() {
                 self.interim = text;
             }
+            self.interim_heard = heard;
         }
         if self.running.is_none()
             && Policy::default().should_decode(&self.utterance, self.attempted)
         {
-            let upto = self.utterance.decode_end();
-            self.attempted = upto;
-            let (text, took) = decode(whisper, &self.utterance.pcm16k(upto))?;
-            self.running = Some((text, now + took.as_millis() as usize * PER_MS));
+            self.start_decode(now, whisper)?;
         }
         Ok(())
+    }
+
+    fn start_decode(&mut self, now: usize, whisper: &WhisperStt) -> anyhow::Result<()> {
+        let upto = self.utterance.decode_end();
+        self.attempted = upto;
+        let (text, took) = decode(whisper, &self.utterance.pcm16k(upto))?;
+        self.running = Some((text, now + took.as_millis() as usize * PER_MS, upto));
+        Ok(())
+    }
+
+    /// The transcript that heard the voice up to `voice_end` (samples, less the agent's
+    /// slack), and the sample it is ready at, `now` or later: the running decode's, the
+    /// latest interim's, or a decode started now.
+    fn heard_up_to(
+        &mut self,
+        voice_end: usize,
+        now: usize,
+        whisper: &WhisperStt,
+    ) -> anyhow::Result<(String, usize)> {
+        let voice_end = voice_end.saturating_sub(HEARD_SLACK_MS * PER_MS);
+        if self.interim_heard >= voice_end {
+            return Ok((self.interim.clone(), now));
+        }
+        if !matches!(&self.running, Some((_, _, heard)) if *heard >= voice_end) {
+            self.start_decode(now, whisper)?;
+        }
+        let (text, due, _) = self.running.clone().context("a decode runs")?;
+        Ok((text, due.max(now)))
     }
 
     /// The final transcript of everything heard, and how long it took.
@@ -271,12 +377,14 @@ fn run(
     mode: &Mode,
     vad: &SileroVad,
     model: Option<&SmartTurn>,
+    judge: Option<&WordsJudge>,
     whisper: &WhisperStt,
 ) -> anyhow::Result<Outcome> {
     let agent_speaking = matches!(case.kind, Kind::Backchannel | Kind::Interruption);
     let words = mode.turn_taking.interruption_words.as_ref();
-    // Only speech over the agent is held for its words; nothing else needs a transcript.
-    let streams = agent_speaking && words.is_some();
+    // Speech over the agent held for its words needs a transcript, and so does every
+    // utterance whose pauses the LLM judges.
+    let streams = (agent_speaking && words.is_some()) || judge.is_some();
     let mut listening: Option<Listening> = None;
     let mut state = vad.new_state();
     let mut meter = QuietMeter::new();
@@ -356,6 +464,28 @@ fn run(
         }
         if let Some(TurnEvent::Pause(pause)) = event {
             outcome.announced += 1;
+            if let (Some(judge), Some(stream), Some(semantic)) =
+                (judge, listening.as_mut(), mode.turn_taking.semantic)
+            {
+                // The agent reads the streaming transcript that heard the voice up to the
+                // pause, then asks the LLM: the answer arrives as much later as both took.
+                let voice_end = stream
+                    .utterance
+                    .len()
+                    .saturating_sub(semantic.min_silence.as_millis() as usize * PER_MS);
+                let (text, ready) = stream.heard_up_to(voice_end, end, whisper)?;
+                let (p, took) = judge.judge(&text)?;
+                let complete = p >= mode.threshold;
+                let took = mode.assume_llm.unwrap_or(took);
+                let due = ready + took.as_millis() as usize * PER_MS;
+                outcome
+                    .judgements
+                    .push(Duration::from_millis(ms(due - end) as u64));
+                outcome.judged.push((text, p));
+                pending = Some((pause, due, complete));
+                previous = chunk;
+                continue;
+            }
             let Some(model) = model else {
                 // Silence alone: the pause only starts a speculative reply.
                 previous = chunk;
@@ -416,40 +546,98 @@ fn main() -> anyhow::Result<()> {
         }),
         ..silence(plain)
     };
-    let modes = [
+    let word_needed = Some(InterruptionWords {
+        min_words: 1,
+        max_wait: Duration::from_millis(1000),
+        backchannels: Backchannels::default(),
+    });
+    let mut modes = vec![
         Mode {
             name: "silence 200 ms",
             turn_taking: silence(200),
+            words: false,
+            assume_llm: None,
+            threshold: 0.0,
         },
         Mode {
             name: "silence 300 ms (default)",
             turn_taking: silence(300),
+            words: false,
+            assume_llm: None,
+            threshold: 0.0,
         },
         Mode {
             name: "silence 800 ms",
             turn_taking: silence(800),
+            words: false,
+            assume_llm: None,
+            threshold: 0.0,
         },
         Mode {
             name: "Smart Turn at 200 ms, max 2 s",
             turn_taking: semantic(300),
+            words: false,
+            assume_llm: None,
+            threshold: 0.0,
         },
         Mode {
             name: "silence 300 ms, interruptions need a word (streaming Whisper)",
             turn_taking: TurnTaking {
-                interruption_words: Some(InterruptionWords {
-                    min_words: 1,
-                    max_wait: Duration::from_millis(1000),
-                    backchannels: Backchannels::new(
-                        &DEFAULT_BACKCHANNELS
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect::<Vec<_>>(),
-                    ),
-                }),
+                interruption_words: word_needed.clone(),
                 ..silence(300)
             },
+            words: false,
+            assume_llm: None,
+            threshold: 0.0,
         },
     ];
+    let judge = match &args.llm_url {
+        Some(url) => {
+            let first = *args
+                .llm_threshold
+                .first()
+                .context("--llm-threshold needs a value")?;
+            // A bench binary: the names live as long as the run anyway.
+            let name = |text: String| -> &'static str { Box::leak(text.into_boxed_str()) };
+            modes.push(Mode {
+                name: name(format!(
+                    "LLM judges the words at 200 ms, max 2 s, threshold {first} (streaming Whisper)"
+                )),
+                turn_taking: semantic(300),
+                words: true,
+                assume_llm: None,
+                threshold: first,
+            });
+            modes.push(Mode {
+                name: "the same, and interruptions need a word",
+                turn_taking: TurnTaking {
+                    interruption_words: word_needed.clone(),
+                    ..semantic(300)
+                },
+                words: true,
+                assume_llm: None,
+                threshold: first,
+            });
+            if let Some(ms) = args.assume_llm_ms {
+                for &threshold in &args.llm_threshold {
+                    modes.push(Mode {
+                        name: name(format!(
+                            "LLM judges the words, each answer counted as {ms} ms, threshold {threshold}"
+                        )),
+                        turn_taking: semantic(300),
+                        words: true,
+                        assume_llm: Some(Duration::from_millis(ms)),
+                        threshold,
+                    });
+                }
+            }
+            Some(WordsJudge::new(url, &args.llm_model)?)
+        }
+        None => {
+            eprintln!("(no --llm-url: the modes where the LLM judges the words are left out)");
+            None
+        }
+    };
     let count = |k: Kind| cases.iter().filter(|c| c.kind == k).count();
     println!(
         "{} paused sentences, {} complete answers, {} backchannels, {} interruptions (Piper and espeak-ng voices, 8 kHz mu-law); barge-in after {} ms of speech",
@@ -461,11 +649,15 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| end of turn | premature cut-offs | end-of-turn delay p50 / p95 | false barge-ins | missed barge-ins | barge-in into the voice p50 / p95 | speculative hit rate (at 200 ms) | Smart Turn judgement p50 / p95 |"
+        "| end of turn | premature cut-offs | end-of-turn delay p50 / p95 | false barge-ins | missed barge-ins | barge-in into the voice p50 / p95 | speculative hit rate (at 200 ms) | judgement p50 / p95 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for mode in &modes {
-        let model = mode.turn_taking.semantic.map(|_| &model);
+        let (model, words_judge) = match (mode.words, mode.turn_taking.semantic) {
+            (true, _) => (None, judge.as_ref()),
+            (false, Some(_)) => (Some(&model), None),
+            (false, None) => (None, None),
+        };
         let (mut cut_off, mut turns) = (0, 0);
         let (mut false_barge, mut missed_barge) = (0, 0);
         let mut delays = Vec::new();
@@ -473,7 +665,7 @@ fn main() -> anyhow::Result<()> {
         let mut judgements = Vec::new();
         let (mut announced, mut hits) = (0, 0);
         for case in &cases {
-            let outcome = run(case, mode, &vad, model, &whisper)?;
+            let outcome = run(case, mode, &vad, model, words_judge, &whisper)?;
             announced += outcome.announced;
             hits += outcome.hits;
             judgements.extend(outcome.judgements.iter().map(|d| d.as_secs_f64() * 1000.0));
@@ -518,6 +710,16 @@ fn main() -> anyhow::Result<()> {
             let verdict = match &outcome.heard {
                 Some(text) => format!("{verdict} (heard {text:?})"),
                 None => verdict,
+            };
+            let judged: Vec<String> = outcome
+                .judged
+                .iter()
+                .map(|(text, p)| format!("{text:?} {p:.3}"))
+                .collect();
+            let verdict = if judged.is_empty() {
+                verdict
+            } else {
+                format!("{verdict} [judged {}]", judged.join(", "))
             };
             if args.verbose {
                 eprintln!("{:32} {:60} {verdict}", mode.name, case.name);

@@ -9,7 +9,10 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{ApiError, AppState, check_model};
-use crate::llm::{ChatMessage, GEMMA3_ROLE_ORDER_ERROR, GenerationParams, Role, gemma3_accepts};
+use crate::llm::{
+    ChatMessage, GEMMA3_ROLE_ORDER_ERROR, GenerationParams, MAX_TOP_LOGPROBS, PromptEnd, Role,
+    gemma3_accepts,
+};
 
 /// The request body; fields the engine does not use are ignored, as OpenAI servers do.
 #[derive(Debug, Deserialize)]
@@ -23,6 +26,15 @@ pub(crate) struct ChatRequest {
     #[serde(default)]
     stream: bool,
     n: Option<u32>,
+    /// Whether to return each generated token's logprob (non-streamed responses only).
+    logprobs: Option<bool>,
+    /// Alternatives per token with `logprobs` (0 to 20).
+    top_logprobs: Option<i64>,
+    /// vLLM's chat-template flag: open an assistant turn after the messages (default true).
+    add_generation_prompt: Option<bool>,
+    /// vLLM's chat-template flag: leave the last message open for the model to continue.
+    #[serde(default)]
+    continue_final_message: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +161,40 @@ pub(crate) fn validate(req: ChatRequest, state: &AppState) -> Result<ChatJob, Ap
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
+    let prompt_end = match (req.add_generation_prompt, req.continue_final_message) {
+        (Some(true), true) => {
+            return Err(ApiError::invalid(
+                "continue_final_message",
+                "continue_final_message and add_generation_prompt cannot both be true",
+            ));
+        }
+        (_, true) => PromptEnd::ContinueLast,
+        (Some(false), false) => PromptEnd::Closed,
+        (None | Some(true), false) => PromptEnd::Reply,
+    };
+    let top_logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs set to true",
+            ));
+        }
+        (true, _) if req.stream => {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "logprobs are served with non-streamed responses only (stream: false)",
+            ));
+        }
+        (true, None) => Some(0),
+        (true, Some(n)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => usize::try_from(n).ok(),
+        (true, Some(n)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+            ));
+        }
+    };
     let stop = match req.stop {
         None => Vec::new(),
         Some(StopField::One(s)) => vec![s],
@@ -164,6 +210,8 @@ pub(crate) fn validate(req: ChatRequest, state: &AppState) -> Result<ChatJob, Ap
             max_tokens,
             temperature,
             stop,
+            prompt_end,
+            top_logprobs,
         },
         stream: req.stream,
     })
@@ -212,6 +260,7 @@ async fn run(state: Arc<AppState>, job: ChatJob) -> Result<Response, ApiError> {
     };
 
     if !job.stream {
+        let wants_logprobs = job.params.top_logprobs.is_some();
         let task_state = Arc::clone(&state);
         let result = tokio::task::spawn_blocking(move || {
             let _admission = admission;
@@ -234,9 +283,13 @@ async fn run(state: Arc<AppState>, job: ChatJob) -> Result<Response, ApiError> {
         .await
         .map_err(|e| ApiError::engine(format!("generation task failed: {e}")))?;
         let (text, stats) = result.map_err(|e| ApiError::engine(e.to_string()))?;
+        let logprobs = wants_logprobs.then(
+            || json!({"content": stats.logprobs.iter().map(logprob_json).collect::<Vec<_>>()}),
+        );
         let body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": job.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "logprobs": logprobs,
                          "finish_reason": finish_name(stats.finish_reason)}],
             "usage": {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
                       "total_tokens": stats.prompt_tokens + stats.completion_tokens},
@@ -310,4 +363,24 @@ async fn run(state: Arc<AppState>, job: ChatJob) -> Result<Response, ApiError> {
             (header::CACHE_CONTROL, "no-cache".to_owned()),
         ],
     ))
+}
+
+/// One token's entry in a chat completion's `logprobs.content`, as OpenAI and vLLM write it.
+#[cfg(feature = "llama")]
+fn logprob_json(entry: &crate::llm::TokenLogprob) -> serde_json::Value {
+    // JSON has no -infinity: a token the model gave no chance gets OpenAI's floor.
+    let finite = |lp: f32| if lp.is_finite() { lp } else { -9999.0 };
+    let top: Vec<serde_json::Value> = entry
+        .top
+        .iter()
+        .map(|(token, lp)| {
+            serde_json::json!({"token": token, "logprob": finite(*lp), "bytes": token.as_bytes()})
+        })
+        .collect();
+    serde_json::json!({
+        "token": entry.token,
+        "logprob": finite(entry.logprob),
+        "bytes": entry.token.as_bytes(),
+        "top_logprobs": top,
+    })
 }
