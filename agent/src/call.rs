@@ -403,6 +403,7 @@ async fn receive(
         state: state.clone(),
         shared: shared.clone(),
         judgements: state.turn_judgements(),
+        judging: tokio::task::JoinSet::new(),
         permit_wait: permit_wait(&state.turn_taking()),
         speculative: state.config.turn_taking.speculative_replies,
         speculating: None,
@@ -531,6 +532,8 @@ struct Detector {
     shared: Arc<Shared>,
     /// The process's permits for judgements, shared by every call.
     judgements: Arc<tokio::sync::Semaphore>,
+    /// Judgements under way, aborted with the call.
+    judging: tokio::task::JoinSet<()>,
     /// How long a question may wait for a permit: until the plain end-of-turn silence would
     /// have ended the turn, so an overloaded pod degrades to silence-only turn-taking instead
     /// of making callers wait for the maximum silence.
@@ -623,8 +626,8 @@ impl Detector {
             });
         }
         if let Some(pause) = ask {
-            match &self.judge {
-                Some(TurnJudge::Audio(model)) => self.ask(pause, model.clone()),
+            match self.judge.clone() {
+                Some(TurnJudge::Audio(model)) => self.ask(pause, model),
                 Some(TurnJudge::Words { .. }) => self.ask_words(pause),
                 None => {}
             }
@@ -660,7 +663,7 @@ impl Detector {
     /// model on a blocking thread; the answer comes back through `verdicts` while the call
     /// goes on listening. A model that cannot answer, or cannot get a permit in time, ends
     /// the turn as if it said complete.
-    fn ask(&self, pause: u64, model: Arc<SmartTurn>) {
+    fn ask(&mut self, pause: u64, model: Arc<SmartTurn>) {
         let from = self
             .utterance
             .len()
@@ -688,7 +691,19 @@ impl Detector {
                 }
             }
         };
-        tokio::spawn(deliver(self.verdicts.clone(), pause, judging).in_current_span());
+        self.spawn_judgement(pause, judging);
+    }
+
+    /// Runs a judgement owned by the call: dropping the detector (the call ended) aborts it,
+    /// so no model request outlives the call.
+    fn spawn_judgement(
+        &mut self,
+        pause: u64,
+        judging: impl std::future::Future<Output = Judgement> + Send + 'static,
+    ) {
+        while self.judging.try_join_next().is_some() {}
+        self.judging
+            .spawn(deliver(self.verdicts.clone(), pause, judging).in_current_span());
     }
 
     /// Asks the LLM pool whether the caller's words so far end their turn, after the
@@ -696,7 +711,7 @@ impl Detector {
     /// the pause (or, without a stream or when it dies, a transcription of the utterance). The
     /// answer comes back through `verdicts`; the maximum silence ends the turn meanwhile
     /// whatever it says, and a model that cannot answer ends it as if it said complete.
-    fn ask_words(&self, pause: u64) {
+    fn ask_words(&mut self, pause: u64) {
         let Some(semantic) = self.endpointer.semantic() else {
             return;
         };
@@ -713,7 +728,7 @@ impl Detector {
                 .await
                 .unwrap_or(Judgement::Busy)
         };
-        tokio::spawn(deliver(self.verdicts.clone(), pause, judging).in_current_span());
+        self.spawn_judgement(pause, judging);
     }
 
     /// The model's answer: a complete utterance ends the turn now; an incomplete one waits.
