@@ -731,6 +731,53 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_count_every_turn_ending_token_as_one_and_list_the_rest_by_likelihood() {
+        // Tokens 1 and 3 end the turn (a newline, the end of text): together e^2 + e^1.
+        let logits = [0.0f32, 2.0, 3.0, 1.0, -1.0];
+        let ends = [false, true, false, true, false];
+        let place = top_logprobs(&logits, &ends, 2);
+        let total: f32 = logits.iter().map(|l| l.exp()).sum();
+        let end = place.end.unwrap();
+        assert!((end.exp() - (2f32.exp() + 1f32.exp()) / total).abs() < 1e-5);
+        let ids: Vec<usize> = place.top.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, [2, 0], "the likeliest others, most likely first");
+        assert!((place.top[0].1.exp() - 3f32.exp() / total).abs() < 1e-5);
+        // log_total normalises: the turn's end and the other tokens sum to one.
+        let others: f32 = [0usize, 2, 4]
+            .iter()
+            .map(|&i| (logits[i] - place.log_total).exp())
+            .sum();
+        assert!((end.exp() + others - 1.0).abs() < 1e-5);
+        // Nothing ends the turn: no entry for it; no alternatives asked: none listed.
+        let place = top_logprobs(&logits, &[false; 5], 0);
+        assert_eq!(place.end, None);
+        assert!(place.top.is_empty());
+    }
+
+    #[test]
+    fn a_continued_message_is_left_open_and_a_closed_one_opens_nothing() {
+        let messages = [
+            ChatMessage::new(Role::System, "You work for Acme Dental."),
+            ChatMessage::new(Role::User, "My number is five five five"),
+        ];
+        let open = build_prompt_ending(&messages, PromptEnd::ContinueLast).unwrap();
+        assert!(
+            open.ends_with("Caller: My number is five five five"),
+            "{open:?}"
+        );
+        let closed = build_prompt_ending(&messages, PromptEnd::Closed).unwrap();
+        assert!(
+            closed.ends_with("Caller: My number is five five five\n"),
+            "{closed:?}"
+        );
+        assert!(
+            build_prompt(&messages)
+                .unwrap()
+                .ends_with("five\nAssistant:")
+        );
+    }
+
+    #[test]
     fn a_conversation_without_a_caller_message_is_refused() {
         assert!(matches!(
             build_prompt(&[ChatMessage::new(Role::System, "x")]),
