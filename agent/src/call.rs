@@ -27,7 +27,7 @@ use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
 use crate::server::{AgentState, TurnJudge};
 use crate::turn::{
-    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words, open_words,
+    Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words,
     words_besides_backchannels,
 };
 use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
@@ -823,7 +823,7 @@ async fn deliver(
 /// How far short of the voice's end (as the agent heard it) a streaming transcript may stop
 /// and still count as having heard it: the STT server finds the end of the voice by its own
 /// measure, which may put it a little earlier.
-const HEARD_SLACK: Duration = Duration::from_millis(100);
+pub const HEARD_SLACK: Duration = Duration::from_millis(100);
 
 /// The LLM pool's judgement of the caller's words so far (see [`Detector::ask_words`]).
 async fn judge_words(
@@ -861,7 +861,7 @@ async fn judge_words(
         },
     };
     // No words (a noise) leave nothing to wait for; the turn's transcript decides the rest.
-    let Some(messages) = shared.conversation().request(open_words(&words)) else {
+    let Some(messages) = shared.conversation().judging(&words) else {
         return Judgement::Probability(1.0);
     };
     match state.backends.llm.turn_end_probability(messages).await {
@@ -1007,16 +1007,15 @@ async fn converse(
     }
 
     let goodbye = state.goodbye.clone();
+    let judged_by_words = matches!(state.turn_judge(), Some(TurnJudge::Words { .. }));
     loop {
-        // What the end-of-turn judgement reads the caller's next words after: the history
-        // with whatever of the current reply the caller has heard whole.
-        {
+        // What the LLM's end-of-turn judgement reads the caller's next words after: the
+        // history with whatever of the current reply the caller has heard whole. Only that
+        // judgement reads it, so agents without it skip the copy on every event.
+        if judged_by_words {
             let mut preview = history.clone();
             preview_turn(&running, &mut preview, &acked, None);
-            let mut published = shared.conversation();
-            if *published != preview {
-                *published = preview;
-            }
+            *shared.conversation() = preview;
         }
         tokio::select! {
             event = events.recv() => {

@@ -71,6 +71,13 @@ impl Conversation {
         messages.extend(turns);
         Some(messages)
     }
+
+    /// The messages that ask the LLM whether the caller, who has said `transcript` so far,
+    /// has finished: [`Conversation::request`] with the words left open
+    /// ([`crate::turn::open_words`]); `None` when there are no words to judge.
+    pub fn judging(&self, transcript: &str) -> Option<Vec<ChatMessage>> {
+        self.request(crate::turn::open_words(transcript))
+    }
 }
 
 /// Appends `text` from `role` to `turns`, keeping them alternating from the user.
@@ -117,6 +124,24 @@ mod tests {
             "{roles:?}"
         );
         assert!(messages.iter().all(|m| !m.content.trim().is_empty()));
+    }
+
+    #[test]
+    fn a_judgement_asks_about_the_open_words_after_the_call_so_far() {
+        let mut c = Conversation::new(SYSTEM);
+        c.agent("Hello! How can I help?");
+        let messages = c.judging(" I'd like a pizza with. ").unwrap();
+        assert_well_formed(&messages);
+        assert_eq!(
+            said(&messages).last(),
+            Some(&(Role::User, "I'd like a pizza with")),
+            "STT's closing period is left off"
+        );
+        assert_eq!(
+            said(&c.judging("Can you repeat that?").unwrap()).last(),
+            Some(&(Role::User, "Can you repeat that?"))
+        );
+        assert_eq!(c.judging("."), None, "no words, nothing to judge");
     }
 
     #[test]

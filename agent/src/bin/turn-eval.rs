@@ -34,11 +34,12 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use grokcast_agent::backend::Llm as _;
 use grokcast_agent::backend::openai::OpenAiLlm;
+use grokcast_agent::call::HEARD_SLACK;
 use grokcast_agent::config::{DEFAULT_LLM_END_OF_TURN_THRESHOLD, Persona};
 use grokcast_agent::conversation::Conversation;
 use grokcast_agent::turn::{
     Backchannels, Chunk, END_OF_TURN_PROBABILITY, Endpointer, InterruptionWords, QuietMeter,
-    SemanticEndpointing, TurnEvent, TurnTaking, open_words,
+    SemanticEndpointing, TurnEvent, TurnTaking,
 };
 use grokcast_agent::{caller, codec, demo, resample::StreamResampler};
 use grokcast_engines::models::{ModelPaths, init_onnxruntime};
@@ -98,7 +99,7 @@ impl WordsJudge {
 
     /// How likely `words` end the turn, and how long the LLM took to say.
     fn judge(&self, words: &str) -> anyhow::Result<(f32, Duration)> {
-        let Some(messages) = self.conversation.request(open_words(words)) else {
+        let Some(messages) = self.conversation.judging(words) else {
             return Ok((1.0, Duration::ZERO));
         };
         if let Some(&answer) = self.answers.borrow().get(words) {
@@ -118,9 +119,6 @@ impl WordsJudge {
 
 /// 16 kHz samples per ms.
 const PER_MS: usize = 16;
-/// How far short of the voice's end a streaming transcript may stop and count as having
-/// heard it (the agent's `HEARD_SLACK`).
-const HEARD_SLACK_MS: usize = 100;
 const CHUNK: Duration = Duration::from_millis(32);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -349,7 +347,7 @@ impl Listening {
         now: usize,
         whisper: &WhisperStt,
     ) -> anyhow::Result<(String, usize)> {
-        let voice_end = voice_end.saturating_sub(HEARD_SLACK_MS * PER_MS);
+        let voice_end = voice_end.saturating_sub(HEARD_SLACK.as_millis() as usize * PER_MS);
         if self.interim_heard >= voice_end {
             return Ok((self.interim.clone(), now));
         }
