@@ -13,11 +13,12 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=grokcast-agent-target \
-    cargo build --release --locked -p grokcast-agent --bin grokcast-agent \
- && install -D -m 0755 target/release/grokcast-agent /out/grokcast-agent
+    cargo build --release --locked -p grokcast-agent --bin grokcast-agent -p grokcast-harness --bin grokcast-harness \
+ && install -D -m 0755 target/release/grokcast-agent /out/grokcast-agent \
+ && install -D -m 0755 target/release/grokcast-harness /out/grokcast-harness
 
 # debian-slim rather than distroless: the agent loads libonnxruntime with dlopen, links
-# libespeak-ng (Piper phonemes for embedded voices), and `grokcast-agent call` speaks the
+# libespeak-ng (Piper phonemes for embedded voices), and `grokcast-harness call` speaks the
 # caller's lines with the espeak-ng command.
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
@@ -28,6 +29,9 @@ LABEL org.opencontainers.image.title="grokcast-agent" \
       org.opencontainers.image.source="https://github.com/grokcast/grokcast" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/grokcast-agent /usr/local/bin/grokcast-agent
+# The test caller (a separate binary: nothing of it is in the agent that answers calls), for
+# placing a signed test call from inside the cluster (docs/quickstart.md).
+COPY --from=build /out/grokcast-harness /usr/local/bin/grokcast-harness
 COPY models/vad/ /opt/grokcast/models/vad/
 COPY models/onnxruntime/ /opt/grokcast/models/onnxruntime/
 # Smart Turn v3.2 (8.7 MB), loaded when a VoiceAgent sets turnTaking.endOfTurnModel: smart-turn.

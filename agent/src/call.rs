@@ -1,74 +1,39 @@
-//! One phone call: a receive task (Twilio -> VAD -> turn events), a conversation task (turns:
+//! One call: a receive task (caller audio -> VAD -> turn events), a conversation task (turns:
 //! STT -> LLM -> clauses -> TTS -> frames) and a send task (paced frames, marks, clear), joined
-//! by bounded channels and torn down together by one `select!`.
+//! by bounded channels and torn down together by one `select!`. The call reads and speaks
+//! through a [`crate::transport`], so the same loop serves every way a caller connects.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use grokcast_engines::smart_turn::{self, SmartTurn};
 use grokcast_engines::vad::{CHUNK_SAMPLES, VadState};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::backend::{BackendError, StreamingStt, SttStream};
 use crate::clause::ClauseSplitter;
 use crate::clips::FrameEncoder;
-use crate::codec;
+use crate::context::{CallContext, TurnJudge, TurnTimings};
 use crate::conversation::Conversation;
 use crate::metrics::{HELD_OUTCOMES, Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
-use crate::server::{AgentState, TurnJudge};
+use crate::transport::{FromCaller, Received, ToCaller, TransportError};
 use crate::turn::{
     Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words,
     words_besides_backchannels,
 };
-use crate::twilio::protocol::{MAX_MEDIA_BYTES, OutboundEncoder, StreamEvent, StreamParser};
 
-/// Time allowed between the socket opening and Twilio's `start`.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the goodbye to be played before the socket is closed anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(10);
 /// VAD chunk duration.
 const VAD_CHUNK: Duration = Duration::from_millis(32);
-
-/// Where a turn's time went; carried with its first audio so the send task can measure the
-/// turn's latency at the moment the first frame really goes out.
-#[derive(Debug, Clone, Copy)]
-pub struct TurnTimings {
-    /// When the caller's voice ended: the last loud sample of the turn, on this process's
-    /// clock (see `turn`'s module documentation).
-    pub caller_stopped: Instant,
-    /// The voice's end to the decision that the turn was over (the silence waited for, the
-    /// resampler's delay and any end-of-turn model's judgement).
-    pub endpointing: Duration,
-    /// Speech to text.
-    pub stt: Duration,
-    /// LLM request to first token.
-    pub llm_first_token: Duration,
-    /// LLM request to the first complete clause (model time before TTS can start).
-    pub llm_first_clause: Duration,
-    /// First clause's TTS request to its first audio.
-    pub tts_first_audio: Duration,
-}
-
-/// One turn's latency figures, as measured when its first frame was sent.
-#[derive(Debug, Clone, Copy)]
-pub struct TurnSample {
-    /// Caller stops -> first agent frame sent.
-    pub latency: Duration,
-    /// Latency minus endpointing and model time: the agent's own overhead.
-    pub agent: Duration,
-    /// The parts.
-    pub timings: TurnTimings,
-}
 
 /// What the receive task tells the conversation.
 #[derive(Debug)]
@@ -149,7 +114,7 @@ struct Heard {
 
 impl Shared {
     /// What the caller has heard of the clause being sent: what was sent less what is still
-    /// buffered at Twilio, unplayed.
+    /// buffered at the caller's side, unplayed.
     fn heard(&self, now: Instant) -> Heard {
         let progress = *self.progress();
         let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
@@ -182,98 +147,20 @@ impl Shared {
 /// Why a call ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// A protocol violation.
+    /// The transport failed or the peer broke its protocol.
     #[error(transparent)]
-    Protocol(#[from] crate::twilio::protocol::ProtocolError),
-    /// The socket failed.
-    #[error("call {call}: websocket: {message}")]
-    Socket {
-        /// The call.
-        call: String,
-        /// What failed.
-        message: String,
-    },
-    /// No `start` within [`START_TIMEOUT`].
-    #[error("no start message within {0:?}")]
-    NoStart(Duration),
+    Transport(#[from] TransportError),
     /// Voice activity detection failed.
-    #[error("call {call}: voice activity detection: {message}")]
-    Vad {
-        /// The call.
-        call: String,
-        /// What failed.
-        message: String,
-    },
+    #[error("voice activity detection: {0}")]
+    Vad(String),
 }
 
-/// Runs one call on an upgraded socket; returns how it ended.
-pub async fn run(state: Arc<AgentState>, socket: WebSocket) -> Outcome {
-    let (sink, mut stream) = socket.split();
-    let mut parser = StreamParser::new();
-    let start = tokio::time::timeout(START_TIMEOUT, async {
-        while let Some(message) = stream.next().await {
-            match message {
-                Ok(Message::Text(text)) => match parser.parse(text.as_str())? {
-                    StreamEvent::Start(meta) => return Ok(Some(meta)),
-                    StreamEvent::Connected => continue,
-                    // `parse` refuses every other event before `start`.
-                    _ => continue,
-                },
-                Ok(Message::Binary(b)) => {
-                    return Err(CallError::Protocol(parser.error(
-                        crate::twilio::protocol::ProtocolErrorKind::BinaryFrame(b.len()),
-                    )));
-                }
-                Ok(Message::Close(_)) => return Ok(None),
-                Ok(_) => continue,
-                Err(e) => {
-                    return Err(CallError::Socket {
-                        call: "unknown call".into(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(None)
-    })
-    .await;
-    let meta = match start {
-        Ok(Ok(Some(meta))) => meta,
-        Ok(Ok(None)) => return Outcome::Disconnected,
-        Ok(Err(e)) => {
-            warn!(error = %e, "call refused before start");
-            return Outcome::ProtocolError;
-        }
-        Err(_) => {
-            warn!(error = %CallError::NoStart(START_TIMEOUT), "call refused");
-            return Outcome::ProtocolError;
-        }
-    };
-    let token = meta
-        .custom_parameters
-        .get(crate::twilio::stream_token::PARAMETER)
-        .map(String::as_str);
-    if let Err(e) = state.redeem_stream_token(token, &meta.call_sid) {
-        warn!(call_sid = %meta.call_sid, error = %e, "stream refused");
-        return Outcome::ProtocolError;
-    }
-    let span = info_span!("call", call_sid = %meta.call_sid, stream_sid = %meta.stream_sid);
-    async move {
-        info!(parameters = ?meta.custom_parameters.keys().collect::<Vec<_>>(), "call started");
-        let outcome = session(state, sink, stream, parser, meta.stream_sid.clone()).await;
-        info!(outcome = outcome.label(), "call ended");
-        outcome
-    }
-    .instrument(span)
-    .await
-}
-
-async fn session(
-    state: Arc<AgentState>,
-    sink: SplitSink<WebSocket, Message>,
-    stream: SplitStream<WebSocket>,
-    parser: StreamParser,
-    stream_sid: String,
+/// Runs one call over a transport whose handshake is done; returns how it ended. The caller
+/// of this function names the call in its tracing span.
+pub async fn run(
+    state: Arc<CallContext>,
+    from_caller: impl FromCaller,
+    to_caller: impl ToCaller,
 ) -> Outcome {
     let shared = Arc::new(Shared {
         generation: AtomicU64::new(0),
@@ -289,13 +176,12 @@ async fn session(
     // Receiving and sending run as their own tasks (in parallel on a multi-thread runtime);
     // the conversation runs here. Dropping the guards aborts whichever is still running.
     let mut receiver = TaskGuard(tokio::spawn(
-        receive(state.clone(), stream, parser, events_tx, shared.clone()).in_current_span(),
+        receive(state.clone(), from_caller, events_tx, shared.clone()).in_current_span(),
     ));
     let mut sender = TaskGuard(tokio::spawn(
         send(
             state.clone(),
-            sink,
-            stream_sid,
+            to_caller,
             playout_rx,
             clear_rx,
             shared.clone(),
@@ -327,7 +213,7 @@ async fn session(
 fn receive_outcome(result: Result<Result<(), CallError>, tokio::task::JoinError>) -> Outcome {
     match result {
         Ok(Ok(())) => Outcome::Completed,
-        Ok(Err(CallError::Protocol(e))) => {
+        Ok(Err(CallError::Transport(e @ TransportError::Protocol(_)))) => {
             warn!(error = %e, "call ended by a protocol error");
             Outcome::ProtocolError
         }
@@ -365,28 +251,21 @@ fn samples_16k(n: usize) -> Duration {
     grokcast_engines::audio::duration(n, 16_000)
 }
 
-/// Reads Twilio's messages: audio through the resampler and VAD into turn events.
+/// Reads the caller's side: audio through the resampler and VAD into turn events.
 async fn receive(
-    state: Arc<AgentState>,
-    mut stream: SplitStream<WebSocket>,
-    mut parser: StreamParser,
+    state: Arc<CallContext>,
+    mut from_caller: impl FromCaller,
     events: mpsc::Sender<CallEvent>,
     shared: Arc<Shared>,
 ) -> Result<(), CallError> {
-    let call = parser.call_sid().unwrap_or("unknown call").to_string();
-    let socket_err = |e: axum::Error| CallError::Socket {
-        call: call.clone(),
-        message: e.to_string(),
-    };
-    let resample_err = |e: crate::resample::ResampleError| CallError::Vad {
-        call: call.clone(),
-        message: e.to_string(),
-    };
-    let mut upsampler = StreamResampler::new(8000, 16_000).map_err(resample_err)?;
+    let resample_err = |e: crate::resample::ResampleError| CallError::Vad(e.to_string());
+    let mut upsampler =
+        StreamResampler::new(from_caller.sample_rate(), 16_000).map_err(resample_err)?;
     // Samples the upsampler holds back: the newest chunk ends this much before the audio
     // that has arrived.
     let upsampler_delay = upsampler.output_delay();
-    let mut decoded = vec![0f32; MAX_MEDIA_BYTES];
+    // One message's audio at the transport's rate, reused.
+    let mut decoded: Vec<f32> = Vec::with_capacity(1024);
     // The end-of-turn model's answers; the detector keeps the sender, so this never closes.
     let (verdicts, mut verdicts_rx) = mpsc::channel(4);
     let mut detector = Detector {
@@ -413,9 +292,10 @@ async fn receive(
         streamed: 0,
     };
     loop {
-        let message = tokio::select! {
-            message = stream.next() => match message {
-                Some(message) => message,
+        decoded.clear();
+        let received = tokio::select! {
+            received = from_caller.next(&mut decoded) => match received? {
+                Some(received) => received,
                 None => break,
             },
             Some(verdict) = verdicts_rx.recv() => {
@@ -428,26 +308,12 @@ async fn receive(
                 continue;
             }
         };
-        let text = match message.map_err(socket_err)? {
-            Message::Text(text) => text,
-            Message::Binary(b) => {
-                return Err(parser
-                    .error(crate::twilio::protocol::ProtocolErrorKind::BinaryFrame(
-                        b.len(),
-                    ))
-                    .into());
-            }
-            Message::Close(_) => return Ok(()),
-            _ => continue,
-        };
-        match parser.parse(text.as_str())? {
-            StreamEvent::Media { audio, .. } => {
-                let n = audio.len();
-                codec::decode_into(audio, &mut decoded[..n]);
+        match received {
+            Received::Audio => {
                 let now = Instant::now();
                 let speaking = shared.agent_speaking(now);
                 upsampler
-                    .push(&decoded[..n], &mut |samples| {
+                    .push(&decoded, &mut |samples| {
                         detector.incoming.extend_from_slice(samples)
                     })
                     .map_err(resample_err)?;
@@ -461,10 +327,7 @@ async fn receive(
                         .vad_batch
                         .speech_probability(&mut detector.vad_state, &mut detector.chunk)
                         .await
-                        .map_err(|message| CallError::Vad {
-                            call: call.clone(),
-                            message,
-                        })?;
+                        .map_err(CallError::Vad)?;
                     detector.decide(probability, speaking, heard_until, now);
                 }
                 for event in detector.pending.drain(..) {
@@ -473,21 +336,20 @@ async fn receive(
                     }
                 }
             }
-            StreamEvent::Mark(name) => {
+            Received::Mark(name) => {
                 if events.send(CallEvent::Mark(name)).await.is_err() {
                     return Ok(());
                 }
             }
-            StreamEvent::Dtmf(digit) => {
+            Received::Dtmf(digit) => {
                 if events.send(CallEvent::Dtmf(digit)).await.is_err() {
                     return Ok(());
                 }
             }
-            StreamEvent::Stop => {
+            Received::Stop => {
                 let _ = events.send(CallEvent::Stop).await;
                 return Ok(());
             }
-            StreamEvent::Connected | StreamEvent::Start(_) => {}
         }
     }
     Ok(())
@@ -528,7 +390,7 @@ struct Detector {
     /// Judges pauses when the endpointer asks ([`TurnEvent::Pause`]).
     judge: Option<TurnJudge>,
     /// For a judgement of the caller's words: the backends, and the conversation so far.
-    state: Arc<AgentState>,
+    state: Arc<CallContext>,
     shared: Arc<Shared>,
     /// The process's permits for judgements, shared by every call.
     judgements: Arc<tokio::sync::Semaphore>,
@@ -732,7 +594,7 @@ impl Detector {
     }
 
     /// The model's answer: a complete utterance ends the turn now; an incomplete one waits.
-    fn judged(&mut self, state: &AgentState, verdict: Verdict, now: Instant) {
+    fn judged(&mut self, state: &CallContext, verdict: Verdict, now: Instant) {
         let metrics = &state.metrics;
         let complete = match verdict.judgement {
             Judgement::Probability(p) => {
@@ -827,7 +689,7 @@ pub const HEARD_SLACK: Duration = Duration::from_millis(100);
 
 /// The LLM pool's judgement of the caller's words so far (see [`Detector::ask_words`]).
 async fn judge_words(
-    state: &AgentState,
+    state: &CallContext,
     shared: &Shared,
     transcript: Option<tokio::sync::watch::Receiver<crate::backend::Interim>>,
     voice_end: Duration,
@@ -870,16 +732,14 @@ async fn judge_words(
     }
 }
 
-/// Sends paced frames, marks and clears to Twilio.
+/// Sends paced frames, marks and clears to the caller.
 async fn send(
-    state: Arc<AgentState>,
-    mut sink: SplitSink<WebSocket, Message>,
-    stream_sid: String,
+    state: Arc<CallContext>,
+    mut to_caller: impl ToCaller,
     mut playout: mpsc::Receiver<Playout>,
     mut clears: mpsc::Receiver<()>,
     shared: Arc<Shared>,
-) -> Result<(), axum::Error> {
-    let mut encoder = OutboundEncoder::new(&stream_sid);
+) -> Result<(), TransportError> {
     let mut pacer = Pacer::new(Duration::from_millis(state.config.playback_lead_ms));
     // Audio being sent: generation, frames, offset, timings of its turn's first frame.
     let mut current: Option<(u64, Bytes, usize, Option<TurnTimings>)> = None;
@@ -892,7 +752,7 @@ async fn send(
                 current = None;
                 pacer.clear();
                 shared.speaking_until_us.store(0, Ordering::Relaxed);
-                sink.send(Message::Text(encoder.clear().into())).await?;
+                to_caller.clear().await?;
             }
             _ = tokio::time::sleep_until(next_at), if current.is_some() => {
                 let Some((generation, frames, offset, timings)) = current.as_mut() else { continue };
@@ -901,8 +761,7 @@ async fn send(
                     continue;
                 }
                 let end = (*offset + FRAME_BYTES).min(frames.len());
-                let text = encoder.media(&frames[*offset..end]);
-                sink.send(Message::Text(text.into())).await?;
+                to_caller.media(&frames[*offset..end]).await?;
                 {
                     let mut progress = shared.progress();
                     if progress.generation != *generation {
@@ -942,7 +801,7 @@ async fn send(
                             let segment = if progress.generation == generation { progress.segment + 1 } else { 1 };
                             *progress = Progress { generation, segment, sent: Duration::ZERO };
                         }
-                        sink.send(Message::Text(encoder.mark(&name).into())).await?;
+                        to_caller.mark(&name).await?;
                     }
                 }
             },
@@ -963,7 +822,7 @@ struct TurnRecord {
 
 /// The conversation: history, turns, barge-in, DTMF, goodbye.
 async fn converse(
-    state: Arc<AgentState>,
+    state: Arc<CallContext>,
     mut events: mpsc::Receiver<CallEvent>,
     playout: mpsc::Sender<Playout>,
     clears: mpsc::Sender<()>,
@@ -1158,7 +1017,7 @@ async fn converse(
 }
 
 /// Stops everything queued or playing: a newer generation (older audio is dropped unsent)
-/// and `clear` to Twilio. Each turn converts its own audio, so there is no shared resampler
+/// and `clear` to the caller's side. Each turn converts its own audio, so there is no shared resampler
 /// to reset.
 async fn interrupt(shared: &Shared, clears: &mpsc::Sender<()>) {
     shared.generation.fetch_add(1, Ordering::Relaxed);
@@ -1167,7 +1026,7 @@ async fn interrupt(shared: &Shared, clears: &mpsc::Sender<()>) {
 }
 
 /// Ends the running turn (aborting it if still at work) and writes it into the history with
-/// what the caller actually heard: the clauses whose marks Twilio acknowledged, then, when
+/// what the caller actually heard: the clauses whose marks the caller's side acknowledged, then, when
 /// the agent was stopped mid-clause (`heard`), the words of that clause the caller heard.
 fn finish_turn(
     running: &mut Option<RunningTurn>,
@@ -1287,7 +1146,7 @@ struct Commit {
 }
 
 /// Counts and drops a speculative reply that the turn did not take (the task is aborted).
-fn missed(state: &AgentState, speculation: Option<Speculation>) {
+fn missed(state: &CallContext, speculation: Option<Speculation>) {
     if speculation.is_some() {
         state
             .metrics
@@ -1335,7 +1194,7 @@ enum TurnInput {
 /// when there is a stream, and the batch request when there is none or it failed (it
 /// died, fell behind, or refused the audio), so a broken stream costs time, not words.
 async fn transcribe(
-    state: &AgentState,
+    state: &CallContext,
     audio: Vec<f32>,
     stream: Option<SttStream>,
 ) -> Result<String, BackendError> {
@@ -1365,7 +1224,7 @@ async fn transcribe(
 type RunningTurn = (TaskGuard<()>, Arc<Mutex<TurnRecord>>);
 
 fn start_turn(
-    state: &Arc<AgentState>,
+    state: &Arc<CallContext>,
     shared: &Arc<Shared>,
     playout: &mpsc::Sender<Playout>,
     history: &Conversation,
@@ -1391,7 +1250,7 @@ fn start_turn(
 }
 
 struct Turn {
-    state: Arc<AgentState>,
+    state: Arc<CallContext>,
     /// The playback generation its audio belongs to (a speculative reply's is set when the
     /// turn becomes its own).
     generation: AtomicU64,

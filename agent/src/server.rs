@@ -3,78 +3,55 @@
 
 use std::collections::HashMap;
 use std::future::IntoFuture as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use grokcast_engines::vad::SileroVad;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::backend::Backends;
-use crate::call::{self, TurnSample, TurnTimings};
-use crate::clips::Clips;
-use crate::config::{AgentConfig, EndOfTurnModel};
-use crate::metrics::{Metrics, Outcome, Stage};
+use crate::call;
+use crate::context::CallContext;
+use crate::metrics::Outcome;
+use crate::twilio::media_stream;
 use crate::twilio::protocol::MAX_MESSAGE_BYTES;
 use crate::twilio::signature::RequestValidator;
 use crate::twilio::twiml;
 
-/// Everything calls share.
+/// The agent's HTTP side: the front door (signature checks, one-time stream tokens, call
+/// slots, draining) around the [`CallContext`] every call gets.
 pub struct AgentState {
-    /// Settings.
-    pub config: AgentConfig,
-    /// Model backends.
-    pub backends: Backends,
-    /// The VAD model (state is per call), run over every call's chunks in shared batches.
-    pub vad_batch: crate::vad_batch::VadBatcher,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Cancelled when live calls must say goodbye and end.
-    pub goodbye: CancellationToken,
+    context: Arc<CallContext>,
     validator: Option<RequestValidator>,
     /// One-time Media Stream tokens; on whenever signatures are checked.
     stream_tokens: Option<crate::twilio::stream_token::StreamTokens>,
-    clips: OnceLock<Clips>,
     active: AtomicUsize,
     draining: AtomicBool,
-    samples: Option<Mutex<Vec<TurnSample>>>,
-    transcript: Option<Mutex<Vec<(String, String)>>>,
-    turn_model: Option<Arc<grokcast_engines::smart_turn::SmartTurn>>,
-    /// End-of-turn judgements running at once, over every call: one per core, so a burst of
-    /// pauses queues instead of taking every core (and a model session each) at once.
-    turn_judgements: Arc<tokio::sync::Semaphore>,
 }
 
-/// What judges whether the caller has finished, at each pause.
-#[derive(Clone)]
-pub enum TurnJudge {
-    /// Smart Turn v3.2 on the caller's audio, on this pod's CPU.
-    Audio(Arc<grokcast_engines::smart_turn::SmartTurn>),
-    /// The LLM pool on the caller's words ([`crate::backend::Llm::turn_end_probability`]):
-    /// the pause ends the turn when the probability is at least `threshold`.
-    Words {
-        /// `turnTaking.llmEndOfTurnThreshold`.
-        threshold: f32,
-    },
+/// The server's state reads as the calls' context (`state.config`, `state.metrics`): the
+/// front door only adds to it.
+impl std::ops::Deref for AgentState {
+    type Target = CallContext;
+
+    fn deref(&self) -> &CallContext {
+        &self.context
+    }
 }
 
 impl AgentState {
-    /// Builds the shared state. Without an auth token, signature checks are off, which
-    /// [`AgentConfig::validate`] only allows with the explicit insecure flag.
-    pub fn new(
-        config: AgentConfig,
-        backends: Backends,
-        vad: Arc<SileroVad>,
-        metrics: Metrics,
-    ) -> Self {
+    /// Builds the server around the calls' context. Without an auth token, signature checks
+    /// are off, which [`crate::config::AgentConfig::validate`] only allows with the explicit
+    /// insecure flag.
+    pub fn new(context: CallContext) -> Self {
+        let config = &context.config;
         let validator = config
             .twilio_auth_token
             .as_ref()
@@ -87,45 +64,17 @@ impl AgentState {
             )
         });
         Self {
-            config,
-            backends,
-            vad_batch: crate::vad_batch::VadBatcher::new(vad),
-            metrics,
-            goodbye: CancellationToken::new(),
+            context: Arc::new(context),
             validator,
             stream_tokens,
-            clips: OnceLock::new(),
             active: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            samples: None,
-            transcript: None,
-            turn_model: None,
-            turn_judgements: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, usize::from),
-            )),
         }
     }
 
-    /// Judges the caller's pauses with this end-of-turn model (from
-    /// [`crate::startup::load_turn_model`]); without one, silence alone ends turns.
-    pub fn with_turn_model(
-        mut self,
-        model: Option<Arc<grokcast_engines::smart_turn::SmartTurn>>,
-    ) -> Self {
-        self.turn_model = model;
-        self
-    }
-
-    /// What judges the caller's pauses (`turnTaking.endOfTurnModel`); `None` when silence
-    /// alone ends turns (no model configured, or Smart Turn not loaded).
-    pub fn turn_judge(&self) -> Option<TurnJudge> {
-        match self.config.turn_taking.end_of_turn_model {
-            EndOfTurnModel::None => None,
-            EndOfTurnModel::SmartTurn => self.turn_model.clone().map(TurnJudge::Audio),
-            EndOfTurnModel::Llm => Some(TurnJudge::Words {
-                threshold: self.config.turn_taking.llm_end_of_turn_threshold,
-            }),
-        }
+    /// The context calls run in.
+    pub fn context(&self) -> Arc<CallContext> {
+        self.context.clone()
     }
 
     /// Accepts a stream's one-time token for its call (always, when signatures are off).
@@ -138,71 +87,6 @@ impl AgentState {
             Some(tokens) => tokens.redeem(token, call_sid, std::time::SystemTime::now()),
             None => Ok(()),
         }
-    }
-
-    /// Permits for end-of-turn judgements (one per core).
-    pub fn turn_judgements(&self) -> Arc<tokio::sync::Semaphore> {
-        self.turn_judgements.clone()
-    }
-
-    /// Each call's turn-taking thresholds: the configuration's, with pauses judged by the
-    /// model only where one is loaded, and interruptions held for their words only where
-    /// STT streams (nothing else gives words while the caller speaks).
-    pub fn turn_taking(&self) -> crate::turn::TurnTaking {
-        let mut t = self.config.turn_taking.turn_taking();
-        if self.turn_judge().is_none() {
-            t.semantic = None;
-        }
-        if self.backends.stt_stream.is_none() {
-            t.interruption_words = None;
-        }
-        t
-    }
-
-    /// Keeps every turn's latency figures in memory (the benchmark reads them).
-    pub fn record_turns(mut self) -> Self {
-        self.samples = Some(Mutex::new(Vec::new()));
-        self
-    }
-
-    /// Keeps who said what in memory (the local demo prints it).
-    pub fn record_transcript(mut self) -> Self {
-        self.transcript = Some(Mutex::new(Vec::new()));
-        self
-    }
-
-    /// (speaker, text) pairs recorded so far, if recording.
-    pub fn take_transcript(&self) -> Vec<(String, String)> {
-        self.transcript
-            .as_ref()
-            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())))
-            .unwrap_or_default()
-    }
-
-    /// Notes what someone said: logged only when `logTranscripts` is on, kept only when
-    /// recording.
-    pub(crate) fn said(&self, who: &str, text: &str) {
-        if self.config.log_transcripts {
-            info!(speaker = who, text, "transcript");
-        }
-        if let Some(t) = &self.transcript {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((who.to_string(), text.to_string()));
-        }
-    }
-
-    /// Turn figures recorded so far, if recording.
-    pub fn take_turn_samples(&self) -> Vec<TurnSample> {
-        self.samples
-            .as_ref()
-            .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|p| p.into_inner())))
-            .unwrap_or_default()
-    }
-
-    /// The cached phrases, once synthesised.
-    pub fn clips(&self) -> Option<Clips> {
-        self.clips.get().cloned()
     }
 
     /// Calls in progress.
@@ -227,71 +111,10 @@ impl AgentState {
         if self.active_calls() >= self.config.max_calls {
             return Err("full");
         }
-        if self.clips.get().is_none() {
+        if !self.clips_ready() {
             return Err("warming up: greeting and apology not synthesised yet");
         }
         Ok(())
-    }
-
-    /// Synthesises the fixed phrases, retrying until the TTS backend answers.
-    pub async fn prepare_clips(&self) {
-        let persona = &self.config.persona;
-        let mut wait = Duration::from_millis(200);
-        loop {
-            match Clips::synthesize(
-                &*self.backends.tts,
-                &persona.greeting,
-                &persona.apology,
-                &persona.goodbye,
-            )
-            .await
-            {
-                Ok(clips) => {
-                    let _ = self.clips.set(clips);
-                    info!("greeting, apology and goodbye synthesised");
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, retry_in = ?wait, "cannot synthesise the fixed phrases yet");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    /// Records a turn whose first frame was just sent.
-    pub(crate) fn observe_turn(&self, t: TurnTimings, sent: Instant) {
-        let latency = sent.saturating_duration_since(t.caller_stopped);
-        let model = t.endpointing + t.stt + t.llm_first_clause + t.tts_first_audio;
-        let agent = latency.saturating_sub(model);
-        self.metrics.observe_turn(latency);
-        self.metrics
-            .stage(Stage::Endpointing, t.endpointing.as_secs_f64());
-        self.metrics.stage(Stage::Stt, t.stt.as_secs_f64());
-        self.metrics
-            .stage(Stage::TtsFirstAudio, t.tts_first_audio.as_secs_f64());
-        self.metrics.stage(Stage::Agent, agent.as_secs_f64());
-        info!(
-            latency_ms = latency.as_millis() as u64,
-            endpointing_ms = t.endpointing.as_millis() as u64,
-            stt_ms = t.stt.as_millis() as u64,
-            llm_first_token_ms = t.llm_first_token.as_millis() as u64,
-            llm_first_clause_ms = t.llm_first_clause.as_millis() as u64,
-            tts_first_audio_ms = t.tts_first_audio.as_millis() as u64,
-            agent_ms = agent.as_secs_f64() * 1000.0,
-            "first audio of the turn sent"
-        );
-        if let Some(samples) = &self.samples {
-            samples
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(TurnSample {
-                    latency,
-                    agent,
-                    timings: t,
-                });
-        }
     }
 
     /// Checks `X-Twilio-Signature` for a request to `path_and_query` under `base`; the
@@ -437,10 +260,40 @@ async fn stream(
         .max_frame_size(MAX_MESSAGE_BYTES * 2)
         .on_upgrade(move |socket| async move {
             let state = slot.0.clone();
-            let outcome = call::run(state.clone(), socket).await;
+            let outcome = media_stream_call(&state, socket).await;
             state.metrics.call_ended(outcome);
             drop(slot);
         })
+}
+
+/// One Media Streams call: `start`, its one-time token, then the call itself.
+async fn media_stream_call(state: &AgentState, socket: WebSocket) -> Outcome {
+    let accepted = match media_stream::accept(socket).await {
+        Ok(accepted) => accepted,
+        Err(media_stream::Refused::Closed) => return Outcome::Disconnected,
+        Err(e) => {
+            warn!(error = %e, "call refused before start");
+            return Outcome::ProtocolError;
+        }
+    };
+    let start = accepted.start;
+    let token = start
+        .custom_parameters
+        .get(crate::twilio::stream_token::PARAMETER)
+        .map(String::as_str);
+    if let Err(e) = state.redeem_stream_token(token, &start.call_sid) {
+        warn!(call_sid = %start.call_sid, error = %e, "stream refused");
+        return Outcome::ProtocolError;
+    }
+    let span = info_span!("call", call_sid = %start.call_sid, stream_sid = %start.stream_sid);
+    async move {
+        info!(parameters = ?start.custom_parameters.keys().collect::<Vec<_>>(), "call started");
+        let outcome = call::run(state.context(), accepted.from_caller, accepted.to_caller).await;
+        info!(outcome = outcome.label(), "call ended");
+        outcome
+    }
+    .instrument(span)
+    .await
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> Response {

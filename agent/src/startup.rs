@@ -179,3 +179,18 @@ fn embedded_llm(config: &AgentConfig) -> Result<Arc<dyn Llm>, StartupError> {
 fn embedded_llm(_: &AgentConfig) -> Result<Arc<dyn Llm>, StartupError> {
     Err(StartupError::NotBuilt("llm", "LLM"))
 }
+
+/// Logs to stderr at `GROKCAST_LOG` (an `EnvFilter`, `info` by default), as JSON lines when
+/// `GROKCAST_LOG_FORMAT=json` (what log collectors in a cluster parse).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GROKCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("GROKCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

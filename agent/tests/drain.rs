@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use grokcast_agent::caller::{self, CallerOptions};
-use grokcast_agent::instant::InstantServers;
+use grokcast_harness::caller::{self, CallerOptions};
+use grokcast_harness::instant::InstantServers;
 
 fn models_dir() -> Option<std::path::PathBuf> {
     match grokcast_engines::models::ModelPaths::discover() {

@@ -19,15 +19,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use grokcast_agent::caller::{self, CallerOptions};
 use grokcast_agent::config::AgentConfig;
-use grokcast_agent::instant::InstantServers;
+use grokcast_agent::context::CallContext;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
 use grokcast_crds::{AUTOSCALER_FIELD_MANAGER, ModelPool, VoiceAgent, condition};
 use grokcast_e2e::cluster::NodePool;
 use grokcast_e2e::project::Project;
 use grokcast_e2e::prometheus::{Target, TestPrometheus};
+use grokcast_harness::caller::{self, CallerOptions};
+use grokcast_harness::instant::InstantServers;
 use grokcast_operator::autoscale::AutoscalerConfig;
 use grokcast_operator::autoscale::decide::Behaviour;
 use grokcast_operator::autoscale::prometheus::{PrometheusClient, PrometheusConfig};
@@ -126,7 +127,9 @@ impl Agent {
         let vad = startup::load_vad(&config).unwrap();
         let backends = startup::build_backends(&config).unwrap();
         let metrics = grokcast_agent::metrics::Metrics::new(AGENT, ns).unwrap();
-        let state = Arc::new(AgentState::new(config, backends, vad, metrics));
+        let state = Arc::new(AgentState::new(CallContext::new(
+            config, backends, vad, metrics,
+        )));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(listener, state, async {
             let _ = stopped.await;

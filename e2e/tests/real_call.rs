@@ -17,12 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use grokcast_agent::caller::{self, CallerOptions};
+use grokcast_agent::codec;
 use grokcast_agent::config::AgentConfig;
 use grokcast_agent::resample::StreamResampler;
-use grokcast_agent::{codec, demo};
 use grokcast_e2e::project::{Project, apply_file_in};
 use grokcast_engines::models::ModelPaths;
+use grokcast_harness::caller::{self, CallerOptions};
+use grokcast_harness::demo;
 use grokcast_operator::metrics::Metrics;
 use grokcast_operator::run::{CancellationToken, OperatorConfig};
 use grokcast_operator::settings::BuildSettings;

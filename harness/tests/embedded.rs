@@ -2,15 +2,14 @@
 //! called over real sockets by the Twilio-protocol caller. The answer's audio, as the caller
 //! heard it, is transcribed again by Whisper.
 
-#![cfg(feature = "embedded")]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use grokcast_agent::codec;
-use grokcast_agent::demo::{self, DemoOptions};
 use grokcast_agent::resample::StreamResampler;
 use grokcast_engines::models::ModelPaths;
+use grokcast_harness::demo::{self, DemoOptions};
 
 fn models() -> Option<ModelPaths> {
     let paths = ModelPaths::discover().ok().filter(|p| {

@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use grokcast_agent::turn::{Chunk, Endpointer, QuietMeter, TurnEvent, TurnTaking};
-use grokcast_agent::{caller, codec, resample::StreamResampler};
+use grokcast_agent::{codec, resample::StreamResampler};
 use grokcast_engines::models::{ModelPaths, init_onnxruntime};
 use grokcast_engines::vad::{CHUNK_SAMPLES, SileroVad};
+use grokcast_harness::caller;
 
 const CHUNK: Duration = Duration::from_millis(32);
 

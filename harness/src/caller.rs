@@ -19,12 +19,12 @@ use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::codec;
-use crate::pacer::{FRAME, FRAME_BYTES};
-use crate::resample::StreamResampler;
-use crate::twilio::protocol::{MediaFormat, Outbound, StartMetadata};
-use crate::twilio::signature::RequestValidator;
-use crate::twilio::twiml::{self, Answer};
+use grokcast_agent::codec;
+use grokcast_agent::pacer::{FRAME, FRAME_BYTES};
+use grokcast_agent::resample::StreamResampler;
+use grokcast_agent::twilio::protocol::{MediaFormat, Outbound, StartMetadata};
+use grokcast_agent::twilio::signature::RequestValidator;
+use grokcast_agent::twilio::twiml::{self, Answer};
 
 /// Why a call could not be placed or went wrong.
 #[derive(Debug, thiserror::Error)]

@@ -2,14 +2,14 @@
 //!
 //! The agent runs in this process on ONE async thread (a current-thread tokio runtime) and the
 //! agent's VAD batch thread (Silero VAD on every 32 ms chunk of every call, batched across calls). The model servers are the instant test double
-//! (`grokcast-agent instant-servers`) and the callers are `grokcast-agent call --calls N`, each
+//! (`grokcast-harness instant-servers`) and the callers are `grokcast-harness call --calls N`, each
 //! in its own process so their CPU and memory are not counted. For each concurrency level it
 //! prints the agent overhead per turn (turn latency minus endpointing minus model time)
 //! p50/p95, the turn latency as the agent measures it and as the callers heard
 //! it (their last speech frame sent to the first answer frame received, from their own
 //! clocks), CPU per call-minute, RSS per call and late frames.
 //!
-//! `cargo run --release -p grokcast-agent --bin agent-bench -- --levels 1,10,50,100,200`
+//! `cargo run --release -p grokcast-harness --bin agent-bench -- --levels 1,10,50,100,200`
 //! (docs/benchmarks.md has the figures and how to read them).
 
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use grokcast_agent::config::{AgentConfig, EndOfTurnModel};
+use grokcast_agent::context::CallContext;
 use grokcast_agent::metrics::Metrics;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
@@ -81,15 +82,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let exe = std::env::current_exe()?;
-    let agent_bin: PathBuf = exe.with_file_name("grokcast-agent");
-    if !agent_bin.exists() {
+    let harness_bin: PathBuf = exe.with_file_name("grokcast-harness");
+    if !harness_bin.exists() {
         bail!(
-            "{} not found: build it first (cargo build -p grokcast-agent --bins)",
-            agent_bin.display()
+            "{} not found: build it first (cargo build --release -p grokcast-harness --bins)",
+            harness_bin.display()
         );
     }
     let model_port = free_port()?;
-    let mut models = std::process::Command::new(&agent_bin)
+    let mut models = std::process::Command::new(&harness_bin)
         .args([
             "instant-servers",
             "--listen",
@@ -98,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("starting the instant model servers")?;
-    let result = run(&args, &agent_bin, model_port);
+    let result = run(&args, &harness_bin, model_port);
     let _ = models.kill();
     result
 }
@@ -109,7 +110,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Result<()> {
+fn run(args: &Args, harness_bin: &std::path::Path, model_port: u16) -> anyhow::Result<()> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let models_url = format!("http://127.0.0.1:{model_port}/v1");
@@ -139,11 +140,11 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
     let turn_model = startup::load_turn_model(&config)?;
     let backends = startup::build_backends(&config)?;
     let metrics = Metrics::new("bench", "bench")?;
-    let state = Arc::new(
-        AgentState::new(config, backends, vad, metrics)
+    let state = Arc::new(AgentState::new(
+        CallContext::new(config, backends, vad, metrics)
             .with_turn_model(turn_model)
             .record_turns(),
-    );
+    ));
 
     // The agent: one thread, one core.
     let agent_state = state.clone();
@@ -184,7 +185,7 @@ fn run(args: &Args, agent_bin: &std::path::Path, model_port: u16) -> anyhow::Res
         let rss_before = rss_kib();
         let cpu_before = cpu_time();
         let started = Instant::now();
-        let mut caller = std::process::Command::new(agent_bin);
+        let mut caller = std::process::Command::new(harness_bin);
         caller.args([
             "call",
             "--agent-url",

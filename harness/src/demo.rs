@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::call::TurnSample;
 use crate::caller::{self, CallReport, CallerOptions};
-use crate::config::AgentConfig;
-use crate::metrics::Metrics;
-use crate::server::{self, AgentState};
-use crate::startup;
+use grokcast_agent::config::AgentConfig;
+use grokcast_agent::context::{CallContext, TurnSample};
+use grokcast_agent::metrics::Metrics;
+use grokcast_agent::server::{self, AgentState};
+use grokcast_agent::startup;
 
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,13 +119,11 @@ pub fn serve_llm_binary() -> PathBuf {
 
 /// grokcast-serve's streaming speech recognition (Riva's gRPC protocol on Whisper) on a
 /// local port, as an STT pool serves it; stops when dropped.
-#[cfg(feature = "embedded")]
 struct SttStreamServer {
     url: String,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-#[cfg(feature = "embedded")]
 impl SttStreamServer {
     async fn start() -> Result<Self, DemoError> {
         use grokcast_engines::server::{AppState, Engines, ServerConfig, riva};
@@ -163,7 +161,6 @@ impl SttStreamServer {
 /// Runs the demo.
 pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let llm = LlmServer::start().await?;
-    #[cfg(feature = "embedded")]
     let stt_stream = match options.streaming_stt {
         true => Some(SttStreamServer::start().await?),
         false => None,
@@ -189,7 +186,6 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     config.llm.stage.timeout_ms = 30_000;
     config.stt.stage.timeout_ms = 30_000;
     config.tts.stage.timeout_ms = 30_000;
-    #[cfg(feature = "embedded")]
     if let Some(server) = &stt_stream {
         config.stt.streaming_url = server.url.clone();
     }
@@ -199,11 +195,11 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let vad = startup::load_vad(&config)?;
     let backends = startup::build_backends(&config)?;
     let metrics = Metrics::new("demo", "local").map_err(|e| DemoError::Other(e.to_string()))?;
-    let state = Arc::new(
-        AgentState::new(config, backends, vad, metrics)
+    let state = Arc::new(AgentState::new(
+        CallContext::new(config, backends, vad, metrics)
             .record_turns()
             .record_transcript(),
-    );
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(listener, state.clone(), async {
         let _ = stopped.await;
@@ -227,7 +223,6 @@ pub async fn run(options: &DemoOptions) -> Result<DemoReport, DemoError> {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
     drop(llm);
-    #[cfg(feature = "embedded")]
     drop(stt_stream);
     Ok(DemoReport {
         call,

@@ -25,7 +25,7 @@
 //! much audio later as its decode took, and speech that ends while held for its words is
 //! judged on its final transcript, as the agent does.
 //!
-//! `cargo run --release -p grokcast-agent --bin turn-eval` (after `scripts/install.sh`;
+//! `cargo run --release -p grokcast-harness --bin turn-eval` (after `scripts/install.sh`;
 //! docs/benchmarks.md has the figures).
 
 use std::time::{Duration, Instant};
@@ -41,12 +41,13 @@ use grokcast_agent::turn::{
     Backchannels, Chunk, END_OF_TURN_PROBABILITY, Endpointer, InterruptionWords, QuietMeter,
     SemanticEndpointing, TurnEvent, TurnTaking,
 };
-use grokcast_agent::{caller, codec, demo, resample::StreamResampler};
+use grokcast_agent::{codec, resample::StreamResampler};
 use grokcast_engines::models::{ModelPaths, init_onnxruntime};
 use grokcast_engines::smart_turn::{self, SmartTurn};
 use grokcast_engines::stt::WhisperStt;
 use grokcast_engines::stt_stream::{LineEncoding, Policy, Utterance};
 use grokcast_engines::vad::{CHUNK_SAMPLES, SileroVad};
+use grokcast_harness::{caller, demo};
 
 #[derive(Parser)]
 #[command(about = "Premature cut-offs, end-of-turn delay and barge-in errors on a built set")]

@@ -8,29 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use grokcast_agent::caller::{self, CallReport, CallerOptions};
 use grokcast_agent::config::AgentConfig;
-use grokcast_agent::instant::InstantServers;
+use grokcast_agent::context::CallContext;
 use grokcast_agent::metrics::Metrics;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
+use grokcast_harness::caller::{self, CallReport, CallerOptions};
+use grokcast_harness::instant::InstantServers;
+use grokcast_harness::models_present;
 
 const TOKEN: &str = "test-auth-token";
-
-/// Whether the VAD model is installed; without it the test is skipped (never in CI).
-fn models_present() -> bool {
-    let found = grokcast_engines::models::ModelPaths::discover()
-        .and_then(|p| p.vad().and(p.onnxruntime()))
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("GROKCAST_REQUIRE_MODELS").is_none(),
-            "models are required (GROKCAST_REQUIRE_MODELS is set): run scripts/install.sh"
-        );
-        eprintln!("skipped: Silero VAD not installed (run scripts/install.sh)");
-    }
-    found
-}
 
 struct Harness {
     url: String,
@@ -73,8 +60,9 @@ async fn start_against(servers: InstantServers, adjust: impl FnOnce(&mut AgentCo
     let backends = startup::build_backends(&config).unwrap();
     let metrics = Metrics::new("receptionist", "voice").unwrap();
     let turn_model = startup::load_turn_model(&config).unwrap();
-    let state =
-        Arc::new(AgentState::new(config, backends, vad, metrics).with_turn_model(turn_model));
+    let state = Arc::new(AgentState::new(
+        CallContext::new(config, backends, vad, metrics).with_turn_model(turn_model),
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, state.clone(), async {
         let _ = stopped.await;
@@ -515,11 +503,13 @@ fn the_pitch_measure_tells_a_voice_played_at_the_wrong_rate() {
         grokcast_agent::codec::encode_into(samples, &mut out);
         out
     };
-    let voice = grokcast_agent::instant::synthetic_speech("Hello! How can I help you today?", 8000);
+    let voice =
+        grokcast_harness::instant::synthetic_speech("Hello! How can I help you today?", 8000);
     let pitch = pitch_hz(&mulaw(&voice)).unwrap();
     assert!((pitch - 140.0).abs() < 2.0, "{pitch}");
     // 22,050 Hz samples played as 24,000 Hz: 8.8 % high.
-    let fast = grokcast_agent::instant::synthetic_speech("Hello! How can I help you today?", 7350);
+    let fast =
+        grokcast_harness::instant::synthetic_speech("Hello! How can I help you today?", 7350);
     let pitch = pitch_hz(&mulaw(&fast)).unwrap();
     assert!((pitch - 140.0 * 8000.0 / 7350.0).abs() < 2.0, "{pitch}");
     assert_eq!(pitch_hz(&mulaw(&[0.0; 4000])), None, "silence has no pitch");
@@ -527,7 +517,7 @@ fn the_pitch_measure_tells_a_voice_played_at_the_wrong_rate() {
 
 /// 20 ms frames of the synthetic voice for `chars` characters of text.
 fn voice_frames(chars: usize) -> f64 {
-    chars as f64 * f64::from(grokcast_agent::instant::SPEECH_MS_PER_CHAR) / 20.0
+    chars as f64 * f64::from(grokcast_harness::instant::SPEECH_MS_PER_CHAR) / 20.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,7 +560,7 @@ async fn the_caller_hears_speech_at_the_rate_each_tts_response_gives() {
             );
         }
         let pitch = pitch_hz(&report.heard).expect("the caller heard voice");
-        let expected = grokcast_agent::instant::SPEECH_PITCH_HZ;
+        let expected = grokcast_harness::instant::SPEECH_PITCH_HZ;
         assert!(
             (pitch / expected - 1.0).abs() <= 0.05,
             "{case}: the voice was at {pitch:.1} Hz, {expected} Hz expected"
@@ -645,7 +635,7 @@ fn turn_models_present() -> bool {
 /// Piper speaking `first`, a pause of `pause`, then `rest`: one caller utterance with a
 /// hesitation in it, over the 8 kHz mu-law line.
 fn hesitant(first: &str, pause: Duration, rest: &str) -> Arc<Vec<u8>> {
-    let parts = grokcast_agent::demo::caller_voice(&[first.to_owned(), rest.to_owned()]).unwrap();
+    let parts = grokcast_harness::demo::caller_voice(&[first.to_owned(), rest.to_owned()]).unwrap();
     let silence = vec![0xFFu8; (pause.as_millis() * 8) as usize];
     Arc::new([parts[0].as_slice(), &silence, parts[1].as_slice()].concat())
 }
@@ -958,7 +948,7 @@ async fn a_complete_answer_ends_at_the_short_pause_not_the_longest() {
         return;
     }
     let h = patient_smart_turn_agent().await;
-    let no = grokcast_agent::demo::caller_voice(&["No thanks.".to_owned()]).unwrap();
+    let no = grokcast_harness::demo::caller_voice(&["No thanks.".to_owned()]).unwrap();
     let mut options = h.caller(&[&no[0]]);
     options.reply_timeout = Duration::from_secs(15);
     let report = caller::place_call(&options).await.unwrap();

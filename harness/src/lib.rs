@@ -1,0 +1,32 @@
+//! What proves and measures the agent without a phone network or GPUs, kept out of the agent
+//! that answers real calls:
+//!
+//! - [`caller`]: a simulated Twilio caller speaking Media Streams over a real socket, with
+//!   signed webhooks, as Twilio's cloud would;
+//! - [`instant`]: model servers that answer at once over the real protocols (OpenAI HTTP,
+//!   Riva gRPC), standing for GPU model pools;
+//! - [`demo`]: an agent on the embedded models answering one simulated call.
+
+// Tests may unwrap: a panic is how they fail.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod caller;
+pub mod demo;
+pub mod instant;
+
+/// Whether the Silero VAD model and ONNX Runtime are installed, for tests that run calls; they
+/// skip without them, except where `GROKCAST_REQUIRE_MODELS` is set (as `scripts/test.sh`
+/// does), where a missing model fails the test instead.
+pub fn models_present() -> bool {
+    let found = grokcast_engines::models::ModelPaths::discover()
+        .and_then(|p| p.vad().and(p.onnxruntime()))
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("GROKCAST_REQUIRE_MODELS").is_none(),
+            "models are required (GROKCAST_REQUIRE_MODELS is set): run scripts/install.sh"
+        );
+        eprintln!("skipped: Silero VAD not installed (run scripts/install.sh)");
+    }
+    found
+}
