@@ -24,7 +24,7 @@ use crate::conversation::Conversation;
 use crate::metrics::{HELD_OUTCOMES, Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
-use crate::transport::{FromCaller, Received, ToCaller, TransportError};
+use crate::transport::{FromCaller, Note, Received, ToCaller, TransportError};
 use crate::turn::{
     Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words,
     words_besides_backchannels,
@@ -93,6 +93,20 @@ struct Shared {
     /// The conversation as the LLM would get it now, kept by the conversation task for the
     /// end-of-turn judgement that reads the caller's words after it.
     conversation: Mutex<Conversation>,
+    /// This call's own settings.
+    settings: CallSettings,
+    /// Where notes go, when the transport shows them (the send task passes them on).
+    notes: Option<mpsc::UnboundedSender<Note>>,
+}
+
+/// What one call may set for itself, over the VoiceAgent's settings: a phone call takes the
+/// VoiceAgent's; a playground session may try another prompt or voice.
+#[derive(Debug, Clone, Default)]
+pub struct CallSettings {
+    /// Replaces `persona.systemPrompt` for this call.
+    pub system_prompt: Option<String>,
+    /// Asks the TTS pool for this voice instead of `tts.voice` (the fixed phrases keep theirs).
+    pub voice: Option<String>,
 }
 
 /// Where the send task is: the `segment`-th clause (counted by marks) of `generation`'s
@@ -138,6 +152,21 @@ impl Shared {
         self.conversation.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Passes a note to the transport, if it shows them.
+    fn note(&self, note: Note) {
+        if let Some(notes) = &self.notes {
+            let _ = notes.send(note);
+        }
+    }
+
+    /// The system prompt this call's LLM gets.
+    fn system_prompt<'a>(&'a self, state: &'a CallContext) -> &'a str {
+        self.settings
+            .system_prompt
+            .as_deref()
+            .unwrap_or(&state.config.persona.system_prompt)
+    }
+
     fn agent_speaking(&self, now: Instant) -> bool {
         let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
         self.speaking_until_us.load(Ordering::Relaxed) > now_us
@@ -159,15 +188,29 @@ pub enum CallError {
 /// of this function names the call in its tracing span.
 pub async fn run(
     state: Arc<CallContext>,
+    settings: CallSettings,
     from_caller: impl FromCaller,
     to_caller: impl ToCaller,
 ) -> Outcome {
+    let (notes, notes_rx) = match to_caller.wants_notes() {
+        true => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
+    let system_prompt = settings
+        .system_prompt
+        .as_deref()
+        .unwrap_or(&state.config.persona.system_prompt);
     let shared = Arc::new(Shared {
         generation: AtomicU64::new(0),
         speaking_until_us: AtomicU64::new(0),
         epoch: Instant::now(),
         progress: Mutex::new(Progress::default()),
-        conversation: Mutex::new(Conversation::new(&state.config.persona.system_prompt)),
+        conversation: Mutex::new(Conversation::new(system_prompt)),
+        settings,
+        notes,
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let (playout_tx, playout_rx) = mpsc::channel(64);
@@ -184,6 +227,7 @@ pub async fn run(
             to_caller,
             playout_rx,
             clear_rx,
+            notes_rx,
             shared.clone(),
         )
         .in_current_span(),
@@ -738,6 +782,7 @@ async fn send(
     mut to_caller: impl ToCaller,
     mut playout: mpsc::Receiver<Playout>,
     mut clears: mpsc::Receiver<()>,
+    mut notes: Option<mpsc::UnboundedReceiver<Note>>,
     shared: Arc<Shared>,
 ) -> Result<(), TransportError> {
     let mut pacer = Pacer::new(Duration::from_millis(state.config.playback_lead_ms));
@@ -779,7 +824,8 @@ async fn send(
                     shared.speaking_until_us.store(us, Ordering::Relaxed);
                 }
                 if let Some(t) = timings.take() {
-                    state.observe_turn(t, now);
+                    let sample = state.observe_turn(t, now);
+                    shared.note(Note::Turn(sample));
                 }
                 *offset = end;
                 if *offset >= frames.len() {
@@ -805,6 +851,15 @@ async fn send(
                     }
                 }
             },
+            // Last: a note waits for audio that is due, never the other way round.
+            Some(note) = async {
+                match notes.as_mut() {
+                    Some(notes) => notes.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                to_caller.note(note).await?;
+            }
         }
     }
 }
@@ -828,7 +883,7 @@ async fn converse(
     clears: mpsc::Sender<()>,
     shared: Arc<Shared>,
 ) -> Option<Outcome> {
-    let mut history = Conversation::new(&state.config.persona.system_prompt);
+    let mut history = Conversation::new(shared.system_prompt(&state));
     let mut acked: HashSet<String> = HashSet::new();
     let mut turn_number = 0u64;
     // The turn at work. Its guard aborts it when the call ends however it ends (this future
@@ -863,6 +918,7 @@ async fn converse(
             .await;
         history.agent(&state.config.persona.greeting);
         state.said("agent", &state.config.persona.greeting);
+        shared.note(Note::Agent(state.config.persona.greeting.clone()));
     }
 
     let goodbye = state.goodbye.clone();
@@ -1020,6 +1076,7 @@ async fn converse(
 /// and `clear` to the caller's side. Each turn converts its own audio, so there is no shared resampler
 /// to reset.
 async fn interrupt(shared: &Shared, clears: &mpsc::Sender<()>) {
+    shared.note(Note::BargeIn);
     shared.generation.fetch_add(1, Ordering::Relaxed);
     shared.speaking_until_us.store(0, Ordering::Relaxed);
     let _ = clears.send(()).await;
@@ -1234,6 +1291,7 @@ fn start_turn(
     let record = Arc::new(Mutex::new(TurnRecord::default()));
     let turn = Turn {
         state: state.clone(),
+        shared: shared.clone(),
         generation: AtomicU64::new(shared.generation.load(Ordering::Relaxed)),
         playout: playout.clone(),
         encoder: tokio::sync::Mutex::new(None),
@@ -1251,6 +1309,8 @@ fn start_turn(
 
 struct Turn {
     state: Arc<CallContext>,
+    /// The call's shared state: its settings and where notes go.
+    shared: Arc<Shared>,
     /// The playback generation its audio belongs to (a speculative reply's is set when the
     /// turn becomes its own).
     generation: AtomicU64,
@@ -1289,6 +1349,7 @@ impl Turn {
         *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(commit);
         if let Some(user) = &self.lock_record().user {
             self.state.said("caller", user);
+            self.shared.note(Note::Caller(user.clone()));
         }
         true
     }
@@ -1394,6 +1455,7 @@ impl Turn {
         };
         if self.commit.get_mut().is_none() {
             self.state.said("caller", &user);
+            self.shared.note(Note::Caller(user.clone()));
         }
         self.lock_record().user = Some(user);
 
@@ -1539,7 +1601,10 @@ impl Turn {
         let started = Instant::now();
         let mut audio = tokio::time::timeout(
             tts_timeout,
-            self.state.backends.tts.synthesize(text.to_string()),
+            self.state
+                .backends
+                .tts
+                .synthesize(text.to_string(), self.shared.settings.voice.clone()),
         )
         .await
         .map_err(|_| timeout_err())??;
@@ -1624,6 +1689,7 @@ impl Turn {
                 .segments
                 .push((mark.clone(), text.to_string(), spoken));
         }
+        self.shared.note(Note::Agent(text.to_string()));
         let _ = self
             .playout
             .send(Playout::Mark {

@@ -93,7 +93,7 @@ pub async fn synthesize(tts: &dyn Tts, what: &'static str, text: &str) -> Result
         return Ok(Bytes::new());
     }
     let mut stream = tts
-        .synthesize(text.to_string())
+        .synthesize(text.to_string(), None)
         .await
         .map_err(|source| ClipError::Tts { what, source })?;
     let mut encoder = FrameEncoder::new(stream.sample_rate)

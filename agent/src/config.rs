@@ -303,12 +303,27 @@ pub struct AgentConfig {
     pub vad_model: String,
     /// Models directory for embedded engines; empty means `GROKCAST_MODELS_DIR` or `models/`.
     pub models_dir: String,
+    /// The browser playground (`/playground`).
+    pub playground: PlaygroundConfig,
+    /// The token that opens the playground. Only from the environment (a Secret).
+    #[serde(skip)]
+    pub playground_token: Option<Secret>,
     /// Twilio auth token. Only from the environment (a Secret), never from the file.
     #[serde(skip)]
     pub twilio_auth_token: Option<Secret>,
     /// Turns signature checks off. Only from the environment, and logged loudly.
     #[serde(skip)]
     pub insecure_skip_signature: bool,
+}
+
+/// The browser playground: a page at `/playground` where the people who tune prompts and
+/// voices talk to the agent through the same pipeline as a phone call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PlaygroundConfig {
+    /// Serve the page and its socket (off: both answer 404). Needs a token
+    /// (`GROKCAST_PLAYGROUND_TOKEN`).
+    pub enabled: bool,
 }
 
 /// A secret value (the Twilio auth token): `Debug` prints `[redacted]`, so printing a
@@ -463,6 +478,8 @@ impl Default for AgentConfig {
             slo: SloConfig::default(),
             vad_model: String::new(),
             models_dir: String::new(),
+            playground: PlaygroundConfig::default(),
+            playground_token: None,
             twilio_auth_token: None,
             insecure_skip_signature: false,
         }
@@ -525,6 +542,18 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
             Ok(())
         },
     ),
+    (
+        "GROKCAST_PLAYGROUND_ENABLED",
+        "playground.enabled",
+        |c, v| {
+            c.playground.enabled = parse_bool(v)?;
+            Ok(())
+        },
+    ),
+    ("GROKCAST_PLAYGROUND_TOKEN", "(environment only)", |c, v| {
+        c.playground_token = Some(v).filter(|t| !t.is_empty()).map(Secret::from);
+        Ok(())
+    }),
     (
         "GROKCAST_INSECURE_SKIP_SIGNATURE",
         "(environment only)",
@@ -867,6 +896,12 @@ impl AgentConfig {
                     .into(),
             );
         }
+        if self.playground.enabled && self.playground_token.is_none() {
+            problems.push(
+                "playground.enabled needs a token: set GROKCAST_PLAYGROUND_TOKEN (from a Secret)"
+                    .into(),
+            );
+        }
         if self.max_calls == 0 {
             problems.push("maxCalls must be at least 1".into());
         }
@@ -1105,7 +1140,8 @@ mod tests {
                 "GROKCAST_INSECURE_SKIP_SIGNATURE"
                 | "GROKCAST_LOG_TRANSCRIPTS"
                 | "GROKCAST_SPECULATIVE_REPLIES"
-                | "GROKCAST_PREEMPTIVE_TTS" => "true",
+                | "GROKCAST_PREEMPTIVE_TTS"
+                | "GROKCAST_PLAYGROUND_ENABLED" => "true",
                 "GROKCAST_BARGE_IN" => "false",
                 "GROKCAST_TTS_RESPONSE_FORMAT" => "wav",
                 "GROKCAST_END_OF_TURN_MODEL" => "smart-turn",
@@ -1155,6 +1191,31 @@ mod tests {
         )
         .unwrap();
         assert!(c.insecure_skip_signature);
+    }
+
+    #[test]
+    fn the_playground_needs_its_token_and_never_prints_it() {
+        let on = [MINIMAL, &[("GROKCAST_PLAYGROUND_ENABLED", "true")]].concat();
+        let err = AgentConfig::load(None, &env(&on)).unwrap_err();
+        assert!(
+            err.to_string().contains("GROKCAST_PLAYGROUND_TOKEN"),
+            "{err}"
+        );
+        let with_token = [&on[..], &[("GROKCAST_PLAYGROUND_TOKEN", "open-sesame")]].concat();
+        let c = AgentConfig::load(None, &env(&with_token)).unwrap();
+        assert!(c.playground.enabled);
+        assert_eq!(
+            c.playground_token.as_ref().map(Secret::expose),
+            Some("open-sesame")
+        );
+        assert!(!format!("{c:?}").contains("open-sesame"));
+        // Off by default, and a token alone does not turn it on.
+        let c = AgentConfig::load(
+            None,
+            &env(&[MINIMAL, &[("GROKCAST_PLAYGROUND_TOKEN", "t")]].concat()),
+        )
+        .unwrap();
+        assert!(!c.playground.enabled);
     }
 
     #[test]

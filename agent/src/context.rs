@@ -226,8 +226,8 @@ impl CallContext {
         }
     }
 
-    /// Records a turn whose first frame was just sent.
-    pub(crate) fn observe_turn(&self, t: TurnTimings, sent: Instant) {
+    /// Records a turn whose first frame was just sent; returns its figures.
+    pub(crate) fn observe_turn(&self, t: TurnTimings, sent: Instant) -> TurnSample {
         let latency = sent.saturating_duration_since(t.caller_stopped);
         let model = t.endpointing + t.stt + t.llm_first_clause + t.tts_first_audio;
         let agent = latency.saturating_sub(model);
@@ -248,15 +248,17 @@ impl CallContext {
             agent_ms = agent.as_secs_f64() * 1000.0,
             "first audio of the turn sent"
         );
+        let sample = TurnSample {
+            latency,
+            agent,
+            timings: t,
+        };
         if let Some(samples) = &self.samples {
             samples
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(TurnSample {
-                    latency,
-                    agent,
-                    timings: t,
-                });
+                .push(sample);
         }
+        sample
     }
 }

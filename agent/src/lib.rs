@@ -17,6 +17,7 @@ pub mod context;
 pub mod conversation;
 pub mod metrics;
 pub mod pacer;
+pub mod playground;
 pub mod resample;
 pub mod server;
 pub mod startup;

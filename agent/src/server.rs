@@ -20,6 +20,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::call;
 use crate::context::CallContext;
 use crate::metrics::Outcome;
+use crate::playground;
 use crate::twilio::media_stream;
 use crate::twilio::protocol::MAX_MESSAGE_BYTES;
 use crate::twilio::signature::RequestValidator;
@@ -138,11 +139,14 @@ impl AgentState {
     }
 }
 
-/// The Twilio-facing routes: the voice webhook and the Media Streams WebSocket.
+/// The public routes: Twilio's voice webhook and Media Streams WebSocket, and the browser
+/// playground (404 unless enabled).
 pub fn twilio_router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/twilio/voice", post(voice))
         .route("/twilio/stream", get(stream))
+        .route("/playground", get(playground_page))
+        .route("/playground/socket", get(playground_socket))
         .with_state(state)
 }
 
@@ -221,6 +225,28 @@ async fn voice(
 /// Releases the call slot however the call task ends.
 struct Slot(Arc<AgentState>);
 
+impl Slot {
+    /// Takes one of the pod's `maxCalls` slots, phone call or playground session alike, before
+    /// the upgrade, so concurrent upgrades cannot overshoot it; the refusal when none is free.
+    // The refusal is the handler's whole answer, built once per refused call: boxing it
+    // would only add an allocation.
+    #[allow(clippy::result_large_err)]
+    fn reserve(state: &Arc<AgentState>) -> Result<Self, Response> {
+        if state.draining() {
+            state.metrics.call_ended(Outcome::Rejected);
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "draining").into_response());
+        }
+        let previous = state.active.fetch_add(1, Ordering::Relaxed);
+        if previous >= state.config.max_calls {
+            state.active.fetch_sub(1, Ordering::Relaxed);
+            state.metrics.call_ended(Outcome::Rejected);
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "busy").into_response());
+        }
+        state.metrics.active_calls.inc();
+        Ok(Slot(state.clone()))
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
@@ -242,19 +268,10 @@ async fn stream(
     if let Some(response) = state.signature_refusal(base, path, &[], &headers) {
         return response;
     }
-    if state.draining() {
-        state.metrics.call_ended(Outcome::Rejected);
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
-    }
-    // Reserve the slot before upgrading so concurrent upgrades cannot overshoot maxCalls.
-    let previous = state.active.fetch_add(1, Ordering::Relaxed);
-    if previous >= state.config.max_calls {
-        state.active.fetch_sub(1, Ordering::Relaxed);
-        state.metrics.call_ended(Outcome::Rejected);
-        return (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
-    }
-    state.metrics.active_calls.inc();
-    let slot = Slot(state.clone());
+    let slot = match Slot::reserve(&state) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal,
+    };
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES * 2)
         .max_frame_size(MAX_MESSAGE_BYTES * 2)
@@ -288,8 +305,108 @@ async fn media_stream_call(state: &AgentState, socket: WebSocket) -> Outcome {
     let span = info_span!("call", call_sid = %start.call_sid, stream_sid = %start.stream_sid);
     async move {
         info!(parameters = ?start.custom_parameters.keys().collect::<Vec<_>>(), "call started");
-        let outcome = call::run(state.context(), accepted.from_caller, accepted.to_caller).await;
+        let outcome = call::run(
+            state.context(),
+            call::CallSettings::default(),
+            accepted.from_caller,
+            accepted.to_caller,
+        )
+        .await;
         info!(outcome = outcome.label(), "call ended");
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+/// The playground's page: static, holding no secret (404 unless the playground is enabled).
+async fn playground_page(State(state): State<Arc<AgentState>>) -> Response {
+    if !state.config.playground.enabled {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // The page loads nothing from elsewhere and talks only to this agent.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; media-src 'self' blob:",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        playground::PAGE,
+    )
+        .into_response()
+}
+
+/// The playground's socket: 404 unless enabled, 401 without the token, then a call slot like
+/// a phone call's.
+async fn playground_socket(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !state.config.playground.enabled {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let authorised = state
+        .config
+        .playground_token
+        .as_ref()
+        .is_some_and(|token| playground::token_offered(offered, token.expose()));
+    if !authorised {
+        warn!("refused a playground session without a valid token");
+        return (StatusCode::UNAUTHORIZED, "a playground token is needed").into_response();
+    }
+    let slot = match Slot::reserve(&state) {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal,
+    };
+    upgrade
+        .protocols([playground::PROTOCOL])
+        .max_message_size(playground::MAX_MESSAGE_BYTES)
+        .max_frame_size(playground::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| async move {
+            let state = slot.0.clone();
+            let outcome = playground_call(&state, socket).await;
+            state.metrics.call_ended(outcome);
+            drop(slot);
+        })
+}
+
+/// One playground session: `start`, then the call, then the close (with the page's error).
+async fn playground_call(state: &AgentState, socket: WebSocket) -> Outcome {
+    let session = match playground::accept(socket).await {
+        Ok(session) => session,
+        Err(playground::PlaygroundError::Closed) => return Outcome::Disconnected,
+        Err(e) => {
+            warn!(error = %e, "playground session refused before start");
+            return Outcome::ProtocolError;
+        }
+    };
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let number = SESSIONS.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = info_span!("call", transport = "playground", session = number);
+    async move {
+        info!(
+            own_prompt = session.settings.system_prompt.is_some(),
+            own_voice = session.settings.voice.is_some(),
+            "playground session started"
+        );
+        let outcome = call::run(
+            state.context(),
+            session.settings,
+            session.from_caller,
+            session.to_caller,
+        )
+        .await;
+        session.closer.close().await;
+        info!(outcome = outcome.label(), "playground session ended");
         outcome
     }
     .instrument(span)

@@ -12,6 +12,8 @@
 
 use std::future::Future;
 
+use crate::context::TurnSample;
+
 /// What the caller's side sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
@@ -24,6 +26,21 @@ pub enum Received {
     Dtmf(char),
     /// The caller's side ended the call.
     Stop,
+}
+
+/// What happened on the call, for a transport that shows it to the person talking (the
+/// playground); a phone line has nowhere to show it and takes none
+/// ([`ToCaller::wants_notes`]).
+#[derive(Debug, Clone)]
+pub enum Note {
+    /// The caller's words of a turn, as the LLM gets them.
+    Caller(String),
+    /// A clause of the agent's reply, as it is queued to play.
+    Agent(String),
+    /// A turn's first audio went out: its latency and where the time went.
+    Turn(TurnSample),
+    /// The caller interrupted the agent: what was queued is dropped.
+    BargeIn,
 }
 
 /// Why a transport failed; it ends that call only.
@@ -71,4 +88,15 @@ pub trait ToCaller: Send + 'static {
 
     /// Drops everything sent but not yet played (barge-in).
     fn clear(&mut self) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Whether this transport shows [`Note`]s; the call keeps none for one that does not.
+    fn wants_notes(&self) -> bool {
+        false
+    }
+
+    /// Shows what happened on the call. Notes go out between frames, never ahead of audio
+    /// already due.
+    fn note(&mut self, _note: Note) -> impl Future<Output = Result<(), TransportError>> + Send {
+        std::future::ready(Ok(()))
+    }
 }

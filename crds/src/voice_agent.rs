@@ -65,6 +65,9 @@ use crate::common::SecretKeyRef;
 pub struct VoiceAgentSpec {
     /// How calls reach the agent.
     pub telephony: TelephonySpec,
+    /// The browser playground at `<publicUrl>/playground`, off unless enabled.
+    #[serde(default)]
+    pub playground: PlaygroundSpec,
     /// What the agent says and how it behaves.
     #[serde(default)]
     pub persona: PersonaSpec,
@@ -139,6 +142,25 @@ pub struct TwilioSpec {
     /// webhook is `<publicUrl>/twilio/voice`; Twilio signs requests against this URL.
     #[schemars(regex(pattern = r"^https://[^/\s]+(/[^\s]*)?$"))]
     pub public_url: String,
+}
+
+/// The browser playground: a page on the agents' public URL where the people who tune prompts
+/// and voices talk to the agent from a browser, through the same pipeline as a phone call,
+/// with live transcripts and each turn's latency. Sessions take the pods' call slots.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!self.enabled || has(self.tokenSecretRef)")
+        .message("playground.enabled needs tokenSecretRef")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaygroundSpec {
+    /// Serve `<publicUrl>/playground` and its socket; off, both answer 404.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Secret key with the token the page must present to open a session (without it: 401).
+    /// Needed when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Prompt and greeting.

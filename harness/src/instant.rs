@@ -194,6 +194,8 @@ pub struct InstantServers {
     /// The `messages` of every chat request answered, in order (what the agent's history
     /// was); refused ones are counted in `counts.llm` but not kept.
     pub conversations: Arc<Mutex<Vec<Vec<serde_json::Value>>>>,
+    /// The `voice` of every speech request, in order (`None`: the request named none).
+    pub voices: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl InstantServers {
@@ -470,6 +472,8 @@ async fn chat(
 struct SpeechRequest {
     input: String,
     #[serde(default)]
+    voice: Option<String>,
+    #[serde(default)]
     response_format: Option<String>,
 }
 
@@ -496,6 +500,10 @@ async fn speech(
     axum::Json(request): axum::Json<SpeechRequest>,
 ) -> Response {
     s.counts.tts.fetch_add(1, Ordering::Relaxed);
+    s.voices
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(request.voice.clone());
     let b = s.behaviour();
     if let Err(r) = gate(&b.tts).await {
         return r;

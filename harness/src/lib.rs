@@ -30,3 +30,16 @@ pub fn models_present() -> bool {
     }
     found
 }
+
+/// Points every model stage of `config` at the model servers at `models_url` (the instant
+/// doubles, in tests), with a stage timeout short enough for a test to see it fire.
+pub fn use_models_at(config: &mut grokcast_agent::config::AgentConfig, models_url: &str) {
+    for stage in [
+        &mut config.stt.stage,
+        &mut config.llm.stage,
+        &mut config.tts.stage,
+    ] {
+        stage.url = models_url.to_string();
+        stage.timeout_ms = 2000;
+    }
+}

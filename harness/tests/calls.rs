@@ -46,14 +46,7 @@ async fn start_against(servers: InstantServers, adjust: impl FnOnce(&mut AgentCo
         twilio_auth_token: Some(TOKEN.into()),
         ..AgentConfig::default()
     };
-    for stage in [
-        &mut config.stt.stage,
-        &mut config.llm.stage,
-        &mut config.tts.stage,
-    ] {
-        stage.url = models_url.clone();
-        stage.timeout_ms = 2000;
-    }
+    grokcast_harness::use_models_at(&mut config, &models_url);
     adjust(&mut config);
     config.validate().unwrap();
     let vad = startup::load_vad(&config).unwrap();

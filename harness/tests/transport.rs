@@ -1,20 +1,21 @@
 //! A call over a transport other than Twilio's: the same pipeline hears a caller whose audio
-//! comes at 48 kHz (a browser's rate) through an in-memory transport, answers, and ends when
-//! the caller's side stops, or with a protocol error when the transport reports one.
+//! comes at 48 kHz (a browser's rate) through an in-memory transport, answers with the
+//! session's own prompt and voice, reports what happened as notes, and ends when the caller's
+//! side stops, or with a protocol error when the transport reports one.
 
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use grokcast_agent::call;
+use grokcast_agent::call::{self, CallSettings};
 use grokcast_agent::codec;
 use grokcast_agent::config::AgentConfig;
 use grokcast_agent::context::CallContext;
 use grokcast_agent::metrics::{Metrics, Outcome};
 use grokcast_agent::resample::StreamResampler;
 use grokcast_agent::startup;
-use grokcast_agent::transport::{FromCaller, Received, ToCaller, TransportError};
+use grokcast_agent::transport::{FromCaller, Note, Received, ToCaller, TransportError};
 use grokcast_harness::caller;
 use grokcast_harness::instant::InstantServers;
 use tokio::sync::mpsc;
@@ -52,6 +53,7 @@ enum Played {
     Media(usize),
     Mark(String),
     Clear,
+    Note(Note),
 }
 
 struct MemoryToCaller(mpsc::UnboundedSender<Played>);
@@ -76,6 +78,14 @@ impl ToCaller for MemoryToCaller {
     async fn clear(&mut self) -> Result<(), TransportError> {
         self.put(Played::Clear)
     }
+
+    fn wants_notes(&self) -> bool {
+        true
+    }
+
+    async fn note(&mut self, note: Note) -> Result<(), TransportError> {
+        self.put(Played::Note(note))
+    }
 }
 
 /// The call context of an agent on the instant model servers, its phrases synthesised; `None`
@@ -93,14 +103,7 @@ async fn context(servers: &InstantServers) -> Option<Arc<CallContext>> {
         insecure_skip_signature: true,
         ..AgentConfig::default()
     };
-    for stage in [
-        &mut config.stt.stage,
-        &mut config.llm.stage,
-        &mut config.tts.stage,
-    ] {
-        stage.url = url.clone();
-        stage.timeout_ms = 2000;
-    }
+    grokcast_harness::use_models_at(&mut config, &url);
     config.validate().unwrap();
     let vad = startup::load_vad(&config).unwrap();
     let backends = startup::build_backends(&config).unwrap();
@@ -130,8 +133,13 @@ async fn a_caller_at_48_khz_on_another_transport_is_heard_and_answered() {
     };
     let (to_agent, from_caller) = mpsc::channel::<Sent>(64);
     let (to_caller, mut played) = mpsc::unbounded_channel();
+    let settings = CallSettings {
+        system_prompt: Some("You are a pirate. Answer like one.".into()),
+        voice: Some("shimmer".into()),
+    };
     let call = tokio::spawn(call::run(
         context.clone(),
+        settings,
         MemoryFromCaller(from_caller),
         MemoryToCaller(to_caller),
     ));
@@ -143,6 +151,7 @@ async fn a_caller_at_48_khz_on_another_transport_is_heard_and_answered() {
     audio.extend(vec![0f32; 8 * RATE as usize]);
     let question_ends = (audio.len() - 8 * RATE as usize) / FRAME;
     let mut frames_after_question = 0;
+    let mut notes = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     for (i, frame) in audio.chunks(FRAME).enumerate() {
         ticker.tick().await;
@@ -163,6 +172,7 @@ async fn a_caller_at_48_khz_on_another_transport_is_heard_and_answered() {
                     .await
                     .unwrap(),
                 Played::Clear => {}
+                Played::Note(note) => notes.push(note),
             }
         }
         if frames_after_question >= 10 {
@@ -182,6 +192,42 @@ async fn a_caller_at_48_khz_on_another_transport_is_heard_and_answered() {
             .stt_streams
             .load(std::sync::atomic::Ordering::Relaxed);
     assert!(transcribed >= 1, "the question was never transcribed");
+
+    // The session's prompt and voice, not the VoiceAgent's.
+    let conversations = servers.conversations.lock().unwrap().clone();
+    let system = &conversations.last().expect("no chat request")[0];
+    assert_eq!(system["content"], "You are a pirate. Answer like one.");
+    let voices = servers.voices.lock().unwrap().clone();
+    assert_eq!(voices.last(), Some(&Some("shimmer".to_string())));
+    assert!(
+        voices.first() != Some(&Some("shimmer".to_string())),
+        "the fixed phrases keep the VoiceAgent's voice: {voices:?}"
+    );
+
+    // What the page shows: the greeting, the caller's words, the reply and the turn's figures,
+    // in that order.
+    let greeting = &context.config.persona.greeting;
+    let heard = servers.behaviour.lock().unwrap().transcript.clone();
+    let position = |want: &dyn Fn(&Note) -> bool| notes.iter().position(want);
+    let greeted = position(&|n| matches!(n, Note::Agent(t) if t == greeting));
+    let asked = position(&|n| matches!(n, Note::Caller(t) if *t == heard));
+    let answered = notes
+        .iter()
+        .enumerate()
+        .skip(asked.map_or(0, |a| a + 1))
+        .find(|(_, n)| matches!(n, Note::Agent(_)))
+        .map(|(i, _)| i);
+    let timed = notes.iter().find_map(|n| match n {
+        Note::Turn(sample) => Some(*sample),
+        _ => None,
+    });
+    assert!(
+        greeted.is_some() && asked.is_some() && answered.is_some(),
+        "{notes:?}"
+    );
+    assert!(greeted < asked && asked < answered, "{notes:?}");
+    let timed = timed.expect("no turn figures");
+    assert!(timed.latency >= timed.timings.endpointing, "{timed:?}");
 
     to_agent
         .send(Ok((Received::Stop, Vec::new())))
@@ -204,6 +250,7 @@ async fn a_transport_protocol_error_ends_its_call_as_a_protocol_error() {
     let (to_caller, _played) = mpsc::unbounded_channel();
     let call = tokio::spawn(call::run(
         context,
+        CallSettings::default(),
         MemoryFromCaller(from_caller),
         MemoryToCaller(to_caller),
     ));

@@ -1013,12 +1013,16 @@ async fn reconcile_agent_inner(
             pools.insert(name.clone(), p);
         }
     }
-    let secret = lookup_secret(
-        &ctx.client,
-        &ns,
-        &agent.spec.telephony.twilio.auth_token_secret_ref,
-    )
-    .await?;
+    let mut secrets = Vec::new();
+    for r in voice_agent::secret_refs(&agent.spec) {
+        secrets.push((r.clone(), lookup_secret(&ctx.client, &ns, r).await?));
+    }
+    let secret = |r: &SecretKeyRef| {
+        secrets
+            .iter()
+            .find(|(known, _)| known == r)
+            .map_or(SecretLookup::Missing, |(_, found)| *found)
+    };
     let lookup = |name: &str| {
         pools
             .get(name)
@@ -1203,7 +1207,8 @@ pub fn pools_referencing_secret(
         .collect()
 }
 
-/// Agents in `agents` whose Twilio auth token Secret is `secret`, in its namespace.
+/// Agents in `agents` that read `secret` (the Twilio token's or the playground token's), in
+/// its namespace.
 pub fn agents_referencing_secret(
     agents: &[Arc<VoiceAgent>],
     secret: &ObjectMeta,
@@ -1212,7 +1217,9 @@ pub fn agents_referencing_secret(
         .iter()
         .filter(|a| a.metadata.namespace == secret.namespace)
         .filter(|a| {
-            Some(&a.spec.telephony.twilio.auth_token_secret_ref.name) == secret.name.as_ref()
+            voice_agent::secret_refs(&a.spec)
+                .iter()
+                .any(|r| Some(&r.name) == secret.name.as_ref())
         })
         .map(|a| ObjectRef::from_obj(a.as_ref()))
         .collect()

@@ -218,8 +218,7 @@ pub fn render(input: &Input, settings: &BuildSettings) -> Result<Rendered, Rende
                     voice_agent::PoolLookup::Found,
                 )
         };
-        let twilio = &agent.spec.telephony.twilio.auth_token_secret_ref;
-        let secret = secret_lookup(input, &ns, &twilio.name, &twilio.key);
+        let secret = |r: &grokcast_crds::SecretKeyRef| secret_lookup(input, &ns, &r.name, &r.key);
         match voice_agent::validate(agent, lookup, secret) {
             Ok(valid) => push_children(&mut out, &source, &voice_agent::build(&valid, settings))?,
             Err(e) => out.problems.push(format!("{source}: {e}")),

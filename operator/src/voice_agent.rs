@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use grokcast_crds::{
-    Engine, ModelPool, Role, StageBackend, VoiceAgent, condition, condition::reason,
+    Engine, ModelPool, Role, SecretKeyRef, StageBackend, VoiceAgent, VoiceAgentSpec, condition,
+    condition::reason,
 };
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -40,6 +41,9 @@ pub const CONFIG_DIR: &str = "/etc/grokcast";
 pub const CONFIG_FILE: &str = "agent.yaml";
 /// Env var the agent reads the Twilio auth token from.
 pub const TWILIO_TOKEN_ENV: &str = "GROKCAST_TWILIO_AUTH_TOKEN";
+
+/// The environment variable the agent reads the playground token from.
+pub const PLAYGROUND_TOKEN_ENV: &str = "GROKCAST_PLAYGROUND_TOKEN";
 /// Seconds the preStop hook waits so load balancers stop sending new calls before SIGTERM.
 pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 /// UID/GID of the agent process (the distroless `nonroot` user).
@@ -60,7 +64,8 @@ pub enum PoolLookup<'a> {
     Missing,
 }
 
-/// What the dereference step read for the Twilio Secret.
+/// What the dereference step read for a Secret the spec names (the Twilio token's, the
+/// playground token's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretLookup {
     /// Secret exists and has the key.
@@ -101,15 +106,19 @@ pub enum Problem {
         /// Role the pool serves.
         actual: String,
     },
-    /// The Twilio Secret does not exist.
-    #[error("telephony.twilio.authTokenSecretRef: Secret {name:?} not found")]
+    /// A Secret the spec names does not exist.
+    #[error("{field}: Secret {name:?} not found")]
     SecretNotFound {
+        /// The spec field that names it.
+        field: &'static str,
         /// Secret name.
         name: String,
     },
-    /// The Twilio Secret lacks the key.
-    #[error("telephony.twilio.authTokenSecretRef: Secret {name:?} has no key {key:?}")]
+    /// A Secret the spec names lacks the key.
+    #[error("{field}: Secret {name:?} has no key {key:?}")]
     SecretKeyMissing {
+        /// The spec field that names it.
+        field: &'static str,
         /// Secret name.
         name: String,
         /// Key.
@@ -287,7 +296,7 @@ fn resolve_streaming<'a>(
 pub fn validate<'a>(
     agent: &'a VoiceAgent,
     lookup: impl Fn(&str) -> PoolLookup<'a>,
-    secret: SecretLookup,
+    secrets: impl Fn(&SecretKeyRef) -> SecretLookup,
 ) -> Result<ValidAgent<'a>, Problem> {
     let spec = &agent.spec;
     let name = agent.metadata.name.clone().unwrap_or_default();
@@ -323,25 +332,35 @@ pub fn validate<'a>(
             "telephony.twilio.publicUrl must be an https:// URL (Twilio signs against it)".into(),
         ));
     }
+    // The API server's CEL rule says the same; this covers objects admitted before it.
+    if spec.playground.enabled && spec.playground.token_secret_ref.is_none() {
+        return Err(Problem::InvalidSpec(
+            "playground.enabled needs tokenSecretRef".into(),
+        ));
+    }
     let ns = owner.namespace.clone();
     let stt = resolve_stage("stt", Role::Stt, spec.stt.backend(), &ns, &lookup)?;
     let stt_streaming = resolve_streaming(&spec.stt, &ns, &lookup)?;
     let llm = resolve_stage("llm", Role::Llm, spec.llm.backend(), &ns, &lookup)?;
     let tts = resolve_stage("tts", Role::Tts, spec.tts.backend(), &ns, &lookup)?;
-    let twilio = &spec.telephony.twilio.auth_token_secret_ref;
-    match secret {
-        SecretLookup::Present => {}
-        SecretLookup::Missing => {
-            return Err(Problem::SecretNotFound {
-                name: twilio.name.clone(),
-            });
-        }
-        SecretLookup::KeyMissing => {
-            return Err(Problem::SecretKeyMissing {
-                name: twilio.name.clone(),
-                key: twilio.key.clone(),
-            });
-        }
+    let check = |field: &'static str, r: &SecretKeyRef| match secrets(r) {
+        SecretLookup::Present => Ok(()),
+        SecretLookup::Missing => Err(Problem::SecretNotFound {
+            field,
+            name: r.name.clone(),
+        }),
+        SecretLookup::KeyMissing => Err(Problem::SecretKeyMissing {
+            field,
+            name: r.name.clone(),
+            key: r.key.clone(),
+        }),
+    };
+    check(
+        "telephony.twilio.authTokenSecretRef",
+        &spec.telephony.twilio.auth_token_secret_ref,
+    )?;
+    if let Some(r) = playground_token(spec) {
+        check("playground.tokenSecretRef", r)?;
     }
     Ok(ValidAgent {
         agent,
@@ -351,6 +370,22 @@ pub fn validate<'a>(
         llm,
         tts,
     })
+}
+
+/// The playground token's Secret key, when the playground is on.
+pub fn playground_token(spec: &VoiceAgentSpec) -> Option<&SecretKeyRef> {
+    spec.playground
+        .enabled
+        .then_some(spec.playground.token_secret_ref.as_ref())
+        .flatten()
+}
+
+/// Every Secret key the agent's pods read: the Twilio token's, and the playground token's
+/// when the playground is on.
+pub fn secret_refs(spec: &VoiceAgentSpec) -> Vec<&SecretKeyRef> {
+    let mut refs = vec![&spec.telephony.twilio.auth_token_secret_ref];
+    refs.extend(playground_token(spec));
+    refs
 }
 
 /// The file the agent reads, `agent.yaml`, in the agent's own schema (camelCase keys,
@@ -385,6 +420,16 @@ pub struct AgentConfig {
     pub turn_taking: TurnTakingConfig,
     /// The latency objective: the agent counts turns slower than it for the burn-rate alerts.
     pub slo: SloConfig,
+    /// The browser playground (its token arrives as `GROKCAST_PLAYGROUND_TOKEN`).
+    pub playground: PlaygroundConfig,
+}
+
+/// Playground section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaygroundConfig {
+    /// Serve `/playground` and its socket.
+    pub enabled: bool,
 }
 
 /// SLO section of `agent.yaml`.
@@ -564,12 +609,31 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
         slo: SloConfig {
             turn_latency_p95_ms: spec.slo.turn_latency_p95_ms,
         },
+        playground: PlaygroundConfig {
+            enabled: spec.playground.enabled,
+        },
     }
 }
 
 /// The Twilio voice webhook URL for an agent.
 pub fn webhook_url(public_url: &str) -> String {
     format!("{}/twilio/voice", public_url.trim_end_matches('/'))
+}
+
+/// An environment variable read from a Secret's key; the pod does not start without it.
+fn secret_env(name: &str, r: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -624,32 +688,30 @@ pub fn build(v: &ValidAgent<'_>, settings: &BuildSettings) -> Vec<Child> {
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
         ]),
-        env: Some(vec![
-            env("GROKCAST_CONFIG", format!("{CONFIG_DIR}/{CONFIG_FILE}")),
-            EnvVar {
-                name: TWILIO_TOKEN_ENV.into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: twilio.name.clone(),
-                        key: twilio.key.clone(),
-                        optional: Some(false),
+        env: Some(
+            [
+                Some(env(
+                    "GROKCAST_CONFIG",
+                    format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+                )),
+                Some(secret_env(TWILIO_TOKEN_ENV, twilio)),
+                playground_token(spec).map(|r| secret_env(PLAYGROUND_TOKEN_ENV, r)),
+                Some(EnvVar {
+                    name: "GROKCAST_POD_NAME".into(),
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.name".into(),
+                            ..ObjectFieldSelector::default()
+                        }),
+                        ..EnvVarSource::default()
                     }),
-                    ..EnvVarSource::default()
+                    ..EnvVar::default()
                 }),
-                ..EnvVar::default()
-            },
-            EnvVar {
-                name: "GROKCAST_POD_NAME".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        ..ObjectFieldSelector::default()
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            },
-        ]),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("http".into()),

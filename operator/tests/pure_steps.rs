@@ -45,6 +45,18 @@ fn deployment(children: &[Child]) -> &Deployment {
         .expect("a Deployment")
 }
 
+/// The Secret (name, key) an environment variable is read from, if it is.
+fn secret_of(env: &[k8s_openapi::api::core::v1::EnvVar], var: &str) -> Option<(String, String)> {
+    let sel = env
+        .iter()
+        .find(|e| e.name == var)?
+        .value_from
+        .as_ref()?
+        .secret_key_ref
+        .as_ref()?;
+    Some((sel.name.clone(), sel.key.clone()))
+}
+
 fn config_map(children: &[Child]) -> &ConfigMap {
     children
         .iter()
@@ -110,7 +122,7 @@ fn build_agent(
             .find(|p| p.metadata.name.as_deref() == Some(name))
             .map_or(PoolLookup::Missing, PoolLookup::Found)
     };
-    let valid = voice_agent::validate(agent, lookup, SecretLookup::Present)?;
+    let valid = voice_agent::validate(agent, lookup, |_| SecretLookup::Present)?;
     Ok(voice_agent::build(&valid, settings))
 }
 
@@ -569,23 +581,9 @@ fn agent_pods_are_locked_down_and_drain_calls() {
         "grace period must outlast drainTimeoutSeconds (600)"
     );
     assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
-    let token = c
-        .env
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|e| e.name == "GROKCAST_TWILIO_AUTH_TOKEN")
-        .unwrap();
-    let sel = token
-        .value_from
-        .as_ref()
-        .unwrap()
-        .secret_key_ref
-        .as_ref()
-        .unwrap();
     assert_eq!(
-        (sel.name.as_str(), sel.key.as_str()),
-        ("twilio", "authToken")
+        secret_of(c.env.as_deref().unwrap(), "GROKCAST_TWILIO_AUTH_TOKEN"),
+        Some(("twilio".into(), "authToken".into()))
     );
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
     let kinds: Vec<&str> = children.iter().map(Child::kind).collect();
@@ -979,11 +977,90 @@ fn missing_secret_or_key_blocks_with_its_own_reason() {
             .find(|x| x.metadata.name.as_deref() == Some(name))
             .map_or(PoolLookup::Missing, PoolLookup::Found)
     };
-    let err = voice_agent::validate(&agent, lookup, SecretLookup::Missing).unwrap_err();
+    let err = voice_agent::validate(&agent, lookup, |_| SecretLookup::Missing).unwrap_err();
     assert_eq!(err.reason(), condition::reason::SECRET_NOT_FOUND);
-    let err = voice_agent::validate(&agent, lookup, SecretLookup::KeyMissing).unwrap_err();
+    let err = voice_agent::validate(&agent, lookup, |_| SecretLookup::KeyMissing).unwrap_err();
     assert_eq!(err.reason(), condition::reason::SECRET_KEY_MISSING);
     assert!(err.to_string().contains("has no key \"authToken\""));
+}
+
+#[test]
+fn the_playground_reads_its_token_from_its_secret_only_when_enabled() {
+    let base = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
+    let with = |playground: &str| base.replacen("spec:\n", &format!("spec:\n{playground}"), 1);
+    let env_of = |children: &[Child]| {
+        deployment(children)
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap()
+    };
+    let yaml_of =
+        |children: &[Child]| config_map(children).data.as_ref().unwrap()["agent.yaml"].clone();
+
+    // Off (the default): no token in the pod, and the agent is told it is off.
+    let off = build_agent(&agent_yaml(&base), &pools(), &BuildSettings::default()).unwrap();
+    assert!(
+        !env_of(&off)
+            .iter()
+            .any(|e| e.name == "GROKCAST_PLAYGROUND_TOKEN")
+    );
+    let config: serde_yaml::Value = serde_yaml::from_str(&yaml_of(&off)).unwrap();
+    assert_eq!(
+        config["playground"]["enabled"],
+        serde_yaml::Value::Bool(false)
+    );
+
+    // On: the token comes from the named Secret key, never through the ConfigMap.
+    let on = with(
+        "  playground:\n    enabled: true\n    tokenSecretRef: {name: playground, key: token}\n",
+    );
+    let children = build_agent(&agent_yaml(&on), &pools(), &BuildSettings::default()).unwrap();
+    assert_eq!(
+        secret_of(&env_of(&children), "GROKCAST_PLAYGROUND_TOKEN"),
+        Some(("playground".into(), "token".into()))
+    );
+    let config: serde_yaml::Value = serde_yaml::from_str(&yaml_of(&children)).unwrap();
+    assert_eq!(
+        config["playground"]["enabled"],
+        serde_yaml::Value::Bool(true)
+    );
+    assert!(
+        !yaml_of(&children).contains("token"),
+        "no token in agent.yaml"
+    );
+
+    // A missing playground Secret is named as such; the Twilio one is present.
+    let agent = agent_yaml(&on);
+    let p = pools();
+    let lookup = |name: &str| {
+        p.iter()
+            .find(|x| x.metadata.name.as_deref() == Some(name))
+            .map_or(PoolLookup::Missing, PoolLookup::Found)
+    };
+    let secrets = |r: &grokcast_crds::SecretKeyRef| match r.name.as_str() {
+        "playground" => SecretLookup::Missing,
+        _ => SecretLookup::Present,
+    };
+    let err = voice_agent::validate(&agent, lookup, secrets).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::SECRET_NOT_FOUND);
+    assert_eq!(
+        err.to_string(),
+        "playground.tokenSecretRef: Secret \"playground\" not found"
+    );
+
+    // Enabled without a token Secret is refused (as the API server's rule refuses it).
+    let bare = with("  playground:\n    enabled: true\n");
+    let err = build_agent(&agent_yaml(&bare), &pools(), &BuildSettings::default()).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::INVALID_SPEC);
+    assert!(err.to_string().contains("tokenSecretRef"), "{err}");
 }
 
 #[test]

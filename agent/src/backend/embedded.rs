@@ -24,7 +24,13 @@ impl EmbeddedTts {
 }
 
 impl Tts for EmbeddedTts {
-    fn synthesize(&self, text: String) -> BoxFuture<'_, Result<AudioStream, BackendError>> {
+    /// One Piper model is one voice: another voice's name is not an error, the model speaks
+    /// in its own (the local demo and tests have one voice installed).
+    fn synthesize(
+        &self,
+        text: String,
+        _voice: Option<String>,
+    ) -> BoxFuture<'_, Result<AudioStream, BackendError>> {
         let voice = self.voice.clone();
         async move {
             let sample_rate = voice.sample_rate();

@@ -280,8 +280,13 @@ pub fn turn_end_from_logprobs<'a>(top: impl IntoIterator<Item = (&'a str, f32)>)
 
 /// Text to speech that streams audio.
 pub trait Tts: Send + Sync {
-    /// Starts speaking `text`; drop the stream to cancel.
-    fn synthesize(&self, text: String) -> BoxFuture<'_, Result<AudioStream, BackendError>>;
+    /// Starts speaking `text`, in `voice` where given (else the configured one); drop the
+    /// stream to cancel.
+    fn synthesize(
+        &self,
+        text: String,
+        voice: Option<String>,
+    ) -> BoxFuture<'_, Result<AudioStream, BackendError>>;
 }
 
 /// The three backends a call uses.

@@ -513,11 +513,16 @@ fn header_rate(
 }
 
 impl Tts for OpenAiTts {
-    fn synthesize(&self, text: String) -> BoxFuture<'_, Result<AudioStream, BackendError>> {
+    fn synthesize(
+        &self,
+        text: String,
+        voice: Option<String>,
+    ) -> BoxFuture<'_, Result<AudioStream, BackendError>> {
         async move {
             let e = self.endpoint.clone();
+            let voice = voice.as_deref().unwrap_or(&self.voice);
             let body = serde_json::json!({
-                "model": e.model, "input": text, "voice": self.voice,
+                "model": e.model, "input": text, "voice": voice,
                 "response_format": self.format.as_str(),
             });
             let response = e
