@@ -84,7 +84,7 @@ if [ "$needs_models" -eq 1 ]; then
   for f in models/vad/silero_vad.onnx models/onnxruntime models/whisper models/piper models/llm; do
     if [ ! -e "$f" ]; then
       echo "build-images.sh: $f is missing; installing models with scripts/install.sh"
-      run ./scripts/install.sh --skip-cluster --skip-nextest
+      run ./scripts/install.sh --skip-cluster --skip-nextest --skip-browser
       break
     fi
   done

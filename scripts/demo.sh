@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The demo needs neither the test runner nor the test cluster's Kubernetes parts.
-./scripts/install.sh --skip-cluster --skip-nextest
+./scripts/install.sh --skip-cluster --skip-nextest --skip-browser
 # Shares the build with scripts/test.sh (an explicit CARGO_TARGET_DIR wins).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/grokcast/target}"
 # The dev profile builds dependencies at opt-level 2 and shares the test build.

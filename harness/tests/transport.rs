@@ -144,9 +144,9 @@ async fn a_caller_at_48_khz_on_another_transport_is_heard_and_answered() {
         MemoryToCaller(to_caller),
     ));
 
-    // Half a second of silence, the question, then silence until the answer plays, in real
-    // time; marks are acknowledged as they come (played at once).
-    let mut audio = vec![0f32; RATE as usize / 2];
+    // Silence while the greeting plays, the question, then silence until the answer plays,
+    // in real time; marks are acknowledged as they come (played at once).
+    let mut audio = vec![0f32; 5 * RATE as usize / 2];
     audio.extend(question());
     audio.extend(vec![0f32; 8 * RATE as usize]);
     let question_ends = (audio.len() - 8 * RATE as usize) / FRAME;
@@ -226,6 +226,11 @@ async fn a_caller_at_48_khz_on_another_transport_is_heard_and_answered() {
         "{notes:?}"
     );
     assert!(greeted < asked && asked < answered, "{notes:?}");
+    // The caller spoke after the greeting and never over the agent.
+    assert!(
+        !notes.iter().any(|n| matches!(n, Note::BargeIn)),
+        "a barge-in nobody made: {notes:?}"
+    );
     let timed = timed.expect("no turn figures");
     assert!(timed.latency >= timed.timings.endpointing, "{timed:?}");
 
