@@ -80,16 +80,17 @@ PIPECAT_PACKAGE=pipecat-ai==1.14.0
 
 log() { printf '==> %s\n' "$*"; }
 
-install_debian_packages() {
-  local wanted=(espeak-ng libespeak-ng-dev cmake clang libclang-dev sox prometheus)
+# Installs those of the named Debian packages that are missing (called plainly, never in a
+# condition, so that a failing apt-get stops the script).
+apt_install_missing() {
   local missing=()
-  for pkg in "${wanted[@]}"; do
+  for pkg in "$@"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
       missing+=("$pkg")
     fi
   done
   if [ "${#missing[@]}" -eq 0 ]; then
-    log "Debian packages already installed"
+    log "Debian packages already installed: $*"
     return
   fi
   local sudo=()
@@ -100,6 +101,10 @@ install_debian_packages() {
     "${sudo[@]}" apt-get update
   fi
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+install_debian_packages() {
+  apt_install_missing espeak-ng libespeak-ng-dev cmake clang libclang-dev sox prometheus
 }
 
 install_python_requirements() {
@@ -207,22 +212,7 @@ PLAYWRIGHT_CORE_VERSION=1.65.2
 node_dir="${XDG_CACHE_HOME:-$HOME/.cache}/grokcast/node"
 
 install_browser() {
-  local wanted=(chromium)
-  local missing=()
-  for pkg in "${wanted[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
-      missing+=("$pkg")
-    fi
-  done
-  if [ "${#missing[@]}" -ne 0 ]; then
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
-    log "installing Debian packages for the browser test: ${missing[*]}"
-    if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
-      "${sudo[@]}" apt-get update
-    fi
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
-  fi
+  apt_install_missing chromium
   local installed="$node_dir/node_modules/playwright-core/package.json"
   if [ -f "$installed" ] && grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" "$installed"; then
     return

@@ -109,6 +109,15 @@ pub struct CallSettings {
     pub voice: Option<String>,
 }
 
+impl CallSettings {
+    /// The system prompt this call's LLM gets: its own, else the VoiceAgent's.
+    fn system_prompt<'a>(&'a self, state: &'a CallContext) -> &'a str {
+        self.system_prompt
+            .as_deref()
+            .unwrap_or(&state.config.persona.system_prompt)
+    }
+}
+
 /// Where the send task is: the `segment`-th clause (counted by marks) of `generation`'s
 /// audio, `sent` of it sent so far.
 #[derive(Debug, Default, Clone, Copy)]
@@ -159,14 +168,6 @@ impl Shared {
         }
     }
 
-    /// The system prompt this call's LLM gets.
-    fn system_prompt<'a>(&'a self, state: &'a CallContext) -> &'a str {
-        self.settings
-            .system_prompt
-            .as_deref()
-            .unwrap_or(&state.config.persona.system_prompt)
-    }
-
     fn agent_speaking(&self, now: Instant) -> bool {
         let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
         self.speaking_until_us.load(Ordering::Relaxed) > now_us
@@ -199,16 +200,12 @@ pub async fn run(
         }
         false => (None, None),
     };
-    let system_prompt = settings
-        .system_prompt
-        .as_deref()
-        .unwrap_or(&state.config.persona.system_prompt);
     let shared = Arc::new(Shared {
         generation: AtomicU64::new(0),
         speaking_until_us: AtomicU64::new(0),
         epoch: Instant::now(),
         progress: Mutex::new(Progress::default()),
-        conversation: Mutex::new(Conversation::new(system_prompt)),
+        conversation: Mutex::new(Conversation::new(settings.system_prompt(&state))),
         settings,
         notes,
     });
@@ -883,7 +880,7 @@ async fn converse(
     clears: mpsc::Sender<()>,
     shared: Arc<Shared>,
 ) -> Option<Outcome> {
-    let mut history = Conversation::new(shared.system_prompt(&state));
+    let mut history = Conversation::new(shared.settings.system_prompt(&state));
     let mut acked: HashSet<String> = HashSet::new();
     let mut turn_number = 0u64;
     // The turn at work. Its guard aborts it when the call ends however it ends (this future

@@ -5,7 +5,8 @@
 //!   signed webhooks, as Twilio's cloud would;
 //! - [`instant`]: model servers that answer at once over the real protocols (OpenAI HTTP,
 //!   Riva gRPC), standing for GPU model pools;
-//! - [`demo`]: an agent on the embedded models answering one simulated call.
+//! - [`demo`]: an agent on the embedded models answering one simulated call;
+//! - [`local`]: an agent on this machine on the instant servers, as the tests start one.
 
 // Tests may unwrap: a panic is how they fail.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -13,6 +14,7 @@
 pub mod caller;
 pub mod demo;
 pub mod instant;
+pub mod local;
 
 /// Whether the Silero VAD model and ONNX Runtime are installed, for tests that run calls; they
 /// skip without them, except where `GROKCAST_REQUIRE_MODELS` is set (as `scripts/test.sh`
@@ -29,17 +31,4 @@ pub fn models_present() -> bool {
         eprintln!("skipped: Silero VAD not installed (run scripts/install.sh)");
     }
     found
-}
-
-/// Points every model stage of `config` at the model servers at `models_url` (the instant
-/// doubles, in tests), with a stage timeout short enough for a test to see it fire.
-pub fn use_models_at(config: &mut grokcast_agent::config::AgentConfig, models_url: &str) {
-    for stage in [
-        &mut config.stt.stage,
-        &mut config.llm.stage,
-        &mut config.tts.stage,
-    ] {
-        stage.url = models_url.to_string();
-        stage.timeout_ms = 2000;
-    }
 }

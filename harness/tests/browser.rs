@@ -6,16 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use grokcast_agent::config::AgentConfig;
-use grokcast_agent::context::CallContext;
-use grokcast_agent::metrics::Metrics;
 use grokcast_agent::resample::StreamResampler;
-use grokcast_agent::server::{self, AgentState};
-use grokcast_agent::startup;
 use grokcast_harness::instant::InstantServers;
+use grokcast_harness::local::LocalAgent;
 
 const TOKEN: &str = "browser-test-token";
 const RATE: u32 = 48_000;
@@ -103,37 +98,13 @@ async fn the_page_in_chromium_hears_the_answer_and_shows_the_barge_in() {
                    so there is plenty of time to come by, and the parking is free all day."
             .into();
     });
-    let models = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let models_url = format!("http://{}/v1", models.local_addr().unwrap());
-    tokio::spawn(servers.clone().serve(models));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = AgentConfig {
-        public_url: url.clone(),
-        twilio_auth_token: Some("twilio-token".into()),
-        playground_token: Some(TOKEN.into()),
-        ..AgentConfig::default()
-    };
-    config.playground.enabled = true;
-    grokcast_harness::use_models_at(&mut config, &models_url);
-    config.validate().unwrap();
-    let vad = startup::load_vad(&config).unwrap();
-    let backends = startup::build_backends(&config).unwrap();
-    let metrics = Metrics::new("receptionist", "voice").unwrap();
-    let state = Arc::new(AgentState::new(CallContext::new(
-        config, backends, vad, metrics,
-    )));
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, state.clone(), async {
-        let _ = stopped.await;
-    }));
-    for _ in 0..200 {
-        let ready = reqwest::get(format!("{url}/readyz")).await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let agent = LocalAgent::start(&servers, |c| {
+        c.playground.enabled = true;
+        c.playground_token = Some(TOKEN.into());
+    })
+    .await
+    .unwrap();
+    let url = agent.url.clone();
 
     let dir = std::env::temp_dir().join(format!("grokcast-browser-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -9,12 +9,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use grokcast_agent::config::AgentConfig;
-use grokcast_agent::context::CallContext;
-use grokcast_agent::metrics::Metrics;
-use grokcast_agent::server::{self, AgentState};
-use grokcast_agent::startup;
+use grokcast_agent::server::AgentState;
 use grokcast_harness::caller::{self, CallReport, CallerOptions};
 use grokcast_harness::instant::InstantServers;
+use grokcast_harness::local::LocalAgent;
 use grokcast_harness::models_present;
 
 const TOKEN: &str = "test-auth-token";
@@ -34,51 +32,18 @@ async fn start(adjust: impl FnOnce(&mut AgentConfig)) -> Harness {
 /// An agent whose model servers are `servers` (set up before the agent synthesises its
 /// greeting from them).
 async fn start_against(servers: InstantServers, adjust: impl FnOnce(&mut AgentConfig)) -> Harness {
-    let model_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let models_url = format!("http://{}/v1", model_listener.local_addr().unwrap());
-    tokio::spawn(servers.clone().serve(model_listener));
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = AgentConfig {
-        public_url: url.clone(),
-        listen_addr: listener.local_addr().unwrap().to_string(),
-        twilio_auth_token: Some(TOKEN.into()),
-        ..AgentConfig::default()
-    };
-    grokcast_harness::use_models_at(&mut config, &models_url);
-    adjust(&mut config);
-    config.validate().unwrap();
-    let vad = startup::load_vad(&config).unwrap();
-    let backends = startup::build_backends(&config).unwrap();
-    let metrics = Metrics::new("receptionist", "voice").unwrap();
-    let turn_model = startup::load_turn_model(&config).unwrap();
-    let state = Arc::new(AgentState::new(
-        CallContext::new(config, backends, vad, metrics).with_turn_model(turn_model),
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::serve(listener, state.clone(), async {
-        let _ = stopped.await;
-    }));
-    // Ready once the greeting and apology are synthesised.
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        if client
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let agent = LocalAgent::start(&servers, |c| {
+        c.twilio_auth_token = Some(TOKEN.into());
+        adjust(c);
+    })
+    .await
+    .unwrap();
     Harness {
-        url,
+        url: agent.url,
         servers,
-        state,
-        stop: Some(stop),
-        task,
+        state: agent.state,
+        stop: agent.stop,
+        task: agent.task,
     }
 }
 

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use audiopus::coder::{Decoder, Encoder};
@@ -15,13 +14,10 @@ use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use grokcast_agent::codec;
 use grokcast_agent::config::AgentConfig;
-use grokcast_agent::context::CallContext;
-use grokcast_agent::metrics::Metrics;
 use grokcast_agent::resample::StreamResampler;
-use grokcast_agent::server::{self, AgentState};
-use grokcast_agent::startup;
 use grokcast_harness::caller;
 use grokcast_harness::instant::InstantServers;
+use grokcast_harness::local::LocalAgent;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -32,7 +28,8 @@ const FRAME: usize = 960;
 struct Agent {
     url: String,
     servers: InstantServers,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    /// Held so the agent keeps serving until the test ends.
+    _agent: LocalAgent,
 }
 
 /// An agent on the instant model servers with the playground as `adjust` leaves it
@@ -42,43 +39,17 @@ async fn agent(adjust: impl FnOnce(&mut AgentConfig)) -> Option<Agent> {
         return None;
     }
     let servers = InstantServers::default();
-    let models = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let models_url = format!("http://{}/v1", models.local_addr().unwrap());
-    tokio::spawn(servers.clone().serve(models));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut config = AgentConfig {
-        public_url: url.clone(),
-        twilio_auth_token: Some("twilio-token".into()),
-        playground_token: Some(TOKEN.into()),
-        ..AgentConfig::default()
-    };
-    config.playground.enabled = true;
-    grokcast_harness::use_models_at(&mut config, &models_url);
-    adjust(&mut config);
-    config.validate().unwrap();
-    let vad = startup::load_vad(&config).unwrap();
-    let backends = startup::build_backends(&config).unwrap();
-    let metrics = Metrics::new("receptionist", "voice").unwrap();
-    let state = Arc::new(AgentState::new(CallContext::new(
-        config, backends, vad, metrics,
-    )));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        let ready = http.get(format!("{url}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let agent = LocalAgent::start(&servers, |c| {
+        c.playground.enabled = true;
+        c.playground_token = Some(TOKEN.into());
+        adjust(c);
+    })
+    .await
+    .unwrap();
     Some(Agent {
-        url,
+        url: agent.url.clone(),
         servers,
-        _stop: stop,
+        _agent: agent,
     })
 }
 

@@ -12,12 +12,12 @@ use grokcast_agent::call::{self, CallSettings};
 use grokcast_agent::codec;
 use grokcast_agent::config::AgentConfig;
 use grokcast_agent::context::CallContext;
-use grokcast_agent::metrics::{Metrics, Outcome};
+use grokcast_agent::metrics::Outcome;
 use grokcast_agent::resample::StreamResampler;
-use grokcast_agent::startup;
 use grokcast_agent::transport::{FromCaller, Note, Received, ToCaller, TransportError};
 use grokcast_harness::caller;
 use grokcast_harness::instant::InstantServers;
+use grokcast_harness::local;
 use tokio::sync::mpsc;
 
 const RATE: u32 = 48_000;
@@ -94,21 +94,15 @@ async fn context(servers: &InstantServers) -> Option<Arc<CallContext>> {
     if !grokcast_harness::models_present() {
         return None;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(servers.clone().serve(listener));
+    let url = local::serve_models(servers).await.unwrap();
     // No Twilio here: the front door's settings only have to be valid.
     let mut config = AgentConfig {
         public_url: "http://127.0.0.1:8080".into(),
         insecure_skip_signature: true,
         ..AgentConfig::default()
     };
-    grokcast_harness::use_models_at(&mut config, &url);
-    config.validate().unwrap();
-    let vad = startup::load_vad(&config).unwrap();
-    let backends = startup::build_backends(&config).unwrap();
-    let metrics = Metrics::new("receptionist", "voice").unwrap();
-    let context = CallContext::new(config, backends, vad, metrics);
+    local::use_models_at(&mut config, &url);
+    let context = local::call_context(config).unwrap();
     context.prepare_clips().await;
     Some(Arc::new(context))
 }

@@ -111,17 +111,22 @@ fn pools() -> Vec<ModelPool> {
     ]
 }
 
+/// How the dereference step finds a ModelPool by name among `pools`.
+fn pool_lookup<'a>(pools: &'a [ModelPool]) -> impl Fn(&str) -> PoolLookup<'a> + Copy + 'a {
+    move |name| {
+        pools
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .map_or(PoolLookup::Missing, PoolLookup::Found)
+    }
+}
+
 fn build_agent(
     agent: &VoiceAgent,
     pools: &[ModelPool],
     settings: &BuildSettings,
 ) -> Result<Vec<Child>, Problem> {
-    let lookup = |name: &str| {
-        pools
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(name))
-            .map_or(PoolLookup::Missing, PoolLookup::Found)
-    };
+    let lookup = pool_lookup(pools);
     let valid = voice_agent::validate(agent, lookup, |_| SecretLookup::Present)?;
     Ok(voice_agent::build(&valid, settings))
 }
@@ -972,11 +977,7 @@ fn dangling_and_wrong_role_references_name_the_stage_and_pool() {
 fn missing_secret_or_key_blocks_with_its_own_reason() {
     let agent: VoiceAgent = sample("receptionist.yaml");
     let p = pools();
-    let lookup = |name: &str| {
-        p.iter()
-            .find(|x| x.metadata.name.as_deref() == Some(name))
-            .map_or(PoolLookup::Missing, PoolLookup::Found)
-    };
+    let lookup = pool_lookup(&p);
     let err = voice_agent::validate(&agent, lookup, |_| SecretLookup::Missing).unwrap_err();
     assert_eq!(err.reason(), condition::reason::SECRET_NOT_FOUND);
     let err = voice_agent::validate(&agent, lookup, |_| SecretLookup::KeyMissing).unwrap_err();
@@ -1040,11 +1041,7 @@ fn the_playground_reads_its_token_from_its_secret_only_when_enabled() {
     // A missing playground Secret is named as such; the Twilio one is present.
     let agent = agent_yaml(&on);
     let p = pools();
-    let lookup = |name: &str| {
-        p.iter()
-            .find(|x| x.metadata.name.as_deref() == Some(name))
-            .map_or(PoolLookup::Missing, PoolLookup::Found)
-    };
+    let lookup = pool_lookup(&p);
     let secrets = |r: &grokcast_crds::SecretKeyRef| match r.name.as_str() {
         "playground" => SecretLookup::Missing,
         _ => SecretLookup::Present,
