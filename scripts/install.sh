@@ -3,7 +3,8 @@
 #   - cargo-nextest, the test runner, when it is missing (first: everything else may fail
 #     without it in CI),
 #   - the real Kubernetes parts the e2e tests run (kube-apiserver, kube-controller-manager,
-#     kube-scheduler, kubectl, etcd, kwok, helm), built from the Go modules pinned in
+#     kube-scheduler, kubectl, etcd, kwok, helm, and the OpenTelemetry Collector the trace
+#     tests send to), built from the Go modules pinned in
 #     e2e/cluster/versions.env into ${XDG_CACHE_HOME:-~/.cache}/grokcast/k8s (once: a cold
 #     build takes about 30 minutes on 2 cores, later runs reuse it; e2e/cluster/build.sh),
 #   - the Debian packages (espeak-ng and its library, cmake/clang for whisper.cpp and
@@ -55,7 +56,7 @@ for arg in "$@"; do
     --skip-browser) skip_browser=1 ;;
     --write-manifest) write_manifest=1 ;;
     -h | --help)
-      sed -n '2,29p' "$0"
+      sed -n '2,36p' "$0"
       exit 0
       ;;
     *)

@@ -24,6 +24,7 @@ use crate::conversation::Conversation;
 use crate::metrics::{HELD_OUTCOMES, Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
+use crate::traces::TurnTrace;
 use crate::transport::{FromCaller, Note, Received, ToCaller, TransportError};
 use crate::turn::{
     Chunk, END_OF_TURN_PROBABILITY, Endpointer, QuietMeter, TurnEvent, has_words,
@@ -74,6 +75,8 @@ enum Playout {
         generation: u64,
         frames: Bytes,
         timings: Option<TurnTimings>,
+        /// The trace of the turn the audio belongs to (none for the fixed phrases).
+        trace: Option<Arc<TurnTrace>>,
     },
     Mark {
         generation: u64,
@@ -231,8 +234,9 @@ pub async fn run(
     ));
     let conversation = converse(state.clone(), events_rx, playout_tx, clear_tx, shared);
     let timeout = Duration::from_secs(state.config.session_timeout_seconds);
+    crate::traces::describe_call(&state.config);
 
-    tokio::select! {
+    let outcome = tokio::select! {
         result = &mut receiver.0 => receive_outcome(result),
         outcome = conversation => match outcome {
             Some(outcome) => outcome,
@@ -248,7 +252,9 @@ pub async fn run(
             Outcome::Disconnected
         }
         _ = tokio::time::sleep(timeout) => Outcome::Timeout,
-    }
+    };
+    crate::traces::call_ended(outcome);
+    outcome
 }
 
 fn receive_outcome(result: Result<Result<(), CallError>, tokio::task::JoinError>) -> Outcome {
@@ -783,8 +789,7 @@ async fn send(
     shared: Arc<Shared>,
 ) -> Result<(), TransportError> {
     let mut pacer = Pacer::new(Duration::from_millis(state.config.playback_lead_ms));
-    // Audio being sent: generation, frames, offset, timings of its turn's first frame.
-    let mut current: Option<(u64, Bytes, usize, Option<TurnTimings>)> = None;
+    let mut current: Option<Sending> = None;
     loop {
         let next_at = pacer.next_send_at(Instant::now());
         tokio::select! {
@@ -797,8 +802,9 @@ async fn send(
                 to_caller.clear().await?;
             }
             _ = tokio::time::sleep_until(next_at), if current.is_some() => {
-                let Some((generation, frames, offset, timings)) = current.as_mut() else { continue };
-                if *generation < shared.generation.load(Ordering::Relaxed) {
+                let Some(Sending { generation, frames, offset, timings, trace }) = current.as_mut() else { continue };
+                let generation = *generation;
+                if generation < shared.generation.load(Ordering::Relaxed) {
                     current = None;
                     continue;
                 }
@@ -806,8 +812,8 @@ async fn send(
                 to_caller.media(&frames[*offset..end]).await?;
                 {
                     let mut progress = shared.progress();
-                    if progress.generation != *generation {
-                        *progress = Progress { generation: *generation, ..Progress::default() };
+                    if progress.generation != generation {
+                        *progress = Progress { generation, ..Progress::default() };
                     }
                     // 8 kHz mu-law: one byte a sample.
                     progress.sent += grokcast_engines::audio::duration(end - *offset, 8_000);
@@ -816,13 +822,20 @@ async fn send(
                 if pacer.frame_sent(now) == FrameTiming::Late {
                     state.metrics.underruns.inc();
                 }
-                if let Some(until) = pacer.playing_until(now) {
+                let playing_until = pacer.playing_until(now);
+                if let Some(until) = playing_until {
                     let us = until.saturating_duration_since(shared.epoch).as_micros() as u64;
                     shared.speaking_until_us.store(us, Ordering::Relaxed);
                 }
                 if let Some(t) = timings.take() {
                     let sample = state.observe_turn(t, now);
+                    if let Some(trace) = trace {
+                        trace.first_audio(sample.timings, now);
+                    }
                     shared.note(Note::Turn(sample));
+                }
+                if let Some(trace) = trace {
+                    trace.playing(now, playing_until);
                 }
                 *offset = end;
                 if *offset >= frames.len() {
@@ -831,9 +844,9 @@ async fn send(
             }
             item = playout.recv(), if current.is_none() => match item {
                 None => return Ok(()),
-                Some(Playout::Audio { generation, frames, timings }) => {
+                Some(Playout::Audio { generation, frames, timings, trace }) => {
                     if generation >= shared.generation.load(Ordering::Relaxed) && !frames.is_empty() {
-                        current = Some((generation, frames, 0, timings));
+                        current = Some(Sending { generation, frames, offset: 0, timings, trace });
                     }
                 }
                 Some(Playout::Mark { generation, name }) => {
@@ -859,6 +872,17 @@ async fn send(
             }
         }
     }
+}
+
+/// Audio the send task is part way through.
+struct Sending {
+    generation: u64,
+    frames: Bytes,
+    /// Bytes of `frames` already sent.
+    offset: usize,
+    /// The timings of its turn's first frame, taken when that frame goes out.
+    timings: Option<TurnTimings>,
+    trace: Option<Arc<TurnTrace>>,
 }
 
 /// What one turn has queued for playback, shared with the conversation so a barge-in can
@@ -905,6 +929,7 @@ async fn converse(
                 generation: 0,
                 frames: clips.greeting.clone(),
                 timings: None,
+                trace: None,
             })
             .await;
         let _ = playout
@@ -946,6 +971,9 @@ async fn converse(
                             state.metrics.held_interruptions.with_label_values(&[outcome]).inc();
                         }
                         interrupted = resumable(&running, &acked, resume_window);
+                        if let Some(turn) = &running {
+                            turn.trace.ended(true);
+                        }
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
                         finish_turn(&mut running, &mut history, &acked, Some(heard));
@@ -995,6 +1023,7 @@ async fn converse(
                                 state.metrics.speculative_replies.with_label_values(&["hit"]).inc();
                                 // The speculative reply carries its own copy of what to resume.
                                 interrupted = None;
+                                s.turn.trace.taken(caller_stopped, endpointing);
                                 let _ = s.commit.send(Commit { generation, caller_stopped, endpointing, at: Instant::now() });
                                 running = Some(s.turn);
                             }
@@ -1032,7 +1061,7 @@ async fn converse(
                 // While the agent talks, a backchannel is listening; once it has finished,
                 // even "yeah" answers it.
                 let talking = shared.agent_speaking(now)
-                    || running.as_ref().is_some_and(|(task, _)| !task.0.is_finished());
+                    || running.as_ref().is_some_and(|turn| !turn.task.0.is_finished());
                 if !said || (talking && words < turn_taking.min_interruption_words as usize) {
                     state.metrics.held_interruptions.with_label_values(&[HELD_OUTCOMES[3]]).inc();
                     debug!(words, "speech over the agent without words to interrupt; talking on");
@@ -1053,7 +1082,7 @@ async fn converse(
                 finish_turn(&mut running, &mut history, &acked, None);
                 let generation = shared.generation.load(Ordering::Relaxed);
                 if let Some(clips) = &clips {
-                    let _ = playout.send(Playout::Audio { generation, frames: clips.goodbye.clone(), timings: None }).await;
+                    let _ = playout.send(Playout::Audio { generation, frames: clips.goodbye.clone(), timings: None, trace: None }).await;
                     let _ = playout.send(Playout::Mark { generation, name: "goodbye".into() }).await;
                     let heard = async {
                         while let Some(event) = events.recv().await {
@@ -1088,10 +1117,16 @@ fn finish_turn(
     acked: &HashSet<String>,
     heard: Option<Heard>,
 ) {
-    let Some((task, record)) = running.take() else {
+    let Some(RunningTurn {
+        task,
+        record,
+        trace,
+    }) = running.take()
+    else {
         return;
     };
     drop(task);
+    trace.ended(false);
     let record = std::mem::take(&mut *record.lock().unwrap_or_else(|p| p.into_inner()));
     record_turn(&record, history, acked, heard);
 }
@@ -1103,7 +1138,7 @@ fn preview_turn(
     acked: &HashSet<String>,
     heard: Option<Heard>,
 ) {
-    if let Some((_, record)) = running {
+    if let Some(RunningTurn { record, .. }) = running {
         let record = record.lock().unwrap_or_else(|p| p.into_inner());
         record_turn(&record, history, acked, heard);
     }
@@ -1167,7 +1202,7 @@ fn resumable(
     acked: &HashSet<String>,
     window: Duration,
 ) -> Option<Resume> {
-    let (_, record) = running.as_ref()?;
+    let record = &running.as_ref()?.record;
     let record = record.lock().unwrap_or_else(|p| p.into_inner());
     let clauses: Vec<String> = record
         .segments
@@ -1244,6 +1279,40 @@ enum TurnInput {
     },
 }
 
+impl TurnInput {
+    /// Whether it is a reply started before the turn ended.
+    fn speculative(&self) -> bool {
+        matches!(
+            self,
+            TurnInput::Speech {
+                commit: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// Where the caller's voice ended and the endpointing after it, when already known (a
+    /// speculative reply learns them when the turn takes it).
+    fn began(&self) -> Option<(Instant, Duration)> {
+        match self {
+            TurnInput::Speech {
+                commit: Some(_), ..
+            } => None,
+            TurnInput::Speech {
+                caller_stopped,
+                endpointing,
+                ..
+            }
+            | TurnInput::Heard {
+                caller_stopped,
+                endpointing,
+                ..
+            } => Some((*caller_stopped, *endpointing)),
+            TurnInput::Text { at, .. } => Some((*at, Duration::ZERO)),
+        }
+    }
+}
+
 /// The utterance's transcript, within the stage timeout: the stream's final transcript
 /// when there is a stream, and the batch request when there is none or it failed (it
 /// died, fell behind, or refused the audio), so a broken stream costs time, not words.
@@ -1274,8 +1343,15 @@ async fn transcribe(
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
-/// A turn's task (aborted when this is dropped) and what it has queued for playback.
-type RunningTurn = (TaskGuard<()>, Arc<Mutex<TurnRecord>>);
+/// A turn at work.
+struct RunningTurn {
+    /// Its task (aborted when this is dropped).
+    task: TaskGuard<()>,
+    /// What it has queued for playback.
+    record: Arc<Mutex<TurnRecord>>,
+    /// Its trace, sent once the turn is over.
+    trace: Arc<TurnTrace>,
+}
 
 fn start_turn(
     state: &Arc<CallContext>,
@@ -1286,6 +1362,10 @@ fn start_turn(
     number: u64,
 ) -> RunningTurn {
     let record = Arc::new(Mutex::new(TurnRecord::default()));
+    let trace = TurnTrace::new(&state.config, number, input.speculative());
+    if let Some((caller_stopped, endpointing)) = input.began() {
+        trace.began(caller_stopped, endpointing);
+    }
     let turn = Turn {
         state: state.clone(),
         shared: shared.clone(),
@@ -1297,11 +1377,23 @@ fn start_turn(
         commit: tokio::sync::Mutex::new(None),
         committed: Mutex::new(None),
         started: Mutex::new(StageStarts::default()),
+        trace: trace.clone(),
     };
     let history = history.clone();
     let span = info_span!("turn", turn = number);
-    let handle = tokio::spawn(async move { turn.run(input, history).await }.instrument(span));
-    (TaskGuard(handle), record)
+    let done = trace.clone();
+    let handle = tokio::spawn(
+        async move {
+            turn.run(input, history).await;
+            done.work_done();
+        }
+        .instrument(span),
+    );
+    RunningTurn {
+        task: TaskGuard(handle),
+        record,
+        trace,
+    }
 }
 
 struct Turn {
@@ -1323,6 +1415,8 @@ struct Turn {
     committed: Mutex<Option<Commit>>,
     /// When STT and the LLM started, to count only their time after a commit.
     started: Mutex<StageStarts>,
+    /// Its trace, filled in as it goes.
+    trace: Arc<TurnTrace>,
 }
 
 /// When a turn's stages started.
@@ -1556,6 +1650,7 @@ impl Turn {
             return;
         }
         self.state.metrics.false_interruptions.inc();
+        self.trace.resumed();
         debug!(
             clauses = resume.clauses.len(),
             "no words in the interruption; resuming"
@@ -1662,6 +1757,7 @@ impl Turn {
                         generation: self.generation.load(Ordering::Relaxed),
                         frames,
                         timings,
+                        trace: Some(self.trace.clone()),
                     })
                     .await
                     .is_err()
@@ -1705,6 +1801,7 @@ impl Turn {
             .backend_errors
             .with_label_values(&[error.stage().label()])
             .inc();
+        self.trace.failed(error.stage().label(), error.summary());
         let Some(clips) = self.state.clips() else {
             return;
         };
@@ -1719,6 +1816,7 @@ impl Turn {
                 generation,
                 frames: clips.apology.clone(),
                 timings: None,
+                trace: Some(self.trace.clone()),
             })
             .await;
         let _ = self

@@ -305,6 +305,8 @@ pub struct AgentConfig {
     pub models_dir: String,
     /// The browser playground (`/playground`).
     pub playground: PlaygroundConfig,
+    /// OpenTelemetry traces of calls and turns.
+    pub tracing: TracingConfig,
     /// The token that opens the playground. Only from the environment (a Secret).
     #[serde(skip)]
     pub playground_token: Option<Secret>,
@@ -324,6 +326,27 @@ pub struct PlaygroundConfig {
     /// Serve the page and its socket (off: both answer 404). Needs a token
     /// (`GROKCAST_PLAYGROUND_TOKEN`).
     pub enabled: bool,
+}
+
+/// OpenTelemetry traces (VoiceAgent `spec.tracing`): one trace per call, one span per turn
+/// with its stages, sent over OTLP/gRPC to a collector (see `crate::traces`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/gRPC endpoint (`http://otel-collector:4317`; `https://` checks
+    /// the server against the system's trust store). Empty: no traces, and no cost.
+    pub endpoint: String,
+    /// The share of calls traced, from 0 to 1. A call is traced whole or not at all.
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// A secret value (the Twilio auth token): `Debug` prints `[redacted]`, so printing a
@@ -479,6 +502,7 @@ impl Default for AgentConfig {
             vad_model: String::new(),
             models_dir: String::new(),
             playground: PlaygroundConfig::default(),
+            tracing: TracingConfig::default(),
             playground_token: None,
             twilio_auth_token: None,
             insecure_skip_signature: false,
@@ -547,6 +571,18 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         "playground.enabled",
         |c, v| {
             c.playground.enabled = parse_bool(v)?;
+            Ok(())
+        },
+    ),
+    ("GROKCAST_TRACING_ENDPOINT", "tracing.endpoint", |c, v| {
+        c.tracing.endpoint = v.trim().into();
+        Ok(())
+    }),
+    (
+        "GROKCAST_TRACING_SAMPLE_RATIO",
+        "tracing.sampleRatio",
+        |c, v| {
+            c.tracing.sample_ratio = parse(v)?;
             Ok(())
         },
     ),
@@ -902,6 +938,25 @@ impl AgentConfig {
                     .into(),
             );
         }
+        let traces = &self.tracing;
+        if !traces.endpoint.is_empty() {
+            let host = traces
+                .endpoint
+                .strip_prefix("http://")
+                .or_else(|| traces.endpoint.strip_prefix("https://"));
+            if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+                problems.push(format!(
+                    "tracing.endpoint {:?} must be an OTLP/gRPC URL such as http://otel-collector:4317",
+                    traces.endpoint
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&traces.sample_ratio) {
+            problems.push(format!(
+                "tracing.sampleRatio {} must be within 0..1",
+                traces.sample_ratio
+            ));
+        }
         if self.max_calls == 0 {
             problems.push("maxCalls must be at least 1".into());
         }
@@ -1147,7 +1202,8 @@ mod tests {
                 "GROKCAST_END_OF_TURN_MODEL" => "smart-turn",
                 "GROKCAST_VAD_THRESHOLD"
                 | "GROKCAST_LLM_TEMPERATURE"
-                | "GROKCAST_LLM_END_OF_TURN_THRESHOLD" => "0.3",
+                | "GROKCAST_LLM_END_OF_TURN_THRESHOLD"
+                | "GROKCAST_TRACING_SAMPLE_RATIO" => "0.3",
                 v if v.ends_with("_MS")
                     || v.ends_with("_SECONDS")
                     || v.ends_with("_CALLS")
@@ -1162,6 +1218,51 @@ mod tests {
             set(&mut c, value).unwrap_or_else(|e| panic!("{var}: {e}"));
             assert_ne!(c, AgentConfig::default(), "{var} changed nothing");
         }
+    }
+
+    #[test]
+    fn traces_need_an_otlp_url_and_a_ratio_within_0_and_1() {
+        let load = |endpoint: &'static str, ratio: &'static str| {
+            let mut vars = MINIMAL.to_vec();
+            vars.push(("GROKCAST_TRACING_ENDPOINT", endpoint));
+            vars.push(("GROKCAST_TRACING_SAMPLE_RATIO", ratio));
+            AgentConfig::load(None, &env(&vars))
+        };
+        let c = load(" http://otel-collector.observability:4317 ", "0.25").unwrap();
+        assert_eq!(
+            c.tracing.endpoint,
+            "http://otel-collector.observability:4317"
+        );
+        assert_eq!(c.tracing.sample_ratio, 0.25);
+        // Off by default, and an empty endpoint turns it off whatever the ratio.
+        assert!(
+            AgentConfig::load(None, &env(MINIMAL))
+                .unwrap()
+                .tracing
+                .endpoint
+                .is_empty()
+        );
+        load("", "1").unwrap();
+        for bad in [
+            "otel-collector:4317",
+            "grpc://collector:4317",
+            "http://",
+            "https://a b",
+        ] {
+            let e = load(bad, "1").unwrap_err().to_string();
+            assert!(
+                e.contains("tracing.endpoint") && e.contains("OTLP"),
+                "{bad}: {e}"
+            );
+        }
+        for bad in ["1.5", "-0.1", "NaN"] {
+            let e = load("http://collector:4317", bad).unwrap_err().to_string();
+            assert!(e.contains("tracing.sampleRatio"), "{bad}: {e}");
+        }
+        let e = load("http://collector:4317", "often")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GROKCAST_TRACING_SAMPLE_RATIO"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use grokcast_agent::context::CallContext;
 use grokcast_agent::metrics::Metrics;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
+use grokcast_agent::traces::Traces;
 
 #[derive(Parser)]
 #[command(name = "grokcast-agent", version, about = "GrokCast voice agent")]
@@ -31,18 +32,24 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    grokcast_agent::startup::init_tracing();
     match Cli::parse().command {
         Command::Serve { config } => serve(config).await,
     }
 }
 
 async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // The log starts once the configuration says where traces go (a configuration error is
+    // printed by main's error return).
     let config = AgentConfig::load(config_path.as_deref(), &|k| std::env::var(k).ok())?;
+    let metrics = Metrics::new(&config.voice_agent, &config.namespace)?;
+    let (traces, layer) = Traces::start(&config, &metrics)?.unzip();
+    startup::init_tracing_with(layer);
+    if traces.is_some() {
+        tracing::info!(endpoint = %config.tracing.endpoint, sample_ratio = config.tracing.sample_ratio, "sending call traces over OTLP");
+    }
     let vad = startup::load_vad(&config)?;
     let turn_model = startup::load_turn_model(&config)?;
     let backends = startup::build_backends(&config)?;
-    let metrics = Metrics::new(&config.voice_agent, &config.namespace)?;
     metrics.set_turn_slo(config.slo.turn_latency_p95());
     let listener = tokio::net::TcpListener::bind(&config.listen_addr)
         .await
@@ -54,7 +61,12 @@ async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let state = Arc::new(AgentState::new(
         CallContext::new(config, backends, vad, metrics).with_turn_model(turn_model),
     ));
-    server::serve_apart(listener, admin, state, shutdown_signal()).await?;
+    let served = server::serve_apart(listener, admin, state, shutdown_signal()).await;
+    // The turns of the last calls are still queued: send them before the process goes.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    served?;
     Ok(())
 }
 

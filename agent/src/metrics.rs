@@ -124,7 +124,16 @@ pub struct Metrics {
     /// transcript had them: answered), `ignored` (backchannels or no words: the agent
     /// talked on).
     pub held_interruptions: IntCounterVec,
+    /// Trace spans the collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// Trace spans lost on the way to the collector, by why: `export_failed` (the collector
+    /// was down, refused them, or timed out) or `queue_full` (more waited than the queue
+    /// holds). Calls go on either way.
+    pub trace_spans_dropped: IntCounterVec,
 }
+
+/// The reasons of [`Metrics::trace_spans_dropped`].
+pub const TRACE_DROP_REASONS: [&str; 2] = ["export_failed", "queue_full"];
 
 /// The outcomes of [`Metrics::held_interruptions`].
 pub const HELD_OUTCOMES: [&str; 4] = ["words", "waited", "turn", "ignored"];
@@ -210,6 +219,17 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let trace_spans_exported = IntCounter::new(
+            "grokcast_trace_spans_exported_total",
+            "Trace spans the OpenTelemetry collector accepted",
+        )?;
+        let trace_spans_dropped = IntCounterVec::new(
+            Opts::new(
+                "grokcast_trace_spans_dropped_total",
+                "Trace spans lost before the collector: export_failed (collector down, refusing or too slow) or queue_full",
+            ),
+            &["reason"],
+        )?;
         let end_of_turn_prediction_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "grokcast_end_of_turn_prediction_seconds",
@@ -232,6 +252,8 @@ impl Metrics {
         registry.register(Box::new(false_interruptions.clone()))?;
         registry.register(Box::new(stt_stream_fallbacks.clone()))?;
         registry.register(Box::new(held_interruptions.clone()))?;
+        registry.register(Box::new(trace_spans_exported.clone()))?;
+        registry.register(Box::new(trace_spans_dropped.clone()))?;
         // Pre-create label values so dashboards see zeros instead of missing series.
         for stage in [
             Stage::Endpointing,
@@ -254,6 +276,9 @@ impl Metrics {
         for outcome in HELD_OUTCOMES {
             held_interruptions.with_label_values(&[outcome]);
         }
+        for reason in TRACE_DROP_REASONS {
+            trace_spans_dropped.with_label_values(&[reason]);
+        }
         Ok(Self {
             registry,
             turn_latency,
@@ -271,6 +296,8 @@ impl Metrics {
             false_interruptions,
             stt_stream_fallbacks,
             held_interruptions,
+            trace_spans_exported,
+            trace_spans_dropped,
         })
     }
 

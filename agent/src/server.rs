@@ -302,7 +302,7 @@ async fn media_stream_call(state: &AgentState, socket: WebSocket) -> Outcome {
         warn!(call_sid = %start.call_sid, error = %e, "stream refused");
         return Outcome::ProtocolError;
     }
-    let span = info_span!("call", call_sid = %start.call_sid, stream_sid = %start.stream_sid);
+    let span = info_span!("call", transport = "twilio", call_sid = %start.call_sid, stream_sid = %start.stream_sid);
     async move {
         info!(parameters = ?start.custom_parameters.keys().collect::<Vec<_>>(), "call started");
         let outcome = call::run(

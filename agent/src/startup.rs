@@ -10,6 +10,8 @@ use grokcast_engines::vad::SileroVad;
 use crate::backend::openai::{OpenAiLlm, OpenAiStt, OpenAiTts};
 use crate::backend::{Backends, Llm, Stt, Tts};
 use crate::config::{AgentConfig, BackendKind, EndOfTurnModel};
+use tracing_subscriber::Registry;
+use tracing_subscriber::prelude::*;
 
 /// Why the agent cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -183,14 +185,22 @@ fn embedded_llm(_: &AgentConfig) -> Result<Arc<dyn Llm>, StartupError> {
 /// Logs to stderr at `GROKCAST_LOG` (an `EnvFilter`, `info` by default), as JSON lines when
 /// `GROKCAST_LOG_FORMAT=json` (what log collectors in a cluster parse).
 pub fn init_tracing() {
+    init_tracing_with(None);
+}
+
+/// [`init_tracing`], with one more layer beside the log's (the call traces of
+/// [`crate::traces::Traces::start`]). The log's filter is the log's own: `GROKCAST_LOG=warn`
+/// quiets the log without emptying the traces.
+pub fn init_tracing_with(traces: Option<crate::traces::BoxedLayer<Registry>>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GROKCAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("GROKCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = if std::env::var("GROKCAST_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        log.json().with_filter(filter).boxed()
     } else {
-        builder.init();
-    }
+        log.with_filter(filter).boxed()
+    };
+    let layers: Vec<crate::traces::BoxedLayer<Registry>> =
+        std::iter::once(log).chain(traces).collect();
+    tracing_subscriber::registry().with(layers).init();
 }

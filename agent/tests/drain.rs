@@ -10,23 +10,11 @@ use std::time::Duration;
 use grokcast_harness::caller::{self, CallerOptions};
 use grokcast_harness::instant::InstantServers;
 
-fn models_dir() -> Option<std::path::PathBuf> {
-    match grokcast_engines::models::ModelPaths::discover() {
-        Ok(p) if p.vad().is_ok() && p.onnxruntime().is_ok() => Some(p.root().to_path_buf()),
-        _ => {
-            assert!(
-                std::env::var_os("GROKCAST_REQUIRE_MODELS").is_none(),
-                "models are required: run scripts/install.sh"
-            );
-            eprintln!("skipped: Silero VAD not installed (run scripts/install.sh)");
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_live_calls_with_a_goodbye() {
-    let Some(models) = models_dir() else { return };
+    let Some(models) = grokcast_harness::models_dir() else {
+        return;
+    };
     let servers = InstantServers::default();
     let model_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let models_url = format!("http://{}/v1", model_listener.local_addr().unwrap());

@@ -83,6 +83,10 @@ pub struct VoiceAgentSpec {
     /// Per-turn latency objective the autoscaler keeps.
     #[serde(default)]
     pub slo: SloSpec,
+    /// OpenTelemetry traces of calls: one trace per call, one span per turn with its stages.
+    /// Unset: no traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
     /// Bounds for the autoscaler. Unset means fixed `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<AgentScaling>,
@@ -161,6 +165,25 @@ pub struct PlaygroundSpec {
     /// Needed when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Where the agents send their call traces, and how many.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// OTLP/gRPC endpoint of an OpenTelemetry collector (or Tempo, Jaeger), such as
+    /// `http://otel-collector.observability:4317`. `https://` checks the server against the
+    /// agent image's trust store.
+    #[schemars(regex(pattern = r"^https?://[^/\s]+/?$"))]
+    pub otlp_endpoint: String,
+    /// Share of calls traced, from 0 to 1; a call is traced whole or not at all.
+    #[serde(default = "default_sample_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_ratio: f64,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 /// Prompt and greeting.

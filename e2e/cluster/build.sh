@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real cluster parts the e2e tests run (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok, helm) from the Go modules pinned in versions.env and
+# kube-scheduler, kubectl, etcd, kwok, helm, and the OpenTelemetry Collector the trace tests
+# send to) from the Go modules pinned in versions.env and
 # the go.mod/go.sum beside this script, into a cache outside the clone keyed by version:
 #   ${XDG_CACHE_HOME:-~/.cache}/grokcast/k8s/<tool>-<version>/bin
 # A tool whose directory is complete is not built again, so every run after the first is
@@ -58,3 +59,4 @@ build kwok "$KWOK_VERSION" kwok "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VE
   sigs.k8s.io/kwok/cmd/kwok
 build helm "$HELM_VERSION" helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
   helm.sh/helm/v3/cmd/helm
+build otelcol "$OTELCOL_VERSION" otelcol "-X main.version=$OTELCOL_VERSION" .

@@ -15,3 +15,14 @@ pub mod proxy;
 pub mod wait;
 
 pub use wait::eventually;
+
+/// A loopback port free at the moment of asking, for a server a test starts.
+///
+/// # Panics
+/// When the machine has no free port: this is a test harness.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

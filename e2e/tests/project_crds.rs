@@ -185,6 +185,43 @@ async fn samples_are_accepted_and_cel_rules_reject_bad_specs() {
         assert!(msg.contains("spec.turnTaking: Invalid value: "), "{msg}");
         assert!(msg.contains(rule), "{msg}");
     }
+    // Traces go to an OTLP/gRPC URL, for a share of calls between 0 and 1.
+    for (tracing, field) in [
+        (
+            json!({"otlpEndpoint": "otel-collector:4317"}),
+            "spec.tracing.otlpEndpoint",
+        ),
+        (
+            json!({"otlpEndpoint": "http://otel-collector:4317", "sampleRatio": 1.5}),
+            "spec.tracing.sampleRatio",
+        ),
+        (json!({"sampleRatio": 0.5}), "spec.tracing.otlpEndpoint"),
+    ] {
+        let mut agent = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "bad-tracing"}, "spec": receptionist.data["spec"].clone()});
+        agent["spec"]["tracing"] = tracing;
+        let msg = invalid_message(
+            agents
+                .patch(
+                    "bad-tracing",
+                    &PatchParams::apply("test"),
+                    &Patch::Apply(agent),
+                )
+                .await
+                .expect_err("rejected"),
+        );
+        assert!(msg.contains(field), "{msg}");
+    }
+    let mut traced = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "traced"}, "spec": receptionist.data["spec"].clone()});
+    traced["spec"]["tracing"] = json!({"otlpEndpoint": "http://otel-collector.observability:4317"});
+    let stored = agents
+        .patch("traced", &PatchParams::apply("test"), &Patch::Apply(traced))
+        .await
+        .expect("a traced agent is accepted");
+    assert_eq!(
+        stored.data["spec"]["tracing"]["sampleRatio"].as_f64(),
+        Some(1.0),
+        "every call by default"
+    );
     // Streaming STT: riva is for speech-recognition pools, and an external endpoint that
     // streams says where.
     let mut riva = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "ModelPool", "metadata": {"name": "riva-llm"}, "spec": gemma.data["spec"].clone()});

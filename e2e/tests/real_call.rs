@@ -20,6 +20,7 @@ use std::time::Duration;
 use grokcast_agent::codec;
 use grokcast_agent::config::AgentConfig;
 use grokcast_agent::resample::StreamResampler;
+use grokcast_e2e::free_port;
 use grokcast_e2e::project::{Project, apply_file_in};
 use grokcast_engines::models::ModelPaths;
 use grokcast_harness::caller::{self, CallerOptions};
@@ -121,14 +122,6 @@ impl Process {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The only container of the Deployment the operator made for `selector` (the label it puts

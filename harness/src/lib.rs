@@ -32,3 +32,12 @@ pub fn models_present() -> bool {
     }
     found
 }
+
+/// The models directory, for tests that start the agent's own process; `None` (the test
+/// skips) as [`models_present`] says.
+pub fn models_dir() -> Option<std::path::PathBuf> {
+    models_present()
+        .then(|| grokcast_engines::models::ModelPaths::discover().ok())
+        .flatten()
+        .map(|p| p.root().to_path_buf())
+}

@@ -422,6 +422,19 @@ pub struct AgentConfig {
     pub slo: SloConfig,
     /// The browser playground (its token arrives as `GROKCAST_PLAYGROUND_TOKEN`).
     pub playground: PlaygroundConfig,
+    /// Call traces, when `spec.tracing` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Tracing section of `agent.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingConfig {
+    /// `spec.tracing.otlpEndpoint`.
+    pub endpoint: String,
+    /// `spec.tracing.sampleRatio`.
+    pub sample_ratio: f64,
 }
 
 /// Playground section of `agent.yaml`.
@@ -612,6 +625,10 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
         playground: PlaygroundConfig {
             enabled: spec.playground.enabled,
         },
+        tracing: spec.tracing.as_ref().map(|t| TracingConfig {
+            endpoint: t.otlp_endpoint.clone(),
+            sample_ratio: t.sample_ratio,
+        }),
     }
 }
 

@@ -1061,6 +1061,38 @@ fn the_playground_reads_its_token_from_its_secret_only_when_enabled() {
 }
 
 #[test]
+fn traces_go_where_the_spec_says_and_nowhere_when_it_is_unset() {
+    let base = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
+    let yaml_of = |spec: &str| {
+        let children = build_agent(&agent_yaml(spec), &pools(), &BuildSettings::default()).unwrap();
+        let text = config_map(&children).data.as_ref().unwrap()["agent.yaml"].clone();
+        serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap()
+    };
+    // Unset: nothing in agent.yaml, so the agent's own default (no traces) holds.
+    assert!(yaml_of(&base).get("tracing").is_none());
+
+    let traced = base.replacen(
+        "spec:\n",
+        "spec:\n  tracing:\n    otlpEndpoint: http://otel-collector.observability:4317\n    sampleRatio: 0.25\n",
+        1,
+    );
+    let config = yaml_of(&traced);
+    assert_eq!(
+        config["tracing"]["endpoint"].as_str(),
+        Some("http://otel-collector.observability:4317")
+    );
+    assert_eq!(config["tracing"]["sampleRatio"].as_f64(), Some(0.25));
+
+    // The ratio defaults to every call.
+    let all = base.replacen(
+        "spec:\n",
+        "spec:\n  tracing:\n    otlpEndpoint: https://tempo.example.com\n",
+        1,
+    );
+    assert_eq!(yaml_of(&all)["tracing"]["sampleRatio"].as_f64(), Some(1.0));
+}
+
+#[test]
 fn invalid_agent_specs_are_flagged() {
     let base = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
     let cases = [

@@ -103,6 +103,22 @@ impl BackendError {
             | BackendError::Engine { stage, .. } => *stage,
         }
     }
+
+    /// What went wrong without anything the server said: a server's error body may quote
+    /// the request, and with it the caller's words, so traces carry only this.
+    pub fn summary(&self) -> String {
+        match self {
+            BackendError::Timeout { stage, after } => format!("{stage} timed out after {after:?}"),
+            BackendError::Status { stage, status, .. } => {
+                format!("{stage} server answered {status}")
+            }
+            BackendError::Transport { stage, .. } => format!("{stage} server unreachable"),
+            BackendError::Protocol { stage, .. } => {
+                format!("{stage} server sent something unexpected")
+            }
+            BackendError::Engine { stage, .. } => format!("{stage} engine failed"),
+        }
+    }
 }
 
 /// Streamed LLM text.

@@ -30,7 +30,7 @@ fn cache_root() -> PathBuf {
 }
 
 /// The path of one binary: `kube-apiserver`, `kube-controller-manager`, `kube-scheduler`,
-/// `kubectl`, `etcd`, `kwok` or `helm`. A missing one is an error that says how to build it:
+/// `kubectl`, `etcd`, `kwok`, `helm` or `otelcol`. A missing one is an error that says how to build it:
 /// tests that need a cluster fail, never skip.
 pub fn binary(name: &str) -> Result<PathBuf, ClusterError> {
     let (tool, key) = match name {
@@ -40,6 +40,7 @@ pub fn binary(name: &str) -> Result<PathBuf, ClusterError> {
         "etcd" => ("etcd", "ETCD_VERSION"),
         "kwok" => ("kwok", "KWOK_VERSION"),
         "helm" => ("helm", "HELM_VERSION"),
+        "otelcol" => ("otelcol", "OTELCOL_VERSION"),
         _ => ("unknown", "unknown"),
     };
     let version = pinned(key).unwrap_or("unknown");

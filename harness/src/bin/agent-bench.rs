@@ -10,6 +10,7 @@
 //! clocks), CPU per call-minute, RSS per call and late frames.
 //!
 //! `cargo run --release -p grokcast-harness --bin agent-bench -- --levels 1,10,50,100,200`
+//! (add `--otlp-endpoint http://127.0.0.1:4317` to trace every call to a collector there)
 //! (docs/benchmarks.md has the figures and how to read them).
 
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ use grokcast_agent::context::CallContext;
 use grokcast_agent::metrics::Metrics;
 use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
+use grokcast_agent::traces::Traces;
+use tracing_subscriber::prelude::*;
 
 #[derive(Parser)]
 #[command(about = "Agent overhead, CPU and memory per call under concurrent simulated calls")]
@@ -44,6 +47,10 @@ struct Args {
     /// `--silence-ms` (then the minimum silence; the maximum stays 2 s).
     #[arg(long)]
     smart_turn: bool,
+    /// Trace every call (`spec.tracing`, sample ratio 1) to the OpenTelemetry collector at
+    /// this OTLP/gRPC endpoint; the run without it is the baseline.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 fn proc_field(path: &str, key: &str) -> Option<u64> {
@@ -135,6 +142,9 @@ fn run(args: &Args, harness_bin: &std::path::Path, model_port: u16) -> anyhow::R
     if args.smart_turn {
         config.turn_taking.end_of_turn_model = EndOfTurnModel::SmartTurn;
     }
+    if let Some(endpoint) = &args.otlp_endpoint {
+        config.tracing.endpoint = endpoint.clone();
+    }
     config.validate()?;
     let vad = startup::load_vad(&config)?;
     let turn_model = startup::load_turn_model(&config)?;
@@ -156,6 +166,19 @@ fn run(args: &Args, harness_bin: &std::path::Path, model_port: u16) -> anyhow::R
                 .build();
             let Ok(runtime) = runtime else { return };
             runtime.block_on(async move {
+                // The exporter's gRPC channel lives on the agent's own thread, as in a pod.
+                let traces = match Traces::start(&agent_state.config, &agent_state.metrics) {
+                    Ok(Some((traces, layer))) => {
+                        tracing_subscriber::registry().with(layer).init();
+                        Some(traces)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return;
+                    }
+                };
+                let _keep = traces;
                 let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await else {
                     return;
                 };
@@ -264,6 +287,22 @@ fn run(args: &Args, harness_bin: &std::path::Path, model_port: u16) -> anyhow::R
             60.0 / cpu_per_call_minute,
             rss_peak.saturating_sub(rss_before) as f64 / 1024.0 / calls as f64,
             state.metrics.underruns.get() - underruns_before,
+        );
+    }
+    if args.otlp_endpoint.is_some() {
+        let dropped: u64 = grokcast_agent::metrics::TRACE_DROP_REASONS
+            .iter()
+            .map(|r| {
+                state
+                    .metrics
+                    .trace_spans_dropped
+                    .with_label_values(&[r])
+                    .get()
+            })
+            .sum();
+        println!(
+            "\ntrace spans: {} exported, {dropped} dropped",
+            state.metrics.trace_spans_exported.get()
         );
     }
     Ok(())
