@@ -36,7 +36,6 @@ use serde::Deserialize;
 
 use crate::call::CallSettings;
 use crate::codec;
-use crate::resample::StreamResampler;
 use crate::transport::{FromCaller, Note, Received, ToCaller, TransportError};
 
 /// The subprotocol the page and the agent speak.
@@ -54,6 +53,20 @@ pub const RATE: u32 = 48_000;
 
 /// Samples in one 20 ms packet at [`RATE`].
 pub const FRAME_SAMPLES: usize = 960;
+
+/// The rate the page's packets are decoded at: the pipeline's own (VAD, STT), so libopus
+/// converts inside its decoder and the call loop resamples nothing.
+pub const DECODE_RATE: u32 = 16_000;
+
+/// The rate the agent's voice is encoded from: the phone line's 8 kHz, as the call loop makes
+/// it. Opus codes it as narrowband (cheaper than upsampling it to 48 kHz first) and the page
+/// decodes any Opus packet at 48 kHz.
+pub const ENCODE_RATE: u32 = 8_000;
+
+/// 20 ms at `rate`.
+const fn frame_at(rate: u32) -> usize {
+    rate as usize / 50
+}
 
 /// Largest message accepted from the page: an Opus packet is at most 1275 bytes; a start
 /// with a long system prompt is the largest text.
@@ -106,11 +119,11 @@ pub enum PlaygroundError {
     },
     /// An Opus packet of another length than 20 ms.
     #[error(
-        "audio packet of {samples} samples; the playground sends 20 ms ({FRAME_SAMPLES} samples at 48 kHz)"
+        "audio packet of {ms} ms; the playground sends 20 ms ({FRAME_SAMPLES} samples at 48 kHz)"
     )]
     WrongFrameSize {
-        /// What it decoded to.
-        samples: usize,
+        /// Its length.
+        ms: f64,
     },
     /// A text message that is not one of the protocol's.
     #[error("malformed message: {0}")]
@@ -211,10 +224,9 @@ pub async fn accept(socket: WebSocket) -> Result<Session, PlaygroundError> {
     .await
     .map_err(|_| PlaygroundError::NoStart(START_TIMEOUT))??;
     let codec = |e: audiopus::Error| PlaygroundError::Codec(e.to_string());
-    let decoder = Decoder::new(SampleRate::Hz48000, Channels::Mono).map_err(codec)?;
+    let decoder = Decoder::new(SampleRate::Hz16000, Channels::Mono).map_err(codec)?;
     let encoder =
-        Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip).map_err(codec)?;
-    let resample = |e: crate::resample::ResampleError| PlaygroundError::Codec(e.to_string());
+        Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).map_err(codec)?;
     let last_error = LastError::default();
     let sink: Sink = Arc::new(tokio::sync::Mutex::new(sink));
     Ok(Session {
@@ -222,15 +234,14 @@ pub async fn accept(socket: WebSocket) -> Result<Session, PlaygroundError> {
         from_caller: PageFromCaller {
             stream,
             decoder,
-            decoded: vec![0.0; 6 * FRAME_SAMPLES],
+            decoded: vec![0.0; 6 * frame_at(DECODE_RATE)],
             last_error: last_error.clone(),
         },
         to_caller: PageToCaller {
             sink: sink.clone(),
             encoder,
-            upsampler: StreamResampler::new(8000, RATE).map_err(resample)?,
             pcm: vec![0.0; crate::pacer::FRAME_BYTES],
-            up: Vec::with_capacity(2 * FRAME_SAMPLES),
+            pending: Vec::with_capacity(2 * frame_at(ENCODE_RATE)),
             packet: vec![0; 1500],
         },
         closer: Closer { sink, last_error },
@@ -273,8 +284,10 @@ impl PageFromCaller {
             .decoder
             .decode_float(Some(input), output, false)
             .map_err(not_opus)?;
-        if samples != FRAME_SAMPLES {
-            return Err(PlaygroundError::WrongFrameSize { samples });
+        if samples != frame_at(DECODE_RATE) {
+            return Err(PlaygroundError::WrongFrameSize {
+                ms: samples as f64 * 1000.0 / DECODE_RATE as f64,
+            });
         }
         audio.extend_from_slice(&self.decoded[..samples]);
         Ok(())
@@ -283,7 +296,7 @@ impl PageFromCaller {
 
 impl FromCaller for PageFromCaller {
     fn sample_rate(&self) -> u32 {
-        RATE
+        DECODE_RATE
     }
 
     async fn next(&mut self, audio: &mut Vec<f32>) -> Result<Option<Received>, TransportError> {
@@ -316,11 +329,12 @@ impl FromCaller for PageFromCaller {
 /// The agent's voice and notes to the page.
 pub struct PageToCaller {
     sink: Sink,
+    /// Opus from the line's 8 kHz ([`ENCODE_RATE`]).
     encoder: Encoder,
-    /// The line's 8 kHz up to Opus's 48 kHz: each 20 ms frame in, 20 ms out.
-    upsampler: StreamResampler,
+    /// One frame of the line decoded from mu-law.
     pcm: Vec<f32>,
-    up: Vec<f32>,
+    /// Line audio not yet a whole 20 ms packet (a clause's last frame may be short).
+    pending: Vec<f32>,
     packet: Vec<u8>,
 }
 
@@ -347,16 +361,14 @@ impl ToCaller for PageToCaller {
     async fn media(&mut self, frame: &[u8]) -> Result<(), TransportError> {
         let n = frame.len().min(self.pcm.len());
         codec::decode_into(&frame[..n], &mut self.pcm[..n]);
-        let up = &mut self.up;
-        self.upsampler
-            .push(&self.pcm[..n], &mut |s| up.extend_from_slice(s))
-            .map_err(|e| TransportError::Connection(e.to_string()))?;
-        while self.up.len() >= FRAME_SAMPLES {
+        self.pending.extend_from_slice(&self.pcm[..n]);
+        let whole = frame_at(ENCODE_RATE);
+        while self.pending.len() >= whole {
             let bytes = self
                 .encoder
-                .encode_float(&self.up[..FRAME_SAMPLES], &mut self.packet)
+                .encode_float(&self.pending[..whole], &mut self.packet)
                 .map_err(|e| TransportError::Connection(format!("opus: {e}")))?;
-            self.up.drain(..FRAME_SAMPLES);
+            self.pending.drain(..whole);
             let packet = self.packet[..bytes].to_vec();
             self.send(Message::Binary(packet.into())).await?;
         }
@@ -370,8 +382,7 @@ impl ToCaller for PageToCaller {
 
     async fn clear(&mut self) -> Result<(), TransportError> {
         // Nothing of the stopped reply may leak into the next one.
-        self.upsampler.reset();
-        self.up.clear();
+        self.pending.clear();
         self.text(serde_json::json!({"type": "clear"})).await
     }
 

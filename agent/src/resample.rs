@@ -43,9 +43,11 @@ pub enum ResampleError {
     },
 }
 
-/// Mono streaming resampler with fixed-size chunks on both sides.
+/// Mono streaming resampler with fixed-size chunks on both sides; between equal rates it
+/// passes samples through untouched, with no delay and no work.
 pub struct StreamResampler {
-    fft: Fft<f32>,
+    /// `None` when the rates are equal.
+    fft: Option<Fft<f32>>,
     from: u32,
     to: u32,
     pending: Vec<f32>,
@@ -57,13 +59,23 @@ impl StreamResampler {
     /// Builds a resampler from `from` Hz to `to` Hz working on 20 ms input chunks (the Twilio
     /// frame), or the nearest chunk size rubato accepts for the pair.
     pub fn new(from: u32, to: u32) -> Result<Self, ResampleError> {
+        if from == to {
+            return Ok(Self {
+                fft: None,
+                from,
+                to,
+                pending: Vec::new(),
+                filled: 0,
+                output: Vec::new(),
+            });
+        }
         let chunk = (from as usize / 50).max(1);
         let fft = Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Both)
             .map_err(|source| ResampleError::Construction { from, to, source })?;
         let pending = vec![0.0; fft.input_frames_max()];
         let output = vec![0.0; fft.output_frames_max()];
         Ok(Self {
-            fft,
+            fft: Some(fft),
             from,
             to,
             pending,
@@ -84,7 +96,7 @@ impl StreamResampler {
 
     /// Number of output samples the resampler delays its output by (the FFT half block).
     pub fn output_delay(&self) -> usize {
-        self.fft.output_delay()
+        self.fft.as_ref().map_or(0, |f| f.output_delay())
     }
 
     /// Feeds samples; calls `sink` with each converted chunk as soon as one is complete.
@@ -93,8 +105,14 @@ impl StreamResampler {
         mut samples: &[f32],
         sink: &mut dyn FnMut(&[f32]),
     ) -> Result<(), ResampleError> {
+        let Some(fft) = &self.fft else {
+            if !samples.is_empty() {
+                sink(samples);
+            }
+            return Ok(());
+        };
+        let need = fft.input_frames_next();
         while !samples.is_empty() {
-            let need = self.fft.input_frames_next();
             let take = (need - self.filled).min(samples.len());
             self.pending[self.filled..self.filled + take].copy_from_slice(&samples[..take]);
             self.filled += take;
@@ -111,9 +129,12 @@ impl StreamResampler {
     /// Pads the last partial chunk with silence, pushes out everything still inside the
     /// resampler (its delay included) and resets it for the next segment.
     pub fn flush(&mut self, sink: &mut dyn FnMut(&[f32])) -> Result<(), ResampleError> {
+        if self.fft.is_none() {
+            return Ok(());
+        }
         let produced = self.process(Some(&Indexing::new().partial_len(self.filled)))?;
         sink(&self.output[..produced]);
-        let mut delay = self.fft.output_delay();
+        let mut delay = self.output_delay();
         while delay > 0 {
             let produced = self.process(Some(&Indexing::new().partial_len(0)))?;
             let real = produced.min(delay);
@@ -123,19 +144,23 @@ impl StreamResampler {
                 break;
             }
         }
-        self.filled = 0;
-        self.fft.reset();
+        self.reset();
         Ok(())
     }
 
     /// Drops buffered audio without emitting it (barge-in).
     pub fn reset(&mut self) {
         self.filled = 0;
-        self.fft.reset();
+        if let Some(fft) = &mut self.fft {
+            fft.reset();
+        }
     }
 
     fn process(&mut self, indexing: Option<&Indexing>) -> Result<usize, ResampleError> {
         let (from, to) = (self.from, self.to);
+        let Some(fft) = &mut self.fft else {
+            return Ok(0);
+        };
         let buffer = |e: &dyn std::fmt::Display| ResampleError::Buffer {
             from,
             to,
@@ -147,8 +172,7 @@ impl StreamResampler {
             SequentialSlice::new(&self.pending[..], 1, frames_in).map_err(|e| buffer(&e))?;
         let mut output = SequentialSlice::new_mut(&mut self.output[..], 1, frames_out)
             .map_err(|e| buffer(&e))?;
-        let (_, produced) = self
-            .fft
+        let (_, produced) = fft
             .process_into_buffer(&input, &mut output, indexing)
             .map_err(|source| ResampleError::Process { from, to, source })?;
         Ok(produced)
@@ -198,6 +222,21 @@ mod tests {
         let off = power(steady, 16000, 1000.0);
         assert!(kept > 0.05, "440 Hz power {kept}");
         assert!(off < kept / 1000.0, "leakage {off} vs {kept}");
+    }
+
+    #[test]
+    fn equal_rates_pass_every_sample_through_at_once() {
+        let input = tone(16000, 440.0, 0.1);
+        let mut r = StreamResampler::new(16000, 16000).unwrap();
+        assert_eq!(r.output_delay(), 0);
+        let mut out = Vec::new();
+        for chunk in input.chunks(7) {
+            let before = out.len();
+            r.push(chunk, &mut |s| out.extend_from_slice(s)).unwrap();
+            assert_eq!(out.len() - before, chunk.len(), "nothing held back");
+        }
+        r.flush(&mut |s| out.extend_from_slice(s)).unwrap();
+        assert_eq!(out, input);
     }
 
     #[test]

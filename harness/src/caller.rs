@@ -85,6 +85,9 @@ pub struct CallerOptions {
     /// `wss://` stream), on top of the system's roots: an agent behind an ingress whose
     /// certificate a private CA issued.
     pub ca_file: Option<PathBuf>,
+    /// Talk to the browser playground's socket with this token (Opus at 48 kHz, as the page
+    /// does; [`crate::playground_caller`]) instead of placing a Twilio call.
+    pub playground_token: Option<String>,
 }
 
 impl Default for CallerOptions {
@@ -102,6 +105,7 @@ impl Default for CallerOptions {
             dtmf_after_script: None,
             call_sid: "CA00000000000000000000000000000001".into(),
             ca_file: None,
+            playground_token: None,
         }
     }
 }
@@ -383,6 +387,9 @@ enum Phase {
 
 /// Places one call and runs the script.
 pub async fn place_call(options: &CallerOptions) -> Result<CallReport, CallerError> {
+    if let Some(token) = &options.playground_token {
+        return crate::playground_caller::place_session(options, token).await;
+    }
     match answer(options).await? {
         Answer::Reject(reason) => Ok(CallReport {
             call_sid: options.call_sid.clone(),

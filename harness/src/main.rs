@@ -58,6 +58,10 @@ enum Command {
         /// system's roots (an ingress certificate from a private CA).
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Talk to the agent's browser playground with this token (Opus over its WebSocket,
+        /// as the page does) instead of placing Twilio calls.
+        #[arg(long, env = "GROKCAST_PLAYGROUND_TOKEN", hide_env_values = true)]
+        playground_token: Option<String>,
     },
     /// Local demo: an agent on the embedded engines answers one simulated call.
     Demo {
@@ -111,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
             spread_ms,
             reply_timeout_s,
             ca_file,
+            playground_token,
         } => {
             let mut utterances = Vec::new();
             for text in &say {
@@ -126,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 interrupt_after: interrupt_after_ms.map(Duration::from_millis),
                 reply_timeout: Duration::from_secs(reply_timeout_s),
                 ca_file,
+                playground_token,
                 ..CallerOptions::default()
             };
             call(options, calls, Duration::from_millis(spread_ms), record).await

@@ -10,7 +10,6 @@ use std::time::Duration;
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::packet::Packet;
 use audiopus::{Application, Channels, MutSignals, SampleRate};
-use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use grokcast_agent::codec;
 use grokcast_agent::config::AgentConfig;
@@ -18,6 +17,7 @@ use grokcast_agent::resample::StreamResampler;
 use grokcast_harness::caller;
 use grokcast_harness::instant::InstantServers;
 use grokcast_harness::local::LocalAgent;
+use grokcast_harness::playground_caller::protocols;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -75,11 +75,6 @@ async fn open(agent: &Agent, protocols: Option<String>) -> Result<Socket, u16> {
         }
         Err(e) => panic!("connecting: {e}"),
     }
-}
-
-fn protocols(token: &str) -> String {
-    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
-    format!("grokcast.playground.v1, token.{encoded}")
 }
 
 async fn start(agent: &Agent, start: serde_json::Value) -> Socket {
@@ -342,4 +337,56 @@ async fn playground_sessions_take_the_pods_call_slots() {
     let _first = start(&agent, serde_json::json!({"type": "start"})).await;
     // The slot is taken at the upgrade: the second waits for none.
     assert_eq!(open(&agent, Some(protocols(TOKEN))).await.err(), Some(503));
+}
+
+/// The benchmark's playground caller (`grokcast-harness call --playground-token`) holds a
+/// conversation as the page does: two questions, two answers timed from the end of each,
+/// every mark acknowledged; with a wrong token it gets no session, and on a full pod it is
+/// told busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmark_caller_converses_through_the_playground() {
+    let Some(agent) = agent(|c| c.max_calls = 1).await else {
+        return;
+    };
+    let say = |text: &str| std::sync::Arc::new(caller::espeak_audio(text).unwrap());
+    let options = caller::CallerOptions {
+        agent_url: agent.url.clone(),
+        utterances: vec![say("What time do you open?"), say("And on Sunday?")],
+        playground_token: Some(TOKEN.into()),
+        ..caller::CallerOptions::default()
+    };
+    let report = caller::place_call(&options).await.unwrap();
+    assert_eq!(report.turns.len(), 2, "{:?}", report.turns);
+    for turn in &report.turns {
+        assert!(
+            turn.latency.is_some() && turn.agent_frames > 10,
+            "every question answered: {:?}",
+            report.turns
+        );
+    }
+    assert!(report.greeting_frames > 0, "the greeting played first");
+    assert!(
+        report.marks.iter().any(|m| m == "t2-s0"),
+        "{:?}",
+        report.marks
+    );
+    assert_eq!(
+        agent
+            .servers
+            .counts
+            .llm
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+
+    let wrong = caller::CallerOptions {
+        playground_token: Some("not the token".into()),
+        ..options.clone()
+    };
+    let err = caller::place_call(&wrong).await.unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+
+    let _taken = start(&agent, serde_json::json!({"type": "start"})).await;
+    let busy = caller::place_call(&options).await.unwrap();
+    assert_eq!(busy.rejected.as_deref(), Some("busy"));
 }

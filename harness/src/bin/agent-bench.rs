@@ -10,7 +10,8 @@
 //! clocks), CPU per call-minute, RSS per call and late frames.
 //!
 //! `cargo run --release -p grokcast-harness --bin agent-bench -- --levels 1,10,50,100,200`
-//! (add `--otlp-endpoint http://127.0.0.1:4317` to trace every call to a collector there)
+//! (add `--otlp-endpoint http://127.0.0.1:4317` to trace every call to a collector there, and
+//! `--playground` for callers on the browser playground's Opus socket instead of Twilio's)
 //! (docs/benchmarks.md has the figures and how to read them).
 
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ use grokcast_agent::server::{self, AgentState};
 use grokcast_agent::startup;
 use grokcast_agent::traces::Traces;
 use tracing_subscriber::prelude::*;
+
+/// The playground's token for `--playground` runs.
+const PLAYGROUND_TOKEN: &str = "bench-playground-token";
 
 #[derive(Parser)]
 #[command(about = "Agent overhead, CPU and memory per call under concurrent simulated calls")]
@@ -51,6 +55,10 @@ struct Args {
     /// this OTLP/gRPC endpoint; the run without it is the baseline.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Callers talk to the browser playground (Opus at 48 kHz over its WebSocket) instead of
+    /// placing Twilio calls (8 kHz mu-law over Media Streams).
+    #[arg(long)]
+    playground: bool,
 }
 
 fn proc_field(path: &str, key: &str) -> Option<u64> {
@@ -142,6 +150,10 @@ fn run(args: &Args, harness_bin: &std::path::Path, model_port: u16) -> anyhow::R
     if args.smart_turn {
         config.turn_taking.end_of_turn_model = EndOfTurnModel::SmartTurn;
     }
+    if args.playground {
+        config.playground.enabled = true;
+        config.playground_token = Some(PLAYGROUND_TOKEN.into());
+    }
     if let Some(endpoint) = &args.otlp_endpoint {
         config.tracing.endpoint = endpoint.clone();
     }
@@ -222,6 +234,9 @@ fn run(args: &Args, harness_bin: &std::path::Path, model_port: u16) -> anyhow::R
         ]);
         for p in phrases.iter().cycle().take(args.turns) {
             caller.args(["--say", p]);
+        }
+        if args.playground {
+            caller.args(["--playground-token", PLAYGROUND_TOKEN]);
         }
         let mut child = caller
             .stdout(std::process::Stdio::piped())
