@@ -1374,7 +1374,7 @@ fn start_turn(
         encoder: tokio::sync::Mutex::new(None),
         record: record.clone(),
         number,
-        commit: tokio::sync::Mutex::new(None),
+        commit: tokio::sync::Mutex::new(Ownership::Owned),
         committed: Mutex::new(None),
         started: Mutex::new(StageStarts::default()),
         trace: trace.clone(),
@@ -1409,14 +1409,25 @@ struct Turn {
     encoder: tokio::sync::Mutex<Option<FrameEncoder>>,
     record: Arc<Mutex<TurnRecord>>,
     number: u64,
-    /// A speculative reply's wait for the end of the turn; taken by the first [`Turn::own`].
-    commit: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<Commit>>>,
+    /// Whether the reply is the turn's to play; a speculative reply waits for the end of the
+    /// turn in [`Turn::own`].
+    commit: tokio::sync::Mutex<Ownership>,
     /// The end of the turn a speculative reply got.
     committed: Mutex<Option<Commit>>,
     /// When STT and the LLM started, to count only their time after a commit.
     started: Mutex<StageStarts>,
     /// Its trace, filled in as it goes.
     trace: Arc<TurnTrace>,
+}
+
+/// Whether a reply is the turn's to play.
+enum Ownership {
+    /// An ordinary turn's reply, or a speculative one the turn took.
+    Owned,
+    /// A speculative reply waiting for the end of the turn.
+    Waiting(tokio::sync::oneshot::Receiver<Commit>),
+    /// A speculative reply the turn did not take: nothing of it plays.
+    Dropped,
 }
 
 /// When a turn's stages started.
@@ -1429,20 +1440,31 @@ struct StageStarts {
 impl Turn {
     /// Waits until the turn is this reply's to play: at once for an ordinary turn, at the
     /// end of the turn for a speculative reply. False when the speculation was dropped.
+    /// The answer sticks: a dropped speculation stays dropped for every later question (its
+    /// task is aborted, but a clause already past its last await must not reach the caller).
     async fn own(&self) -> bool {
-        let Some(waiting) = self.commit.lock().await.take() else {
-            return true;
-        };
-        let Ok(commit) = waiting.await else {
-            return false;
-        };
-        self.generation.store(commit.generation, Ordering::Relaxed);
-        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(commit);
-        if let Some(user) = &self.lock_record().user {
-            self.state.said("caller", user);
-            self.shared.note(Note::Caller(user.clone()));
+        // Held across the wait, so every question gets the one answer.
+        let mut ownership = self.commit.lock().await;
+        match std::mem::replace(&mut *ownership, Ownership::Dropped) {
+            Ownership::Dropped => false,
+            Ownership::Owned => {
+                *ownership = Ownership::Owned;
+                true
+            }
+            Ownership::Waiting(waiting) => {
+                let Ok(commit) = waiting.await else {
+                    return false;
+                };
+                *ownership = Ownership::Owned;
+                self.generation.store(commit.generation, Ordering::Relaxed);
+                *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(commit);
+                if let Some(user) = &self.lock_record().user {
+                    self.state.said("caller", user);
+                    self.shared.note(Note::Caller(user.clone()));
+                }
+                true
+            }
         }
-        true
     }
 
     /// The timings of the first audio, as the caller waited for them: for a speculative
@@ -1476,7 +1498,7 @@ impl Turn {
                 commit,
                 resume: cut,
             } => {
-                *self.commit.get_mut() = commit;
+                *self.commit.get_mut() = commit.map_or(Ownership::Owned, Ownership::Waiting);
                 resume = cut;
                 let started = Instant::now();
                 self.started.lock().unwrap_or_else(|p| p.into_inner()).stt = Some(started);
@@ -1544,7 +1566,7 @@ impl Turn {
             }
             return;
         };
-        if self.commit.get_mut().is_none() {
+        if matches!(self.commit.get_mut(), Ownership::Owned) {
             self.state.said("caller", &user);
             self.shared.note(Note::Caller(user.clone()));
         }
