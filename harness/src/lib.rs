@@ -16,6 +16,7 @@ pub mod demo;
 pub mod instant;
 pub mod local;
 pub mod playground_caller;
+pub mod twilio_rest;
 
 /// Whether the Silero VAD model and ONNX Runtime are installed, for tests that run calls; they
 /// skip without them, except where `GROKCAST_REQUIRE_MODELS` is set (as `scripts/test.sh`

@@ -39,6 +39,46 @@ pub fn connect_stream(url: &str, parameters: &[(&str, &str)]) -> String {
     xml
 }
 
+/// Where a transfer may go: a phone number (E.164) or a SIP URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialTarget {
+    /// `+` and 7 to 15 digits.
+    Number(String),
+    /// `sip:` or `sips:` and an address, no spaces or quotes.
+    Sip(String),
+}
+
+impl DialTarget {
+    /// Reads a number or SIP URI; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if let Some(digits) = text.strip_prefix('+') {
+            let ok = (7..=15).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && !digits.starts_with('0');
+            return ok.then(|| Self::Number(text.to_owned()));
+        }
+        let address = text
+            .strip_prefix("sip:")
+            .or_else(|| text.strip_prefix("sips:"))?;
+        let ok = address.contains('@')
+            && !address.starts_with('@')
+            && !address
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'));
+        ok.then(|| Self::Sip(text.to_owned()))
+    }
+}
+
+/// `<Dial>` to `target`: the TwiML a live call is updated with to transfer it.
+pub fn dial(target: &DialTarget) -> String {
+    let noun = match target {
+        DialTarget::Number(n) => format!("<Number>{}</Number>", escape(n)),
+        DialTarget::Sip(uri) => format!("<Sip>{}</Sip>", escape(uri)),
+    };
+    format!(r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{noun}</Dial></Response>"#)
+}
+
 /// `<Reject reason="busy"/>`: Twilio plays a busy signal; nothing is billed.
 pub fn reject_busy() -> String {
     r#"<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>"#.into()
@@ -96,6 +136,39 @@ pub fn read_answer(xml: &str) -> Result<Answer, TwimlError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn transfers_go_to_numbers_and_sip_uris_only() {
+        assert_eq!(
+            DialTarget::parse(" +14155550100 "),
+            Some(DialTarget::Number("+14155550100".into()))
+        );
+        assert_eq!(
+            DialTarget::parse("sip:desk@pbx.example.com"),
+            Some(DialTarget::Sip("sip:desk@pbx.example.com".into()))
+        );
+        for bad in [
+            "14155550100",
+            "+0123456",
+            "+1415555010012345",
+            "+1 415 555 0100",
+            "sip:",
+            "sip:@pbx",
+            "sip:a@b\"><Hangup/>",
+            "tel:+14155550100",
+            "",
+        ] {
+            assert_eq!(DialTarget::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            dial(&DialTarget::Number("+14155550100".into())),
+            r#"<?xml version="1.0" encoding="UTF-8"?><Response><Dial><Number>+14155550100</Number></Dial></Response>"#
+        );
+        assert!(
+            dial(&DialTarget::Sip("sip:a&b@pbx".into())).contains("<Sip>sip:a&amp;b@pbx</Sip>")
+        );
+    }
+
     use super::*;
 
     #[test]
