@@ -830,7 +830,7 @@ async fn send(
                 if let Some(t) = timings.take() {
                     let sample = state.observe_turn(t, now);
                     if let Some(trace) = trace {
-                        trace.first_audio(sample.timings, now);
+                        trace.first_audio(sample.timings);
                     }
                     shared.note(Note::Turn(sample));
                 }

@@ -382,12 +382,10 @@ impl TurnTrace {
         });
     }
 
-    /// The first frame went out at `sent`, after these stages.
-    pub(crate) fn first_audio(&self, timings: TurnTimings, sent: Instant) {
-        self.with(|s| {
-            s.timings = Some(timings);
-            s.first_frame.get_or_insert(sent);
-        });
+    /// The turn's first frame is going out, after these stages (the frame itself is
+    /// [`TurnTrace::playing`]'s).
+    pub(crate) fn first_audio(&self, timings: TurnTimings) {
+        self.with(|s| s.timings = Some(timings));
     }
 
     /// A frame of the turn went out at `sent`; the caller hears it until `until`.

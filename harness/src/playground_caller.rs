@@ -34,8 +34,9 @@ pub fn protocols(token: &str) -> String {
     format!("grokcast.playground.v1, token.{encoded}")
 }
 
-/// Caller audio (8 kHz mu-law) as the page's microphone gives it: 48 kHz, in 20 ms frames.
-fn frames_48k(mulaw: &[u8]) -> Result<Vec<Vec<f32>>, CallerError> {
+/// Caller audio (8 kHz mu-law) as the page's microphone gives it: 48 kHz, in 20 ms frames
+/// (the last padded with silence).
+pub fn frames_48k(mulaw: &[u8]) -> Result<Vec<Vec<f32>>, CallerError> {
     let mut pcm = vec![0f32; mulaw.len()];
     codec::decode_into(mulaw, &mut pcm);
     let audio_error = |e: &dyn std::fmt::Display| CallerError::Audio(e.to_string());

@@ -11,13 +11,11 @@ use audiopus::coder::{Decoder, Encoder};
 use audiopus::packet::Packet;
 use audiopus::{Application, Channels, MutSignals, SampleRate};
 use futures::{SinkExt, StreamExt};
-use grokcast_agent::codec;
 use grokcast_agent::config::AgentConfig;
-use grokcast_agent::resample::StreamResampler;
 use grokcast_harness::caller;
 use grokcast_harness::instant::InstantServers;
 use grokcast_harness::local::LocalAgent;
-use grokcast_harness::playground_caller::protocols;
+use grokcast_harness::playground_caller::{frames_48k, protocols};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -86,14 +84,11 @@ async fn start(agent: &Agent, start: serde_json::Value) -> Socket {
 /// The question, spoken by espeak-ng, at 48 kHz, between silences, in 20 ms frames.
 fn question_frames() -> Vec<Vec<f32>> {
     let mulaw = caller::espeak_audio("What time do you open on Saturday?").unwrap();
-    let mut pcm = vec![0f32; mulaw.len()];
-    codec::decode_into(&mulaw, &mut pcm);
-    let mut up = StreamResampler::new(8000, RATE as u32).unwrap();
-    let mut audio = vec![0f32; RATE / 2];
-    up.push(&pcm, &mut |s| audio.extend_from_slice(s)).unwrap();
-    up.flush(&mut |s| audio.extend_from_slice(s)).unwrap();
-    audio.extend(vec![0f32; 6 * RATE]);
-    audio.chunks(FRAME).map(<[f32]>::to_vec).collect()
+    let silence = |frames: usize| vec![vec![0f32; FRAME]; frames];
+    let mut frames = silence(RATE / 2 / FRAME);
+    frames.extend(frames_48k(&mulaw).unwrap());
+    frames.extend(silence(6 * RATE / FRAME));
+    frames
 }
 
 /// What the page saw of a session.
