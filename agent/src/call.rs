@@ -14,9 +14,9 @@ use grokcast_engines::smart_turn::{self, SmartTurn};
 use grokcast_engines::vad::{CHUNK_SAMPLES, VadState};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::backend::{BackendError, StreamingStt, SttStream};
+use crate::backend::{BackendError, ChatMessage, ReplyPart, StreamingStt, SttStream, ToolCall};
 use crate::clause::ClauseSplitter;
 use crate::clips::FrameEncoder;
 use crate::context::{CallContext, TurnJudge, TurnTimings};
@@ -24,6 +24,7 @@ use crate::conversation::Conversation;
 use crate::metrics::{HELD_OUTCOMES, Outcome, Stage};
 use crate::pacer::{FRAME_BYTES, FrameTiming, Pacer};
 use crate::resample::StreamResampler;
+use crate::tools::Action;
 use crate::traces::TurnTrace;
 use crate::transport::{FromCaller, Note, Received, ToCaller, TransportError};
 use crate::turn::{
@@ -100,7 +101,26 @@ struct Shared {
     settings: CallSettings,
     /// Where notes go, when the transport shows them (the send task passes them on).
     notes: Option<mpsc::UnboundedSender<Note>>,
+    /// Where a turn hands the conversation a call action (hang up, transfer) to carry out
+    /// once the words before it have played.
+    actions: mpsc::UnboundedSender<PendingAction>,
+    /// How the call ends when the agent ends it: set as the hang-up or transfer is asked of
+    /// Twilio, which may stop the stream before it answers.
+    ended_by_agent: Mutex<Option<Outcome>>,
 }
+
+/// A call action a turn decided on: carried out once the caller's side acknowledges `mark`
+/// (everything before it has played), unless the caller speaks first.
+#[derive(Debug)]
+struct PendingAction {
+    generation: u64,
+    mark: String,
+    action: Action,
+}
+
+/// The most rounds of tool calls one turn makes; the round after them offers no tools, so
+/// the model must speak.
+const MAX_TOOL_ROUNDS: usize = 3;
 
 /// What one call may set for itself, over the VoiceAgent's settings: a phone call takes the
 /// VoiceAgent's; a playground session may try another prompt or voice.
@@ -110,6 +130,9 @@ pub struct CallSettings {
     pub system_prompt: Option<String>,
     /// Asks the TTS pool for this voice instead of `tts.voice` (the fixed phrases keep theirs).
     pub voice: Option<String>,
+    /// The phone call's SID, where Twilio's REST API can hang it up or transfer it (`None`
+    /// for a playground session).
+    pub call_sid: Option<String>,
 }
 
 impl CallSettings {
@@ -203,6 +226,7 @@ pub async fn run(
         }
         false => (None, None),
     };
+    let (actions, actions_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         generation: AtomicU64::new(0),
         speaking_until_us: AtomicU64::new(0),
@@ -211,6 +235,8 @@ pub async fn run(
         conversation: Mutex::new(Conversation::new(settings.system_prompt(&state))),
         settings,
         notes,
+        actions,
+        ended_by_agent: Mutex::new(None),
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let (playout_tx, playout_rx) = mpsc::channel(64);
@@ -232,7 +258,14 @@ pub async fn run(
         )
         .in_current_span(),
     ));
-    let conversation = converse(state.clone(), events_rx, playout_tx, clear_tx, shared);
+    let conversation = converse(
+        state.clone(),
+        events_rx,
+        actions_rx,
+        playout_tx,
+        clear_tx,
+        shared.clone(),
+    );
     let timeout = Duration::from_secs(state.config.session_timeout_seconds);
     crate::traces::describe_call(&state.config);
 
@@ -252,6 +285,15 @@ pub async fn run(
             Outcome::Disconnected
         }
         _ = tokio::time::sleep(timeout) => Outcome::Timeout,
+    };
+    // The stream Twilio stops because the agent hung up or transferred is the agent's doing.
+    let agent = *shared
+        .ended_by_agent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let outcome = match (outcome, agent) {
+        (Outcome::Completed | Outcome::Disconnected, Some(ended)) => ended,
+        (outcome, _) => outcome,
     };
     crate::traces::call_ended(outcome);
     outcome
@@ -892,14 +934,27 @@ struct TurnRecord {
     user: Option<String>,
     /// The playback generation its clauses were queued in.
     generation: u64,
-    /// (mark name, clause text, its audio's length) in playback order.
+    /// (mark name, clause text, its audio's length) in playback order; key tones have no
+    /// text.
     segments: Vec<(String, String, Duration)>,
+    /// Tool calls made, each after the segments queued before it.
+    exchanges: Vec<Exchange>,
+}
+
+/// Tool calls a turn made and their results.
+#[derive(Debug, Clone)]
+struct Exchange {
+    /// How many of the turn's segments were queued before the calls.
+    after: usize,
+    calls: Vec<ToolCall>,
+    results: Vec<ChatMessage>,
 }
 
 /// The conversation: history, turns, barge-in, DTMF, goodbye.
 async fn converse(
     state: Arc<CallContext>,
     mut events: mpsc::Receiver<CallEvent>,
+    mut actions: mpsc::UnboundedReceiver<PendingAction>,
     playout: mpsc::Sender<Playout>,
     clears: mpsc::Sender<()>,
     shared: Arc<Shared>,
@@ -921,6 +976,9 @@ async fn converse(
     let (overheard_tx, mut overheard_rx) = mpsc::channel::<Overheard>(1);
     // Held only to abort the task when it is replaced, moot, or the call ends.
     let mut _listening: Option<TaskGuard<()>> = None;
+    // A hang-up or transfer waiting for its words to play, and the latest it is carried out
+    // if the caller's side never acknowledges them.
+    let mut pending: Option<(PendingAction, Instant)> = None;
 
     let clips = state.clips();
     if let Some(clips) = clips.as_ref().filter(|c| !c.greeting.is_empty()) {
@@ -959,7 +1017,16 @@ async fn converse(
                 // Closed: the receive task ended, and its result says why.
                 let event = event?;
                 match event {
-                    CallEvent::Mark(name) => { acked.insert(name); }
+                    CallEvent::Mark(name) => {
+                        let due = pending.as_ref().is_some_and(|(p, _)| p.mark == name);
+                        acked.insert(name);
+                        if due && let Some((p, _)) = pending.take() {
+                            finish_turn(&mut running, &mut history, &acked, None);
+                            if let Some(outcome) = carry_out(&state, &shared, p.action, &mut history, &playout).await {
+                                return Some(outcome);
+                            }
+                        }
+                    }
                     CallEvent::Stop => {
                         finish_turn(&mut running, &mut history, &acked, None);
                         return Some(Outcome::Completed);
@@ -976,6 +1043,7 @@ async fn converse(
                         }
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
+                        pending = None;
                         finish_turn(&mut running, &mut history, &acked, Some(heard));
                         debug!("barge-in");
                     }
@@ -1013,6 +1081,7 @@ async fn converse(
                         // The caller moved on: whatever the agent still had queued is stale.
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
+                        pending = None;
                         finish_turn(&mut running, &mut history, &acked, Some(heard));
                         turn_number += 1;
                         let generation = shared.generation.load(Ordering::Relaxed);
@@ -1040,6 +1109,7 @@ async fn converse(
                         interrupted = None;
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
+                        pending = None;
                         finish_turn(&mut running, &mut history, &acked, Some(heard));
                         turn_number += 1;
                         let input = TurnInput::Text { text: format!("[caller pressed {digit}]"), at: Instant::now() };
@@ -1071,10 +1141,31 @@ async fn converse(
                     interrupted = None;
                     let heard = shared.heard(now);
                     interrupt(&shared, &clears).await;
+                    pending = None;
                     finish_turn(&mut running, &mut history, &acked, Some(heard));
                     turn_number += 1;
                     let input = TurnInput::Heard { text, caller_stopped: o.caller_stopped, endpointing: o.endpointing, stt: o.stt };
                     running = Some(start_turn(&state, &shared, &playout, &history, input, turn_number));
+                }
+            }
+            Some(p) = actions.recv() => {
+                // Only if the caller has not moved on since the turn decided it.
+                if p.generation == shared.generation.load(Ordering::Relaxed) {
+                    pending = Some((p, Instant::now() + GOODBYE_TIMEOUT));
+                }
+            }
+            _ = async {
+                match &pending {
+                    Some((_, deadline)) => tokio::time::sleep_until(*deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // The caller's side never said the words played: act anyway.
+                if let Some((p, _)) = pending.take() {
+                    finish_turn(&mut running, &mut history, &acked, None);
+                    if let Some(outcome) = carry_out(&state, &shared, p.action, &mut history, &playout).await {
+                        return Some(outcome);
+                    }
                 }
             }
             _ = goodbye.cancelled() => {
@@ -1096,6 +1187,88 @@ async fn converse(
                 return Some(Outcome::Drained);
             }
         }
+    }
+}
+
+/// Carries out a hang-up or transfer whose words have played; `Some` ends the call with
+/// that outcome. A hang-up goes through Twilio's REST API when the agent has a key and the
+/// call a SID, and ends the call anyway when that fails (closing a `<Connect><Stream>` hangs
+/// up too). A transfer that fails is counted, told to the model as a caller-side note, and
+/// apologised for; the call goes on.
+async fn carry_out(
+    state: &CallContext,
+    shared: &Shared,
+    action: Action,
+    history: &mut Conversation,
+    playout: &mpsc::Sender<Playout>,
+) -> Option<Outcome> {
+    use crate::twilio::rest::CallUpdate;
+    let line = state
+        .twilio_rest
+        .as_ref()
+        .zip(shared.settings.call_sid.as_deref());
+    let failed = |tool: &str| {
+        state
+            .metrics
+            .tool_calls
+            .with_label_values(&[tool, crate::tools::ToolOutcome::Failed.label()])
+            .inc();
+    };
+    let ending = |outcome: Option<Outcome>| {
+        *shared
+            .ended_by_agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = outcome;
+    };
+    match action {
+        Action::EndCall => {
+            ending(Some(Outcome::EndedByAgent));
+            if let Some((rest, call_sid)) = line
+                && let Err(error) = rest.update_call(call_sid, &CallUpdate::Complete).await
+            {
+                failed(crate::tools::END_CALL);
+                warn!(%error, "Twilio's REST API did not hang up; closing the stream ends the call");
+            }
+            info!("the agent ended the call");
+            Some(Outcome::EndedByAgent)
+        }
+        Action::Transfer { to, .. } => {
+            ending(Some(Outcome::Transferred));
+            let result = match line {
+                Some((rest, call_sid)) => {
+                    let dial = crate::twilio::twiml::dial(&to);
+                    rest.update_call(call_sid, &CallUpdate::Twiml(dial))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => Err("no phone line to transfer".to_owned()),
+            };
+            match result {
+                Ok(_) => {
+                    info!("the agent transferred the call");
+                    Some(Outcome::Transferred)
+                }
+                Err(error) => {
+                    ending(None);
+                    failed(crate::tools::TRANSFER_CALL);
+                    warn!(%error, "the transfer failed; the call goes on");
+                    history.caller("[the transfer failed]");
+                    if let Some(clips) = state.clips() {
+                        let generation = shared.generation.load(Ordering::Relaxed);
+                        let _ = playout
+                            .send(Playout::Audio {
+                                generation,
+                                frames: clips.apology.clone(),
+                                timings: None,
+                                trace: None,
+                            })
+                            .await;
+                    }
+                    None
+                }
+            }
+        }
+        Action::Dtmf(_) => None,
     }
 }
 
@@ -1158,15 +1331,34 @@ fn record_turn(
         .iter()
         .take_while(|(mark, _, _)| acked.contains(mark))
         .count();
-    let mut said: Vec<String> = record.segments[..whole]
-        .iter()
-        .map(|(_, text, _)| text.clone())
-        .collect();
-    // The clause that was playing: its words in proportion to the audio heard.
-    if let Some(heard) = heard.filter(|h| h.generation == record.generation && h.segment == whole)
-        && let Some((_, text, length)) = record.segments.get(whole)
-    {
-        said.extend(heard_words(text, heard.heard, *length));
+    // What the caller heard of each segment: the whole clause, part of the one playing (in
+    // proportion to the audio heard), nothing of the rest.
+    let part = heard
+        .filter(|h| h.generation == record.generation && h.segment == whole)
+        .and_then(|h| {
+            let (_, text, length) = record.segments.get(whole)?;
+            heard_words(text, h.heard, *length)
+        });
+    let mut said: Vec<String> = Vec::new();
+    for at in 0..=record.segments.len() {
+        // Tool calls ran whether or not the caller heard the words before them.
+        for exchange in record.exchanges.iter().filter(|e| e.after == at) {
+            history.tools(
+                &said.join(" "),
+                exchange.calls.clone(),
+                exchange.results.clone(),
+            );
+            said.clear();
+        }
+        let Some((_, text, _)) = record.segments.get(at) else {
+            break;
+        };
+        let text = match at.cmp(&whole) {
+            std::cmp::Ordering::Less => Some(text.clone()),
+            std::cmp::Ordering::Equal => part.clone(),
+            std::cmp::Ordering::Greater => None,
+        };
+        said.extend(text.filter(|t| !t.is_empty()));
     }
     history.agent(&said.join(" "));
 }
@@ -1208,6 +1400,8 @@ fn resumable(
         .segments
         .iter()
         .skip_while(|(mark, _, _)| acked.contains(mark))
+        // Key tones are not said again.
+        .filter(|(_, text, _)| !text.is_empty())
         .map(|(_, text, _)| text.clone())
         .collect();
     (!window.is_zero() && !clauses.is_empty()).then_some(Resume { clauses, window })
@@ -1420,6 +1614,17 @@ struct Turn {
     trace: Arc<TurnTrace>,
 }
 
+/// What one LLM request of a turn did.
+#[derive(Default)]
+struct Round {
+    first_token: Option<Instant>,
+    /// The clauses spoken, in order.
+    spoken: Vec<String>,
+    /// The tools it called.
+    calls: Vec<ToolCall>,
+    error: Option<BackendError>,
+}
+
 /// Whether a reply is the turn's to play.
 enum Ownership {
     /// An ordinary turn's reply, or a speculative one the turn took.
@@ -1570,20 +1775,99 @@ impl Turn {
             self.state.said("caller", &user);
             self.shared.note(Note::Caller(user.clone()));
         }
-        self.lock_record().user = Some(user);
+        self.lock_record().user = Some(user.clone());
 
         let llm_started = Instant::now();
         self.started.lock().unwrap_or_else(|p| p.into_inner()).llm = Some(llm_started);
+        // What the follow-up requests after tool calls go on from: the turn's own copy of the
+        // call, with the caller's words and each round's words and tool exchanges.
+        let mut convo = history;
+        convo.caller(&user);
+        let mut messages = messages;
+        let mut next_index = 0usize;
+        let mut tools_failed = false;
+        let mut action: Option<Action> = None;
+        for round in 0..=MAX_TOOL_ROUNDS {
+            let offer = self
+                .state
+                .tools
+                .as_ref()
+                .filter(|_| round < MAX_TOOL_ROUNDS)
+                .map(|t| t.specs());
+            let spoken_before = next_index;
+            let reply = self
+                .reply_round(messages, offer, llm_started, &mut timings, &mut next_index)
+                .await;
+            // A reply with nothing to say still waits for its turn, so its words are logged then.
+            if reply.error.is_none() && !self.own().await {
+                return;
+            }
+            if round == 0
+                && let Some(first) = reply.first_token
+            {
+                let seconds = first.saturating_duration_since(llm_started).as_secs_f64();
+                self.state.metrics.stage(Stage::LlmFirstToken, seconds);
+            }
+            if !reply.spoken.is_empty() {
+                self.state.said("agent", &reply.spoken.join(" "));
+            }
+            if let Some(e) = reply.error {
+                return self.apologise(e).await;
+            }
+            let said_nothing = next_index == spoken_before;
+            if reply.calls.is_empty() || round == MAX_TOOL_ROUNDS {
+                // A tool that failed gets words: the model's, or else the apology.
+                if tools_failed && said_nothing {
+                    self.play_apology().await;
+                }
+                break;
+            }
+            // Only a reply that is the turn's own acts (checked above): a speculative one
+            // that was dropped never reaches here.
+            let (results, decided, failed) = self.act(&reply.calls, &mut next_index).await;
+            tools_failed = failed;
+            if action.is_none() {
+                action = decided;
+            }
+            self.lock_record().exchanges.push(Exchange {
+                after: spoken_before + reply.spoken.len(),
+                calls: reply.calls.clone(),
+                results: results.clone(),
+            });
+            convo.tools(&reply.spoken.join(" "), reply.calls, results);
+            messages = convo.messages();
+        }
+        if let Some(action) = action {
+            self.hand_over(action, next_index).await;
+        }
+    }
+
+    /// One LLM request of the turn, its words spoken clause by clause as they come; tool
+    /// calls come back whole at the end. Clause marks are numbered on from `next_index`.
+    async fn reply_round(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: Option<crate::backend::ToolSpecs>,
+        llm_started: Instant,
+        timings: &mut TurnTimings,
+        next_index: &mut usize,
+    ) -> Round {
         let llm_timeout = self.state.config.llm.stage.timeout();
-        let tokens = tokio::time::timeout(llm_timeout, self.state.backends.llm.reply(messages))
-            .await
-            .unwrap_or(Err(BackendError::Timeout {
-                stage: crate::backend::StageName::Llm,
-                after: llm_timeout,
-            }));
+        let tokens =
+            tokio::time::timeout(llm_timeout, self.state.backends.llm.reply(messages, tools))
+                .await
+                .unwrap_or(Err(BackendError::Timeout {
+                    stage: crate::backend::StageName::Llm,
+                    after: llm_timeout,
+                }));
         let mut tokens = match tokens {
             Ok(t) => t,
-            Err(e) => return self.apologise(e).await,
+            Err(e) => {
+                return Round {
+                    error: Some(e),
+                    ..Round::default()
+                };
+            }
         };
 
         // Clauses flow from the LLM reader to the speaker through a small queue, so the model
@@ -1593,6 +1877,7 @@ impl Turn {
         let reader = async move {
             let mut splitter = ClauseSplitter::new();
             let mut first = None;
+            let mut calls = Vec::new();
             loop {
                 let next = tokio::time::timeout(llm_timeout, tokens.next()).await;
                 let token = match next {
@@ -1603,7 +1888,7 @@ impl Turn {
                     Ok(t) => t,
                 };
                 match token {
-                    Some(Ok(token)) => {
+                    Some(Ok(ReplyPart::Text(token))) => {
                         let first_at = *first.get_or_insert_with(Instant::now);
                         for clause in splitter.push(&token) {
                             if clause_tx
@@ -1611,13 +1896,17 @@ impl Turn {
                                 .await
                                 .is_err()
                             {
-                                return first;
+                                return (first, calls);
                             }
                         }
                     }
+                    Some(Ok(ReplyPart::Call(call))) => {
+                        first.get_or_insert_with(Instant::now);
+                        calls.push(call);
+                    }
                     Some(Err(e)) => {
                         let _ = clause_tx.send(Err(e)).await;
-                        return first;
+                        return (first, calls);
                     }
                     None => break,
                 }
@@ -1626,43 +1915,172 @@ impl Turn {
                 let now = Instant::now();
                 let _ = clause_tx.send(Ok((rest, now, first.unwrap_or(now)))).await;
             }
-            first
+            (first, calls)
         };
         let speaker = async {
-            let mut index = 0usize;
             let mut spoken = Vec::new();
             while let Some(clause) = clause_rx.recv().await {
                 let (text, ready_at, first_token_at) = match clause {
                     Ok(c) => c,
                     Err(e) => return (spoken, Some(e)),
                 };
-                if index == 0 {
+                if *next_index == 0 {
                     timings.llm_first_clause = ready_at.saturating_duration_since(llm_started);
                     timings.llm_first_token = first_token_at.saturating_duration_since(llm_started);
                 }
-                if let Err(e) = self.speak(&text, index, &mut timings).await {
+                if let Err(e) = self.speak(&text, *next_index, timings).await {
                     return (spoken, Some(e));
                 }
                 spoken.push(text);
-                index += 1;
+                *next_index += 1;
             }
             (spoken, None)
         };
-        let (first_token, (spoken, error)) = tokio::join!(reader, speaker);
-        // A reply with nothing to say still waits for its turn, so its words are logged then.
-        if error.is_none() && !self.own().await {
+        let ((first_token, calls), (spoken, error)) = tokio::join!(reader, speaker);
+        Round {
+            first_token,
+            spoken,
+            // A reply that failed part way does not act on what it called.
+            calls: if error.is_some() { Vec::new() } else { calls },
+            error,
+        }
+    }
+
+    /// Runs the model's tool calls: key tones play now, a hang-up or transfer waits for the
+    /// words (see [`Turn::hand_over`]). Returns one result per call, the call action
+    /// decided (the first; a second is refused), and whether any call failed.
+    async fn act(
+        &self,
+        calls: &[ToolCall],
+        next_index: &mut usize,
+    ) -> (Vec<ChatMessage>, Option<Action>, bool) {
+        let Some(tools) = self.state.tools.as_ref() else {
+            // A server that calls tools nobody offered: every call is unknown.
+            let results = calls
+                .iter()
+                .map(|c| {
+                    ChatMessage::tool_result(c.id.clone(), r#"{"error":"no tools are offered"}"#)
+                })
+                .collect();
+            for _ in calls {
+                self.count_tool("unknown", crate::tools::ToolOutcome::UnknownTool);
+            }
+            return (results, None, !calls.is_empty());
+        };
+        let can_transfer =
+            self.state.twilio_rest.is_some() && self.shared.settings.call_sid.is_some();
+        let (mut results, mut action, mut failed) = (Vec::new(), None, false);
+        for call in calls {
+            let mut invoked = tools.invoke(call, can_transfer).await;
+            match invoked.action.take() {
+                Some(Action::Dtmf(digits)) => self.play_tones(&digits, next_index).await,
+                Some(decided) if action.is_none() => action = Some(decided),
+                Some(_) => {
+                    invoked.outcome = crate::tools::ToolOutcome::Refused;
+                    invoked.result = serde_json::json!({
+                        "error": "the call is already being ended or transferred"
+                    })
+                    .to_string();
+                }
+                None => {}
+            }
+            self.count_tool(&invoked.tool, invoked.outcome);
+            if invoked.outcome != crate::tools::ToolOutcome::Ok {
+                failed = true;
+                warn!(tool = %invoked.tool, outcome = invoked.outcome.label(), "a tool call failed; the model hears why");
+            }
+            results.push(ChatMessage::tool_result(call.id.clone(), invoked.result));
+        }
+        (results, action, failed)
+    }
+
+    fn count_tool(&self, tool: &str, outcome: crate::tools::ToolOutcome) {
+        self.state
+            .metrics
+            .tool_calls
+            .with_label_values(&[tool, outcome.label()])
+            .inc();
+    }
+
+    /// Plays key tones as the turn's next segment.
+    async fn play_tones(&self, digits: &str, next_index: &mut usize) {
+        let mut frames = Vec::new();
+        let encoded = FrameEncoder::new(8_000).and_then(|mut e| {
+            e.push(&crate::tools::dtmf_tones(digits), &mut frames)?;
+            e.finish(&mut frames)
+        });
+        if let Err(e) = encoded {
+            warn!(error = %e, "could not encode the key tones");
             return;
         }
-        if let Some(first) = first_token {
-            let seconds = first.saturating_duration_since(llm_started).as_secs_f64();
-            self.state.metrics.stage(Stage::LlmFirstToken, seconds);
+        let length = grokcast_engines::audio::duration(frames.len(), 8_000);
+        self.queue_segment(Bytes::from(frames), "", length, *next_index)
+            .await;
+        *next_index += 1;
+    }
+
+    /// Queues audio that is not a synthesised clause (tones, a cached phrase) as the turn's
+    /// `index`-th segment, with its mark.
+    async fn queue_segment(&self, frames: Bytes, text: &str, length: Duration, index: usize) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mark = format!("t{}-s{index}", self.number);
+        {
+            let mut record = self.lock_record();
+            record.generation = generation;
+            record
+                .segments
+                .push((mark.clone(), text.to_owned(), length));
         }
-        if !spoken.is_empty() {
-            self.state.said("agent", &spoken.join(" "));
+        self.queue_with_mark(generation, frames, mark).await;
+    }
+
+    /// Queues fixed audio of this turn, then its mark.
+    async fn queue_with_mark(&self, generation: u64, frames: Bytes, mark: String) {
+        let _ = self
+            .playout
+            .send(Playout::Audio {
+                generation,
+                frames,
+                timings: None,
+                trace: Some(self.trace.clone()),
+            })
+            .await;
+        let _ = self
+            .playout
+            .send(Playout::Mark {
+                generation,
+                name: mark,
+            })
+            .await;
+    }
+
+    /// Hands a hang-up or transfer to the conversation, to be carried out once everything
+    /// the turn queued has played: a mark after it says when. A model that hangs up without
+    /// a word says the persona's goodbye first.
+    async fn hand_over(&self, action: Action, next_index: usize) {
+        if next_index == 0
+            && action == Action::EndCall
+            && let Some(clips) = self.state.clips()
+        {
+            let length = grokcast_engines::audio::duration(clips.goodbye.len(), 8_000);
+            let goodbye = self.state.config.persona.goodbye.clone();
+            self.queue_segment(clips.goodbye.clone(), &goodbye, length, next_index)
+                .await;
         }
-        if let Some(e) = error {
-            self.apologise(e).await;
-        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mark = format!("t{}-action", self.number);
+        let _ = self
+            .playout
+            .send(Playout::Mark {
+                generation,
+                name: mark.clone(),
+            })
+            .await;
+        let _ = self.shared.actions.send(PendingAction {
+            generation,
+            mark,
+            action,
+        });
     }
 
     /// Speaks again the clauses a false interruption cut, from the start of the cut one.
@@ -1824,6 +2242,11 @@ impl Turn {
             .with_label_values(&[error.stage().label()])
             .inc();
         self.trace.failed(error.stage().label(), error.summary());
+        self.play_apology().await;
+    }
+
+    /// Plays the cached apology (once the turn is its own).
+    async fn play_apology(&self) {
         let Some(clips) = self.state.clips() else {
             return;
         };
@@ -1832,21 +2255,8 @@ impl Turn {
             return;
         }
         let generation = self.generation.load(Ordering::Relaxed);
-        let _ = self
-            .playout
-            .send(Playout::Audio {
-                generation,
-                frames: clips.apology.clone(),
-                timings: None,
-                trace: Some(self.trace.clone()),
-            })
-            .await;
-        let _ = self
-            .playout
-            .send(Playout::Mark {
-                generation,
-                name: format!("t{}-apology", self.number),
-            })
+        let mark = format!("t{}-apology", self.number);
+        self.queue_with_mark(generation, clips.apology.clone(), mark)
             .await;
     }
 }
@@ -1899,6 +2309,7 @@ mod tests {
                     Duration::from_millis(800),
                 ),
             ],
+            exchanges: Vec::new(),
         };
         let acked: HashSet<String> = ["t1-s0".to_owned()].into();
         let said = |heard: Option<Heard>| {
@@ -1919,5 +2330,56 @@ mod tests {
         assert_eq!(said(Some(playing(4, 1, 1300))), "We open at nine.");
         assert_eq!(said(Some(playing(3, 2, 700))), "We open at nine.");
         assert_eq!(said(None), "We open at nine.");
+    }
+
+    #[test]
+    fn a_tool_exchange_goes_into_history_where_it_happened_whatever_was_heard() {
+        use crate::backend::Role;
+        let record = TurnRecord {
+            user: Some("Press one for billing.".into()),
+            generation: 1,
+            segments: vec![
+                ("t1-s0".into(), "Sure.".into(), Duration::from_millis(500)),
+                // The key tones: no words.
+                ("t1-s1".into(), String::new(), Duration::from_millis(200)),
+                (
+                    "t1-s2".into(),
+                    "Done, I pressed one.".into(),
+                    Duration::from_millis(900),
+                ),
+            ],
+            exchanges: vec![Exchange {
+                after: 1,
+                calls: vec![ToolCall::new("c1", "send_dtmf", r#"{"digits":"1"}"#)],
+                results: vec![ChatMessage::tool_result("c1", r#"{"ok":true}"#)],
+            }],
+        };
+        let history_after = |acked: &[&str]| {
+            let acked: HashSet<String> = acked.iter().map(|m| m.to_string()).collect();
+            let mut history = Conversation::new("");
+            record_turn(&record, &mut history, &acked, None);
+            history.request("Thanks.").unwrap()
+        };
+        let all = history_after(&["t1-s0", "t1-s1", "t1-s2"]);
+        let shape: Vec<(Role, &str, usize)> = all
+            .iter()
+            .map(|m| (m.role, m.content.as_str(), m.tool_calls.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (Role::User, "Press one for billing.", 0),
+                (Role::Assistant, "Sure.", 1),
+                (Role::Tool, r#"{"ok":true}"#, 0),
+                (Role::Assistant, "Done, I pressed one.", 0),
+                (Role::User, "Thanks.", 0),
+            ]
+        );
+        // Cut off before a word was heard: the keys were still pressed, and the caller's
+        // next words follow an agent turn that says nothing was heard.
+        let cut = history_after(&[]);
+        assert_eq!((cut[1].content.as_str(), cut[1].tool_calls.len()), ("", 1));
+        assert_eq!(cut[3].content, crate::conversation::SAID_NOTHING);
+        assert_eq!(grokcast_engines::llm::gemma3_tools_refusal(&cut), None);
     }
 }

@@ -307,6 +307,21 @@ pub struct AgentConfig {
     pub playground: PlaygroundConfig,
     /// OpenTelemetry traces of calls and turns.
     pub tracing: TracingConfig,
+    /// Tools the LLM may call to act on the call (hang up, transfer, send digits, ask an
+    /// HTTP endpoint).
+    pub tools: ToolsConfig,
+    /// Twilio's REST API, where live calls are hung up and transferred; tests point it at
+    /// the stand-in.
+    pub twilio_api_url: String,
+    /// The Twilio account the API key belongs to (`AC...`). Only from the environment.
+    #[serde(skip)]
+    pub twilio_account_sid: Option<String>,
+    /// The API key's SID (`SK...`). Only from the environment.
+    #[serde(skip)]
+    pub twilio_api_key_sid: Option<String>,
+    /// The API key's secret. Only from the environment (a Secret), never from the file.
+    #[serde(skip)]
+    pub twilio_api_key_secret: Option<Secret>,
     /// The token that opens the playground. Only from the environment (a Secret).
     #[serde(skip)]
     pub playground_token: Option<Secret>,
@@ -345,6 +360,101 @@ impl Default for TracingConfig {
         Self {
             endpoint: String::new(),
             sample_ratio: 1.0,
+        }
+    }
+}
+
+/// Tools the LLM may call on a live call (VoiceAgent `spec.tools`), each off unless enabled.
+/// See `crate::tools` for what each does.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// `end_call`: the agent says goodbye and hangs up.
+    pub end_call: EndCallTool,
+    /// `transfer_call`: the call is handed to a number or SIP URI of `targets`.
+    pub transfer_call: TransferCallTool,
+    /// `send_dtmf`: the agent plays key tones (an IVR menu at the other end).
+    pub send_dtmf: SendDtmfTool,
+    /// Tools answered by HTTP endpoints of the user's own.
+    pub http: Vec<HttpTool>,
+}
+
+impl ToolsConfig {
+    /// Whether any tool is offered to the LLM.
+    pub fn any(&self) -> bool {
+        self.end_call.enabled
+            || self.transfer_call.enabled
+            || self.send_dtmf.enabled
+            || !self.http.is_empty()
+    }
+}
+
+/// The `end_call` tool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct EndCallTool {
+    /// Offer it.
+    pub enabled: bool,
+}
+
+/// The `transfer_call` tool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TransferCallTool {
+    /// Offer it (needs Twilio API key credentials).
+    pub enabled: bool,
+    /// Where calls may go, by name; the model picks a name, never a number of its own.
+    pub targets: Vec<TransferTarget>,
+    /// Also dial a number or SIP URI the model passes (one the caller dictated). Off: only
+    /// `targets`, so a caller cannot talk the agent into calling anywhere (toll fraud).
+    pub allow_caller_numbers: bool,
+}
+
+/// One place a call may be transferred to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TransferTarget {
+    /// The name the model uses (`sales`).
+    pub name: String,
+    /// An E.164 number (`+15551230000`) or a SIP URI (`sip:desk@pbx.example.com`).
+    pub to: String,
+    /// When to choose it, for the model.
+    pub description: String,
+}
+
+/// The `send_dtmf` tool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SendDtmfTool {
+    /// Offer it.
+    pub enabled: bool,
+}
+
+/// A tool answered by an HTTP endpoint: the model's arguments are POSTed to `url` as a JSON
+/// object, and the response body (JSON or text) goes back to the model as the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct HttpTool {
+    /// The function's name (letters, digits, `_` and `-`, at most 64).
+    pub name: String,
+    /// What it does and when to call it, for the model.
+    pub description: String,
+    /// Where the arguments are POSTed (http or https).
+    pub url: String,
+    /// A JSON Schema of the arguments (an object schema); empty: no arguments.
+    pub parameters: serde_json::Value,
+    /// The longest wait for the endpoint; past it the model hears the tool timed out.
+    pub timeout_ms: u64,
+}
+
+impl Default for HttpTool {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            description: String::new(),
+            url: String::new(),
+            parameters: serde_json::Value::Null,
+            timeout_ms: 3_000,
         }
     }
 }
@@ -503,6 +613,11 @@ impl Default for AgentConfig {
             models_dir: String::new(),
             playground: PlaygroundConfig::default(),
             tracing: TracingConfig::default(),
+            tools: ToolsConfig::default(),
+            twilio_api_url: crate::twilio::rest::API_BASE.into(),
+            twilio_account_sid: None,
+            twilio_api_key_sid: None,
+            twilio_api_key_secret: None,
             playground_token: None,
             twilio_auth_token: None,
             insecure_skip_signature: false,
@@ -563,6 +678,34 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         "(environment only)",
         |c, v| {
             c.twilio_auth_token = Some(v).filter(|t| !t.is_empty()).map(Secret::from);
+            Ok(())
+        },
+    ),
+    ("GROKCAST_TWILIO_API_URL", "twilioApiUrl", |c, v| {
+        c.twilio_api_url = v.trim().into();
+        Ok(())
+    }),
+    (
+        "GROKCAST_TWILIO_ACCOUNT_SID",
+        "(environment only)",
+        |c, v| {
+            c.twilio_account_sid = Some(v.trim().to_owned()).filter(|t| !t.is_empty());
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_TWILIO_API_KEY_SID",
+        "(environment only)",
+        |c, v| {
+            c.twilio_api_key_sid = Some(v.trim().to_owned()).filter(|t| !t.is_empty());
+            Ok(())
+        },
+    ),
+    (
+        "GROKCAST_TWILIO_API_KEY_SECRET",
+        "(environment only)",
+        |c, v| {
+            c.twilio_api_key_secret = Some(v).filter(|t| !t.is_empty()).map(Secret::from);
             Ok(())
         },
     ),
@@ -861,6 +1004,100 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
 ];
 
 impl AgentConfig {
+    /// Twilio API key credentials, when all three are set.
+    pub fn twilio_api_key(&self) -> Option<(&str, &str, &Secret)> {
+        Some((
+            self.twilio_account_sid.as_deref()?,
+            self.twilio_api_key_sid.as_deref()?,
+            self.twilio_api_key_secret.as_ref()?,
+        ))
+    }
+
+    fn validate_tools(&self, problems: &mut Vec<String>) {
+        let t = &self.tools;
+        let key_parts = [
+            self.twilio_account_sid.is_some(),
+            self.twilio_api_key_sid.is_some(),
+            self.twilio_api_key_secret.is_some(),
+        ];
+        if key_parts.iter().any(|p| *p) && !key_parts.iter().all(|p| *p) {
+            problems.push(
+                "a Twilio API key needs GROKCAST_TWILIO_ACCOUNT_SID, GROKCAST_TWILIO_API_KEY_SID and GROKCAST_TWILIO_API_KEY_SECRET together".into(),
+            );
+        }
+        if !(self.twilio_api_url.starts_with("https://")
+            || self.twilio_api_url.starts_with("http://"))
+        {
+            problems.push(format!(
+                "twilioApiUrl {:?} must be an http(s) URL (Twilio's is {})",
+                self.twilio_api_url,
+                crate::twilio::rest::API_BASE
+            ));
+        }
+        if t.any() && self.llm.stage.resolved_backend() != BackendKind::Openai {
+            problems.push(
+                "tools need an LLM server that calls tools (llm.backend openai, such as vLLM with --enable-auto-tool-choice); the embedded model cannot".into(),
+            );
+        }
+        if t.transfer_call.enabled {
+            if self.twilio_api_key().is_none() {
+                problems.push(
+                    "tools.transferCall needs a Twilio API key (GROKCAST_TWILIO_ACCOUNT_SID, GROKCAST_TWILIO_API_KEY_SID, GROKCAST_TWILIO_API_KEY_SECRET): a transfer is a REST update of the call".into(),
+                );
+            }
+            if t.transfer_call.targets.is_empty() && !t.transfer_call.allow_caller_numbers {
+                problems.push("tools.transferCall needs targets (or allowCallerNumbers)".into());
+            }
+        }
+        let mut names: Vec<&str> = crate::tools::BUILT_IN.to_vec();
+        for target in &t.transfer_call.targets {
+            if !crate::tools::valid_name(&target.name) {
+                problems.push(format!(
+                    "tools.transferCall.targets name {:?} must be 1 to 64 letters, digits, '_' or '-'",
+                    target.name
+                ));
+            }
+            if crate::twilio::twiml::DialTarget::parse(&target.to).is_none() {
+                problems.push(format!(
+                    "tools.transferCall.targets {:?}: to {:?} must be an E.164 number (+15551230000) or a SIP URI (sip:desk@pbx.example.com)",
+                    target.name, target.to
+                ));
+            }
+        }
+        for tool in &t.http {
+            if !crate::tools::valid_name(&tool.name) {
+                problems.push(format!(
+                    "tools.http name {:?} must be 1 to 64 letters, digits, '_' or '-'",
+                    tool.name
+                ));
+            } else if names.contains(&tool.name.as_str()) {
+                problems.push(format!(
+                    "tools.http name {:?} is taken (built-in tools and other HTTP tools)",
+                    tool.name
+                ));
+            }
+            names.push(&tool.name);
+            if !(tool.url.starts_with("http://") || tool.url.starts_with("https://")) {
+                problems.push(format!(
+                    "tools.http {:?}: url {:?} must be http(s)",
+                    tool.name, tool.url
+                ));
+            }
+            if !(tool.parameters.is_null() || tool.parameters["type"] == "object") {
+                problems.push(format!(
+                    "tools.http {:?}: parameters must be a JSON Schema of type object",
+                    tool.name
+                ));
+            }
+            if !(100..=30_000).contains(&tool.timeout_ms) {
+                problems.push(format!(
+                    "tools.http {:?}: timeoutMs {} must be within 100..30000",
+                    tool.name, tool.timeout_ms
+                ));
+            }
+        }
+    }
+
     /// Reads `path` (if given), applies the environment through `env`, and validates.
     pub fn load(
         path: Option<&Path>,
@@ -957,6 +1194,7 @@ impl AgentConfig {
                 traces.sample_ratio
             ));
         }
+        self.validate_tools(&mut problems);
         if self.max_calls == 0 {
             problems.push("maxCalls must be at least 1".into());
         }
@@ -1374,6 +1612,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/agent.yaml"), "{err}");
+    }
+
+    #[test]
+    fn tools_are_checked_and_the_api_key_comes_whole_from_the_environment() {
+        let llm = "llm: {backend: openai, url: 'http://vllm:8000/v1'}\n";
+        let tools = "tools:\n  endCall: {enabled: true}\n  transferCall:\n    enabled: true\n    targets: [{name: sales, to: '+15551230000'}]\n  http: [{name: lookup, description: d, url: 'http://x:1/y'}]\n";
+        let file = write(&format!("{llm}{tools}"));
+        let key = [
+            ("GROKCAST_TWILIO_ACCOUNT_SID", "AC0123"),
+            ("GROKCAST_TWILIO_API_KEY_SID", "SK0123"),
+            ("GROKCAST_TWILIO_API_KEY_SECRET", "key-secret"),
+        ];
+        let vars = [MINIMAL, &key[..]].concat();
+        let c = AgentConfig::load(Some(&file.0), &env(&vars)).unwrap();
+        assert!(c.tools.any());
+        assert_eq!(c.tools.http[0].timeout_ms, 3000);
+        assert!(
+            !format!("{c:?}").contains("key-secret"),
+            "the key's secret is redacted"
+        );
+        // A transfer needs the key, all of it.
+        let err = AgentConfig::load(Some(&file.0), &env(&[MINIMAL, &key[..2]].concat()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("together"), "{err}");
+        assert!(
+            err.contains("tools.transferCall needs a Twilio API key"),
+            "{err}"
+        );
+        // Tools with the embedded model, a bad target, a taken name, a bad schema.
+        let bad = write(&format!("{tools}  sendDtmf: {{enabled: true}}\n",));
+        let err = AgentConfig::load(Some(&bad.0), &env(&vars))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tools need an LLM server that calls tools"),
+            "{err}"
+        );
+        let bad = write(&format!(
+            "{llm}tools:\n  transferCall: {{enabled: true, targets: [{{name: sales, to: '555-1234'}}]}}\n  http:\n  - {{name: end_call, description: d, url: 'http://x:1/y'}}\n  - {{name: ok, description: d, url: 'ftp://x/y', parameters: {{type: string}}, timeoutMs: 10}}\n"
+        ));
+        let err = AgentConfig::load(Some(&bad.0), &env(&vars))
+            .unwrap_err()
+            .to_string();
+        for says in [
+            "to \"555-1234\" must be an E.164 number",
+            "\"end_call\" is taken",
+            "url \"ftp://x/y\" must be http(s)",
+            "parameters must be a JSON Schema of type object",
+            "timeoutMs 10 must be within 100..30000",
+        ] {
+            assert!(err.contains(says), "{says}: {err}");
+        }
     }
 
     #[test]

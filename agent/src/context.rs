@@ -18,6 +18,9 @@ use crate::clips::Clips;
 use crate::config::{AgentConfig, EndOfTurnModel};
 use crate::metrics::{Metrics, Stage};
 
+/// The longest wait for Twilio's REST API to hang up or transfer a call.
+const REST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where a turn's time went; carried with its first audio so the send task can measure the
 /// turn's latency at the moment the first frame really goes out.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +77,11 @@ pub struct CallContext {
     pub metrics: Metrics,
     /// Cancelled when live calls must say goodbye and end.
     pub goodbye: CancellationToken,
+    /// The tools the LLM is offered (`None`: none are enabled).
+    pub tools: Option<crate::tools::Tools>,
+    /// Twilio's REST API with the agent's API key, where calls are hung up and transferred
+    /// (`None`: no key; `end_call` then closes the stream).
+    pub twilio_rest: Option<crate::twilio::rest::RestClient>,
     clips: OnceLock<Clips>,
     samples: Option<Mutex<Vec<TurnSample>>>,
     transcript: Option<Mutex<Vec<(String, String)>>>,
@@ -91,12 +99,24 @@ impl CallContext {
         vad: Arc<SileroVad>,
         metrics: Metrics,
     ) -> Self {
+        let tools = crate::tools::Tools::new(&config.tools);
+        let twilio_rest = config.twilio_api_key().map(|(account, key, secret)| {
+            crate::twilio::rest::RestClient::new(
+                &config.twilio_api_url,
+                account,
+                key,
+                secret.clone(),
+                REST_TIMEOUT,
+            )
+        });
         Self {
             config,
             backends,
             vad_batch: crate::vad_batch::VadBatcher::new(vad),
             metrics,
             goodbye: CancellationToken::new(),
+            tools,
+            twilio_rest,
             clips: OnceLock::new(),
             samples: None,
             transcript: None,

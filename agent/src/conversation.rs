@@ -16,16 +16,26 @@
 //! - and, when the agent spoke before the caller did, a synthetic caller turn
 //!   [`CALL_CONNECTED`] before it.
 //!
+//! Tool calls ([`crate::tools`]) follow the rules of Gemma 3's tool template as vLLM serves
+//! it (`gemma3_tools_refusal`): an assistant message that calls tools, then one tool message
+//! per call, both left out of the alternation; the agent's words after them are its turn.
+//! A caller who speaks before the agent said anything after a tool exchange would put two
+//! caller turns in a row, so the agent's turn is then [`SAID_NOTHING`].
+//!
 //! The greeting becomes an agent turn after `[call connected]` rather than a line folded into
 //! the system prompt: the model then sees its own words in its own role, so it knows it has
 //! greeted (and does not greet again) and treats the greeting like every later thing it
 //! said; the bracketed marker is the same convention as `[caller pressed 5]` for what the
 //! caller did rather than said; and the configured system prompt stays as written.
 
-use crate::backend::{ChatMessage, Role};
+use crate::backend::{ChatMessage, Role, ToolCall};
 
 /// The caller's turn that stands before anything the agent says first (the greeting).
 pub const CALL_CONNECTED: &str = "[call connected]";
+
+/// The agent's turn after a tool exchange when the caller heard nothing more of it: the
+/// same mark a clause cut short ends with.
+pub const SAID_NOTHING: &str = "…";
 
 /// The call so far: the system prompt and what each side said, alternating from the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +63,34 @@ impl Conversation {
     /// Records what the caller heard the agent say.
     pub fn agent(&mut self, text: &str) {
         push(&mut self.turns, Role::Assistant, text);
+    }
+
+    /// Records tool calls the agent made, with what the caller heard it say in the same
+    /// reply (`said`, possibly nothing), and their results (one per call, in order). The
+    /// words go in the message that calls, as the model wrote them: as a message of their
+    /// own they would put two agent turns in a row around the exchange.
+    pub fn tools(&mut self, said: &str, calls: Vec<ToolCall>, results: Vec<ChatMessage>) {
+        if calls.is_empty() {
+            self.agent(said);
+            return;
+        }
+        if self.turns.is_empty() {
+            self.turns
+                .push(ChatMessage::new(Role::User, CALL_CONNECTED));
+        }
+        self.turns.push(ChatMessage::calling(said.trim(), calls));
+        self.turns.extend(results);
+    }
+
+    /// Every message so far, for a request that goes on from tool results (the model reads
+    /// them and speaks).
+    pub fn messages(&self) -> Vec<ChatMessage> {
+        let mut messages = Vec::with_capacity(self.turns.len() + 1);
+        if !self.system_prompt.is_empty() {
+            messages.push(ChatMessage::new(Role::System, self.system_prompt.clone()));
+        }
+        messages.extend(self.turns.iter().cloned());
+        messages
     }
 
     /// The messages that ask the LLM to answer `caller`, said now, after everything recorded;
@@ -89,8 +127,12 @@ fn push(turns: &mut Vec<ChatMessage>, role: Role, text: &str) {
     if turns.is_empty() && role == Role::Assistant {
         turns.push(ChatMessage::new(Role::User, CALL_CONNECTED));
     }
+    if role == Role::User && turns.last().is_some_and(|m| m.role == Role::Tool) {
+        turns.push(ChatMessage::new(Role::Assistant, SAID_NOTHING));
+    }
     match turns.last_mut() {
-        Some(last) if last.role == role => {
+        // Words never join a tool exchange: they are a turn of their own after it.
+        Some(last) if last.role == role && last.tool_calls.is_empty() => {
             last.content
                 .push(if role == Role::User { '\n' } else { ' ' });
             last.content.push_str(text);
@@ -101,7 +143,7 @@ fn push(turns: &mut Vec<ChatMessage>, role: Role, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use grokcast_engines::llm::gemma3_accepts;
+    use grokcast_engines::llm::{gemma3_accepts, gemma3_tools_refusal};
 
     use super::*;
 
@@ -116,14 +158,21 @@ mod tests {
 
     /// The shape every request must have, whatever the call did.
     fn assert_well_formed(messages: &[ChatMessage]) {
-        let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+        // Tool exchanges stand outside the plain template's order (vLLM's tool template
+        // leaves them out of its check).
+        let spoken: Vec<&ChatMessage> = messages
+            .iter()
+            .filter(|m| m.role != Role::Tool && m.tool_calls.is_empty())
+            .collect();
+        let roles: Vec<Role> = spoken.iter().map(|m| m.role).collect();
         assert!(gemma3_accepts(&roles), "{roles:?}");
+        assert_eq!(gemma3_tools_refusal(messages), None);
         assert_eq!(roles.last(), Some(&Role::User), "{roles:?}");
         assert!(
             roles.iter().skip(1).all(|r| *r != Role::System),
             "{roles:?}"
         );
-        assert!(messages.iter().all(|m| !m.content.trim().is_empty()));
+        assert!(spoken.iter().all(|m| !m.content.trim().is_empty()));
     }
 
     #[test]
@@ -256,5 +305,64 @@ mod tests {
         let before = c.clone();
         let _ = c.request("Hi");
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn a_tool_exchange_sits_between_the_callers_words_and_the_agents() {
+        let mut c = Conversation::new(SYSTEM);
+        c.agent("Hello!");
+        c.caller("Put me through to sales.");
+        c.tools(
+            "One moment.",
+            vec![ToolCall::new(
+                "c1",
+                "transfer_call",
+                r#"{"target":"sales"}"#,
+            )],
+            vec![ChatMessage::tool_result("c1", r#"{"ok":true}"#)],
+        );
+        // The request that goes on from the result ends on it.
+        let going_on = c.messages();
+        assert_eq!(going_on.last().map(|m| m.role), Some(Role::Tool));
+        assert_eq!(gemma3_tools_refusal(&going_on), None);
+        c.agent("Transferring you now.");
+        let messages = c.request("Thanks.").unwrap();
+        assert_well_formed(&messages);
+        let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::System,
+                Role::User,
+                Role::Assistant,
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::Assistant,
+                Role::User
+            ]
+        );
+        assert_eq!(messages[4].tool_calls.len(), 1);
+        assert_eq!(messages[4].content, "One moment.", "said with the call");
+        assert_eq!(
+            messages[6].content, "Transferring you now.",
+            "not merged into the call"
+        );
+    }
+
+    #[test]
+    fn a_caller_who_speaks_right_after_a_tool_exchange_follows_an_agent_turn() {
+        let mut c = Conversation::new(SYSTEM);
+        c.caller("Press one for me.");
+        c.tools(
+            "",
+            vec![ToolCall::new("c1", "send_dtmf", r#"{"digits":"1"}"#)],
+            vec![ChatMessage::tool_result("c1", r#"{"ok":true}"#)],
+        );
+        // The caller barged in before the agent said anything after the tones.
+        c.agent("");
+        let messages = c.request("Hello?").unwrap();
+        assert_well_formed(&messages);
+        assert_eq!(messages[messages.len() - 2].content, SAID_NOTHING);
     }
 }

@@ -21,6 +21,7 @@ pub mod playground;
 pub mod resample;
 pub mod server;
 pub mod startup;
+pub mod tools;
 pub mod traces;
 pub mod transport;
 pub mod turn;

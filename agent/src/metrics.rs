@@ -64,6 +64,10 @@ pub enum Outcome {
     Timeout,
     /// The pod shut down and said goodbye.
     Drained,
+    /// The agent hung up (its `end_call` tool).
+    EndedByAgent,
+    /// The agent transferred the call (its `transfer_call` tool).
+    Transferred,
     /// The socket failed.
     Disconnected,
 }
@@ -77,6 +81,8 @@ impl Outcome {
             Outcome::ProtocolError => "protocol_error",
             Outcome::Timeout => "timeout",
             Outcome::Drained => "drained",
+            Outcome::EndedByAgent => "ended_by_agent",
+            Outcome::Transferred => "transferred",
             Outcome::Disconnected => "disconnected",
         }
     }
@@ -130,6 +136,10 @@ pub struct Metrics {
     /// was down, refused them, or timed out) or `queue_full` (more waited than the queue
     /// holds). Calls go on either way.
     pub trace_spans_dropped: IntCounterVec,
+    /// Tool calls the LLM made, by tool (`unknown` for a name not offered) and outcome
+    /// ([`crate::tools::ToolOutcome::LABELS`]); the call actions (`end_call`,
+    /// `transfer_call`) count again as `failed` when the REST update of the call fails.
+    pub tool_calls: IntCounterVec,
 }
 
 /// The reasons of [`Metrics::trace_spans_dropped`].
@@ -230,6 +240,13 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let tool_calls = IntCounterVec::new(
+            Opts::new(
+                "grokcast_tool_calls_total",
+                "Tool calls the LLM made, by tool (unknown: a name not offered) and outcome (ok, unknown_tool, bad_arguments, refused, failed, timeout)",
+            ),
+            &["tool", "outcome"],
+        )?;
         let end_of_turn_prediction_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "grokcast_end_of_turn_prediction_seconds",
@@ -254,6 +271,7 @@ impl Metrics {
         registry.register(Box::new(held_interruptions.clone()))?;
         registry.register(Box::new(trace_spans_exported.clone()))?;
         registry.register(Box::new(trace_spans_dropped.clone()))?;
+        registry.register(Box::new(tool_calls.clone()))?;
         // Pre-create label values so dashboards see zeros instead of missing series.
         for stage in [
             Stage::Endpointing,
@@ -298,6 +316,7 @@ impl Metrics {
             held_interruptions,
             trace_spans_exported,
             trace_spans_dropped,
+            tool_calls,
         })
     }
 

@@ -209,6 +209,7 @@ pub async fn accept(socket: WebSocket) -> Result<Session, PlaygroundError> {
                         return Ok(CallSettings {
                             system_prompt: keep(system_prompt),
                             voice: keep(voice),
+                            call_sid: None,
                         });
                     }
                     _ => return Err(PlaygroundError::OutOfOrder("a message before start")),

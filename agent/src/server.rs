@@ -305,9 +305,13 @@ async fn media_stream_call(state: &AgentState, socket: WebSocket) -> Outcome {
     let span = info_span!("call", transport = "twilio", call_sid = %start.call_sid, stream_sid = %start.stream_sid);
     async move {
         info!(parameters = ?start.custom_parameters.keys().collect::<Vec<_>>(), "call started");
+        let settings = call::CallSettings {
+            call_sid: Some(start.call_sid.clone()),
+            ..call::CallSettings::default()
+        };
         let outcome = call::run(
             state.context(),
-            call::CallSettings::default(),
+            settings,
             accepted.from_caller,
             accepted.to_caller,
         )

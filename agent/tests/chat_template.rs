@@ -12,9 +12,9 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use grokcast_agent::backend::{ChatMessage, Role};
+use grokcast_agent::backend::{ChatMessage, Role, ToolCall};
 use grokcast_agent::conversation::Conversation;
-use grokcast_engines::llm::{GEMMA3_ROLE_ORDER_ERROR, gemma3_accepts};
+use grokcast_engines::llm::{GEMMA3_ROLE_ORDER_ERROR, gemma3_accepts, gemma3_tools_refusal};
 use grokcast_engines::models::ModelPaths;
 
 const SYSTEM: &str = "You are the receptionist of Example Dental.";
@@ -59,6 +59,31 @@ fn gemma3_template() -> Option<String> {
 /// Renders `messages` as vLLM does (through transformers: trimmed blocks, a generation
 /// prompt), with the template's `raise_exception` failing the render.
 fn render(template: &str, messages: &[ChatMessage]) -> Result<String, minijinja::Error> {
+    let messages = serde_json::to_value(messages).unwrap();
+    render_with_tools(template, messages, serde_json::Value::Null)
+}
+
+/// [`render`] of messages as JSON, with `tools` (null: none), after what vLLM does to a
+/// request before its template sees it: each tool call's `arguments` (JSON text on the
+/// wire) becomes the object it holds. Python's string and dict methods (`split`, `items`)
+/// work as in Jinja under transformers.
+fn render_with_tools(
+    template: &str,
+    mut messages: serde_json::Value,
+    tools: serde_json::Value,
+) -> Result<String, minijinja::Error> {
+    for message in messages.as_array_mut().into_iter().flatten() {
+        // `get_mut`: indexing would add a null `tool_calls`, which the template renders as a
+        // call list (`'tool_calls' in message`).
+        let calls = message.get_mut("tool_calls").and_then(|c| c.as_array_mut());
+        for call in calls.into_iter().flatten() {
+            let text = call["function"]["arguments"]
+                .as_str()
+                .unwrap_or("{}")
+                .to_owned();
+            call["function"]["arguments"] = serde_json::from_str(&text).unwrap();
+        }
+    }
     let mut env = minijinja::Environment::new();
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
@@ -66,6 +91,7 @@ fn render(template: &str, messages: &[ChatMessage]) -> Result<String, minijinja:
             .lstrip_blocks(true)
             .build()?,
     );
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
         |message: String| -> Result<String, minijinja::Error> {
@@ -76,8 +102,10 @@ fn render(template: &str, messages: &[ChatMessage]) -> Result<String, minijinja:
         },
     );
     let template = env.template_from_str(template)?;
+    let tools = (!tools.is_null()).then(|| minijinja::Value::from(minijinja::value::Serde(&tools)));
     template.render(minijinja::context! {
-        messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+        messages => minijinja::Value::from(minijinja::value::Serde(&messages)),
+        tools => tools,
         bos_token => "<bos>",
         add_generation_prompt => true,
     })
@@ -183,6 +211,87 @@ fn the_servers_rule_agrees_with_the_real_template() {
             );
         }
     }
+}
+
+/// Gemma 3's tool template (vLLM's pythonic one), or `None` with a printed reason.
+fn gemma3_tool_template() -> Option<String> {
+    let required = std::env::var_os("GROKCAST_REQUIRE_MODELS").is_some_and(|v| !v.is_empty());
+    match ModelPaths::discover().and_then(|p| p.gemma3_tool_chat_template()) {
+        Ok(path) => Some(std::fs::read_to_string(&path).unwrap()),
+        Err(e) if required => panic!("GROKCAST_REQUIRE_MODELS is set but models are missing: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: models not installed ({e}); run scripts/install.sh");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_calls_tool_exchanges_render_with_gemma3s_tool_template() {
+    let Some(template) = gemma3_tool_template() else {
+        return;
+    };
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "transfer_call",
+        "description": "Transfer the caller", "parameters": {"type": "object",
+        "properties": {"target": {"type": "string"}}, "required": ["target"]}}}]);
+    // The caller asks for sales; the agent says a word and calls; the result comes back;
+    // the agent speaks; the caller goes on. And a reply cut before any word was heard.
+    let mut call = Conversation::new(SYSTEM);
+    call.agent("Hello! How can I help you today?");
+    call.caller("Put me through to sales.");
+    call.tools(
+        "One moment.",
+        vec![ToolCall::new(
+            "c1",
+            "transfer_call",
+            r#"{"target": "sales"}"#,
+        )],
+        vec![ChatMessage::tool_result("c1", r#"{"ok":true}"#)],
+    );
+    let going_on = call.messages();
+    call.agent("Transferring you now.");
+    let next = call.request("Wait, one more thing.").unwrap();
+    call.caller("Wait, one more thing.");
+    call.tools(
+        "",
+        vec![ToolCall::new(
+            "c2",
+            "transfer_call",
+            r#"{"target": "sales"}"#,
+        )],
+        vec![ChatMessage::tool_result("c2", r#"{"ok":true}"#)],
+    );
+    let cut = call.request("Hello?").unwrap();
+    for messages in [&going_on, &next, &cut] {
+        assert_eq!(gemma3_tools_refusal(messages), None);
+        let json = serde_json::to_value(messages).unwrap();
+        if let Err(e) = render_with_tools(&template, json, tools.clone()) {
+            panic!("{e:#}\n{messages:#?}");
+        }
+    }
+    let prompt = render_with_tools(
+        &template,
+        serde_json::to_value(&going_on).unwrap(),
+        tools.clone(),
+    )
+    .unwrap();
+    // The tools are described in the first user turn, the call is a Python list in the
+    // model's turn (with what it said), and the result a user turn the model answers.
+    assert!(prompt.contains("\"name\": \"transfer_call\""), "{prompt}");
+    assert!(
+        prompt.contains(
+            "<start_of_turn>model\n[transfer_call(target=\"sales\")]One moment.<end_of_turn>\n\
+             <start_of_turn>user\n<tool_response>\n{\"ok\":true}</tool_response><end_of_turn>\n\
+             <start_of_turn>model\n"
+        ),
+        "{prompt}"
+    );
+    // What the agent never sends: a message that calls with a null content (Python's Jinja
+    // raises "Invalid content type" on it; minijinja iterates a none as empty, so that is
+    // checked by `gemma3_tools_refusal`'s callers, the instant chat server among them) and
+    // a plain message with `tool_calls` (null or empty), which renders as a call list.
+    let plain = serde_json::to_value(ChatMessage::new(Role::Assistant, "Hi")).unwrap();
+    assert!(plain.get("tool_calls").is_none(), "{plain}");
 }
 
 #[test]

@@ -16,9 +16,10 @@ pub use model_pool::{
     PoolAutoscaling, PoolAutoscalingStatus, PreloadStatus, Protocol, Quantization, RIVA_PORT,
 };
 pub use voice_agent::{
-    AgentAutoscalingStatus, AgentScaling, EndOfTurnModel, LlmSpec, PersonaSpec, PlaygroundSpec,
-    SloSpec, StageBackend, StageLatency, SttProtocol, SttSpec, TelephonySpec, TtsSpec,
-    TurnTakingSpec, TwilioSpec, VoiceAgent, VoiceAgentSpec, VoiceAgentStatus,
+    AgentAutoscalingStatus, AgentScaling, EndOfTurnModel, HttpToolSpec, LlmSpec, PersonaSpec,
+    PlaygroundSpec, SloSpec, StageBackend, StageLatency, SttProtocol, SttSpec, TelephonySpec,
+    ToolSwitch, ToolsSpec, TransferCallSpec, TransferTargetSpec, TtsSpec, TurnTakingSpec,
+    TwilioApiKeyRef, TwilioSpec, VoiceAgent, VoiceAgentSpec, VoiceAgentStatus,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

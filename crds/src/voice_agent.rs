@@ -59,7 +59,9 @@ use crate::common::SecretKeyRef;
 )]
 #[x_kube(
     validation = Rule::new("!has(self.scaling) || self.scaling.targetCallsPerPod <= self.telephony.maxConcurrentCallsPerPod")
-        .message("scaling.targetCallsPerPod must not exceed telephony.maxConcurrentCallsPerPod")
+        .message("scaling.targetCallsPerPod must not exceed telephony.maxConcurrentCallsPerPod"),
+    validation = Rule::new("!has(self.tools) || !has(self.tools.transferCall) || !self.tools.transferCall.enabled || has(self.telephony.twilio.apiKeySecretRef)")
+        .message("tools.transferCall needs telephony.twilio.apiKeySecretRef: a transfer is a REST update of the call")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VoiceAgentSpec {
@@ -87,6 +89,11 @@ pub struct VoiceAgentSpec {
     /// Unset: no traces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
+    /// Tools the LLM may call to act on the call: hang up, transfer, press keys, or ask an
+    /// HTTP endpoint of yours. Each is off unless enabled; the LLM pool must call tools
+    /// (vLLM with `--enable-auto-tool-choice` and a tool-call parser).
+    #[serde(default, skip_serializing_if = "ToolsSpec::is_empty")]
+    pub tools: ToolsSpec,
     /// Bounds for the autoscaler. Unset means fixed `replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<AgentScaling>,
@@ -146,6 +153,163 @@ pub struct TwilioSpec {
     /// webhook is `<publicUrl>/twilio/voice`; Twilio signs requests against this URL.
     #[schemars(regex(pattern = r"^https://[^/\s]+(/[^\s]*)?$"))]
     pub public_url: String,
+    /// A Secret holding a Twilio API key, for the REST updates that hang up (`end_call`)
+    /// and transfer (`transfer_call`) live calls. Unset: `end_call` hangs up by closing the
+    /// stream, and `transfer_call` cannot be enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<TwilioApiKeyRef>,
+}
+
+/// A Secret with a Twilio API key: the account's SID, the key's SID and its secret, each
+/// under its own key. Use an API key, not the auth token: it can be revoked on its own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TwilioApiKeyRef {
+    /// Name of the Secret, in the VoiceAgent's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the account SID (`AC...`).
+    #[serde(default = "default_account_sid_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub account_sid_key: String,
+    /// Key holding the API key's SID (`SK...`).
+    #[serde(default = "default_key_sid_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_sid_key: String,
+    /// Key holding the API key's secret.
+    #[serde(default = "default_key_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_secret_key: String,
+}
+
+fn default_account_sid_key() -> String {
+    "accountSid".into()
+}
+
+fn default_key_sid_key() -> String {
+    "apiKeySid".into()
+}
+
+fn default_key_secret_key() -> String {
+    "apiKeySecret".into()
+}
+
+/// Tools the LLM may call on a live call.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolsSpec {
+    /// `end_call`: the agent says goodbye, and the call ends once the goodbye has played.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_call: Option<ToolSwitch>,
+    /// `transfer_call`: the call goes to one of `targets` (by a `<Dial>` REST update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_call: Option<TransferCallSpec>,
+    /// `send_dtmf`: the agent presses keys (tones in the call's audio), for menus at the far end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_dtmf: Option<ToolSwitch>,
+    /// Tools answered by your HTTP endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub http: Vec<HttpToolSpec>,
+}
+
+impl ToolsSpec {
+    /// Whether nothing is set (left out of the written spec).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether any tool is offered to the LLM.
+    pub fn any(&self) -> bool {
+        let on = |t: &Option<ToolSwitch>| t.as_ref().is_some_and(|t| t.enabled);
+        on(&self.end_call)
+            || on(&self.send_dtmf)
+            || self.transfer_call.as_ref().is_some_and(|t| t.enabled)
+            || !self.http.is_empty()
+    }
+}
+
+/// A built-in tool's switch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolSwitch {
+    /// Offer the tool to the LLM.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// The `transfer_call` tool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!self.enabled || size(self.targets) > 0 || self.allowCallerNumbers")
+        .message("transferCall needs targets (or allowCallerNumbers)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferCallSpec {
+    /// Offer the tool to the LLM.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where calls may go; the LLM picks one by name.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub targets: Vec<TransferTargetSpec>,
+    /// Also dial a number the LLM passes (one the caller dictated). Off, a caller cannot talk
+    /// the agent into dialling anywhere but `targets` (toll fraud).
+    #[serde(default)]
+    pub allow_caller_numbers: bool,
+}
+
+/// One place calls may be transferred to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferTargetSpec {
+    /// The name the LLM uses, such as `sales`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub name: String,
+    /// An E.164 number (`+15551230000`) or a SIP URI (`sip:desk@pbx.example.com`).
+    #[schemars(regex(pattern = r"^(\+[1-9][0-9]{6,14}|sips?:[^@\s\x22'<>]+@[^\s\x22'<>]+)$"))]
+    pub to: String,
+    /// When to pick it, for the LLM.
+    #[serde(default)]
+    #[schemars(length(max = 500))]
+    pub description: String,
+}
+
+/// A tool answered by an HTTP endpoint: the LLM's arguments are POSTed to `url` as a JSON
+/// object, and the response body (JSON or text, its first 4 KiB) is the LLM's result.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpToolSpec {
+    /// The function's name (not `end_call`, `transfer_call` or `send_dtmf`).
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub name: String,
+    /// What it does and when to call it, for the LLM.
+    #[schemars(length(max = 1000))]
+    pub description: String,
+    /// Where the arguments are POSTed.
+    #[schemars(regex(pattern = r"^https?://[^/\s]+(/[^\s]*)?$"))]
+    pub url: String,
+    /// A JSON Schema (type object) of the arguments. Unset: no arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "json_object_schema")]
+    pub parameters: Option<serde_json::Value>,
+    /// Longest wait for the endpoint, in milliseconds; past it the LLM hears it timed out.
+    #[serde(default = "default_tool_timeout")]
+    #[schemars(range(min = 100, max = 30000))]
+    pub timeout_ms: i32,
+}
+
+fn default_tool_timeout() -> i32 {
+    3000
+}
+
+/// Any JSON object, kept as written (a JSON Schema for the LLM, not checked by Kubernetes).
+fn json_object_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "description": "A JSON Schema (type object) of the arguments. Unset: no arguments.",
+    })
 }
 
 /// The browser playground: a page on the agents' public URL where the people who tune prompts

@@ -222,6 +222,67 @@ async fn samples_are_accepted_and_cel_rules_reject_bad_specs() {
         Some(1.0),
         "every call by default"
     );
+    // Tools: a transfer needs an API key and somewhere to go; targets are numbers or SIP
+    // URIs; an HTTP tool's arguments are a JSON Schema object kept as written.
+    let transfer = json!({"enabled": true, "targets": [{"name": "sales", "to": "+15551230000"}]});
+    for (tools, key, says) in [
+        (
+            json!({"transferCall": transfer.clone()}),
+            None,
+            "tools.transferCall needs telephony.twilio.apiKeySecretRef",
+        ),
+        (
+            json!({"transferCall": {"enabled": true}}),
+            Some(json!({"name": "twilio-api-key"})),
+            "transferCall needs targets",
+        ),
+        (
+            json!({"transferCall": {"enabled": true, "targets": [{"name": "sales", "to": "555-1234"}]}}),
+            Some(json!({"name": "twilio-api-key"})),
+            "spec.tools.transferCall.targets[0].to",
+        ),
+        (
+            json!({"http": [{"name": "look up", "description": "x", "url": "http://x:1/y"}]}),
+            None,
+            "spec.tools.http[0].name",
+        ),
+    ] {
+        let mut agent = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "bad-tools"}, "spec": receptionist.data["spec"].clone()});
+        agent["spec"]["tools"] = tools;
+        if let Some(key) = key {
+            agent["spec"]["telephony"]["twilio"]["apiKeySecretRef"] = key;
+        }
+        let msg = invalid_message(
+            agents
+                .patch(
+                    "bad-tools",
+                    &PatchParams::apply("test"),
+                    &Patch::Apply(agent),
+                )
+                .await
+                .expect_err("rejected"),
+        );
+        assert!(msg.contains(says), "{msg}");
+    }
+    let mut tooled = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "VoiceAgent", "metadata": {"name": "tooled"}, "spec": receptionist.data["spec"].clone()});
+    tooled["spec"]["telephony"]["twilio"]["apiKeySecretRef"] = json!({"name": "twilio-api-key"});
+    tooled["spec"]["tools"] = json!({"endCall": {"enabled": true}, "transferCall": transfer,
+        "http": [{"name": "order_status", "description": "Looks up an order", "url": "https://orders.example.com/status",
+                  "parameters": {"type": "object", "properties": {"order_id": {"type": "string", "minLength": 1}}}}]});
+    let stored = agents
+        .patch("tooled", &PatchParams::apply("test"), &Patch::Apply(tooled))
+        .await
+        .expect("an agent with tools is accepted");
+    let spec = &stored.data["spec"];
+    assert_eq!(
+        spec["telephony"]["twilio"]["apiKeySecretRef"]["keySecretKey"],
+        "apiKeySecret"
+    );
+    assert_eq!(spec["tools"]["http"][0]["timeoutMs"], 3000);
+    assert_eq!(
+        spec["tools"]["http"][0]["parameters"]["properties"]["order_id"]["minLength"], 1,
+        "the arguments' schema is kept as written"
+    );
     // Streaming STT: riva is for speech-recognition pools, and an external endpoint that
     // streams says where.
     let mut riva = json!({"apiVersion": "grokcast.io/v1alpha1", "kind": "ModelPool", "metadata": {"name": "riva-llm"}, "spec": gemma.data["spec"].clone()});

@@ -20,15 +20,27 @@ pub enum Role {
     User,
     /// The agent.
     Assistant,
+    /// What a tool the agent called answered (OpenAI's `tool` role).
+    Tool,
 }
 
-/// One message of the conversation.
+/// One message of the conversation, in OpenAI's chat shape: an assistant message may call
+/// tools, and a tool message answers one call by its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Who said it.
     pub role: Role,
-    /// What was said.
+    /// What was said. Always a string, never null: Gemma 3's tool template raises "Invalid
+    /// content type" on an assistant message whose content is null.
+    #[serde(default)]
     pub content: String,
+    /// The tools an assistant message calls (left out when none: the template tells a
+    /// message that calls tools by the key being there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -37,6 +49,70 @@ impl ChatMessage {
         Self {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// An assistant message that says `content` (possibly nothing) and calls `calls`.
+    pub fn calling(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::new(Role::Assistant, content)
+        }
+    }
+
+    /// A tool's answer to the call `id`.
+    pub fn tool_result(id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(id.into()),
+            ..Self::new(Role::Tool, content)
+        }
+    }
+}
+
+/// A tool call as OpenAI's API carries it: `{"id", "type": "function", "function": {"name",
+/// "arguments"}}`, the arguments a JSON object in a string (as the model wrote them, so
+/// possibly not JSON at all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id, which its tool message names.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    /// What is called, and with what.
+    pub function: FunctionCall,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+/// The function of a [`ToolCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, as JSON text.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// A call of `name` with `arguments` (JSON text).
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            kind: function_kind(),
+            function: FunctionCall {
+                name: name.into(),
+                arguments: arguments.into(),
+            },
         }
     }
 }
@@ -60,6 +136,55 @@ pub fn gemma3_accepts(roles: &[Role]) -> bool {
         .iter()
         .enumerate()
         .all(|(i, role)| (*role == Role::User) == (i % 2 == 0))
+}
+
+/// Why vLLM, serving Gemma 3 with its tool-calling template (the pythonic one vLLM ships for
+/// Gemma 3, `--tool-call-parser pythonic`), would refuse `messages`; `None` if it renders
+/// them. That template checks the order of roles as the plain one does
+/// ([`gemma3_accepts`]) but leaves out of the check every `tool` message and every message
+/// that calls tools, renders a tool message as a user turn holding `<tool_response>`, and
+/// raises on a null content. A tool message must also answer a call of the assistant
+/// message before it (OpenAI's API demands it; a model shown a result it never asked for
+/// is confused by it).
+pub fn gemma3_tools_refusal(messages: &[ChatMessage]) -> Option<String> {
+    let checked: Vec<Role> = messages
+        .iter()
+        .filter(|m| m.role != Role::Tool && m.tool_calls.is_empty())
+        .map(|m| m.role)
+        .collect();
+    // A leading system message that calls tools cannot happen; the first message is the
+    // system prompt only if it is one.
+    let checked = match (messages.first().map(|m| m.role), checked.split_first()) {
+        (Some(Role::System), Some((Role::System, rest))) => rest.to_vec(),
+        _ => checked,
+    };
+    let alternates = checked
+        .iter()
+        .enumerate()
+        .all(|(i, role)| (*role == Role::User) == (i % 2 == 0));
+    if !alternates {
+        return Some(GEMMA3_ROLE_ORDER_ERROR.into());
+    }
+    let mut open: Vec<&str> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match m.role {
+            Role::Tool => {
+                let id = m.tool_call_id.as_deref().unwrap_or_default();
+                match open.iter().position(|o| *o == id) {
+                    Some(at) => {
+                        open.remove(at);
+                    }
+                    None => {
+                        return Some(format!(
+                            "messages[{i}] is a tool result for {id:?}, which no assistant message before it called"
+                        ));
+                    }
+                }
+            }
+            _ => open = m.tool_calls.iter().map(|c| c.id.as_str()).collect(),
+        }
+    }
+    None
 }
 
 /// What the chat template's end-of-turn token is called in logprobs. Gemma 3's template ends
@@ -229,6 +354,9 @@ pub fn build_prompt_ending(messages: &[ChatMessage], end: PromptEnd) -> Result<S
             Role::System => continue,
             Role::User => "Caller",
             Role::Assistant => "Assistant",
+            // Tools need a server that can call them (vLLM); this transcript has no place
+            // for their results, so they read as the caller's side, which asked for them.
+            Role::Tool => "Caller",
         };
         // One line per turn: the newline is what ends a turn in this transcript.
         let text = m.content.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -794,5 +922,66 @@ mod tests {
         for bad in [&[A][..], &[S, A, U], &[S, U, U], &[S, U, A, A], &[S, S, U]] {
             assert!(!gemma3_accepts(bad), "{bad:?} is accepted");
         }
+    }
+
+    #[test]
+    fn gemma3s_tool_template_skips_tool_exchanges_in_the_order_and_ties_results_to_calls() {
+        let call = |id: &str| ToolCall::new(id, "end_call", "{}");
+        let u = |t: &str| ChatMessage::new(Role::User, t);
+        let a = |t: &str| ChatMessage::new(Role::Assistant, t);
+        let system = ChatMessage::new(Role::System, "Be brief.");
+        // The caller asks, the model calls, the tool answers, the model speaks, the caller
+        // goes on: the order checked is system, user, assistant, user.
+        let good = vec![
+            system.clone(),
+            u("Bye."),
+            ChatMessage::calling("", vec![call("c1"), call("c2")]),
+            ChatMessage::tool_result("c1", "ok"),
+            ChatMessage::tool_result("c2", "ok"),
+            a("Goodbye!"),
+            u("Wait."),
+        ];
+        assert_eq!(gemma3_tools_refusal(&good), None);
+        // A request that ends on the results (asking the model to go on) is rendered too.
+        assert_eq!(gemma3_tools_refusal(&good[..5]), None);
+        // The caller speaking straight after a tool exchange breaks the order.
+        let mut bad = good.clone();
+        bad.remove(5);
+        assert_eq!(
+            gemma3_tools_refusal(&bad).as_deref(),
+            Some(GEMMA3_ROLE_ORDER_ERROR)
+        );
+        // A result for a call nobody made, or one answered twice.
+        let mut stray = good.clone();
+        stray[3] = ChatMessage::tool_result("c9", "ok");
+        assert!(gemma3_tools_refusal(&stray).unwrap().contains("c9"));
+        let mut twice = good.clone();
+        twice[4] = ChatMessage::tool_result("c1", "ok");
+        assert!(gemma3_tools_refusal(&twice).unwrap().contains("c1"));
+        // Without tools it is the plain rule.
+        assert_eq!(gemma3_tools_refusal(&[system.clone(), u("Hi")]), None);
+        assert!(gemma3_tools_refusal(&[system, a("Hi")]).is_some());
+    }
+
+    #[test]
+    fn a_tool_call_message_has_openais_shape_and_plain_messages_stay_plain() {
+        let m = ChatMessage::calling(
+            "",
+            vec![ToolCall::new("c1", "send_dtmf", r#"{"digits":"12"}"#)],
+        );
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "send_dtmf", "arguments": "{\"digits\":\"12\"}"}}
+            ]})
+        );
+        let plain = serde_json::to_value(ChatMessage::new(Role::User, "Hi")).unwrap();
+        assert_eq!(plain, serde_json::json!({"role": "user", "content": "Hi"}));
+        let result = serde_json::to_value(ChatMessage::tool_result("c1", "sent")).unwrap();
+        assert_eq!(
+            result,
+            serde_json::json!({"role": "tool", "content": "sent", "tool_call_id": "c1"})
+        );
     }
 }

@@ -154,6 +154,15 @@ impl ModelPaths {
             "llm/gemma-3-chat-template.jinja",
         )
     }
+
+    /// Gemma 3's tool-calling chat template (vLLM's pythonic one for Gemma 3, as a Gemma 3
+    /// fine-tune ships it), for tests that render tool exchanges.
+    pub fn gemma3_tool_chat_template(&self) -> Result<PathBuf, ModelsError> {
+        self.file(
+            "the Gemma 3 tool chat template",
+            "llm/gemma-3-tool-chat-template.jinja",
+        )
+    }
 }
 
 /// The environment lives as long as the process: sessions created from it may outlive

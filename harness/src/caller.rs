@@ -85,6 +85,10 @@ pub struct CallerOptions {
     /// `wss://` stream), on top of the system's roots: an agent behind an ingress whose
     /// certificate a private CA issued.
     pub ca_file: Option<PathBuf>,
+    /// Twilio's REST API as this call sees it: the call is made known to the stand-in when
+    /// its stream starts, and an update of it (a hang-up, or new TwiML such as a `<Dial>`)
+    /// ends the stream at once, as Twilio does, and is reported in [`CallReport::update`].
+    pub twilio: Option<crate::twilio_rest::TwilioRest>,
     /// Talk to the browser playground's socket with this token (Opus at 48 kHz, as the page
     /// does; [`crate::playground_caller`]) instead of placing a Twilio call.
     pub playground_token: Option<String>,
@@ -105,6 +109,7 @@ impl Default for CallerOptions {
             dtmf_after_script: None,
             call_sid: "CA00000000000000000000000000000001".into(),
             ca_file: None,
+            twilio: None,
             playground_token: None,
         }
     }
@@ -148,6 +153,9 @@ pub struct CallReport {
     pub heard: Vec<u8>,
     /// What the caller sent: 8 kHz mu-law on the same clock.
     pub said: Vec<u8>,
+    /// The REST update that ended the call's stream (with [`CallerOptions::twilio`]): the
+    /// call hung up (`status`) or sent elsewhere (`twiml`).
+    pub update: Option<crate::twilio_rest::Update>,
 }
 
 /// Reads a WAV file (any rate, mono or stereo) as caller audio.
@@ -458,6 +466,10 @@ pub async fn stream_call(
         .await
         .map_err(send_err)?;
 
+    if let Some(rest) = &options.twilio {
+        rest.add_call(&options.call_sid);
+    }
+    let mut updates = options.twilio.as_ref().map(|r| r.subscribe());
     let began = Instant::now();
     let mut ticks = tokio::time::interval_at(began, FRAME);
     // Twilio streams in real time: after a stall, catch up rather than lose caller audio.
@@ -580,6 +592,19 @@ pub async fn stream_call(
                 });
                 tx.send(Message::text(media.to_string())).await.map_err(send_err)?;
             }
+            Ok(()) = async {
+                match updates.as_mut() {
+                    Some(u) => u.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Twilio ends the stream as soon as the call is updated: whatever was still
+                // queued is never played.
+                if let Some(update) = options.twilio.as_ref().and_then(|r| r.update_of(&options.call_sid)) {
+                    report.update = Some(update);
+                    break;
+                }
+            }
             message = rx.next() => {
                 let now = Instant::now();
                 let text = match message {
@@ -602,7 +627,11 @@ pub async fn stream_call(
                         play_end = start + FRAME;
                         queue.push_back((start, Queued::Audio(f)));
                         last_agent_frame = Some(now);
-                        turn_first_frame.get_or_insert(now);
+                        // The reply to what the caller said: audio still coming from the reply
+                        // an utterance cuts is not the next turn's.
+                        if matches!(phase, Phase::Listening { .. }) {
+                            turn_first_frame.get_or_insert(now);
+                        }
                         match (&phase, report.turns.last_mut()) {
                             (Phase::Lingering { .. }, _) => report.frames_after_script += 1,
                             (_, None) => report.greeting_frames += 1,
@@ -639,6 +668,12 @@ pub async fn stream_call(
                 }
             }
         }
+    }
+    // The agent may close its side before the update is noticed here.
+    if report.update.is_none()
+        && let Some(rest) = &options.twilio
+    {
+        report.update = rest.update_of(&options.call_sid);
     }
     if !report.closed_by_agent {
         sequence += 1;

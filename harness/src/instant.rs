@@ -32,7 +32,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use grokcast_engines::llm::{GEMMA3_ROLE_ORDER_ERROR, Role, gemma3_accepts};
+use grokcast_engines::llm::{ChatMessage, gemma3_tools_refusal};
 use grokcast_engines::riva::asr::streaming_recognize_request::StreamingRequest;
 use grokcast_engines::riva::asr::{
     RecognizeRequest, RecognizeResponse, RivaSpeechRecognitionConfigRequest,
@@ -64,19 +64,23 @@ pub enum ChatRules {
 
 impl ChatRules {
     /// Why a server of this family would refuse these messages, or `None` if it takes them.
+    /// Gemma 3 is checked as vLLM's Gemma 3 tool template checks it (tool exchanges left out
+    /// of the alternation, null content refused; `gemma3_tools_refusal`), which for a
+    /// conversation without tools is the plain template's rule.
     pub fn refusal(self, messages: &[serde_json::Value]) -> Option<String> {
-        let mut roles = Vec::with_capacity(messages.len());
+        let mut parsed = Vec::with_capacity(messages.len());
         for (i, m) in messages.iter().enumerate() {
-            roles.push(match m["role"].as_str() {
-                Some("system") => Role::System,
-                Some("user") => Role::User,
-                Some("assistant") => Role::Assistant,
-                other => return Some(format!("messages[{i}] has an unknown role {other:?}")),
-            });
+            if !m["content"].is_string() {
+                return Some(format!("messages[{i}]: Invalid content type"));
+            }
+            match serde_json::from_value::<ChatMessage>(m.clone()) {
+                Ok(message) => parsed.push(message),
+                Err(e) => return Some(format!("messages[{i}] is not a chat message: {e}")),
+            }
         }
         match self {
-            ChatRules::Gemma3 if !gemma3_accepts(&roles) => Some(GEMMA3_ROLE_ORDER_ERROR.into()),
-            ChatRules::Gemma3 | ChatRules::OpenAi => None,
+            ChatRules::Gemma3 => gemma3_tools_refusal(&parsed),
+            ChatRules::OpenAi => None,
         }
     }
 }
@@ -137,6 +141,43 @@ pub struct InstantBehaviour {
     /// against the last word, case and punctuation aside. The turn's end then gets
     /// probability 0.02, else 0.9.
     pub open_endings: Vec<String>,
+    /// Tool calls the chat double makes, when a request offers tools and the caller's last
+    /// words hold a call's `when_said`.
+    pub tool_calls: Vec<ScriptedCall>,
+    /// What the chat double says after tool results (the last message a tool's); empty says
+    /// nothing.
+    pub after_tools: String,
+}
+
+/// A tool call the chat double makes, streamed as vLLM streams one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptedCall {
+    /// Made when the caller's last message holds this (case aside).
+    pub when_said: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments, as the model would write them (malformed ones too).
+    pub arguments: String,
+    /// Words streamed before the call, in the same reply (empty: none).
+    pub saying: String,
+}
+
+impl ScriptedCall {
+    /// `name(arguments)` when the caller says `when_said`.
+    pub fn new(when_said: &str, name: &str, arguments: &str) -> Self {
+        Self {
+            when_said: when_said.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+            saying: String::new(),
+        }
+    }
+
+    /// The same call, after saying `words` in the same reply.
+    pub fn saying(mut self, words: &str) -> Self {
+        self.saying = words.into();
+        self
+    }
 }
 
 /// How the streaming transcription double behaves.
@@ -163,6 +204,8 @@ impl Default for InstantBehaviour {
             open_endings: ["with", "for", "to", "and", "if", "is", "my", "the", "a"]
                 .map(String::from)
                 .to_vec(),
+            tool_calls: Vec::new(),
+            after_tools: "Done.".into(),
         }
     }
 }
@@ -196,6 +239,8 @@ pub struct InstantServers {
     pub conversations: Arc<Mutex<Vec<Vec<serde_json::Value>>>>,
     /// The `voice` of every speech request, in order (`None`: the request named none).
     pub voices: Arc<Mutex<Vec<Option<String>>>>,
+    /// The `tools` of every chat request answered, in order (null: it offered none).
+    pub offered_tools: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl InstantServers {
@@ -382,6 +427,8 @@ async fn transcribe(State(s): State<InstantServers>, body: Bytes) -> Response {
 struct ChatRequest {
     messages: Vec<serde_json::Value>,
     #[serde(default)]
+    tools: serde_json::Value,
+    #[serde(default)]
     stream: bool,
     #[serde(default)]
     logprobs: bool,
@@ -452,18 +499,78 @@ async fn chat(
     if let Some(refusal) = b.chat_rules.refusal(&request.messages) {
         return vllm_bad_request(&refusal);
     }
+    let last = request.messages.last().cloned().unwrap_or_default();
+    s.offered_tools
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(request.tools.clone());
     s.conversations
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(request.messages);
+    let said = last["content"].as_str().unwrap_or_default().to_lowercase();
+    let scripted = b.tool_calls.iter().find(|c| {
+        last["role"] == "user"
+            && request.tools.is_array()
+            && said.contains(&c.when_said.to_lowercase())
+    });
+    if let Some(call) = scripted {
+        return tool_call_stream(call);
+    }
+    let reply = if last["role"] == "tool" {
+        b.after_tools.clone()
+    } else {
+        b.reply.clone()
+    };
     let mut body = String::new();
-    for word in b.reply.split_inclusive(' ') {
+    for word in reply.split_inclusive(' ') {
         let chunk = serde_json::json!({
             "id": "chatcmpl-instant", "object": "chat.completion.chunk",
             "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}],
         });
         body.push_str(&format!("data: {chunk}\n\n"));
     }
+    body.push_str("data: [DONE]\n\n");
+    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+}
+
+/// One tool call streamed as vLLM's tool parsers stream it: the role, then the call's id,
+/// type and name with empty arguments, then the arguments in pieces, then
+/// `finish_reason: tool_calls`.
+fn tool_call_stream(call: &ScriptedCall) -> Response {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let id = format!(
+        "chatcmpl-tool-{:08x}",
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    );
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let chunk = serde_json::json!({
+            "id": "chatcmpl-instant", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {chunk}\n\n")
+    };
+    let mut body = chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        None,
+    );
+    for word in call.saying.split_inclusive(' ') {
+        body.push_str(&chunk(serde_json::json!({ "content": word }), None));
+    }
+    body.push_str(&chunk(
+        serde_json::json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
+            "function": {"name": call.name, "arguments": ""}}]}),
+        None,
+    ));
+    let chars: Vec<char> = call.arguments.chars().collect();
+    for piece in chars.chunks(7) {
+        let piece: String = piece.iter().collect();
+        body.push_str(&chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        ));
+    }
+    body.push_str(&chunk(serde_json::json!({}), Some("tool_calls")));
     body.push_str("data: [DONE]\n\n");
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
@@ -575,6 +682,8 @@ mod tests {
         (status, serde_json::from_str(&text).unwrap_or_default())
     }
 
+    use grokcast_engines::llm::GEMMA3_ROLE_ORDER_ERROR;
+
     #[tokio::test]
     async fn gemma3_rules_refuse_a_greeting_first_as_vllm_does() {
         let (status, body) = chat_status(ChatRules::Gemma3, &["system", "assistant", "user"]).await;
@@ -595,7 +704,29 @@ mod tests {
     async fn openai_rules_take_any_order() {
         let (status, _) = chat_status(ChatRules::OpenAi, &["system", "assistant", "user"]).await;
         assert_eq!(status, 200);
-        let (status, _) = chat_status(ChatRules::OpenAi, &["user", "tool"]).await;
+        let (status, _) = chat_status(ChatRules::OpenAi, &["user", "narrator"]).await;
         assert_eq!(status, 400, "an unknown role is refused by every family");
+    }
+
+    #[test]
+    fn gemma3_rules_take_tool_exchanges_outside_the_order_and_refuse_null_content() {
+        let call = serde_json::json!({"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "end_call", "arguments": "{}"}}]});
+        let result = serde_json::json!({"role": "tool", "content": "{}", "tool_call_id": "c1"});
+        let user = serde_json::json!({"role": "user", "content": "Bye"});
+        let rules = ChatRules::Gemma3;
+        assert_eq!(
+            rules.refusal(&[user.clone(), call.clone(), result.clone()]),
+            None
+        );
+        let mut null = call.clone();
+        null["content"] = serde_json::Value::Null;
+        assert!(
+            rules
+                .refusal(&[user.clone(), null, result.clone()])
+                .unwrap()
+                .contains("Invalid content type")
+        );
+        assert!(rules.refusal(&[user.clone(), call, result, user]).is_some());
     }
 }

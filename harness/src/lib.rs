@@ -6,13 +6,16 @@
 //! - [`instant`]: model servers that answer at once over the real protocols (OpenAI HTTP,
 //!   Riva gRPC), standing for GPU model pools;
 //! - [`demo`]: an agent on the embedded models answering one simulated call;
-//! - [`local`]: an agent on this machine on the instant servers, as the tests start one.
+//! - [`local`]: an agent on this machine on the instant servers, as the tests start one;
+//! - [`twilio_rest`]: Twilio's REST API for live calls (hang-ups and transfers);
+//! - [`dtmf`]: a keypad-tone receiver for what a caller heard.
 
 // Tests may unwrap: a panic is how they fail.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod caller;
 pub mod demo;
+pub mod dtmf;
 pub mod instant;
 pub mod local;
 pub mod playground_caller;
@@ -42,4 +45,17 @@ pub fn models_dir() -> Option<std::path::PathBuf> {
         .then(|| grokcast_engines::models::ModelPaths::discover().ok())
         .flatten()
         .map(|p| p.root().to_path_buf())
+}
+
+/// The value of the Prometheus series `name` carrying all `labels` (in any order) in the
+/// text exposition `text`; `None` when there is no such series.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

@@ -96,4 +96,24 @@ impl LocalAgent {
             task,
         })
     }
+
+    /// [`idle_metrics`] of this agent.
+    pub async fn idle_metrics(&self) -> anyhow::Result<String> {
+        idle_metrics(&self.url).await
+    }
+}
+
+/// The `/metrics` of the agent at `url` once no call is active. A caller returns when it
+/// hangs up; the agent counts the call's outcome a moment later, as it releases the call
+/// slot, so reading at once would race with that. After 10 s it answers whatever it reads.
+pub async fn idle_metrics(url: &str) -> anyhow::Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
+        let active = crate::metric(&text, "grokcast_active_calls", &[]);
+        if active == Some(0.0) || tokio::time::Instant::now() >= deadline {
+            return Ok(text);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

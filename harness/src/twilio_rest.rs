@@ -50,6 +50,16 @@ pub struct TwilioRest {
     calls: Arc<Mutex<Calls>>,
     /// Held before answering, to test a client's deadline.
     delay: Arc<Mutex<Duration>>,
+    /// Counts accepted updates, so a simulated call learns its own was changed.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for TwilioRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioRest")
+            .field("account_sid", &self.account_sid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TwilioRest {
@@ -60,6 +70,7 @@ impl TwilioRest {
             credentials: Arc::new(vec![(key_sid.to_owned(), key_secret.to_owned())]),
             calls: Arc::default(),
             delay: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -82,6 +93,22 @@ impl TwilioRest {
     /// Every update accepted so far.
     pub fn updates(&self) -> Vec<Update> {
         self.lock().updates.clone()
+    }
+
+    /// The last update accepted for `call_sid`: what Twilio did to the call (hung it up, or
+    /// replaced its TwiML), which ends its Media Stream.
+    pub fn update_of(&self, call_sid: &str) -> Option<Update> {
+        self.lock()
+            .updates
+            .iter()
+            .rev()
+            .find(|u| u.call_sid == call_sid)
+            .cloned()
+    }
+
+    /// Changes whenever an update is accepted.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Answers every request this late.
@@ -191,6 +218,7 @@ async fn update_call(
         status,
         twiml,
     });
+    rest.changes.send_modify(|n| *n += 1);
     let now = "Sun, 06 Dec 2026 00:00:00 +0000";
     let body = serde_json::json!({
         "sid": call_sid,

@@ -13,7 +13,7 @@ use grokcast_agent::server::AgentState;
 use grokcast_harness::caller::{self, CallReport, CallerOptions};
 use grokcast_harness::instant::InstantServers;
 use grokcast_harness::local::LocalAgent;
-use grokcast_harness::models_present;
+use grokcast_harness::{metric, models_present};
 
 const TOKEN: &str = "test-auth-token";
 
@@ -74,24 +74,11 @@ impl Harness {
         }
     }
 
-    /// The agent's /metrics once every call has ended on the agent's side. The caller
-    /// returns when it hangs up; the agent counts the call's outcome a moment later, just
-    /// before it releases the call slot, so reading at once would race with that.
+    /// The agent's /metrics once every call has ended on the agent's side.
     async fn metrics(&self) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = reqwest::get(format!("{}/metrics", self.url))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let active = metric(&text, "grokcast_active_calls", &AGENT);
-            if active == Some(0.0) || tokio::time::Instant::now() >= deadline {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        grokcast_harness::local::idle_metrics(&self.url)
+            .await
+            .unwrap()
     }
 
     /// `grokcast_calls_total` for one outcome, once every call has ended.
@@ -110,18 +97,6 @@ impl Harness {
         }
         let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
     }
-}
-
-/// The value of the series `name` carrying all `labels` (in any order).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 const AGENT: [(&str, &str); 2] = [("voiceagent", "receptionist"), ("namespace", "voice")];

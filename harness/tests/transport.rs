@@ -130,6 +130,7 @@ async fn a_caller_at_48_khz_on_another_transport_is_heard_and_answered() {
     let settings = CallSettings {
         system_prompt: Some("You are a pirate. Answer like one.".into()),
         voice: Some("shimmer".into()),
+        call_sid: None,
     };
     let call = tokio::spawn(call::run(
         context.clone(),

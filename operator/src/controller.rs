@@ -1015,7 +1015,8 @@ async fn reconcile_agent_inner(
     }
     let mut secrets = Vec::new();
     for r in voice_agent::secret_refs(&agent.spec) {
-        secrets.push((r.clone(), lookup_secret(&ctx.client, &ns, r).await?));
+        let found = lookup_secret(&ctx.client, &ns, &r).await?;
+        secrets.push((r, found));
     }
     let secret = |r: &SecretKeyRef| {
         secrets

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use grokcast_crds::{
-    Engine, ModelPool, Role, SecretKeyRef, StageBackend, VoiceAgent, VoiceAgentSpec, condition,
-    condition::reason,
+    Engine, ModelPool, Role, SecretKeyRef, StageBackend, ToolsSpec, VoiceAgent, VoiceAgentSpec,
+    condition, condition::reason,
 };
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -44,6 +44,12 @@ pub const TWILIO_TOKEN_ENV: &str = "GROKCAST_TWILIO_AUTH_TOKEN";
 
 /// The environment variable the agent reads the playground token from.
 pub const PLAYGROUND_TOKEN_ENV: &str = "GROKCAST_PLAYGROUND_TOKEN";
+/// The environment variable the agent reads the Twilio account SID from (API key).
+pub const TWILIO_ACCOUNT_SID_ENV: &str = "GROKCAST_TWILIO_ACCOUNT_SID";
+/// The environment variable the agent reads the Twilio API key's SID from.
+pub const TWILIO_API_KEY_SID_ENV: &str = "GROKCAST_TWILIO_API_KEY_SID";
+/// The environment variable the agent reads the Twilio API key's secret from.
+pub const TWILIO_API_KEY_SECRET_ENV: &str = "GROKCAST_TWILIO_API_KEY_SECRET";
 /// Seconds the preStop hook waits so load balancers stop sending new calls before SIGTERM.
 pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 /// UID/GID of the agent process (the distroless `nonroot` user).
@@ -338,10 +344,54 @@ pub fn validate<'a>(
             "playground.enabled needs tokenSecretRef".into(),
         ));
     }
+    if let Some(t) = &spec.tools.transfer_call
+        && t.enabled
+        && spec.telephony.twilio.api_key_secret_ref.is_none()
+    {
+        return Err(Problem::InvalidSpec(
+            "tools.transferCall needs telephony.twilio.apiKeySecretRef: a transfer is a REST update of the call".into(),
+        ));
+    }
+    let mut names: Vec<&str> = vec!["end_call", "transfer_call", "send_dtmf"];
+    for tool in &spec.tools.http {
+        if names.contains(&tool.name.as_str()) {
+            return Err(Problem::InvalidSpec(format!(
+                "tools.http name {:?} is taken (built-in tools and other HTTP tools)",
+                tool.name
+            )));
+        }
+        names.push(&tool.name);
+        if tool
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p["type"] != "object")
+        {
+            return Err(Problem::InvalidSpec(format!(
+                "tools.http {:?}: parameters must be a JSON Schema of type object",
+                tool.name
+            )));
+        }
+    }
     let ns = owner.namespace.clone();
     let stt = resolve_stage("stt", Role::Stt, spec.stt.backend(), &ns, &lookup)?;
     let stt_streaming = resolve_streaming(&spec.stt, &ns, &lookup)?;
     let llm = resolve_stage("llm", Role::Llm, spec.llm.backend(), &ns, &lookup)?;
+    // vLLM answers 400 to every request that offers tools unless it was started to call
+    // them: refuse now rather than fail every turn of every call.
+    if spec.tools.any()
+        && let Some(name) = spec.llm.backend().model_pool_ref
+        && let PoolLookup::Found(pool) = lookup(name)
+        && pool.spec.engine == Engine::Vllm
+        && !pool
+            .spec
+            .args
+            .iter()
+            .any(|a| a == "--enable-auto-tool-choice")
+    {
+        return Err(Problem::InvalidSpec(format!(
+            "tools need an LLM pool that calls tools: add --enable-auto-tool-choice and a --tool-call-parser (pythonic for Gemma 3, with its tool chat template) to ModelPool {name:?}'s args"
+        )));
+    }
     let tts = resolve_stage("tts", Role::Tts, spec.tts.backend(), &ns, &lookup)?;
     let check = |field: &'static str, r: &SecretKeyRef| match secrets(r) {
         SecretLookup::Present => Ok(()),
@@ -362,6 +412,9 @@ pub fn validate<'a>(
     if let Some(r) = playground_token(spec) {
         check("playground.tokenSecretRef", r)?;
     }
+    for (_, r) in api_key(spec) {
+        check("telephony.twilio.apiKeySecretRef", &r)?;
+    }
     Ok(ValidAgent {
         agent,
         owner,
@@ -380,11 +433,29 @@ pub fn playground_token(spec: &VoiceAgentSpec) -> Option<&SecretKeyRef> {
         .flatten()
 }
 
-/// Every Secret key the agent's pods read: the Twilio token's, and the playground token's
-/// when the playground is on.
-pub fn secret_refs(spec: &VoiceAgentSpec) -> Vec<&SecretKeyRef> {
-    let mut refs = vec![&spec.telephony.twilio.auth_token_secret_ref];
-    refs.extend(playground_token(spec));
+/// The Twilio API key's Secret keys, when one is named: the account SID's, the key SID's and
+/// the key secret's, with the environment variable each arrives in.
+pub fn api_key(spec: &VoiceAgentSpec) -> Vec<(&'static str, SecretKeyRef)> {
+    let Some(r) = &spec.telephony.twilio.api_key_secret_ref else {
+        return Vec::new();
+    };
+    let key = |key: &str| SecretKeyRef {
+        name: r.name.clone(),
+        key: key.to_owned(),
+    };
+    vec![
+        (TWILIO_ACCOUNT_SID_ENV, key(&r.account_sid_key)),
+        (TWILIO_API_KEY_SID_ENV, key(&r.key_sid_key)),
+        (TWILIO_API_KEY_SECRET_ENV, key(&r.key_secret_key)),
+    ]
+}
+
+/// Every Secret key the agent's pods read: the Twilio token's, the playground token's when
+/// the playground is on, and the Twilio API key's when one is named.
+pub fn secret_refs(spec: &VoiceAgentSpec) -> Vec<SecretKeyRef> {
+    let mut refs = vec![spec.telephony.twilio.auth_token_secret_ref.clone()];
+    refs.extend(playground_token(spec).cloned());
+    refs.extend(api_key(spec).into_iter().map(|(_, r)| r));
     refs
 }
 
@@ -425,6 +496,10 @@ pub struct AgentConfig {
     /// Call traces, when `spec.tracing` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
+    /// Tools the LLM may call: `spec.tools` as written, whose shape the agent's `tools`
+    /// section shares (the API key arrives from its Secret as environment variables).
+    #[serde(skip_serializing_if = "ToolsSpec::is_empty")]
+    pub tools: ToolsSpec,
 }
 
 /// Tracing section of `agent.yaml`.
@@ -629,6 +704,7 @@ pub fn agent_config(v: &ValidAgent<'_>) -> AgentConfig {
             endpoint: t.otlp_endpoint.clone(),
             sample_ratio: t.sample_ratio,
         }),
+        tools: spec.tools.clone(),
     }
 }
 
@@ -713,20 +789,21 @@ pub fn build(v: &ValidAgent<'_>, settings: &BuildSettings) -> Vec<Child> {
                 )),
                 Some(secret_env(TWILIO_TOKEN_ENV, twilio)),
                 playground_token(spec).map(|r| secret_env(PLAYGROUND_TOKEN_ENV, r)),
-                Some(EnvVar {
-                    name: "GROKCAST_POD_NAME".into(),
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "metadata.name".into(),
-                            ..ObjectFieldSelector::default()
-                        }),
-                        ..EnvVarSource::default()
-                    }),
-                    ..EnvVar::default()
-                }),
             ]
             .into_iter()
             .flatten()
+            .chain(api_key(spec).iter().map(|(var, r)| secret_env(var, r)))
+            .chain([EnvVar {
+                name: "GROKCAST_POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            }])
             .collect(),
         ),
         ports: Some(vec![

@@ -1551,3 +1551,92 @@ fn pre_stop_sleep_is_left_out_for_old_api_servers() {
     let lifecycle = container(deployment(&current)).lifecycle.clone().unwrap();
     assert!(lifecycle.pre_stop.unwrap().sleep.is_some());
 }
+
+#[test]
+fn tools_reach_the_agent_and_the_api_key_only_from_its_secret() {
+    let base = std::fs::read_to_string(samples_dir().join("receptionist.yaml")).unwrap();
+    // The Gemma pool started to call tools, as vLLM must be.
+    let mut calling = pools();
+    calling[0].spec.args = [
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "pythonic",
+    ]
+    .map(String::from)
+    .to_vec();
+    let tools = "  tools:\n    endCall: {enabled: true}\n    sendDtmf: {enabled: true}\n    transferCall:\n      enabled: true\n      targets:\n      - {name: sales, to: '+15551230000', description: new orders}\n    http:\n    - name: order_status\n      description: Looks up an order\n      url: http://orders.shop:8080/status\n      parameters: {type: object, properties: {order_id: {type: string}}}\n";
+    let key = "      apiKeySecretRef: {name: twilio-api-key}\n";
+    let with_key = base
+        .replacen("spec:\n", &format!("spec:\n{tools}"), 1)
+        .replacen("      publicUrl:", &format!("{key}      publicUrl:"), 1);
+    let children =
+        build_agent(&agent_yaml(&with_key), &calling, &BuildSettings::default()).unwrap();
+    let env = pod(deployment(&children)).containers[0]
+        .env
+        .clone()
+        .unwrap();
+    for (var, key) in [
+        ("GROKCAST_TWILIO_ACCOUNT_SID", "accountSid"),
+        ("GROKCAST_TWILIO_API_KEY_SID", "apiKeySid"),
+        ("GROKCAST_TWILIO_API_KEY_SECRET", "apiKeySecret"),
+    ] {
+        assert_eq!(
+            secret_of(&env, var),
+            Some(("twilio-api-key".into(), key.into())),
+            "{var}"
+        );
+    }
+    let text = config_map(&children).data.as_ref().unwrap()["agent.yaml"].clone();
+    assert!(!text.contains("apiKey"), "no key in agent.yaml: {text}");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let t = &config["tools"];
+    assert_eq!(t["endCall"]["enabled"], serde_yaml::Value::Bool(true));
+    assert_eq!(t["transferCall"]["targets"][0]["to"], "+15551230000");
+    assert_eq!(t["http"][0]["timeoutMs"], 3000);
+    assert_eq!(
+        t["http"][0]["parameters"]["properties"]["order_id"]["type"],
+        "string"
+    );
+
+    // No tools: nothing in agent.yaml and no key in the pod.
+    let children = build_agent(&agent_yaml(&base), &calling, &BuildSettings::default()).unwrap();
+    let text = config_map(&children).data.as_ref().unwrap()["agent.yaml"].clone();
+    assert!(!text.contains("tools"), "{text}");
+
+    // A transfer without an API key, and an HTTP tool named like a built-in, are refused.
+    let no_key = base.replacen("spec:\n", &format!("spec:\n{tools}"), 1);
+    let err = build_agent(&agent_yaml(&no_key), &calling, &BuildSettings::default()).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::INVALID_SPEC);
+    assert!(err.to_string().contains("apiKeySecretRef"), "{err}");
+    let clash = with_key.replace("name: order_status", "name: end_call");
+    let err = build_agent(&agent_yaml(&clash), &calling, &BuildSettings::default()).unwrap_err();
+    assert!(err.to_string().contains("\"end_call\" is taken"), "{err}");
+
+    // A vLLM pool not started to call tools would answer 400 to every turn: refused, by name.
+    let err = build_agent(&agent_yaml(&with_key), &pools(), &BuildSettings::default()).unwrap_err();
+    assert_eq!(err.reason(), condition::reason::INVALID_SPEC);
+    assert!(
+        err.to_string().contains("--enable-auto-tool-choice")
+            && err.to_string().contains("gemma-27b"),
+        "{err}"
+    );
+
+    // A missing API key Secret blocks the agent under its own field.
+    let agent = agent_yaml(&with_key);
+    let p = calling.clone();
+    let secrets = |r: &grokcast_crds::SecretKeyRef| match r.name.as_str() {
+        "twilio-api-key" => SecretLookup::Missing,
+        _ => SecretLookup::Present,
+    };
+    let err = voice_agent::validate(&agent, pool_lookup(&p), secrets).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "telephony.twilio.apiKeySecretRef: Secret \"twilio-api-key\" not found"
+    );
+    assert!(
+        voice_agent::secret_refs(&agent.spec)
+            .iter()
+            .any(|r| r.name == "twilio-api-key" && r.key == "apiKeySecret"),
+        "the operator watches the key's Secret"
+    );
+}

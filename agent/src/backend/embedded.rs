@@ -117,7 +117,9 @@ mod gemma {
     use futures::future::BoxFuture;
     use grokcast_engines::llm::{GemmaLlm, GenerationParams, MAX_TOP_LOGPROBS, PromptEnd};
 
-    use crate::backend::{BackendError, ChatMessage, Llm, StageName, TokenStream};
+    use crate::backend::{
+        BackendError, ChatMessage, Llm, ReplyPart, StageName, TokenStream, ToolSpecs,
+    };
     use grokcast_engines::receiver_stream;
 
     /// Gemma through llama.cpp.
@@ -141,9 +143,12 @@ mod gemma {
     }
 
     impl Llm for EmbeddedLlm {
+        /// The base model cannot call tools, so `tools` is not offered (the configuration
+        /// refuses tools with an embedded LLM; see `config`).
         fn reply(
             &self,
             messages: Vec<ChatMessage>,
+            _tools: Option<ToolSpecs>,
         ) -> BoxFuture<'_, Result<TokenStream, BackendError>> {
             let engine = self.engine.clone();
             let params = self.params.clone();
@@ -151,7 +156,8 @@ mod gemma {
                 let (tx, rx) = tokio::sync::mpsc::channel(32);
                 tokio::task::spawn_blocking(move || {
                     let result = engine.generate(&messages, &params, &mut |token| {
-                        tx.blocking_send(Ok(token.to_string())).is_ok()
+                        tx.blocking_send(Ok(ReplyPart::Text(token.to_string())))
+                            .is_ok()
                     });
                     if let Err(e) = result {
                         let _ = tx.blocking_send(Err(BackendError::Engine {

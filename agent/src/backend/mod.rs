@@ -10,7 +10,7 @@ use futures::FutureExt;
 use futures::Stream;
 use futures::future::BoxFuture;
 
-pub use grokcast_engines::llm::{ChatMessage, Role};
+pub use grokcast_engines::llm::{ChatMessage, FunctionCall, Role, ToolCall};
 
 pub mod embedded;
 pub mod openai;
@@ -121,8 +121,21 @@ impl BackendError {
     }
 }
 
-/// Streamed LLM text.
-pub type TokenStream = Pin<Box<dyn Stream<Item = Result<String, BackendError>> + Send>>;
+/// What a streamed reply brings: text to speak as it comes, or a tool call, whole (a call
+/// is acted on only once its arguments are complete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyPart {
+    /// Words of the reply.
+    Text(String),
+    /// A tool the model calls.
+    Call(ToolCall),
+}
+
+/// A streamed LLM reply.
+pub type TokenStream = Pin<Box<dyn Stream<Item = Result<ReplyPart, BackendError>> + Send>>;
+
+/// The tools a request offers the model: OpenAI's `tools` array, built once per agent.
+pub type ToolSpecs = std::sync::Arc<serde_json::Value>;
 
 /// Streamed TTS audio: mono f32 chunks at `sample_rate`.
 pub struct AudioStream {
@@ -240,9 +253,13 @@ impl std::fmt::Debug for SttStream {
 
 /// A language model that streams its reply.
 pub trait Llm: Send + Sync {
-    /// Starts a reply to the conversation; drop the stream to cancel.
-    fn reply(&self, messages: Vec<ChatMessage>)
-    -> BoxFuture<'_, Result<TokenStream, BackendError>>;
+    /// Starts a reply to the conversation, offering the model `tools` when given; drop the
+    /// stream to cancel.
+    fn reply(
+        &self,
+        messages: Vec<ChatMessage>,
+        tools: Option<ToolSpecs>,
+    ) -> BoxFuture<'_, Result<TokenStream, BackendError>>;
 
     /// How likely the caller has finished, after `messages`, whose last is the caller's words
     /// so far: the model's probability that its next token ends the caller's sentence or turn

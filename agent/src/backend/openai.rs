@@ -13,8 +13,8 @@ use grokcast_engines::server::SAMPLE_RATE_HEADER;
 
 use super::speech_audio::{SpeechAudioError, SpeechDecoder};
 use super::{
-    AudioStream, BackendError, ChatMessage, Llm, StageName, Stt, TokenStream, Tts,
-    turn_end_from_logprobs,
+    AudioStream, BackendError, ChatMessage, Llm, ReplyPart, StageName, Stt, TokenStream, ToolCall,
+    ToolSpecs, Tts, turn_end_from_logprobs,
 };
 
 /// An HTTP client for one stage.
@@ -251,6 +251,67 @@ struct ChatChoice {
 struct ChatDelta {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A piece of a streamed tool call: the first names the call (`id`, `function.name`), the
+/// rest add to its `arguments`; `index` says which call of the reply it belongs to.
+#[derive(Deserialize)]
+struct ToolCallDelta {
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionDelta>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+/// Tool calls put together from their streamed pieces, in the order of their index.
+#[derive(Default)]
+struct ToolCallAssembler {
+    calls: std::collections::BTreeMap<usize, (String, String, String)>,
+}
+
+impl ToolCallAssembler {
+    fn push(&mut self, delta: ToolCallDelta) {
+        let (id, name, arguments) = self.calls.entry(delta.index).or_default();
+        if let Some(more) = delta.id.filter(|i| !i.is_empty()) {
+            *id = more;
+        }
+        if let Some(function) = delta.function {
+            // Servers send the name whole in one piece (vLLM) or, rarely, in several.
+            if let Some(more) = function.name {
+                name.push_str(&more);
+            }
+            if let Some(more) = function.arguments {
+                arguments.push_str(&more);
+            }
+        }
+    }
+
+    /// The calls, whole; one the server gave no id gets one from its place.
+    fn finish(self) -> Vec<ToolCall> {
+        self.calls
+            .into_iter()
+            .map(|(index, (id, name, arguments))| {
+                let id = if id.is_empty() {
+                    format!("call-{index}")
+                } else {
+                    id
+                };
+                ToolCall::new(id, name, arguments)
+            })
+            .collect()
+    }
 }
 
 /// Splits an SSE byte stream into `data:` payloads.
@@ -280,16 +341,22 @@ impl Llm for OpenAiLlm {
     fn reply(
         &self,
         messages: Vec<ChatMessage>,
+        tools: Option<ToolSpecs>,
     ) -> BoxFuture<'_, Result<TokenStream, BackendError>> {
         async move {
             let e = self.endpoint.clone();
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "model": e.model,
                 "messages": messages,
                 "stream": true,
                 "temperature": self.temperature,
                 "max_tokens": self.max_tokens,
             });
+            if let Some(tools) = tools {
+                // vLLM needs `--enable-auto-tool-choice` and a tool-call parser for "auto".
+                body["tools"] = (*tools).clone();
+                body["tool_choice"] = "auto".into();
+            }
             let response = e
                 .send(e.client.post(e.url("chat/completions")).json(&body))
                 .await?;
@@ -297,7 +364,9 @@ impl Llm for OpenAiLlm {
             let stage = e.stage;
             let tokens = async_stream(move |tx| async move {
                 let mut sse = SseDecoder::default();
-                while let Some(chunk) = bytes.next().await {
+                // Tool calls are handed on whole, once the reply is over.
+                let mut calls = ToolCallAssembler::default();
+                'read: while let Some(chunk) = bytes.next().await {
                     let chunk = match chunk {
                         Ok(c) => c,
                         Err(err) => {
@@ -307,24 +376,34 @@ impl Llm for OpenAiLlm {
                     };
                     for data in sse.push(chunk.chunk()) {
                         if data == "[DONE]" {
-                            return;
+                            break 'read;
                         }
-                        let item = match serde_json::from_str::<ChatChunk>(&data) {
-                            Ok(c) => {
-                                match c.choices.into_iter().next().and_then(|c| c.delta.content) {
-                                    Some(text) if !text.is_empty() => Ok(text),
-                                    _ => continue,
-                                }
+                        let delta = match serde_json::from_str::<ChatChunk>(&data) {
+                            Ok(c) => c.choices.into_iter().next().map(|c| c.delta),
+                            Err(err) => {
+                                let _ = tx
+                                    .send(Err(BackendError::Protocol {
+                                        stage,
+                                        message: format!("SSE chunk: {err}"),
+                                    }))
+                                    .await;
+                                return;
                             }
-                            Err(err) => Err(BackendError::Protocol {
-                                stage,
-                                message: format!("SSE chunk: {err}"),
-                            }),
                         };
-                        let failed = item.is_err();
-                        if tx.send(item).await.is_err() || failed {
+                        let Some(delta) = delta else { continue };
+                        for piece in delta.tool_calls.into_iter().flatten() {
+                            calls.push(piece);
+                        }
+                        if let Some(text) = delta.content.filter(|t| !t.is_empty())
+                            && tx.send(Ok(ReplyPart::Text(text))).await.is_err()
+                        {
                             return;
                         }
+                    }
+                }
+                for call in calls.finish() {
+                    if tx.send(Ok(ReplyPart::Call(call))).await.is_err() {
+                        return;
                     }
                 }
             });

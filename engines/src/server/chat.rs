@@ -118,7 +118,7 @@ pub(crate) fn validate(req: ChatRequest, state: &AppState) -> Result<ChatJob, Ap
                 text
             }
         };
-        messages.push(ChatMessage { role, content });
+        messages.push(ChatMessage::new(role, content));
     }
     // This server stands in for a vLLM pool serving Gemma 3, whose chat template refuses
     // roles out of order: refusing them here too means a client that works against the CPU
