@@ -107,16 +107,34 @@ struct Shared {
     /// How the call ends when the agent ends it: set as the hang-up or transfer is asked of
     /// Twilio, which may stop the stream before it answers.
     ended_by_agent: Mutex<Option<Outcome>>,
+    /// The caller is in the middle of speaking (the receive task's endpointer says so): a
+    /// hang-up or transfer waits until they stop.
+    caller_speaking: std::sync::atomic::AtomicBool,
 }
 
 /// A call action a turn decided on: carried out once the caller's side acknowledges `mark`
 /// (everything before it has played), unless the caller speaks first.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PendingAction {
     generation: u64,
     mark: String,
     action: Action,
+    /// The audio the turn queued before the mark: the mark cannot come back sooner.
+    queued: Duration,
 }
+
+/// A hang-up or transfer the conversation is waiting to carry out.
+struct Waiting {
+    pending: PendingAction,
+    /// Its words have played (its mark came back, or the wait for it ran out).
+    played: bool,
+    /// When to look again: the latest the mark is waited for, or, once the words have
+    /// played, when to check again whether the caller has stopped speaking.
+    check_at: Instant,
+}
+
+/// How often a played action checks whether the caller has stopped speaking.
+const ACTION_RECHECK: Duration = Duration::from_millis(200);
 
 /// The most rounds of tool calls one turn makes; the round after them offers no tools, so
 /// the model must speak.
@@ -237,6 +255,7 @@ pub async fn run(
         notes,
         actions,
         ended_by_agent: Mutex::new(None),
+        caller_speaking: std::sync::atomic::AtomicBool::new(false),
     });
     let (events_tx, events_rx) = mpsc::channel(64);
     let (playout_tx, playout_rx) = mpsc::channel(64);
@@ -419,6 +438,9 @@ async fn receive(
                         .map_err(CallError::Vad)?;
                     detector.decide(probability, speaking, heard_until, now);
                 }
+                shared
+                    .caller_speaking
+                    .store(detector.endpointer.in_speech(), Ordering::Relaxed);
                 for event in detector.pending.drain(..) {
                     if events.send(event).await.is_err() {
                         return Ok(());
@@ -976,9 +998,8 @@ async fn converse(
     let (overheard_tx, mut overheard_rx) = mpsc::channel::<Overheard>(1);
     // Held only to abort the task when it is replaced, moot, or the call ends.
     let mut _listening: Option<TaskGuard<()>> = None;
-    // A hang-up or transfer waiting for its words to play, and the latest it is carried out
-    // if the caller's side never acknowledges them.
-    let mut pending: Option<(PendingAction, Instant)> = None;
+    // A hang-up or transfer waiting for its words to play and for the caller to be quiet.
+    let mut pending: Option<Waiting> = None;
 
     let clips = state.clips();
     if let Some(clips) = clips.as_ref().filter(|c| !c.greeting.is_empty()) {
@@ -1018,14 +1039,11 @@ async fn converse(
                 let event = event?;
                 match event {
                     CallEvent::Mark(name) => {
-                        let due = pending.as_ref().is_some_and(|(p, _)| p.mark == name);
-                        acked.insert(name);
-                        if due && let Some((p, _)) = pending.take() {
-                            finish_turn(&mut running, &mut history, &acked, None);
-                            if let Some(outcome) = carry_out(&state, &shared, p.action, &mut history, &playout).await {
-                                return Some(outcome);
-                            }
+                        if let Some(w) = pending.as_mut().filter(|w| w.pending.mark == name) {
+                            w.played = true;
+                            w.check_at = Instant::now();
                         }
+                        acked.insert(name);
                     }
                     CallEvent::Stop => {
                         finish_turn(&mut running, &mut history, &acked, None);
@@ -1037,13 +1055,15 @@ async fn converse(
                         if let Some(outcome) = held {
                             state.metrics.held_interruptions.with_label_values(&[outcome]).inc();
                         }
-                        interrupted = resumable(&running, &acked, resume_window);
+                        // A hang-up or transfer the caller talked over waits with what they
+                        // cut: it is carried out if they had nothing to say after all.
+                        let action = pending.take().map(|w| w.pending.action);
+                        interrupted = resumable(&running, &acked, resume_window, action);
                         if let Some(turn) = &running {
                             turn.trace.ended(true);
                         }
                         let heard = shared.heard(Instant::now());
                         interrupt(&shared, &clears).await;
-                        pending = None;
                         finish_turn(&mut running, &mut history, &acked, Some(heard));
                         debug!("barge-in");
                     }
@@ -1149,23 +1169,40 @@ async fn converse(
                 }
             }
             Some(p) = actions.recv() => {
-                // Only if the caller has not moved on since the turn decided it.
+                // Only if the caller has not moved on since the turn decided it. Its mark
+                // may be back already (nothing was queued before it).
                 if p.generation == shared.generation.load(Ordering::Relaxed) {
-                    pending = Some((p, Instant::now() + GOODBYE_TIMEOUT));
+                    let played = acked.contains(&p.mark);
+                    let check_at = match played {
+                        true => Instant::now(),
+                        false => Instant::now() + p.queued + GOODBYE_TIMEOUT,
+                    };
+                    pending = Some(Waiting { pending: p, played, check_at });
                 }
             }
             _ = async {
                 match &pending {
-                    Some((_, deadline)) => tokio::time::sleep_until(*deadline).await,
+                    Some(w) => tokio::time::sleep_until(w.check_at).await,
                     None => std::future::pending().await,
                 }
             } => {
-                // The caller's side never said the words played: act anyway.
-                if let Some((p, _)) = pending.take() {
-                    finish_turn(&mut running, &mut history, &acked, None);
-                    if let Some(outcome) = carry_out(&state, &shared, p.action, &mut history, &playout).await {
-                        return Some(outcome);
+                // Played (or its mark never came back: act anyway), but never over the
+                // caller: speech still going, or being transcribed, may be "wait!".
+                let busy = shared.caller_speaking.load(Ordering::Relaxed) || _listening.is_some();
+                match pending.as_mut() {
+                    Some(w) if busy => {
+                        w.played = true;
+                        w.check_at = Instant::now() + ACTION_RECHECK;
                     }
+                    Some(_) => {
+                        if let Some(w) = pending.take() {
+                            finish_turn(&mut running, &mut history, &acked, None);
+                            if let Some(outcome) = carry_out(&state, &shared, w.pending.action, &mut history, &playout).await {
+                                return Some(outcome);
+                            }
+                        }
+                    }
+                    None => {}
                 }
             }
             _ = goodbye.cancelled() => {
@@ -1227,7 +1264,10 @@ async fn carry_out(
                 && let Err(error) = rest.update_call(call_sid, &CallUpdate::Complete).await
             {
                 failed(crate::tools::END_CALL);
-                warn!(%error, "Twilio's REST API did not hang up; closing the stream ends the call");
+                warn!(
+                    error = error.kind(),
+                    "Twilio's REST API did not hang up; closing the stream ends the call"
+                );
             }
             info!("the agent ended the call");
             Some(Outcome::EndedByAgent)
@@ -1239,7 +1279,7 @@ async fn carry_out(
                     let dial = crate::twilio::twiml::dial(&to);
                     rest.update_call(call_sid, &CallUpdate::Twiml(dial))
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.kind())
                 }
                 None => Err("no phone line to transfer".to_owned()),
             };
@@ -1385,6 +1425,9 @@ fn heard_words(text: &str, heard: Duration, length: Duration) -> Option<String> 
 struct Resume {
     clauses: Vec<String>,
     window: Duration,
+    /// The hang-up or transfer that was waiting for those clauses, handed over again once
+    /// they have been said.
+    action: Option<Action>,
 }
 
 /// What the running turn would resume from if the caller has just cut it: the first clause
@@ -1393,18 +1436,27 @@ fn resumable(
     running: &Option<RunningTurn>,
     acked: &HashSet<String>,
     window: Duration,
+    action: Option<Action>,
 ) -> Option<Resume> {
-    let record = &running.as_ref()?.record;
-    let record = record.lock().unwrap_or_else(|p| p.into_inner());
-    let clauses: Vec<String> = record
-        .segments
-        .iter()
-        .skip_while(|(mark, _, _)| acked.contains(mark))
-        // Key tones are not said again.
-        .filter(|(_, text, _)| !text.is_empty())
-        .map(|(_, text, _)| text.clone())
-        .collect();
-    (!window.is_zero() && !clauses.is_empty()).then_some(Resume { clauses, window })
+    let clauses: Vec<String> = match running {
+        Some(turn) => {
+            let record = turn.record.lock().unwrap_or_else(|p| p.into_inner());
+            record
+                .segments
+                .iter()
+                .skip_while(|(mark, _, _)| acked.contains(mark))
+                // Key tones are not said again.
+                .filter(|(_, text, _)| !text.is_empty())
+                .map(|(_, text, _)| text.clone())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    (!window.is_zero() && (!clauses.is_empty() || action.is_some())).then_some(Resume {
+        clauses,
+        window,
+        action,
+    })
 }
 
 /// A reply started in an announced pause, before the turn was over: it transcribes and asks
@@ -1812,7 +1864,17 @@ impl Turn {
                 self.state.said("agent", &reply.spoken.join(" "));
             }
             if let Some(e) = reply.error {
-                return self.apologise(e).await;
+                match action {
+                    // The model had already hung up or transferred: carry that out (with
+                    // the persona's goodbye if nothing was said) rather than apologise and
+                    // leave the caller waiting for an ending that never comes.
+                    Some(action) => {
+                        self.count_backend_error(&e);
+                        self.hand_over(action, next_index).await;
+                    }
+                    None => self.apologise(e).await,
+                }
+                return;
             }
             let said_nothing = next_index == spoken_before;
             if reply.calls.is_empty() || round == MAX_TOOL_ROUNDS {
@@ -1824,17 +1886,27 @@ impl Turn {
             }
             // Only a reply that is the turn's own acts (checked above): a speculative one
             // that was dropped never reaches here.
-            let (results, decided, failed) = self.act(&reply.calls, &mut next_index).await;
+            let (results, decided, failed) = self
+                .act(&reply.calls, action.is_some(), &mut next_index)
+                .await;
             tools_failed = failed;
             if action.is_none() {
                 action = decided;
             }
+            // vLLM parses every earlier call's arguments as JSON: text that is not an object
+            // (what the model wrote when it got them wrong) would fail every later request
+            // of the call, so history keeps `{}` and the result says what was wrong.
+            let calls: Vec<ToolCall> = reply
+                .calls
+                .into_iter()
+                .map(crate::tools::with_object_arguments)
+                .collect();
             self.lock_record().exchanges.push(Exchange {
                 after: spoken_before + reply.spoken.len(),
-                calls: reply.calls.clone(),
+                calls: calls.clone(),
                 results: results.clone(),
             });
-            convo.tools(&reply.spoken.join(" "), reply.calls, results);
+            convo.tools(&reply.spoken.join(" "), calls, results);
             messages = convo.messages();
         }
         if let Some(action) = action {
@@ -1952,6 +2024,7 @@ impl Turn {
     async fn act(
         &self,
         calls: &[ToolCall],
+        decided_before: bool,
         next_index: &mut usize,
     ) -> (Vec<ChatMessage>, Option<Action>, bool) {
         let Some(tools) = self.state.tools.as_ref() else {
@@ -1971,10 +2044,12 @@ impl Turn {
             self.state.twilio_rest.is_some() && self.shared.settings.call_sid.is_some();
         let (mut results, mut action, mut failed) = (Vec::new(), None, false);
         for call in calls {
+            let started = Instant::now();
             let mut invoked = tools.invoke(call, can_transfer).await;
+            let took = started.elapsed();
             match invoked.action.take() {
                 Some(Action::Dtmf(digits)) => self.play_tones(&digits, next_index).await,
-                Some(decided) if action.is_none() => action = Some(decided),
+                Some(decided) if action.is_none() && !decided_before => action = Some(decided),
                 Some(_) => {
                     invoked.outcome = crate::tools::ToolOutcome::Refused;
                     invoked.result = serde_json::json!({
@@ -1985,6 +2060,12 @@ impl Turn {
                 None => {}
             }
             self.count_tool(&invoked.tool, invoked.outcome);
+            self.trace
+                .tool(&invoked.tool, invoked.outcome.label(), started, took);
+            self.shared.note(Note::Tool {
+                tool: invoked.tool.clone(),
+                outcome: invoked.outcome.label(),
+            });
             if invoked.outcome != crate::tools::ToolOutcome::Ok {
                 failed = true;
                 warn!(tool = %invoked.tool, outcome = invoked.outcome.label(), "a tool call failed; the model hears why");
@@ -2069,6 +2150,7 @@ impl Turn {
         }
         let generation = self.generation.load(Ordering::Relaxed);
         let mark = format!("t{}-action", self.number);
+        let queued = self.lock_record().segments.iter().map(|(_, _, d)| *d).sum();
         let _ = self
             .playout
             .send(Playout::Mark {
@@ -2080,6 +2162,7 @@ impl Turn {
             generation,
             mark,
             action,
+            queued,
         });
     }
 
@@ -2105,6 +2188,9 @@ impl Turn {
         }
         if !spoken.is_empty() {
             self.state.said("agent", &spoken.join(" "));
+        }
+        if let Some(action) = resume.action {
+            self.hand_over(action, spoken.len().max(1)).await;
         }
     }
 
@@ -2235,14 +2321,19 @@ impl Turn {
 
     /// Counts the failure and plays the cached apology; the call goes on.
     async fn apologise(&self, error: BackendError) {
-        warn!(error = %error, stage = error.stage().label(), "model backend failed; apologising");
+        self.count_backend_error(&error);
+        self.play_apology().await;
+    }
+
+    /// Logs, counts and traces a failed backend.
+    fn count_backend_error(&self, error: &BackendError) {
+        warn!(error = %error, stage = error.stage().label(), "model backend failed");
         self.state
             .metrics
             .backend_errors
             .with_label_values(&[error.stage().label()])
             .inc();
         self.trace.failed(error.stage().label(), error.summary());
-        self.play_apology().await;
     }
 
     /// Plays the cached apology (once the turn is its own).

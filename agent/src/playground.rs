@@ -396,6 +396,9 @@ impl ToCaller for PageToCaller {
             Note::Caller(text) => serde_json::json!({"type": "caller", "text": text}),
             Note::Agent(text) => serde_json::json!({"type": "agent", "text": text}),
             Note::BargeIn => serde_json::json!({"type": "bargeIn"}),
+            Note::Tool { tool, outcome } => {
+                serde_json::json!({"type": "tool", "tool": tool, "outcome": outcome})
+            }
             Note::Turn(sample) => {
                 let t = sample.timings;
                 serde_json::json!({

@@ -163,10 +163,16 @@ impl Tools {
         if !config.any() {
             return None;
         }
+        // An endpoint's redirect could send the model's arguments somewhere the VoiceAgent
+        // never named: follow none.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         Some(Self {
             specs: Arc::new(specs(config)),
             config: config.clone(),
-            http: reqwest::Client::new(),
+            http,
         })
     }
 
@@ -266,8 +272,9 @@ impl Tools {
                 }),
             );
         }
+        // A number only: a SIP URI the model writes could be any host on the internet.
         match DialTarget::parse(target) {
-            Some(to) if t.allow_caller_numbers => Invocation::ok(
+            Some(to @ DialTarget::Number(_)) if t.allow_caller_numbers => Invocation::ok(
                 name,
                 json!({"ok": true, "note": "the call is transferred once what you say now has played"}),
                 Some(Action::Transfer {
@@ -346,6 +353,15 @@ impl Tools {
     }
 }
 
+/// `call` with arguments the model's server will read back: a JSON object, `{}` when what
+/// the model wrote is not one (its result says what was wrong).
+pub fn with_object_arguments(mut call: ToolCall) -> ToolCall {
+    if arguments(&call.function.arguments).is_err() || call.function.arguments.trim().is_empty() {
+        call.function.arguments = "{}".into();
+    }
+    call
+}
+
 /// The arguments as a JSON object; empty text is no arguments (what servers send for a
 /// function without parameters).
 fn arguments(text: &str) -> Result<serde_json::Map<String, Value>, String> {
@@ -391,8 +407,8 @@ fn specs(config: &ToolsConfig) -> Value {
     if config.end_call.enabled {
         tools.push(function(
             END_CALL,
-            "Hang up the call. Use it when the caller says goodbye or asks to end the call, \
-             and say a short goodbye in the same reply.",
+            "Hang up the call, when the caller says goodbye or asks to end the call. Call it \
+             on its own; once it has answered, say a short goodbye, and the call ends after it.",
             no_parameters.clone(),
         ));
     }
@@ -415,8 +431,8 @@ fn specs(config: &ToolsConfig) -> Value {
         target["description"] = format!("Where to: {}", described.join(", ")).into();
         tools.push(function(
             TRANSFER_CALL,
-            "Transfer the caller to a person or department. Tell the caller you are \
-             transferring them in the same reply.",
+            "Transfer the caller to a person or department. Call it on its own; once it has \
+             answered, tell the caller you are transferring them, and the transfer follows.",
             json!({"type": "object", "properties": {"target": target}, "required": ["target"]}),
         ));
     }
@@ -543,6 +559,15 @@ mod tests {
         assert!(refused.result.contains("sales"), "{}", refused.result);
         let open = tools(true).invoke(&dictated, true).await;
         assert_eq!(open.outcome, ToolOutcome::Ok);
+        // A SIP URI the model writes could be any host: never, even with numbers allowed.
+        let sip = call(
+            TRANSFER_CALL,
+            r#"{"target":"sip:anyone@elsewhere.example"}"#,
+        );
+        assert_eq!(
+            tools(true).invoke(&sip, true).await.outcome,
+            ToolOutcome::Refused
+        );
         // A phone line is still needed.
         let no_line = strict
             .invoke(&call(TRANSFER_CALL, r#"{"target":"sales"}"#), false)
@@ -573,6 +598,64 @@ mod tests {
         // No arguments at all is an empty object.
         let end = t.invoke(&call(END_CALL, ""), false).await;
         assert_eq!(end.action, Some(Action::EndCall));
+    }
+
+    /// An HTTP tool at a local endpoint answering `body` with `status` (and a redirect's
+    /// `location`).
+    async fn http_tool(status: u16, body: Vec<u8>) -> Tools {
+        let app = axum::Router::new().route(
+            "/tool",
+            axum::routing::post(move || {
+                let body = body.clone();
+                async move {
+                    let status = axum::http::StatusCode::from_u16(status).unwrap();
+                    (status, [("location", "http://127.0.0.1:9/elsewhere")], body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/tool", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = ToolsConfig {
+            http: vec![HttpTool {
+                name: "lookup".into(),
+                url,
+                ..HttpTool::default()
+            }],
+            ..ToolsConfig::default()
+        };
+        Tools::new(&config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_endpoints_answer_is_cut_to_what_the_model_takes_and_redirects_are_not_followed() {
+        let big = http_tool(200, vec![b'a'; 4 * 1024 * 1024]).await;
+        let answer = big.invoke(&call("lookup", "{}"), false).await;
+        assert_eq!(answer.outcome, ToolOutcome::Ok);
+        assert!(
+            answer.result.len() < MAX_RESULT_BYTES + 100,
+            "{}",
+            answer.result.len()
+        );
+        let result: Value = serde_json::from_str(&answer.result).unwrap();
+        assert_eq!(result["truncated"], true);
+        let moved = http_tool(307, Vec::new()).await;
+        let answer = moved.invoke(&call("lookup", "{}"), false).await;
+        assert_eq!(answer.outcome, ToolOutcome::Failed);
+        assert!(answer.result.contains("HTTP 307"), "{}", answer.result);
+        let json = http_tool(200, br#"{"open": true}"#.to_vec()).await;
+        let answer = json.invoke(&call("lookup", "{}"), false).await;
+        assert_eq!(answer.result, r#"{"open":true}"#);
+    }
+
+    #[test]
+    fn history_keeps_arguments_a_server_can_read_back() {
+        let bad = with_object_arguments(call("lookup", r#"{"id": "4"#));
+        assert_eq!(bad.function.arguments, "{}");
+        let empty = with_object_arguments(call("lookup", ""));
+        assert_eq!(empty.function.arguments, "{}");
+        let good = with_object_arguments(call("lookup", r#"{"id":"4"}"#));
+        assert_eq!(good.function.arguments, r#"{"id":"4"}"#);
     }
 
     #[test]

@@ -336,6 +336,8 @@ struct TurnState {
     /// Stage label and summary ([`crate::backend::BackendError::summary`]) of the backend
     /// error the turn apologised for.
     error: Option<(&'static str, String)>,
+    /// The tools the turn called: (tool label, outcome label, started, took).
+    tools: Vec<(String, &'static str, Instant, Duration)>,
 }
 
 impl TurnTrace {
@@ -399,6 +401,12 @@ impl TurnTrace {
     /// The turn apologised for a failed backend.
     pub(crate) fn failed(&self, stage: &'static str, message: String) {
         self.with(|s| s.error = Some((stage, message)));
+    }
+
+    /// The turn called `tool` (its metric label, never the arguments), from `started` for
+    /// `took`, with `outcome` ([`crate::tools::ToolOutcome::label`]).
+    pub(crate) fn tool(&self, tool: &str, outcome: &'static str, started: Instant, took: Duration) {
+        self.with(|s| s.tools.push((tool.to_owned(), outcome, started, took)));
     }
 
     /// The turn resumed a reply a false interruption cut.
@@ -507,6 +515,20 @@ impl Recorded {
         }
         if let (Some(first), Some(until)) = (s.first_frame, playout_end.or(Some(end))) {
             stage("playout", first, until.saturating_duration_since(first));
+        }
+        for (tool, outcome, from, took) in s.tools {
+            let mut span = tracer
+                .span_builder("tool")
+                .with_start_time(wall.at(from))
+                .with_attributes([
+                    KeyValue::new("grokcast.tool.name", tool),
+                    KeyValue::new("grokcast.tool.outcome", outcome),
+                ])
+                .start_with_context(&tracer, &cx);
+            if outcome != crate::tools::ToolOutcome::Ok.label() {
+                span.set_status(Status::error(outcome));
+            }
+            span.end_with_timestamp(wall.at(from + took));
         }
         cx.span().end_with_timestamp(wall.at(end));
     }

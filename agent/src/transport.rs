@@ -41,6 +41,14 @@ pub enum Note {
     Turn(TurnSample),
     /// The caller interrupted the agent: what was queued is dropped.
     BargeIn,
+    /// The agent called a tool: its name (`unknown` for one not offered) and how it went
+    /// ([`crate::tools::ToolOutcome::label`]).
+    Tool {
+        /// The tool.
+        tool: String,
+        /// The outcome.
+        outcome: &'static str,
+    },
 }
 
 /// Why a transport failed; it ends that call only.

@@ -236,6 +236,8 @@ fn operator_agent_yaml(dir: &Path) -> PathBuf {
     config["turnTaking"]["endOfTurnModel"] = "none".into();
     config["turnTaking"]["speculativeReplies"] = false.into();
     config["turnTaking"]["minInterruptionWords"] = 0.into();
+    // The model may hang up (no API key here: the agent closes the stream).
+    config["tools"] = serde_yaml::from_str("endCall: {enabled: true}").unwrap();
     let path = dir.join("agent.yaml");
     std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
     path
@@ -461,6 +463,21 @@ async fn each_call_is_one_trace_with_a_span_per_turn_and_its_stages() {
         report.turns
     );
     servers.set(|b| b.llm.fail = false);
+    // A call the model hangs up: the tool call is a span of its turn.
+    servers.set(|b| {
+        b.tool_calls = vec![grokcast_harness::instant::ScriptedCall::new(
+            "", "end_call", "{}",
+        )];
+        b.after_tools = "Goodbye!".into();
+    });
+    let hung_up = "CA000000000000000000000000000TRACE3";
+    let report = agent.call(hung_up, &[QUESTION], false).await;
+    assert!(
+        report.closed_by_agent,
+        "the agent hung up: {:?}",
+        report.turns
+    );
+    servers.set(|b| b.tool_calls.clear());
 
     let spans = call_trace(&out, first, 2).await;
     let call = spans.iter().find(|s| s.name == "call").unwrap();
@@ -524,6 +541,19 @@ async fn each_call_is_one_trace_with_a_span_per_turn_and_its_stages() {
     let stages = children(&spans, turn);
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["endpointing", "playout"], "the apology's turn");
+
+    let spans = call_trace(&out, hung_up, 1).await;
+    let call = spans.iter().find(|s| s.name == "call").unwrap();
+    assert_eq!(call.text("grokcast.call.outcome"), Some("ended_by_agent"));
+    let turn = spans.iter().find(|s| s.name == "turn").unwrap();
+    let stages = children(&spans, turn);
+    let tool = named(&stages, "tool");
+    assert_eq!(tool.text("grokcast.tool.name"), Some("end_call"));
+    assert_eq!(tool.text("grokcast.tool.outcome"), Some("ok"));
+    assert!(
+        turn.start <= tool.start && tool.end <= turn.end,
+        "{tool:?} in {turn:?}"
+    );
 
     let exported = agent.counter("grokcast_trace_spans_exported_total").await;
     assert!(exported >= 13.0, "{exported} spans exported");

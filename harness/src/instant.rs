@@ -78,6 +78,21 @@ impl ChatRules {
                 Err(e) => return Some(format!("messages[{i}] is not a chat message: {e}")),
             }
         }
+        // vLLM reads every earlier call's arguments as JSON before the template sees them.
+        for (i, m) in parsed.iter().enumerate() {
+            for call in &m.tool_calls {
+                if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(
+                    &call.function.arguments,
+                )
+                .is_err()
+                {
+                    return Some(format!(
+                        "messages[{i}]: the arguments of {:?} are not a JSON object",
+                        call.function.name
+                    ));
+                }
+            }
+        }
         match self {
             ChatRules::Gemma3 => gemma3_tools_refusal(&parsed),
             ChatRules::OpenAi => None,
@@ -160,6 +175,9 @@ pub struct ScriptedCall {
     pub arguments: String,
     /// Words streamed before the call, in the same reply (empty: none).
     pub saying: String,
+    /// Stream the call as words, `[name(key=value)]` after `saying`, as vLLM's pythonic
+    /// parser hands back a reply that does not start with the call (Gemma 3, Llama 3.2+).
+    pub written: bool,
 }
 
 impl ScriptedCall {
@@ -170,7 +188,14 @@ impl ScriptedCall {
             name: name.into(),
             arguments: arguments.into(),
             saying: String::new(),
+            written: false,
         }
+    }
+
+    /// The same call, written as words (see [`ScriptedCall::written`]).
+    pub fn written_as_words(mut self) -> Self {
+        self.written = true;
+        self
     }
 
     /// The same call, after saying `words` in the same reply.
@@ -241,6 +266,8 @@ pub struct InstantServers {
     pub voices: Arc<Mutex<Vec<Option<String>>>>,
     /// The `tools` of every chat request answered, in order (null: it offered none).
     pub offered_tools: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// The `input` of every speech request, in order: what the agent said.
+    pub spoken: Arc<Mutex<Vec<String>>>,
 }
 
 impl InstantServers {
@@ -538,6 +565,9 @@ async fn chat(
 /// type and name with empty arguments, then the arguments in pieces, then
 /// `finish_reason: tool_calls`.
 fn tool_call_stream(call: &ScriptedCall) -> Response {
+    if call.written {
+        return written_call_stream(call);
+    }
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let id = format!(
         "chatcmpl-tool-{:08x}",
@@ -571,6 +601,38 @@ fn tool_call_stream(call: &ScriptedCall) -> Response {
         ));
     }
     body.push_str(&chunk(serde_json::json!({}), Some("tool_calls")));
+    body.push_str("data: [DONE]\n\n");
+    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+}
+
+/// A call written as words after `saying`, streamed as content in pieces: what a vLLM
+/// pythonic parser passes on when the reply does not start with `[`.
+fn written_call_stream(call: &ScriptedCall) -> Response {
+    let arguments: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&call.arguments).unwrap_or_default();
+    let python: Vec<String> = arguments
+        .iter()
+        .map(|(k, v)| {
+            let literal = match v {
+                serde_json::Value::Bool(true) => "True".to_owned(),
+                serde_json::Value::Bool(false) => "False".to_owned(),
+                serde_json::Value::Null => "None".to_owned(),
+                other => other.to_string(),
+            };
+            format!("{k}={literal}")
+        })
+        .collect();
+    let text = format!("{} [{}({})]", call.saying, call.name, python.join(", "));
+    let mut body = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(5) {
+        let piece: String = piece.iter().collect();
+        let chunk = serde_json::json!({
+            "id": "chatcmpl-instant", "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}],
+        });
+        body.push_str(&format!("data: {chunk}\n\n"));
+    }
     body.push_str("data: [DONE]\n\n");
     ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
 }
@@ -611,6 +673,10 @@ async fn speech(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(request.voice.clone());
+    s.spoken
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(request.input.clone());
     let b = s.behaviour();
     if let Err(r) = gate(&b.tts).await {
         return r;

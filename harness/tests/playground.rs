@@ -385,3 +385,32 @@ async fn the_benchmark_caller_converses_through_the_playground() {
     let busy = caller::place_call(&options).await.unwrap();
     assert_eq!(busy.rejected.as_deref(), Some("busy"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_sees_the_agents_tool_calls_and_end_call_ends_the_session() {
+    let Some(agent) = agent(|c| c.tools.end_call.enabled = true).await else {
+        return;
+    };
+    agent.servers.set(|b| {
+        b.tool_calls = vec![grokcast_harness::instant::ScriptedCall::new(
+            "", "end_call", "{}",
+        )];
+        b.after_tools = "Goodbye!".into();
+    });
+    let mut socket = start(&agent, serde_json::json!({"type": "start"})).await;
+    // Never enough packets: talk until the agent closes the session.
+    let seen = talk(&mut socket, &question_frames(), usize::MAX).await;
+    let tools = texts_of(&seen, "tool");
+    assert_eq!(
+        tools.first().map(|t| (&t["tool"], &t["outcome"])),
+        Some((&"end_call".into(), &"ok".into())),
+        "{seen:?}"
+    );
+    assert!(
+        texts_of(&seen, "agent")
+            .iter()
+            .any(|t| t["text"] == "Goodbye!"),
+        "{seen:?}"
+    );
+    assert!(seen.closed, "the agent hung up: {seen:?}");
+}

@@ -199,6 +199,85 @@ async fn a_caller_who_talks_over_the_goodbye_is_not_hung_up_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cough_over_the_goodbye_does_not_cancel_the_hang_up() {
+    if !models_present() {
+        return;
+    }
+    let goodbye = saying_goodbye("Goodbye, and thank you so much for calling us today.");
+    let s = start(goodbye, |c| c.tools.end_call.enabled = true).await;
+    // The second utterance, over the goodbye, is a sound without words: once the first
+    // question has been answered, transcripts come back empty.
+    let servers = s.servers.clone();
+    tokio::spawn(async move {
+        while servers
+            .counts
+            .llm
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 1
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        servers.set(|b| b.transcript = String::new());
+    });
+    let mut options = s.caller(2);
+    options.interrupt_after = Some(Duration::from_millis(500));
+    options.linger = Some(Duration::from_secs(10));
+    let report = caller::place_call(&options).await.unwrap();
+    // The agent went back to the goodbye it was cut in, and hung up after it.
+    let update = report.update.clone().expect("the call was hung up");
+    assert_eq!(update.status.as_deref(), Some("completed"));
+    let metrics = s.metrics().await;
+    assert_eq!(
+        metric(&metrics, "grokcast_false_interruptions_total", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(calls(&metrics, "ended_by_agent"), 1.0, "{metrics}");
+    assert_eq!(tool_calls(&metrics, "end_call", "ok"), 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_model_writes_as_words_is_made_and_never_spoken() {
+    if !models_present() {
+        return;
+    }
+    let servers = InstantServers::default();
+    servers.set(|b| {
+        b.transcript = "Thanks, that's all. Goodbye!".into();
+        // What vLLM's pythonic parser passes on when the reply does not start with the call.
+        b.tool_calls = vec![
+            ScriptedCall::new("goodbye", "end_call", "{}")
+                .saying("Goodbye then!")
+                .written_as_words(),
+        ];
+        b.after_tools = "Take care.".into();
+    });
+    let s = start(servers, |c| c.tools.end_call.enabled = true).await;
+    let mut options = s.caller(1);
+    options.linger = Some(Duration::from_secs(8));
+    let report = caller::place_call(&options).await.unwrap();
+    assert_eq!(
+        report.update.and_then(|u| u.status).as_deref(),
+        Some("completed")
+    );
+    let spoken = s.servers.spoken.lock().unwrap().clone();
+    assert!(
+        spoken.iter().any(|t| t.contains("Goodbye then!")),
+        "{spoken:?}"
+    );
+    assert!(
+        !spoken
+            .iter()
+            .any(|t| t.contains('[') || t.contains("end_call")),
+        "{spoken:?}"
+    );
+    // The call the model wrote is in the history as a call, with the words it said.
+    let (call, _) = last_result(&s.conversations());
+    assert_eq!(call["tool_calls"][0]["function"]["name"], "end_call");
+    assert_eq!(call["content"], "Goodbye then!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_dials_a_named_target_and_never_a_number_the_caller_dictates() {
     if !models_present() {
         return;

@@ -382,11 +382,14 @@ pub fn validate<'a>(
         && let Some(name) = spec.llm.backend().model_pool_ref
         && let PoolLookup::Found(pool) = lookup(name)
         && pool.spec.engine == Engine::Vllm
-        && !pool
-            .spec
-            .args
+        && !["--enable-auto-tool-choice", "--tool-call-parser"]
             .iter()
-            .any(|a| a == "--enable-auto-tool-choice")
+            .all(|flag| {
+                pool.spec
+                    .args
+                    .iter()
+                    .any(|a| a.split('=').next() == Some(*flag))
+            })
     {
         return Err(Problem::InvalidSpec(format!(
             "tools need an LLM pool that calls tools: add --enable-auto-tool-choice and a --tool-call-parser (pythonic for Gemma 3, with its tool chat template) to ModelPool {name:?}'s args"

@@ -14,6 +14,7 @@ pub use grokcast_engines::llm::{ChatMessage, FunctionCall, Role, ToolCall};
 
 pub mod embedded;
 pub mod openai;
+pub mod pythonic;
 pub mod riva;
 pub mod speech_audio;
 

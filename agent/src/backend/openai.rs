@@ -352,6 +352,7 @@ impl Llm for OpenAiLlm {
                 "temperature": self.temperature,
                 "max_tokens": self.max_tokens,
             });
+            let offered = tools.is_some();
             if let Some(tools) = tools {
                 // vLLM needs `--enable-auto-tool-choice` and a tool-call parser for "auto".
                 body["tools"] = (*tools).clone();
@@ -366,6 +367,9 @@ impl Llm for OpenAiLlm {
                 let mut sse = SseDecoder::default();
                 // Tool calls are handed on whole, once the reply is over.
                 let mut calls = ToolCallAssembler::default();
+                // Calls the model wrote as words are never spoken (see `pythonic`).
+                let mut guard = super::pythonic::CallGuard::new(offered);
+                let mut done = false;
                 'read: while let Some(chunk) = bytes.next().await {
                     let chunk = match chunk {
                         Ok(c) => c,
@@ -376,6 +380,7 @@ impl Llm for OpenAiLlm {
                     };
                     for data in sse.push(chunk.chunk()) {
                         if data == "[DONE]" {
+                            done = true;
                             break 'read;
                         }
                         let delta = match serde_json::from_str::<ChatChunk>(&data) {
@@ -394,14 +399,31 @@ impl Llm for OpenAiLlm {
                         for piece in delta.tool_calls.into_iter().flatten() {
                             calls.push(piece);
                         }
-                        if let Some(text) = delta.content.filter(|t| !t.is_empty())
-                            && tx.send(Ok(ReplyPart::Text(text))).await.is_err()
-                        {
+                        let speak = delta.content.map(|t| guard.push(&t)).unwrap_or_default();
+                        if !speak.is_empty() && tx.send(Ok(ReplyPart::Text(speak))).await.is_err() {
                             return;
                         }
                     }
                 }
-                for call in calls.finish() {
+                let (rest, written) = guard.finish();
+                if !rest.is_empty() && tx.send(Ok(ReplyPart::Text(rest))).await.is_err() {
+                    return;
+                }
+                let mut calls = calls.finish();
+                calls.extend(written);
+                if !done && !calls.is_empty() {
+                    // Cut off: the last call's arguments may be cut too. Acting on half a
+                    // call is worse than not acting.
+                    let _ = tx
+                        .send(Err(BackendError::Protocol {
+                            stage,
+                            message: "the reply ended before [DONE]; its tool calls are not run"
+                                .into(),
+                        }))
+                        .await;
+                    return;
+                }
+                for call in calls {
                     if tx.send(Ok(ReplyPart::Call(call))).await.is_err() {
                         return;
                     }

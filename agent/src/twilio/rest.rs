@@ -47,6 +47,21 @@ pub enum RestError {
     Transport(String),
 }
 
+impl RestError {
+    /// What went wrong without Twilio's message, which may quote the call's numbers: for
+    /// logs.
+    pub fn kind(&self) -> String {
+        match self {
+            RestError::NotACallSid(_) => "not a call SID".into(),
+            RestError::Refused { status, code, .. } => {
+                format!("Twilio refused the call update ({status}, code {code})")
+            }
+            RestError::Timeout(after) => format!("Twilio did not answer within {after:?}"),
+            RestError::Transport(_) => "Twilio's API could not be reached".into(),
+        }
+    }
+}
+
 /// A client for one account, with one API key.
 #[derive(Clone)]
 pub struct RestClient {
