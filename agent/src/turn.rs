@@ -131,11 +131,19 @@ impl Backchannels {
     fn besides(&self, words: &[String]) -> usize {
         let (mut at, mut others) = (0, 0);
         while at < words.len() {
+            // A hum STT spelt out ("hn", "mmh", "shh") is a sound, not a word.
+            if is_sound(&words[at]) {
+                at += 1;
+                continue;
+            }
             // The longest phrase that fits here ("uh huh" before "uh").
             let step = self
                 .0
                 .iter()
-                .filter(|p| words[at..].starts_with(p))
+                .filter(|p| {
+                    p.len() <= words.len() - at
+                        && p.iter().zip(&words[at..]).all(|(p, w)| same_word(p, w))
+                })
                 .map(Vec::len)
                 .max();
             match step {
@@ -148,6 +156,25 @@ impl Backchannels {
         }
         others
     }
+}
+
+/// Whether `word` is a sound written down rather than a word: two or more letters without a
+/// vowel ("hm", "hn", "mmh", "shh", "tsk"). English words all have one (counting `y`: "why",
+/// "my"); a single letter is one spelt out ("press B"), and digits are words ("press 5").
+fn is_sound(word: &str) -> bool {
+    word.chars().filter(|c| c.is_alphabetic()).count() >= 2
+        && word
+            .chars()
+            .all(|c| c.is_alphabetic() || c == '-' || c == '\'')
+        && !word
+            .chars()
+            .any(|c| matches!(c.to_ascii_lowercase(), 'a' | 'e' | 'i' | 'o' | 'u' | 'y'))
+}
+
+/// Whether STT's `word` is the backchannel word `phrase`: the same, or with an `s` STT added
+/// to a short clip ("rights", "okays").
+fn same_word(phrase: &str, word: &str) -> bool {
+    word == phrase || word.strip_suffix('s') == Some(phrase)
 }
 
 /// [`Backchannels::words_besides`] for a list not kept parsed.
@@ -713,6 +740,25 @@ mod tests {
         );
         assert!(!e.holding(), "the hold ends with the utterance");
         assert_eq!(e.words("Stop"), None, "no speech, nothing to interrupt");
+    }
+
+    #[test]
+    fn hums_spelt_out_and_a_plural_s_are_not_words_of_an_interruption() {
+        let b = Backchannels::default();
+        for sound in ["HN.", "Mmh", "shh!", "Hm-hm", "tsk, tsk"] {
+            assert_eq!(b.words_besides(sound), 0, "{sound}");
+            assert!(b.only(sound), "{sound}");
+        }
+        assert!(b.only("Rights."), "STT's plural of a backchannel");
+        assert!(b.only("Okays, yeah"));
+        // Words keep counting: with a vowel, as digits, or a plural of nothing listed.
+        assert_eq!(b.words_besides("Why"), 1);
+        assert_eq!(b.words_besides("Press 5"), 2);
+        assert_eq!(b.words_besides("Hm, stop"), 1);
+        assert_eq!(b.words_besides("Mma"), 1);
+        assert_eq!(b.words_besides("B"), 1, "a letter spelt out");
+        assert_eq!(b.words_besides("rightss"), 1);
+        assert!(!b.only(""), "no sound at all is not a backchannel");
     }
 
     #[test]
