@@ -584,9 +584,18 @@ async fn a_slow_llm_breaches_the_slo_and_only_the_llm_pool_grows() {
 
     // Growth is proportional to the overshoot but at most doubles in one period: 1 -> 2, well
     // inside the 8 GPUs of the node; then it waits for the new replica to be measured.
+    // The autoscaler writes /scale, then the pool's status with the reason: wait for both
+    // (read between the two, the count has grown and the reason is not there yet).
     let pool = eventually("the llm pool to grow through /scale", || async {
         let pool = cluster.pools().get_opt(LLM).await.ok()??;
-        (pool.spec.replicas > 1).then_some(pool)
+        let reason = pool
+            .status
+            .as_ref()?
+            .autoscaling
+            .as_ref()?
+            .last_scale_reason
+            .as_ref();
+        (pool.spec.replicas > 1 && reason.is_some()).then_some(pool)
     })
     .await;
     assert_eq!(pool.spec.replicas, 2);
