@@ -2103,15 +2103,7 @@ impl Turn {
     /// Queues audio that is not a synthesised clause (tones, a cached phrase) as the turn's
     /// `index`-th segment, with its mark.
     async fn queue_segment(&self, frames: Bytes, text: &str, length: Duration, index: usize) {
-        let generation = self.generation.load(Ordering::Relaxed);
-        let mark = format!("t{}-s{index}", self.number);
-        {
-            let mut record = self.lock_record();
-            record.generation = generation;
-            record
-                .segments
-                .push((mark.clone(), text.to_owned(), length));
-        }
+        let (generation, mark) = self.record_segment(text, length, index);
         self.queue_with_mark(generation, frames, mark).await;
     }
 
@@ -2299,24 +2291,29 @@ impl Turn {
         if !self.own().await {
             return Ok(());
         }
-        let mark = format!("t{}-s{index}", self.number);
-        {
-            let generation = self.generation.load(Ordering::Relaxed);
-            let mut record = self.lock_record();
-            record.generation = generation;
-            record
-                .segments
-                .push((mark.clone(), text.to_string(), spoken));
-        }
+        let (generation, mark) = self.record_segment(text, spoken, index);
         self.shared.note(Note::Agent(text.to_string()));
         let _ = self
             .playout
             .send(Playout::Mark {
-                generation: self.generation.load(Ordering::Relaxed),
+                generation,
                 name: mark,
             })
             .await;
         Ok(())
+    }
+
+    /// Records the turn's `index`-th segment (`text`, played in `length`) for the history;
+    /// returns its playback generation and mark name.
+    fn record_segment(&self, text: &str, length: Duration, index: usize) -> (u64, String) {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mark = format!("t{}-s{index}", self.number);
+        let mut record = self.lock_record();
+        record.generation = generation;
+        record
+            .segments
+            .push((mark.clone(), text.to_owned(), length));
+        (generation, mark)
     }
 
     /// Counts the failure and plays the cached apology; the call goes on.

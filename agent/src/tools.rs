@@ -199,15 +199,15 @@ impl Tools {
     /// agent can update (a playground session is not).
     pub async fn invoke(&self, call: &ToolCall, can_transfer: bool) -> Invocation {
         let name = call.function.name.as_str();
-        let offered = self.names().contains(&name);
-        if !offered {
+        let names = self.names();
+        if !names.contains(&name) {
             return Invocation::error(
                 "unknown",
                 ToolOutcome::UnknownTool,
                 format!(
                     "there is no tool called {:?}; the tools are: {}",
                     truncate(name, 64),
-                    self.names().join(", ")
+                    names.join(", ")
                 ),
             );
         }

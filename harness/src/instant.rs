@@ -549,16 +549,32 @@ async fn chat(
     } else {
         b.reply.clone()
     };
-    let mut body = String::new();
-    for word in reply.split_inclusive(' ') {
-        let chunk = serde_json::json!({
-            "id": "chatcmpl-instant", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": null}],
-        });
-        body.push_str(&format!("data: {chunk}\n\n"));
-    }
-    body.push_str("data: [DONE]\n\n");
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+    let body: String = reply
+        .split_inclusive(' ')
+        .map(|word| sse_chunk(serde_json::json!({ "content": word }), None))
+        .collect();
+    sse_response(body)
+}
+
+/// One `chat.completion.chunk` as an SSE event.
+fn sse_chunk(delta: serde_json::Value, finish: Option<&str>) -> String {
+    let chunk = serde_json::json!({
+        "id": "chatcmpl-instant", "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    format!("data: {chunk}\n\n")
+}
+
+/// A streamed chat answer: `events`, then `[DONE]`.
+fn sse_response(mut events: String) -> Response {
+    events.push_str("data: [DONE]\n\n");
+    ([(header::CONTENT_TYPE, "text/event-stream")], events).into_response()
+}
+
+/// `text` in pieces of `n` characters, as a server streams it.
+fn pieces(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars.chunks(n).map(|p| p.iter().collect()).collect()
 }
 
 /// One tool call streamed as vLLM's tool parsers stream it: the role, then the call's id,
@@ -573,36 +589,26 @@ fn tool_call_stream(call: &ScriptedCall) -> Response {
         "chatcmpl-tool-{:08x}",
         CALLS.fetch_add(1, Ordering::Relaxed)
     );
-    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
-        let chunk = serde_json::json!({
-            "id": "chatcmpl-instant", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        format!("data: {chunk}\n\n")
-    };
-    let mut body = chunk(
+    let mut body = sse_chunk(
         serde_json::json!({"role": "assistant", "content": ""}),
         None,
     );
     for word in call.saying.split_inclusive(' ') {
-        body.push_str(&chunk(serde_json::json!({ "content": word }), None));
+        body.push_str(&sse_chunk(serde_json::json!({ "content": word }), None));
     }
-    body.push_str(&chunk(
+    body.push_str(&sse_chunk(
         serde_json::json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
             "function": {"name": call.name, "arguments": ""}}]}),
         None,
     ));
-    let chars: Vec<char> = call.arguments.chars().collect();
-    for piece in chars.chunks(7) {
-        let piece: String = piece.iter().collect();
-        body.push_str(&chunk(
+    for piece in pieces(&call.arguments, 7) {
+        body.push_str(&sse_chunk(
             serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
             None,
         ));
     }
-    body.push_str(&chunk(serde_json::json!({}), Some("tool_calls")));
-    body.push_str("data: [DONE]\n\n");
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+    body.push_str(&sse_chunk(serde_json::json!({}), Some("tool_calls")));
+    sse_response(body)
 }
 
 /// A call written as words after `saying`, streamed as content in pieces: what a vLLM
@@ -623,18 +629,11 @@ fn written_call_stream(call: &ScriptedCall) -> Response {
         })
         .collect();
     let text = format!("{} [{}({})]", call.saying, call.name, python.join(", "));
-    let mut body = String::new();
-    let chars: Vec<char> = text.chars().collect();
-    for piece in chars.chunks(5) {
-        let piece: String = piece.iter().collect();
-        let chunk = serde_json::json!({
-            "id": "chatcmpl-instant", "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}],
-        });
-        body.push_str(&format!("data: {chunk}\n\n"));
-    }
-    body.push_str("data: [DONE]\n\n");
-    ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+    let body: String = pieces(&text, 5)
+        .into_iter()
+        .map(|piece| sse_chunk(serde_json::json!({ "content": piece }), None))
+        .collect();
+    sse_response(body)
 }
 
 #[derive(Deserialize)]

@@ -132,25 +132,14 @@ pub fn parse_calls(text: &str) -> Option<Vec<(String, Map<String, Value>)>> {
         p.space();
         p.expect(b'(')?;
         let mut args = Map::new();
-        loop {
-            p.space();
-            if p.eat(b')') {
-                break;
-            }
-            if !args.is_empty() {
-                p.expect(b',')?;
-                p.space();
-                if p.eat(b')') {
-                    break;
-                }
-            }
+        p.items(b')', |p| {
             let key = p.ident()?;
             p.space();
             p.expect(b'=')?;
             p.space();
-            let value = p.literal(0)?;
-            args.insert(key, value);
-        }
+            args.insert(key, p.literal(0)?);
+            Some(())
+        })?;
         calls.push((name, args));
     }
     p.space();
@@ -183,6 +172,27 @@ impl Parser<'_> {
         }
     }
 
+    /// Comma-separated items up to and including `close`, a trailing comma allowed (as in
+    /// Python's calls, lists and dicts); `item` reads one.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        let mut first = true;
+        loop {
+            self.space();
+            if self.eat(close) {
+                return Some(());
+            }
+            if !first {
+                self.expect(b',')?;
+                self.space();
+                if self.eat(close) {
+                    return Some(());
+                }
+            }
+            item(self)?;
+            first = false;
+        }
+    }
+
     fn ident(&mut self) -> Option<String> {
         let start = self.at;
         while self
@@ -205,42 +215,24 @@ impl Parser<'_> {
             b'[' => {
                 self.at += 1;
                 let mut items = Vec::new();
-                loop {
-                    self.space();
-                    if self.eat(b']') {
-                        return Some(Value::Array(items));
-                    }
-                    if !items.is_empty() {
-                        self.expect(b',')?;
-                        self.space();
-                        if self.eat(b']') {
-                            return Some(Value::Array(items));
-                        }
-                    }
-                    items.push(self.literal(depth + 1)?);
-                }
+                self.items(b']', |p| {
+                    items.push(p.literal(depth + 1)?);
+                    Some(())
+                })?;
+                Some(Value::Array(items))
             }
             b'{' => {
                 self.at += 1;
                 let mut map = Map::new();
-                loop {
-                    self.space();
-                    if self.eat(b'}') {
-                        return Some(Value::Object(map));
-                    }
-                    if !map.is_empty() {
-                        self.expect(b',')?;
-                        self.space();
-                        if self.eat(b'}') {
-                            return Some(Value::Object(map));
-                        }
-                    }
-                    let key = self.string()?;
-                    self.space();
-                    self.expect(b':')?;
-                    self.space();
-                    map.insert(key, self.literal(depth + 1)?);
-                }
+                self.items(b'}', |p| {
+                    let key = p.string()?;
+                    p.space();
+                    p.expect(b':')?;
+                    p.space();
+                    map.insert(key, p.literal(depth + 1)?);
+                    Some(())
+                })?;
+                Some(Value::Object(map))
             }
             _ => {
                 let start = self.at;
