@@ -104,9 +104,9 @@ struct Shared {
     /// Where a turn hands the conversation a call action (hang up, transfer) to carry out
     /// once the words before it have played.
     actions: mpsc::UnboundedSender<PendingAction>,
-    /// How the call ends when the agent ends it: set as the hang-up or transfer is asked of
-    /// Twilio, which may stop the stream before it answers.
-    ended_by_agent: Mutex<Option<Outcome>>,
+    /// A hang-up or transfer is being asked of Twilio, which may stop the stream before it
+    /// answers: the call's outcome is then the conversation's to say.
+    acting: std::sync::atomic::AtomicBool,
     /// The caller is in the middle of speaking (the receive task's endpointer says so): a
     /// hang-up or transfer waits until they stop.
     caller_speaking: std::sync::atomic::AtomicBool,
@@ -254,7 +254,7 @@ pub async fn run(
         settings,
         notes,
         actions,
-        ended_by_agent: Mutex::new(None),
+        acting: std::sync::atomic::AtomicBool::new(false),
         caller_speaking: std::sync::atomic::AtomicBool::new(false),
     });
     let (events_tx, events_rx) = mpsc::channel(64);
@@ -277,23 +277,27 @@ pub async fn run(
         )
         .in_current_span(),
     ));
-    let conversation = converse(
+    let mut conversation = std::pin::pin!(converse(
         state.clone(),
         events_rx,
         actions_rx,
         playout_tx,
         clear_tx,
         shared.clone(),
-    );
+    ));
+    let mut conversation_over = false;
     let timeout = Duration::from_secs(state.config.session_timeout_seconds);
     crate::traces::describe_call(&state.config);
 
     let outcome = tokio::select! {
         result = &mut receiver.0 => receive_outcome(result),
-        outcome = conversation => match outcome {
-            Some(outcome) => outcome,
-            // The receive task ended and closed the event channel: its result says why.
-            None => receive_outcome((&mut receiver.0).await),
+        outcome = &mut conversation => {
+            conversation_over = true;
+            match outcome {
+                Some(outcome) => outcome,
+                // The receive task ended and closed the event channel: its result says why.
+                None => receive_outcome((&mut receiver.0).await),
+            }
         },
         result = &mut sender.0 => {
             match result {
@@ -305,14 +309,20 @@ pub async fn run(
         }
         _ = tokio::time::sleep(timeout) => Outcome::Timeout,
     };
-    // The stream Twilio stops because the agent hung up or transferred is the agent's doing.
-    let agent = *shared
-        .ended_by_agent
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let outcome = match (outcome, agent) {
-        (Outcome::Completed | Outcome::Disconnected, Some(ended)) => ended,
-        (outcome, _) => outcome,
+    // Twilio stops the stream as soon as a hang-up or transfer is asked of it, often before
+    // it answers: the conversation, still carrying the action out, says whether the call
+    // ended by the agent's doing or the caller's (a transfer Twilio refused).
+    let outcome = match outcome {
+        Outcome::Completed | Outcome::Disconnected
+            if !conversation_over && shared.acting.load(Ordering::Relaxed) =>
+        {
+            let wait = crate::context::REST_TIMEOUT + Duration::from_secs(1);
+            match tokio::time::timeout(wait, &mut conversation).await {
+                Ok(Some(ended)) => ended,
+                _ => outcome,
+            }
+        }
+        outcome => outcome,
     };
     crate::traces::call_ended(outcome);
     outcome
@@ -1251,15 +1261,10 @@ async fn carry_out(
             .with_label_values(&[tool, crate::tools::ToolOutcome::Failed.label()])
             .inc();
     };
-    let ending = |outcome: Option<Outcome>| {
-        *shared
-            .ended_by_agent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = outcome;
-    };
+    let acting = |on: bool| shared.acting.store(on, Ordering::Relaxed);
     match action {
         Action::EndCall => {
-            ending(Some(Outcome::EndedByAgent));
+            acting(true);
             if let Some((rest, call_sid)) = line
                 && let Err(error) = rest.update_call(call_sid, &CallUpdate::Complete).await
             {
@@ -1273,7 +1278,7 @@ async fn carry_out(
             Some(Outcome::EndedByAgent)
         }
         Action::Transfer { to, .. } => {
-            ending(Some(Outcome::Transferred));
+            acting(true);
             let result = match line {
                 Some((rest, call_sid)) => {
                     let dial = crate::twilio::twiml::dial(&to);
@@ -1289,7 +1294,7 @@ async fn carry_out(
                     Some(Outcome::Transferred)
                 }
                 Err(error) => {
-                    ending(None);
+                    acting(false);
                     failed(crate::tools::TRANSFER_CALL);
                     warn!(%error, "the transfer failed; the call goes on");
                     history.caller("[the transfer failed]");

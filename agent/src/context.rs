@@ -19,7 +19,7 @@ use crate::config::{AgentConfig, EndOfTurnModel};
 use crate::metrics::{Metrics, Stage};
 
 /// The longest wait for Twilio's REST API to hang up or transfer a call.
-const REST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a turn's time went; carried with its first audio so the send task can measure the
 /// turn's latency at the moment the first frame really goes out.
