@@ -261,8 +261,13 @@ impl Scenario {
         let project = project().await;
         let agent = Agent::start(setup.llm_delay, project.ns()).await;
         let prometheus = prometheus(&binary, agent.addr).await;
-        let cluster = Operated::start(project, &setup, Some(prometheus.url())).await;
+        // The calls run, and Prometheus has their turns, before the autoscaler's first look:
+        // a turn's LLM stage is recorded before its latency (at the first clause, against the
+        // first audio), so an autoscaler started with the calls could see the stage over its
+        // budget in a window with no turn yet, and grow the pool for that, not for the breach.
         let load = agent.load(setup.callers);
+        wait_for_turns(&prometheus, project.ns()).await;
+        let cluster = Operated::start(project, &setup, Some(prometheus.url())).await;
         Some(Scenario {
             agent,
             prometheus,
@@ -666,7 +671,6 @@ async fn steady_load_holds_still_and_a_prometheus_outage_holds_replicas() {
         return;
     };
     let cluster = &scenario.cluster;
-    wait_for_turns(&scenario.prometheus, &scenario.cluster.ns).await;
     eventually("SLOMet=True with a measured p95", || async {
         let (s, r, m) = cluster.condition(None, condition::SLO_MET).await?;
         (s == "True" && r == "WithinSLO" && m.starts_with("turn p95")).then_some(())

@@ -326,8 +326,10 @@ pub struct Grant {
 }
 
 /// Hands the free GPUs of each product to the pools that need them, higher priority first:
-/// first to their replicas that are not scheduled yet, then to growth. Pools shrinking keep
-/// what they have; GPUs freed by a shrink are counted once its pods are gone.
+/// first to every pool's replicas that are not scheduled yet, then to growth, so that a pool
+/// growing for a breach never takes the GPUs another pool's existing replicas are waiting
+/// for (after an operator restart or a fresh install, none is bound yet). Pools shrinking
+/// keep what they have; GPUs freed by a shrink are counted once its pods are gone.
 pub fn grant(inventory: &GpuInventory, pools: &[PoolGpus]) -> Vec<Grant> {
     let mut free_total = inventory.free(None);
     let mut free_by_product: BTreeMap<&str, u32> = pools
@@ -337,6 +339,8 @@ pub fn grant(inventory: &GpuInventory, pools: &[PoolGpus]) -> Vec<Grant> {
         .collect();
     let pending = |p: &PoolGpus| p.desired.min(p.current).saturating_sub(p.scheduled);
     let growth = |p: &PoolGpus| p.desired.saturating_sub(p.current);
+    // A replica that exists but cannot be placed is still one of the pool's replicas (it is
+    // counted missing GPUs): the count never drops for want of GPUs, only growth is capped.
     let mut grants: Vec<Grant> = pools
         .iter()
         .map(|p| Grant {
@@ -344,35 +348,38 @@ pub fn grant(inventory: &GpuInventory, pools: &[PoolGpus]) -> Vec<Grant> {
             gpus_missing: 0,
         })
         .collect();
-    let mut order: Vec<usize> = (0..pools.len())
-        .filter(|i| pending(&pools[*i]) + growth(&pools[*i]) > 0)
-        .collect();
+    let mut order: Vec<usize> = (0..pools.len()).collect();
     order.sort_by_key(|i| std::cmp::Reverse(pools[*i].priority));
-    for i in order {
-        let pool = &pools[i];
-        let (pending, growth) = (pending(pool), growth(pool));
-        if pool.per_replica == 0 {
-            grants[i].replicas = pool.desired;
-            continue;
+    for growing in [false, true] {
+        for &i in &order {
+            let pool = &pools[i];
+            let want = if growing { growth(pool) } else { pending(pool) };
+            if want == 0 {
+                continue;
+            }
+            if pool.per_replica == 0 {
+                grants[i].replicas += if growing { want } else { 0 };
+                continue;
+            }
+            let free = match pool.product.as_deref() {
+                Some(p) => free_by_product.get(p).copied().unwrap_or(0).min(free_total),
+                None => free_total,
+            };
+            let fits = (free / pool.per_replica).min(want);
+            let taken = fits * pool.per_replica;
+            free_total -= taken;
+            if let Some(slot) = pool
+                .product
+                .as_deref()
+                .and_then(|p| free_by_product.get_mut(p))
+            {
+                *slot = slot.saturating_sub(taken);
+            }
+            if growing {
+                grants[i].replicas += fits;
+            }
+            grants[i].gpus_missing += (want - fits).saturating_mul(pool.per_replica);
         }
-        let free = match pool.product.as_deref() {
-            Some(p) => free_by_product.get(p).copied().unwrap_or(0).min(free_total),
-            None => free_total,
-        };
-        let fits = (free / pool.per_replica).min(pending + growth);
-        let taken = fits * pool.per_replica;
-        free_total -= taken;
-        if let Some(slot) = pool
-            .product
-            .as_deref()
-            .and_then(|p| free_by_product.get_mut(p))
-        {
-            *slot = slot.saturating_sub(taken);
-        }
-        grants[i] = Grant {
-            replicas: grants[i].replicas + fits.saturating_sub(pending),
-            gpus_missing: (pending + growth - fits).saturating_mul(pool.per_replica),
-        };
     }
     grants
 }
@@ -534,6 +541,28 @@ mod tests {
                 .collect();
             assert_eq!(got, case.want, "{}", case.name);
         }
+    }
+
+    #[test]
+    fn growth_waits_for_every_pools_unscheduled_replicas() {
+        // A fresh install: the pools' Deployments have no pods bound yet, and the llm pool,
+        // blamed for a breach, wants 4 where it has 2. The 4 A100s go to the 4 replicas that
+        // exist (llm 2, stt 1, tts 1); the growth lacks 2.
+        let mut pools = vec![
+            pool(A100, 1, 2, 4),
+            pool(A100, 1, 1, 1),
+            pool(A100, 1, 1, 1),
+        ];
+        for p in &mut pools {
+            p.scheduled = 0;
+        }
+        pools[0].priority = 1;
+        let inv = bound(vec![node(A100, 4)], &pools, 0);
+        let got: Vec<(u32, u32)> = grant(&inv, &pools)
+            .iter()
+            .map(|g| (g.replicas, g.gpus_missing))
+            .collect();
+        assert_eq!(got, vec![(2, 2), (1, 0), (1, 0)]);
     }
 
     #[test]
