@@ -404,6 +404,7 @@ async fn receive(
         permit_wait: permit_wait(&state.turn_taking()),
         speculative: state.config.turn_taking.speculative_replies,
         speculating: None,
+        asked: None,
         verdicts,
         stt: state.backends.stt_stream.clone(),
         stream: None,
@@ -508,7 +509,7 @@ struct Detector {
     previous: Vec<f32>,
     utterance: Vec<f32>,
     pending: Vec<CallEvent>,
-    /// Judges pauses when the endpointer asks ([`TurnEvent::Pause`]).
+    /// Judges pauses when the endpointer asks ([`TurnEvent::Judge`], [`TurnEvent::Pause`]).
     judge: Option<TurnJudge>,
     /// For a judgement of the caller's words: the backends, and the conversation so far.
     state: Arc<CallContext>,
@@ -525,6 +526,9 @@ struct Detector {
     speculative: bool,
     /// The announced pause a speculative reply was started in, while it lasts.
     speculating: Option<u64>,
+    /// The last pause the end-of-turn model was asked about: a pause announced after it was
+    /// noticed ([`TurnEvent::Judge`]) is not asked about twice.
+    asked: Option<u64>,
     verdicts: mpsc::Sender<Verdict>,
     /// Streaming STT, if the agent has it: each utterance streams while it is spoken.
     stt: Option<Arc<dyn StreamingStt>>,
@@ -564,7 +568,7 @@ impl Detector {
         self.heard_until = heard_until;
         let was_holding = self.endpointer.holding();
         let event = self.endpointer.push(chunk, agent_speaking);
-        let mut ask = None;
+        let (mut ask, mut announced) = (None, None);
         match event {
             Some(TurnEvent::SpeechStarted) => {
                 self.utterance.clear();
@@ -585,7 +589,11 @@ impl Detector {
                 self.utterance.extend_from_slice(&self.chunk);
                 self.end_turn(silence, pause, overheard, now);
             }
-            Some(TurnEvent::Pause(pause)) => ask = Some(pause),
+            Some(TurnEvent::Judge(pause)) => ask = Some(pause),
+            Some(TurnEvent::Pause(pause)) => {
+                ask = (self.asked != Some(pause)).then_some(pause);
+                announced = Some(pause);
+            }
             Some(TurnEvent::Discarded) => {
                 self.utterance.clear();
                 self.utterance.shrink_to(16_000);
@@ -609,11 +617,14 @@ impl Detector {
             });
         }
         if let Some(pause) = ask {
+            self.asked = Some(pause);
             match self.judge.clone() {
                 Some(TurnJudge::Audio(model)) => self.ask(pause, model),
                 Some(TurnJudge::Words { .. }) => self.ask_words(pause),
                 None => {}
             }
+        }
+        if let Some(pause) = announced {
             if self.speculative {
                 self.speculating = Some(pause);
                 self.pending.push(CallEvent::Speculate {
@@ -698,12 +709,13 @@ impl Detector {
         let Some(semantic) = self.endpointer.semantic() else {
             return;
         };
-        // The pause is announced at the minimum silence: the voice ended that long ago.
-        let voice_end = samples_16k(self.utterance.len()).saturating_sub(semantic.min_silence);
+        // Asked as the pause is noticed or announced: the voice ended that long ago.
+        let silence = self.endpointer.silence();
+        let voice_end = samples_16k(self.utterance.len()).saturating_sub(silence);
         let transcript = self.stream.as_ref().map(SttStream::follow);
         let audio = self.utterance.clone();
         let (state, shared) = (self.state.clone(), self.shared.clone());
-        let patience = semantic.max_silence.saturating_sub(semantic.min_silence);
+        let patience = semantic.max_silence.saturating_sub(silence);
         let judging = async move {
             let judging = judge_words(&state, &shared, transcript, voice_end, audio);
             // Past the maximum silence the turn is over whatever the answer: stop asking.
@@ -805,8 +817,11 @@ async fn deliver(
 
 /// How far short of the voice's end (as the agent heard it) a streaming transcript may stop
 /// and still count as having heard it: the STT server finds the end of the voice by its own
-/// measure, which may put it a little earlier.
-pub const HEARD_SLACK: Duration = Duration::from_millis(100);
+/// measure, in frames of its own (20 ms in `grokcast-serve`'s). No more: the model is asked
+/// as soon as a pause is noticed, when the latest interim is often one decoded while the
+/// last word was still being said ("I'd like a pizza" for "I'd like a pizza with"), and
+/// judging that would end the turn on words the caller went past.
+pub const HEARD_SLACK: Duration = Duration::from_millis(20);
 
 /// The LLM pool's judgement of the caller's words so far (see [`Detector::ask_words`]).
 async fn judge_words(

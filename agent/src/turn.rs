@@ -1,10 +1,11 @@
 //! Turn-taking: Silero speech probabilities in, "caller started/finished a turn" and
 //! "caller interrupted" out. Pure state, fed one VAD chunk at a time.
 //!
-//! With an end-of-turn model ([`SemanticEndpointing`]), a pause of the minimum silence asks
-//! the model ([`TurnEvent::Pause`]) instead of ending the turn; its answer comes back through
-//! [`Endpointer::verdict`]. A complete utterance ends there; an incomplete one waits for the
-//! caller to go on, or for the maximum silence.
+//! With an end-of-turn model ([`SemanticEndpointing`]), the model is asked as soon as the VAD
+//! notices a pause ([`TurnEvent::Judge`]), so that its answer is usually in by the time the
+//! pause reaches the minimum silence; its answer comes back through [`Endpointer::verdict`].
+//! A complete utterance ends at the minimum silence (or when the answer comes, if later); an
+//! incomplete one waits for the caller to go on, or for the maximum silence.
 //!
 //! Silero's probability lags the voice: it stays above the hysteresis threshold for about
 //! three 32 ms chunks after the caller falls silent. Counting silence from there would make
@@ -337,9 +338,14 @@ pub enum TurnEvent {
         /// the agent talks on meanwhile.
         overheard: bool,
     },
-    /// The caller paused long enough that the turn may be over: ask the end-of-turn model
-    /// (and hand its answer to [`Endpointer::verdict`] with this pause) or start a
-    /// speculative reply. When the caller speaks again, [`Endpointer::pause_id`] moves on.
+    /// The caller went quiet (the VAD noticed a pause in a turn worth answering): ask the
+    /// end-of-turn model now and hand its answer to [`Endpointer::verdict`] with this pause.
+    /// Asking before the pause is long enough to end the turn hides the model's time in the
+    /// pause: its answer is usually in by the minimum silence. Only with a model.
+    Judge(u64),
+    /// The caller paused long enough that the turn may be over: start a speculative reply,
+    /// and ask the end-of-turn model if [`TurnEvent::Judge`] has not (a pause first noticed
+    /// at this length). When the caller speaks again, [`Endpointer::pause_id`] moves on.
     Pause(u64),
     /// The speech that started was too short or ignored; drop the kept audio.
     Discarded,
@@ -357,8 +363,14 @@ enum State {
         /// Enough speech over the agent to interrupt, held for its words: the speech the
         /// hold began at.
         held: Option<Duration>,
-        /// The end-of-turn model was asked about the current pause.
+        /// The end-of-turn model was asked about the current pause (or, without one, the
+        /// pause was announced).
         asked: bool,
+        /// The current pause was announced ([`TurnEvent::Pause`]).
+        announced: bool,
+        /// The model called the utterance complete before the pause reached the minimum
+        /// silence: the turn ends when it does.
+        complete: bool,
         /// The quiet end of the speech so far: silence the VAD has not noticed yet.
         quiet: Duration,
     },
@@ -422,6 +434,8 @@ impl Endpointer {
                         barged: false,
                         held: None,
                         asked: false,
+                        announced: false,
+                        complete: false,
                         quiet: quiet_tail,
                     };
                     return Some(TurnEvent::SpeechStarted);
@@ -436,6 +450,8 @@ impl Endpointer {
                 barged,
                 held,
                 asked,
+                announced,
+                complete,
                 quiet,
             } => {
                 *total += length;
@@ -456,6 +472,8 @@ impl Endpointer {
                     if *asked {
                         // The caller went on: whatever the model says about that pause is moot.
                         *asked = false;
+                        *announced = false;
+                        *complete = false;
                         self.pause += 1;
                     }
                 } else {
@@ -506,21 +524,29 @@ impl Endpointer {
                     Some(s) if counts && held.is_none() => s.max_silence,
                     _ => c.end_of_turn_silence,
                 };
-                if *silence < limit && *total < c.max_turn {
+                let judged = c
+                    .semantic
+                    .is_some_and(|s| *complete && *silence >= s.min_silence);
+                if *silence < limit && *total < c.max_turn && !judged {
                     let announce = c.semantic.map(|s| s.min_silence).or(c.speculate_after);
+                    let answerable = counts && held.is_none() && !silence.is_zero();
                     if let Some(at) = announce
-                        && counts
-                        && held.is_none()
-                        && !*asked
+                        && answerable
+                        && !*announced
                         && *silence >= at
                     {
                         *asked = true;
+                        *announced = true;
                         return Some(TurnEvent::Pause(self.pause));
+                    }
+                    if c.semantic.is_some() && answerable && !*asked {
+                        *asked = true;
+                        return Some(TurnEvent::Judge(self.pause));
                     }
                     return None;
                 }
                 let (speech, silence, overheard) = (*speech, *silence, held.is_some());
-                let pause = asked.then_some(self.pause);
+                let pause = announced.then_some(self.pause);
                 self.end();
                 Some(if counts {
                     TurnEvent::EndOfTurn {
@@ -536,29 +562,46 @@ impl Endpointer {
         }
     }
 
-    /// The end-of-turn model's answer about `pause`: a complete utterance ends the turn now;
-    /// an incomplete one (or an answer about a pause the caller has since spoken past) changes
-    /// nothing, and the turn waits for more speech or the maximum silence.
+    /// The end-of-turn model's answer about `pause`: a complete utterance ends the turn now,
+    /// or once the pause reaches the minimum silence if it is shorter yet; an incomplete one
+    /// (or an answer about a pause the caller has since spoken past) changes nothing, and the
+    /// turn waits for more speech or the maximum silence.
     pub fn verdict(&mut self, pause: u64, complete: bool) -> Option<TurnEvent> {
+        let min_silence = self.config.semantic?.min_silence;
         let State::Speaking {
             speech,
             silence,
             asked: true,
+            announced,
+            complete: judged_complete,
             ..
-        } = self.state
+        } = &mut self.state
         else {
             return None;
         };
         if pause != self.pause || !complete {
             return None;
         }
-        self.end();
-        Some(TurnEvent::EndOfTurn {
-            speech,
-            silence,
-            pause: Some(pause),
+        if *silence < min_silence {
+            *judged_complete = true;
+            return None;
+        }
+        let event = TurnEvent::EndOfTurn {
+            speech: *speech,
+            silence: *silence,
+            pause: announced.then_some(pause),
             overheard: false,
-        })
+        };
+        self.end();
+        Some(event)
+    }
+
+    /// Silence since the voice ended, in the current pause (zero while the caller speaks).
+    pub fn silence(&self) -> Duration {
+        match self.state {
+            State::Speaking { silence, .. } => silence,
+            State::Quiet => Duration::ZERO,
+        }
     }
 
     /// Whether speech over the agent is held for its words ([`Self::words`]).
@@ -898,11 +941,16 @@ mod tests {
     fn with_a_model_a_pause_asks_it_and_a_complete_utterance_ends_there() {
         let mut e = Endpointer::new(semantic());
         let ev = run(&mut e, &[(0.9, 20), (0.05, 7)], false);
-        // 200 ms of silence is the 7th silent chunk (224 ms): the model is asked, and the
-        // plain 300 ms silence no longer ends the turn by itself.
+        // The model is asked as soon as the VAD notices the pause; 200 ms of silence is the
+        // 7th silent chunk (224 ms), where the pause is announced, and the plain 300 ms
+        // silence no longer ends the turn by itself.
         assert_eq!(
             ev,
-            vec![(0, TurnEvent::SpeechStarted), (26, TurnEvent::Pause(0))]
+            vec![
+                (0, TurnEvent::SpeechStarted),
+                (20, TurnEvent::Judge(0)),
+                (26, TurnEvent::Pause(0))
+            ]
         );
         assert_eq!(
             e.verdict(0, true),
@@ -951,7 +999,7 @@ mod tests {
         let ev = run(&mut e, &[(0.9, 10), (0.05, 7)], false);
         assert_eq!(
             ev,
-            vec![(16, TurnEvent::Pause(1))],
+            vec![(10, TurnEvent::Judge(1)), (16, TurnEvent::Pause(1))],
             "a new pause, a new question"
         );
         assert_eq!(
@@ -964,6 +1012,66 @@ mod tests {
             e.verdict(1, true),
             Some(TurnEvent::EndOfTurn { speech, .. }) if speech == CHUNK * 37
         ));
+    }
+
+    #[test]
+    fn an_answer_before_the_minimum_silence_ends_the_turn_as_the_pause_reaches_it() {
+        let mut e = Endpointer::new(semantic());
+        let ev = run(&mut e, &[(0.9, 20), (0.05, 2)], false);
+        assert_eq!(ev.last(), Some(&(20, TurnEvent::Judge(0))));
+        // "Complete" after 64 ms of silence: too soon to end the turn (a breath is that long)...
+        assert_eq!(e.verdict(0, true), None);
+        assert!(e.in_speech());
+        // ...so it ends as the pause reaches 200 ms (the 7th silent chunk), with no pause
+        // announced: no speculative reply started for a turn already decided.
+        let ev = run(&mut e, &[(0.05, 6)], false);
+        assert_eq!(
+            ev,
+            vec![(
+                4,
+                TurnEvent::EndOfTurn {
+                    speech: CHUNK * 20,
+                    silence: CHUNK * 7,
+                    pause: None,
+                    overheard: false,
+                }
+            )]
+        );
+        // An early "complete" is forgotten when the caller goes on: the next pause waits for
+        // its own answer and, without one, for the maximum silence.
+        let mut e = Endpointer::new(semantic());
+        run(&mut e, &[(0.9, 20), (0.05, 2)], false);
+        assert_eq!(e.verdict(0, true), None);
+        let ev = run(&mut e, &[(0.9, 5), (0.05, 30)], false);
+        assert_eq!(
+            ev,
+            vec![(5, TurnEvent::Judge(1)), (11, TurnEvent::Pause(1))]
+        );
+        assert!(e.in_speech());
+        assert_eq!(e.verdict(0, true), None, "about the earlier pause");
+        assert!(e.in_speech());
+    }
+
+    #[test]
+    fn a_pause_noticed_past_the_minimum_silence_is_announced_and_asked_at_once() {
+        // The VAD calls the voice's quiet end speech for a while: when it drops, the pause is
+        // already 224 ms long. One event: the pause, which the call asks the model about.
+        let mut e = Endpointer::new(semantic());
+        let heard = |probability, quiet_ms| Chunk {
+            probability,
+            length: CHUNK,
+            quiet_tail: Duration::from_millis(quiet_ms),
+        };
+        let mut events = Vec::new();
+        for _ in 0..20 {
+            events.extend(e.push(heard(0.9, 0), false));
+        }
+        for _ in 0..6 {
+            events.extend(e.push(heard(0.9, 32), false));
+        }
+        events.extend(e.push(heard(0.05, 32), false));
+        assert_eq!(events, vec![TurnEvent::SpeechStarted, TurnEvent::Pause(0)]);
+        assert_eq!(e.silence(), CHUNK * 7);
     }
 
     #[test]

@@ -513,8 +513,8 @@ pub struct TurnTakingSpec {
     /// after `endOfTurnSilenceMs` of silence.
     #[serde(default)]
     pub end_of_turn_model: EndOfTurnModel,
-    /// With a model: the pause, in milliseconds, after which the model is asked; a complete
-    /// utterance ends here.
+    /// With a model: the shortest pause, in milliseconds, that ends a complete utterance
+    /// (the model is asked as soon as the pause begins, so its answer is usually in by then).
     #[serde(default = "default_min_end_of_turn")]
     #[schemars(range(min = 50, max = 2000))]
     pub min_end_of_turn_silence_ms: i32,

@@ -393,6 +393,8 @@ fn run(
     let mut previous: &[f32] = &[];
     // A judgement in flight: (pause, due at sample, complete).
     let mut pending: Option<(u64, usize, bool)> = None;
+    // The last pause a judgement was asked about (asked once, as noticed or as announced).
+    let mut asked: Option<u64> = None;
     for (i, chunk) in case.audio.chunks_exact(CHUNK_SAMPLES).enumerate() {
         let start = i * CHUNK_SAMPLES;
         let end = start + CHUNK_SAMPLES;
@@ -461,17 +463,23 @@ fn run(
         if endpointer.in_speech() || matches!(event, Some(TurnEvent::EndOfTurn { .. })) {
             utterance.extend_from_slice(chunk);
         }
-        if let Some(TurnEvent::Pause(pause)) = event {
-            outcome.announced += 1;
-            if let (Some(judge), Some(stream), Some(semantic)) =
-                (judge, listening.as_mut(), mode.turn_taking.semantic)
-            {
+        let ask = match event {
+            Some(TurnEvent::Judge(pause)) => Some(pause),
+            Some(TurnEvent::Pause(pause)) => {
+                outcome.announced += 1;
+                (asked != Some(pause)).then_some(pause)
+            }
+            _ => None,
+        };
+        if let Some(pause) = ask {
+            asked = Some(pause);
+            if let (Some(judge), Some(stream)) = (judge, listening.as_mut()) {
                 // The agent reads the streaming transcript that heard the voice up to the
                 // pause, then asks the LLM: the answer arrives as much later as both took.
                 let voice_end = stream
                     .utterance
                     .len()
-                    .saturating_sub(semantic.min_silence.as_millis() as usize * PER_MS);
+                    .saturating_sub(endpointer.silence().as_millis() as usize * PER_MS);
                 let (text, ready) = stream.heard_up_to(voice_end, end, whisper)?;
                 let (p, took) = judge.judge(&text)?;
                 let complete = p >= mode.threshold;
@@ -482,21 +490,15 @@ fn run(
                     .push(Duration::from_millis(ms(due - end) as u64));
                 outcome.judged.push((text, p));
                 pending = Some((pause, due, complete));
-                previous = chunk;
-                continue;
+            } else if let Some(model) = model {
+                let from = utterance.len().saturating_sub(smart_turn::WINDOW_SAMPLES);
+                let started = Instant::now();
+                let p = model.completion_probability(&utterance[from..])?;
+                let took = started.elapsed();
+                outcome.judgements.push(took);
+                let due = end + took.as_millis() as usize * PER_MS;
+                pending = Some((pause, due, p >= END_OF_TURN_PROBABILITY));
             }
-            let Some(model) = model else {
-                // Silence alone: the pause only starts a speculative reply.
-                previous = chunk;
-                continue;
-            };
-            let from = utterance.len().saturating_sub(smart_turn::WINDOW_SAMPLES);
-            let started = Instant::now();
-            let p = model.completion_probability(&utterance[from..])?;
-            let took = started.elapsed();
-            outcome.judgements.push(took);
-            let due = end + took.as_millis() as usize * PER_MS;
-            pending = Some((pause, due, p >= END_OF_TURN_PROBABILITY));
         }
         previous = chunk;
     }
@@ -573,7 +575,7 @@ fn main() -> anyhow::Result<()> {
             threshold: 0.0,
         },
         Mode {
-            name: "Smart Turn at 200 ms, max 2 s",
+            name: "Smart Turn, min 200 ms, max 2 s",
             turn_taking: semantic(300),
             words: false,
             assume_llm: None,
@@ -600,7 +602,7 @@ fn main() -> anyhow::Result<()> {
             let name = |text: String| -> &'static str { Box::leak(text.into_boxed_str()) };
             modes.push(Mode {
                 name: name(format!(
-                    "LLM judges the words at 200 ms, max 2 s, threshold {first} (streaming Whisper)"
+                    "LLM judges the words, min 200 ms, max 2 s, threshold {first} (streaming Whisper)"
                 )),
                 turn_taking: semantic(300),
                 words: true,
