@@ -70,6 +70,11 @@ struct Args {
     /// here (the same answers, timed as on a GPU pool).
     #[arg(long)]
     assume_llm_ms: Option<u64>,
+    /// Write the set to this directory (`cases.json` and one 16 kHz WAV a case, as the agent
+    /// hears them) and stop, for other turn-taking code to run on the same audio
+    /// (`harness/pipecat/turn_eval.py`).
+    #[arg(long)]
+    export: Option<std::path::PathBuf>,
 }
 
 /// The LLM pool judging the caller's words at a pause, as the agent asks it: after the
@@ -238,6 +243,43 @@ fn build(voice: &str, kind: Kind, pieces: &[(u64, &str)]) -> anyhow::Result<Case
         audio,
         voice: voice_spans,
     })
+}
+
+/// Writes `cases` to `dir`: each case's audio as a 16-bit 16 kHz WAV and, in `cases.json`,
+/// its name, voice, kind and where each piece of voice starts and ends (samples).
+fn export(dir: &std::path::Path, cases: &[Case]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut listed = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let wav = format!("case-{i:02}.wav");
+        let mut writer = hound::WavWriter::create(dir.join(&wav), spec)?;
+        for &sample in &case.audio {
+            writer.write_sample((sample.clamp(-1.0, 1.0) * 32767.0) as i16)?;
+        }
+        writer.finalize()?;
+        let kind = match case.kind {
+            Kind::Paused => "paused",
+            Kind::Complete => "complete",
+            Kind::Backchannel => "backchannel",
+            Kind::Interruption => "interruption",
+        };
+        listed.push(serde_json::json!({
+            "name": case.name,
+            "voice": case.name.split(':').next().unwrap_or_default(),
+            "kind": kind,
+            "wav": wav,
+            "voice_spans": case.voice,
+        }));
+    }
+    let index = serde_json::json!({"sample_rate": 16_000, "cases": listed});
+    std::fs::write(dir.join("cases.json"), serde_json::to_vec_pretty(&index)?)?;
+    Ok(())
 }
 
 fn speak(voice: &str, text: &str) -> anyhow::Result<Vec<u8>> {
@@ -532,6 +574,11 @@ fn main() -> anyhow::Result<()> {
     }
     if cases.is_empty() {
         bail!("no cases");
+    }
+    if let Some(dir) = &args.export {
+        export(dir, &cases)?;
+        println!("{} cases written to {}", cases.len(), dir.display());
+        return Ok(());
     }
     // Speculative replies start at 200 ms of silence, where the turn may be over.
     let speculate_at = Duration::from_millis(200);
