@@ -831,7 +831,8 @@ async fn judge_words(
     voice_end: Duration,
     audio: Vec<f32>,
 ) -> Judgement {
-    let mut words = None;
+    // The words as heard, and without a last word the recogniser was unsure of.
+    let mut words: Option<(String, Option<String>)> = None;
     if let Some(mut interim) = transcript {
         // The interim that heard the voice up to the pause. A stream that ends or dies first,
         // or a server that does not say how much it heard (results without
@@ -840,7 +841,7 @@ async fn judge_words(
             {
                 let now = interim.borrow_and_update();
                 if now.heard + HEARD_SLACK >= voice_end {
-                    break Some(now.text.clone());
+                    break Some((now.text.clone(), now.sure.clone()));
                 }
                 if now.heard.is_zero() && !now.text.is_empty() {
                     break None;
@@ -851,18 +852,32 @@ async fn judge_words(
             }
         };
     }
-    let words = match words {
+    let (words, sure) = match words {
         Some(words) => words,
         None => match state.backends.stt.transcribe(audio).await {
-            Ok(words) => words,
+            Ok(words) => (words, None),
             Err(error) => return Judgement::Failed(error.to_string()),
         },
     };
-    // No words (a noise) leave nothing to wait for; the turn's transcript decides the rest.
-    let Some(messages) = shared.conversation().judging(&words) else {
-        return Judgement::Probability(1.0);
+    let judge = |words: String| async move {
+        // No words (a noise) leave nothing to wait for; the turn's transcript decides the rest.
+        let Some(messages) = shared.conversation().judging(&words) else {
+            return Ok(1.0);
+        };
+        state.backends.llm.turn_end_probability(messages).await
     };
-    match state.backends.llm.turn_end_probability(messages).await {
+    // A recogniser that hears a sentence cut at a pause tends to finish it with a word it
+    // guesses ("Can I book a table for it?"), while a short last word may be real and unsure
+    // ("...my appointment to"): the words end the turn only if they do both with and without
+    // it, so neither a guess nor a dropped word makes an unfinished sentence look finished.
+    let judged = match sure.filter(|sure| *sure != words) {
+        Some(sure) => {
+            let (all, sure) = futures::future::join(judge(words), judge(sure)).await;
+            all.and_then(|all| sure.map(|sure| all.min(sure)))
+        }
+        None => judge(words).await,
+    };
+    match judged {
         Ok(p) => Judgement::Probability(p),
         Err(error) => Judgement::Failed(error.to_string()),
     }

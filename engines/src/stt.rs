@@ -49,6 +49,49 @@ impl Default for SttOptions {
     }
 }
 
+/// A transcript with how sure Whisper was of each word.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transcript {
+    /// The words as Whisper wrote them, punctuation included.
+    pub text: String,
+    /// Each word of `text` (split at whitespace) with its confidence, 0..1: the lowest
+    /// probability of the tokens that spell it (punctuation aside).
+    pub words: Vec<Word>,
+}
+
+/// One word of a [`Transcript`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The word as written, with any punctuation attached.
+    pub text: String,
+    /// The lowest probability of its tokens, punctuation tokens aside (1 for a word of
+    /// punctuation only).
+    pub confidence: f32,
+}
+
+/// Groups Whisper's text tokens into words: a token that starts with a space starts a word,
+/// and a token of punctuation alone never lowers a word's confidence (Whisper is often unsure
+/// whether a sentence ends with "." or "?", never a reason to doubt the word).
+fn words_of(tokens: &[(String, f32)]) -> Vec<Word> {
+    let mut words: Vec<Word> = Vec::new();
+    for (piece, p) in tokens {
+        let spelt = piece.chars().any(char::is_alphanumeric);
+        let starts = piece.starts_with(' ') || words.is_empty();
+        if starts && !piece.trim().is_empty() {
+            words.push(Word {
+                text: piece.trim().to_owned(),
+                confidence: if spelt { *p } else { 1.0 },
+            });
+        } else if let Some(word) = words.last_mut() {
+            word.text.push_str(piece.trim());
+            if spelt {
+                word.confidence = word.confidence.min(*p);
+            }
+        }
+    }
+    words
+}
+
 /// A loaded Whisper model; share it across calls (transcriptions take turns on a small
 /// pool of decoder states, created as needed).
 pub struct WhisperStt {
@@ -185,14 +228,31 @@ impl WhisperStt {
         language: Option<&str>,
         cancel: &Arc<AtomicBool>,
     ) -> Result<String, SttError> {
+        Ok(self.transcribe_words(pcm16k, language, cancel)?.text)
+    }
+
+    /// [`WhisperStt::transcribe_until`], with each word's confidence.
+    pub fn transcribe_words(
+        &self,
+        pcm16k: &[f32],
+        language: Option<&str>,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<Transcript, SttError> {
         let language = self.language(language)?;
-        let text = self.decode(pcm16k, language, cancel, MARGIN)?;
+        let Transcript { text, mut words } = self.decode(pcm16k, language, cancel, MARGIN)?;
         // Whisper's reference decoder retries a transcript that compresses too well (a
         // loop) at a higher temperature. Retrying costs a whole decode on the turn's
         // critical path, and on streamed clips the retries loop as well (with a wider
         // encoder margin or timestamps, measured on turn-eval's set); the loop's first
         // round is the words, so keep that.
-        Ok(unloop(&text).unwrap_or(text))
+        if words.len() != text.split_whitespace().count() {
+            // Tokens that do not split as the text does (a word glued to the next): keep
+            // the text, without confidences rather than with misplaced ones.
+            words.clear();
+        }
+        let text = unloop(&text).unwrap_or(text);
+        words.truncate(text.split_whitespace().count());
+        Ok(Transcript { text, words })
     }
 
     /// One greedy decode with `margin` encoder positions after the clip.
@@ -202,7 +262,7 @@ impl WhisperStt {
         language: Option<&str>,
         cancel: &Arc<AtomicBool>,
         margin: usize,
-    ) -> Result<String, SttError> {
+    ) -> Result<Transcript, SttError> {
         // whisper.cpp needs at least one second; pad short clips with silence.
         let min_len = 16_000 + 1_600;
         let padded;
@@ -267,12 +327,27 @@ impl WhisperStt {
             })
             .map(|()| {
                 let mut text = String::new();
+                let mut tokens = Vec::new();
+                let eot = self.ctx.token_eot();
                 for segment in state.as_iter() {
                     if let Ok(s) = segment.to_str_lossy() {
                         text.push_str(&s);
                     }
+                    // Text tokens only: the special ones (timestamps, end of text) come after
+                    // the end-of-text token in Whisper's vocabulary.
+                    for i in 0..segment.n_tokens() {
+                        if let Some(token) = segment.get_token(i)
+                            && token.token_id() < eot
+                            && let Ok(piece) = token.to_str_lossy()
+                        {
+                            tokens.push((piece.into_owned(), token.token_probability()));
+                        }
+                    }
                 }
-                text.trim().to_owned()
+                Transcript {
+                    text: text.trim().to_owned(),
+                    words: words_of(&tokens),
+                }
             });
         // whisper.cpp resets a state at the start of each transcription, so one stopped
         // halfway is as good as any: keeping it spares the next decode (often the one that
@@ -286,7 +361,36 @@ impl WhisperStt {
 
 #[cfg(test)]
 mod tests {
-    use super::unloop;
+    use super::{Word, unloop, words_of};
+
+    #[test]
+    fn tokens_make_words_whose_confidence_is_their_least_sure_spelt_token() {
+        let tokens: Vec<(String, f32)> = [
+            (" Can", 0.7),
+            (" I", 0.99),
+            (" bo", 0.9),
+            ("ok", 0.6),
+            (" it", 0.47),
+            ("?", 0.2),
+        ]
+        .iter()
+        .map(|(t, p)| (t.to_string(), *p))
+        .collect();
+        let word = |text: &str, confidence: f32| Word {
+            text: text.into(),
+            confidence,
+        };
+        assert_eq!(
+            words_of(&tokens),
+            vec![
+                word("Can", 0.7),
+                word("I", 0.99),
+                word("book", 0.6),
+                word("it?", 0.47)
+            ]
+        );
+        assert!(words_of(&[]).is_empty());
+    }
 
     #[test]
     fn a_loop_is_cut_after_its_first_round_and_speech_that_repeats_itself_is_kept() {

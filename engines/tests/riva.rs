@@ -136,6 +136,17 @@ async fn interim_transcripts_while_speaking_then_the_final_from_what_was_decoded
                 let (text, is_final) = transcript(&r);
                 assert!(!is_final, "nothing is final before the client closes");
                 assert!((0.0..=1.0).contains(&r.results[0].stability));
+                // Each word with Whisper's probability for it: what the agent reads to leave
+                // a guessed last word out of its end-of-turn judgement.
+                let words = &r.results[0].alternatives[0].words;
+                let spelt: Vec<&str> = words.iter().map(|w| w.word.as_str()).collect();
+                assert_eq!(spelt.join(" "), text, "the words spell the transcript");
+                assert!(
+                    words
+                        .iter()
+                        .all(|w| w.confidence > 0.0 && w.confidence <= 1.0),
+                    "{words:?}"
+                );
                 interims.push(text.to_owned());
             }
             // Done once the whole sentence was heard and the server has had a second to

@@ -37,7 +37,7 @@ use grokcast_engines::riva::asr::streaming_recognize_request::StreamingRequest;
 use grokcast_engines::riva::asr::{
     RecognizeRequest, RecognizeResponse, RivaSpeechRecognitionConfigRequest,
     RivaSpeechRecognitionConfigResponse, SpeechRecognitionAlternative, StreamingRecognitionResult,
-    StreamingRecognizeRequest, StreamingRecognizeResponse,
+    StreamingRecognizeRequest, StreamingRecognizeResponse, WordInfo,
 };
 use grokcast_engines::riva::{AudioEncoding, RivaSpeechRecognition, RivaSpeechRecognitionServer};
 use grokcast_engines::server::SAMPLE_RATE_HEADER;
@@ -212,6 +212,11 @@ pub struct StreamBehaviour {
     pub die_mid_utterance: bool,
     /// Wait this long after the agent closes its side before the final transcript.
     pub final_delay: Duration,
+    /// Answer every audio message with an interim result of these words and how sure the
+    /// recogniser is of each (as `grokcast-serve` sends them), having heard all the audio so
+    /// far, instead of one interim result of half the transcript that says nothing of how
+    /// much it heard.
+    pub heard_words: Option<Vec<(String, f32)>>,
 }
 
 impl Default for InstantBehaviour {
@@ -318,16 +323,27 @@ type Responses = std::pin::Pin<
 >;
 
 fn result(transcript: String, is_final: bool) -> StreamingRecognizeResponse {
+    // Like Riva: no words in interim results, so the agent judges them whole.
+    heard(transcript, Vec::new(), is_final, 0.0)
+}
+
+fn heard(
+    transcript: String,
+    words: Vec<WordInfo>,
+    is_final: bool,
+    audio_processed: f32,
+) -> StreamingRecognizeResponse {
     StreamingRecognizeResponse {
         results: vec![StreamingRecognitionResult {
             alternatives: vec![SpeechRecognitionAlternative {
                 transcript,
                 confidence: 0.0,
+                words,
             }],
             is_final,
             stability: if is_final { 1.0 } else { 0.5 },
             channel_tag: 1,
-            audio_processed: 0.0,
+            audio_processed,
         }],
     }
 }
@@ -392,7 +408,20 @@ impl RivaSpeechRecognition for InstantRiva {
                         .await;
                     return;
                 }
-                if !interim_sent && bytes >= 16_000 {
+                if let Some(words) = &b.stream.heard_words {
+                    let spelt: Vec<&str> = words.iter().map(|(w, _)| w.as_str()).collect();
+                    let infos = words
+                        .iter()
+                        .map(|(word, confidence)| WordInfo {
+                            word: word.clone(),
+                            confidence: *confidence,
+                        })
+                        .collect();
+                    let seconds = bytes as f32 / 32_000.0;
+                    let _ = tx
+                        .send(Ok(heard(spelt.join(" "), infos, false, seconds)))
+                        .await;
+                } else if !interim_sent && bytes >= 16_000 {
                     interim_sent = true;
                     let words: Vec<&str> = b.transcript.split_whitespace().collect();
                     let half = words[..words.len() / 2].join(" ");

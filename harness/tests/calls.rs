@@ -780,6 +780,20 @@ fn endpointing_seconds(metrics: &str) -> Option<f64> {
     )
 }
 
+/// Places one call saying `utterance`, with 20 s for each answer (judgements may wait out
+/// the longest pause), and checks it was answered: the agent's metrics after it, the
+/// turn-end judgements the LLM double served, and the replies it streamed.
+async fn judged_call(h: &Harness, utterance: &Arc<Vec<u8>>) -> (String, u64, u64) {
+    let mut options = h.caller(&[utterance]);
+    options.reply_timeout = Duration::from_secs(20);
+    let report = caller::place_call(&options).await.unwrap();
+    assert!(answered(&report, 0), "{:?}", report.turns);
+    let metrics = h.metrics().await;
+    let judged = h.servers.counts.llm_judgements.load(Ordering::Relaxed);
+    let chats = h.servers.counts.llm.load(Ordering::Relaxed);
+    (metrics, judged, chats - judged)
+}
+
 fn verdicts(metrics: &str, verdict: &str) -> f64 {
     metric(
         metrics,
@@ -798,15 +812,9 @@ async fn the_llm_hears_out_words_that_are_not_finished_and_a_failed_judgement_en
     // caller off in the 450 ms pause; the LLM reads "with" as unfinished and waits.
     let utterance = paused_order();
     let h = start(llm_judge).await;
-    let mut options = h.caller(&[&utterance]);
-    options.reply_timeout = Duration::from_secs(20);
-    let report = caller::place_call(&options).await.unwrap();
-    assert!(answered(&report, 0), "{:?}", report.turns);
-    let metrics = h.metrics().await;
-    let judged = h.servers.counts.llm_judgements.load(Ordering::Relaxed);
-    let chats = h.servers.counts.llm.load(Ordering::Relaxed);
+    let (metrics, judged, replies) = judged_call(&h, &utterance).await;
     assert!(judged >= 2, "{judged} judgements: {metrics}");
-    assert_eq!(chats - judged, 1, "one turn, one reply: {metrics}");
+    assert_eq!(replies, 1, "one turn, one reply: {metrics}");
     assert!(verdicts(&metrics, "incomplete") >= 1.0, "{metrics}");
     assert!(verdicts(&metrics, "complete") >= 1.0, "{metrics}");
     // The finished sentence ended at the short pause plus the judgement, not at 5 s.
@@ -836,6 +844,51 @@ async fn the_llm_hears_out_words_that_are_not_finished_and_a_failed_judgement_en
     // The apology is what the caller hears for the failed reply: the call goes on.
     assert!(answered(&report, 0), "{:?}", report.turns);
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_word_the_recogniser_guessed_does_not_end_an_unfinished_sentence() {
+    if !turn_models_present() {
+        return;
+    }
+    // "I'd like a pizza with... mushrooms and olives.", streamed to a recogniser that writes
+    // "I'd like a pizza with it." at the pause, as Whisper finishes a cut sentence. Read
+    // whole, the words are finished (the LLM double calls a sentence open only when it ends
+    // in "with", "for", "to"...); without the last word they are not.
+    let utterance = paused_order();
+    let heard = |it: f32| {
+        let mut words: Vec<(String, f32)> = ["I'd", "like", "a", "pizza", "with"]
+            .iter()
+            .map(|w| (w.to_string(), 0.95))
+            .collect();
+        words.push(("it.".into(), it));
+        words
+    };
+    // (confidence of "it.", replies the caller gets, whether a pause was judged unfinished)
+    for (it, replies, unfinished) in [(0.3, 1, true), (0.9, 2, false)] {
+        let h = start_streaming(InstantServers::default(), |c| {
+            c.turn_taking.end_of_turn_model = grokcast_agent::config::EndOfTurnModel::Llm;
+            c.turn_taking.max_end_of_turn_silence_ms = 3000;
+        })
+        .await;
+        h.servers.set(|b| {
+            b.transcript = "I'd like a pizza with mushrooms and olives.".into();
+            b.stream.heard_words = Some(heard(it));
+        });
+        let (metrics, judged, replied) = judged_call(&h, &utterance).await;
+        assert_eq!(replied, replies, "it at {it}: {metrics}");
+        assert_eq!(
+            verdicts(&metrics, "incomplete") >= 1.0,
+            unfinished,
+            "it at {it}: {metrics}"
+        );
+        if unfinished {
+            // Both readings were asked about each pause judged.
+            let pauses = verdicts(&metrics, "incomplete") + verdicts(&metrics, "complete");
+            assert_eq!(judged as f64, 2.0 * pauses, "{metrics}");
+        }
+        h.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

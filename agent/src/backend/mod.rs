@@ -176,6 +176,37 @@ pub struct Interim {
     /// How much of the stream's audio, from its start, the recognition has heard
     /// (Riva's `audio_processed`).
     pub heard: Duration,
+    /// `text` without the trailing words the recogniser was unsure of ([`sure_text`]), when
+    /// it said how sure it was of each word of the latest result; `None` otherwise.
+    pub sure: Option<String>,
+}
+
+/// A trailing word the recogniser gives less than this probability is left out of what the
+/// end-of-turn judgement reads ([`sure_text`]).
+pub const UNSURE_WORD: f32 = 0.5;
+
+/// The words up to the last one the recogniser was sure of (at least [`UNSURE_WORD`]), given
+/// each word and its probability; `None` when no word is that sure, or unless every
+/// confidence is a probability (0, 1] (Riva leaves interim words out, and its final
+/// confidences are log-probabilities).
+///
+/// Why: a recogniser that hears a sentence cut at a pause tends to finish it with a word it is
+/// unsure of ("Can I book a table for it?" for "Can I book a table for…", "it" at 0.47), and
+/// that guessed word is what makes the unfinished sentence read as finished.
+pub fn sure_text(words: &[(String, f32)]) -> Option<String> {
+    if words.is_empty() || !words.iter().all(|(_, p)| *p > 0.0 && *p <= 1.0) {
+        return None;
+    }
+    // Not one word sure: judging nothing would take the caller for silent, so the words
+    // stand as heard.
+    let sure = words.iter().rposition(|(_, p)| *p >= UNSURE_WORD)? + 1;
+    Some(
+        words[..sure]
+            .iter()
+            .map(|(w, _)| w.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 impl SttStream {
@@ -335,4 +366,46 @@ pub struct Backends {
     /// Streaming speech to text, when `stt.streamingUrl` names a server; turns whose stream
     /// fails use `stt`.
     pub stt_stream: Option<std::sync::Arc<dyn StreamingStt>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sure_text;
+
+    fn words(list: &[(&str, f32)]) -> Vec<(String, f32)> {
+        list.iter().map(|(w, p)| (w.to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn a_guessed_last_word_is_left_out_and_nothing_else() {
+        let cut = words(&[
+            ("Can", 0.7),
+            ("I", 0.99),
+            ("book", 0.99),
+            ("a", 0.99),
+            ("table", 0.98),
+            ("for", 0.98),
+            ("it?", 0.47),
+        ]);
+        assert_eq!(sure_text(&cut).as_deref(), Some("Can I book a table for"));
+        // An unsure word inside the sentence stays: only the end is in question.
+        let inside = words(&[("My", 0.2), ("email", 0.95), ("is", 0.98), ("gone.", 0.29)]);
+        assert_eq!(sure_text(&inside).as_deref(), Some("My email is"));
+        let sure = words(&[("No", 0.9), ("thanks.", 0.97)]);
+        assert_eq!(sure_text(&sure).as_deref(), Some("No thanks."));
+    }
+
+    #[test]
+    fn without_usable_confidences_the_words_stand_as_heard() {
+        assert_eq!(
+            sure_text(&[]),
+            None,
+            "no words given (Riva's interim results)"
+        );
+        // Not one word sure: judging nothing would take the caller for silent.
+        assert_eq!(sure_text(&words(&[("nature,", 0.05)])), None);
+        // Riva's final confidences are log-probabilities, and 0 means not set.
+        assert_eq!(sure_text(&words(&[("yes", -0.2)])), None);
+        assert_eq!(sure_text(&words(&[("yes", 0.9), ("please", 0.0)])), None);
+    }
 }

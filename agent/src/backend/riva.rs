@@ -19,7 +19,7 @@ use grokcast_engines::riva::{AudioEncoding, RivaSpeechRecognitionClient};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{BackendError, Interim, StageName, StreamingStt, SttStream};
+use super::{BackendError, Interim, StageName, StreamingStt, SttStream, sure_text};
 
 /// Audio chunks a stream may hold unsent before it counts as broken (about 8 s of VAD
 /// chunks): the server has stopped reading, and the turn will need the batch path.
@@ -144,18 +144,26 @@ impl StreamingStt for RivaStt {
                     let Some(best) = result.alternatives.into_iter().next() else {
                         continue;
                     };
+                    let words: Vec<(String, f32)> = best
+                        .words
+                        .into_iter()
+                        .map(|w| (w.word, w.confidence))
+                        .collect();
                     let text = best.transcript.trim().to_owned();
-                    let text = if result.is_final {
+                    let (text, sure) = if result.is_final {
                         if !text.is_empty() {
                             finals.push(text);
                         }
-                        finals.join(" ")
+                        (finals.join(" "), None)
                     } else {
-                        let mut so_far = finals.clone();
-                        so_far.push(text);
-                        so_far.join(" ")
+                        let with = |latest: String| {
+                            let mut so_far = finals.clone();
+                            so_far.push(latest);
+                            so_far.join(" ").trim().to_owned()
+                        };
+                        (with(text), sure_text(&words).map(with))
                     };
-                    let _ = interim_tx.send(Interim { text, heard });
+                    let _ = interim_tx.send(Interim { text, heard, sure });
                 }
             }
             Ok(finals.join(" "))

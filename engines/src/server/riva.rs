@@ -20,10 +20,10 @@ use crate::riva::asr::streaming_recognize_request::StreamingRequest;
 use crate::riva::asr::{
     RecognitionConfig, RecognizeRequest, RecognizeResponse, RivaSpeechRecognitionConfigRequest,
     RivaSpeechRecognitionConfigResponse, SpeechRecognitionAlternative, SpeechRecognitionResult,
-    StreamingRecognitionResult, StreamingRecognizeRequest, StreamingRecognizeResponse,
+    StreamingRecognitionResult, StreamingRecognizeRequest, StreamingRecognizeResponse, WordInfo,
 };
 use crate::riva::{AudioEncoding, RivaSpeechRecognition, RivaSpeechRecognitionServer};
-use crate::stt::{SttError, WhisperStt};
+use crate::stt::{SttError, Transcript, WhisperStt};
 use crate::stt_stream::{self, LineEncoding, Policy, Utterance};
 
 /// The route label of streams in the server's metrics.
@@ -142,7 +142,7 @@ fn decode(
     pcm16k: Vec<f32>,
     language: Option<String>,
     cancel: Arc<AtomicBool>,
-) -> BoxFuture<'static, Result<String, Status>> {
+) -> BoxFuture<'static, Result<Transcript, Status>> {
     Box::pin(async move {
         let admission = state
             .admit(&state.stt_lane)
@@ -150,7 +150,7 @@ fn decode(
             .map_err(|e| status_of(&e))?;
         tokio::task::spawn_blocking(move || {
             let _admission = admission;
-            whisper.transcribe_until(&pcm16k, language.as_deref(), &cancel)
+            whisper.transcribe_words(&pcm16k, language.as_deref(), &cancel)
         })
         .await
         .map_err(|e| Status::internal(format!("the transcription task failed: {e}")))?
@@ -167,7 +167,7 @@ fn decode(
 struct Running {
     /// Samples of the utterance it decodes.
     upto: usize,
-    text: BoxFuture<'static, Result<String, Status>>,
+    text: BoxFuture<'static, Result<Transcript, Status>>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -177,10 +177,23 @@ impl Drop for Running {
     }
 }
 
-fn alternative(transcript: String) -> Vec<SpeechRecognitionAlternative> {
+/// The one hypothesis of a result, with each word and Whisper's probability for it. Riva
+/// sends words only in final results, and its confidences are roughly log-probabilities;
+/// these are probabilities (0..1), in interim results too, where the agent reads them to
+/// leave a guessed last word out of its end-of-turn judgement.
+fn alternative(transcript: Transcript) -> Vec<SpeechRecognitionAlternative> {
+    let words = transcript
+        .words
+        .into_iter()
+        .map(|w| WordInfo {
+            word: w.text,
+            confidence: w.confidence,
+        })
+        .collect();
     vec![SpeechRecognitionAlternative {
-        transcript,
+        transcript: transcript.text,
         confidence: 0.0,
+        words,
     }]
 }
 
@@ -189,7 +202,7 @@ enum Step {
     /// The client's next message, or none when it closed its side.
     Message(Option<StreamingRecognizeRequest>),
     /// The running decode finished.
-    Decoded(Result<String, Status>),
+    Decoded(Result<Transcript, Status>),
 }
 
 /// What one stream needs while it runs.
@@ -215,8 +228,8 @@ impl StreamTask {
         // Samples the last decode started took, whether or not it finished: a decode the
         // lane refused is not retried until more audio or a pause calls for one.
         let mut attempted = 0usize;
-        // The latest finished decode: samples it took, its text.
-        let mut latest: Option<(usize, String)> = None;
+        // The latest finished decode: samples it took, its transcript.
+        let mut latest: Option<(usize, Transcript)> = None;
         let mut input_open = true;
         let mut closed_at = None;
         loop {
@@ -272,12 +285,12 @@ impl StreamTask {
                         }
                         Err(status) => return Err(status),
                     };
-                    if self.interim && input_open && !text.is_empty() {
-                        let previous = latest.as_ref().map_or("", |(_, t)| t.as_str());
+                    if self.interim && input_open && !text.text.is_empty() {
+                        let previous = latest.as_ref().map_or("", |(_, t)| t.text.as_str());
                         let result = StreamingRecognitionResult {
+                            stability: stt_stream::stability(previous, &text.text),
                             alternatives: alternative(text.clone()),
                             is_final: false,
-                            stability: stt_stream::stability(previous, &text),
                             channel_tag: 1,
                             audio_processed: self.utterance.duration_of(took).as_secs_f32(),
                         };

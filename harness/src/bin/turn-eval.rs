@@ -34,6 +34,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use grokcast_agent::backend::Llm as _;
 use grokcast_agent::backend::openai::OpenAiLlm;
+use grokcast_agent::backend::sure_text;
 use grokcast_agent::call::HEARD_SLACK;
 use grokcast_agent::config::{DEFAULT_LLM_END_OF_TURN_THRESHOLD, Persona};
 use grokcast_agent::conversation::Conversation;
@@ -329,9 +330,11 @@ struct Listening {
     /// How much the last decode started with took.
     attempted: usize,
     /// A decode's text, the sample it arrives at, and the samples it heard.
-    running: Option<(String, usize, usize)>,
+    running: Option<(Heard, usize, usize)>,
     /// The latest interim transcript.
     interim: String,
+    /// Its words up to the last one Whisper was sure of (the end-of-turn judge reads both).
+    interim_sure: String,
     /// The samples the latest interim transcript heard.
     interim_heard: usize,
 }
@@ -343,6 +346,7 @@ impl Listening {
             attempted: 0,
             running: None,
             interim: String::new(),
+            interim_sure: String::new(),
             interim_heard: 0,
         })
     }
@@ -359,9 +363,10 @@ impl Listening {
         if let Some((_, due, _)) = &self.running
             && *due <= now
         {
-            let (text, _, heard) = self.running.take().context("checked")?;
-            if !text.is_empty() {
-                self.interim = text;
+            let (decoded, _, heard) = self.running.take().context("checked")?;
+            if !decoded.text.is_empty() {
+                self.interim = decoded.text;
+                self.interim_sure = decoded.sure;
             }
             self.interim_heard = heard;
         }
@@ -376,8 +381,8 @@ impl Listening {
     fn start_decode(&mut self, now: usize, whisper: &WhisperStt) -> anyhow::Result<()> {
         let upto = self.utterance.decode_end();
         self.attempted = upto;
-        let (text, took) = decode(whisper, &self.utterance.pcm16k(upto))?;
-        self.running = Some((text, now + took.as_millis() as usize * PER_MS, upto));
+        let (decoded, took) = decode(whisper, &self.utterance.pcm16k(upto))?;
+        self.running = Some((decoded, now + took.as_millis() as usize * PER_MS, upto));
         Ok(())
     }
 
@@ -389,28 +394,55 @@ impl Listening {
         voice_end: usize,
         now: usize,
         whisper: &WhisperStt,
-    ) -> anyhow::Result<(String, usize)> {
+    ) -> anyhow::Result<(Heard, usize)> {
         let voice_end = voice_end.saturating_sub(HEARD_SLACK.as_millis() as usize * PER_MS);
         if self.interim_heard >= voice_end {
-            return Ok((self.interim.clone(), now));
+            let heard = Heard {
+                text: self.interim.clone(),
+                sure: self.interim_sure.clone(),
+            };
+            return Ok((heard, now));
         }
         if !matches!(&self.running, Some((_, _, heard)) if *heard >= voice_end) {
             self.start_decode(now, whisper)?;
         }
-        let (text, due, _) = self.running.clone().context("a decode runs")?;
-        Ok((text, due.max(now)))
+        let (heard, due, _) = self.running.clone().context("a decode runs")?;
+        Ok((heard, due.max(now)))
     }
 
     /// The final transcript of everything heard, and how long it took.
     fn finish(&self, whisper: &WhisperStt) -> anyhow::Result<(String, Duration)> {
-        decode(whisper, &self.utterance.pcm16k(self.utterance.len()))
+        let (decoded, took) = decode(whisper, &self.utterance.pcm16k(self.utterance.len()))?;
+        Ok((decoded.text, took))
     }
 }
 
-fn decode(whisper: &WhisperStt, pcm16k: &[f32]) -> anyhow::Result<(String, Duration)> {
+/// One decode: its transcript, and that transcript less the trailing words Whisper was
+/// unsure of (`sure_text`; the agent's end-of-turn judge reads both).
+#[derive(Clone)]
+struct Heard {
+    text: String,
+    sure: String,
+}
+
+fn decode(whisper: &WhisperStt, pcm16k: &[f32]) -> anyhow::Result<(Heard, Duration)> {
     let started = Instant::now();
-    let text = whisper.transcribe(pcm16k, Some("en"))?;
-    Ok((text, started.elapsed()))
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let transcript = whisper.transcribe_words(pcm16k, Some("en"), &cancel)?;
+    let took = started.elapsed();
+    let words: Vec<(String, f32)> = transcript
+        .words
+        .iter()
+        .map(|w| (w.text.clone(), w.confidence))
+        .collect();
+    let sure = sure_text(&words).unwrap_or_else(|| transcript.text.clone());
+    Ok((
+        Heard {
+            text: transcript.text,
+            sure,
+        },
+        took,
+    ))
 }
 
 fn run(
@@ -522,8 +554,20 @@ fn run(
                     .utterance
                     .len()
                     .saturating_sub(endpointer.silence().as_millis() as usize * PER_MS);
-                let (text, ready) = stream.heard_up_to(voice_end, end, whisper)?;
-                let (p, took) = judge.judge(&text)?;
+                let (heard, ready) = stream.heard_up_to(voice_end, end, whisper)?;
+                // As the agent does: with and without a last word Whisper was unsure of,
+                // both asked at once, the lower probability deciding.
+                let (mut p, mut took) = judge.judge(&heard.text)?;
+                if heard.sure != heard.text {
+                    let (sure_p, sure_took) = judge.judge(&heard.sure)?;
+                    p = p.min(sure_p);
+                    took = took.max(sure_took);
+                }
+                let text = if heard.sure == heard.text {
+                    heard.text
+                } else {
+                    format!("{} | {}", heard.text, heard.sure)
+                };
                 let complete = p >= mode.threshold;
                 let took = mode.assume_llm.unwrap_or(took);
                 let due = ready + took.as_millis() as usize * PER_MS;
