@@ -518,9 +518,10 @@ struct Detector {
     judgements: Arc<tokio::sync::Semaphore>,
     /// Judgements under way, aborted with the call.
     judging: tokio::task::JoinSet<()>,
-    /// How long a question may wait for a permit: until the plain end-of-turn silence would
-    /// have ended the turn, so an overloaded pod degrades to silence-only turn-taking instead
-    /// of making callers wait for the maximum silence.
+    /// How long a question asked at the minimum silence may wait for a permit: until the
+    /// plain end-of-turn silence would have ended the turn, so an overloaded pod degrades to
+    /// silence-only turn-taking instead of making callers wait for the maximum silence (a
+    /// question asked sooner in the pause may wait that much longer).
     permit_wait: Duration,
     /// Whether announced pauses start speculative replies.
     speculative: bool,
@@ -664,7 +665,12 @@ impl Detector {
             .saturating_sub(smart_turn::WINDOW_SAMPLES);
         let audio = self.utterance[from..].to_vec();
         let permits = self.judgements.clone();
-        let permit_wait = self.permit_wait;
+        // Until the plain silence would end the turn, counted from this pause's silence so far
+        // (the question is asked as the pause is noticed, usually short of the minimum).
+        let early = self.endpointer.semantic().map_or(Duration::ZERO, |s| {
+            s.min_silence.saturating_sub(self.endpointer.silence())
+        });
+        let permit_wait = self.permit_wait + early;
         // No timeout of its own: the maximum silence ends the turn whatever the model does,
         // and a late answer about a finished pause is ignored. Waiting for a permit counts in
         // the judgement's time: it is time the caller waits too.

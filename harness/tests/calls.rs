@@ -925,6 +925,13 @@ async fn a_pod_with_no_cpu_free_for_the_model_falls_back_to_silence_not_the_long
         endpointing < 4.0,
         "endpointing took {endpointing} s in all: {metrics}"
     );
+    // ...and not sooner either: the model is asked as the pause begins, so its wait for a
+    // permit runs until the plain silence would end the turn, not the minimum silence. (A
+    // lower bound: a loaded machine only makes the turns wait longer.)
+    assert!(
+        endpointing >= 2.0 * 0.29,
+        "two turns ended before 300 ms of silence each ({endpointing} s in all): {metrics}"
+    );
     h.stop().await;
 }
 
