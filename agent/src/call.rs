@@ -355,15 +355,6 @@ impl<T> Drop for TaskGuard<T> {
     }
 }
 
-/// How long a pause's question may wait for a judgement permit (see `Detector::permit_wait`).
-fn permit_wait(turn_taking: &crate::turn::TurnTaking) -> Duration {
-    turn_taking.semantic.map_or(Duration::ZERO, |s| {
-        turn_taking
-            .end_of_turn_silence
-            .saturating_sub(s.min_silence)
-    })
-}
-
 /// The length of `n` samples at 16 kHz.
 fn samples_16k(n: usize) -> Duration {
     grokcast_engines::audio::duration(n, 16_000)
@@ -401,10 +392,9 @@ async fn receive(
         shared: shared.clone(),
         judgements: state.turn_judgements(),
         judging: tokio::task::JoinSet::new(),
-        permit_wait: permit_wait(&state.turn_taking()),
+        plain_silence: state.turn_taking().end_of_turn_silence,
         speculative: state.config.turn_taking.speculative_replies,
         speculating: None,
-        asked: None,
         verdicts,
         stt: state.backends.stt_stream.clone(),
         stream: None,
@@ -518,18 +508,14 @@ struct Detector {
     judgements: Arc<tokio::sync::Semaphore>,
     /// Judgements under way, aborted with the call.
     judging: tokio::task::JoinSet<()>,
-    /// How long a question asked at the minimum silence may wait for a permit: until the
-    /// plain end-of-turn silence would have ended the turn, so an overloaded pod degrades to
-    /// silence-only turn-taking instead of making callers wait for the maximum silence (a
-    /// question asked sooner in the pause may wait that much longer).
-    permit_wait: Duration,
+    /// The plain end-of-turn silence: a question waits for a permit only until the pause
+    /// reaches it, so an overloaded pod degrades to silence-only turn-taking instead of
+    /// making callers wait for the maximum silence.
+    plain_silence: Duration,
     /// Whether announced pauses start speculative replies.
     speculative: bool,
     /// The announced pause a speculative reply was started in, while it lasts.
     speculating: Option<u64>,
-    /// The last pause the end-of-turn model was asked about: a pause announced after it was
-    /// noticed ([`TurnEvent::Judge`]) is not asked about twice.
-    asked: Option<u64>,
     verdicts: mpsc::Sender<Verdict>,
     /// Streaming STT, if the agent has it: each utterance streams while it is spoken.
     stt: Option<Arc<dyn StreamingStt>>,
@@ -591,8 +577,8 @@ impl Detector {
                 self.end_turn(silence, pause, overheard, now);
             }
             Some(TurnEvent::Judge(pause)) => ask = Some(pause),
-            Some(TurnEvent::Pause(pause)) => {
-                ask = (self.asked != Some(pause)).then_some(pause);
+            Some(TurnEvent::Pause { pause, ask: now }) => {
+                ask = now.then_some(pause);
                 announced = Some(pause);
             }
             Some(TurnEvent::Discarded) => {
@@ -618,7 +604,6 @@ impl Detector {
             });
         }
         if let Some(pause) = ask {
-            self.asked = Some(pause);
             match self.judge.clone() {
                 Some(TurnJudge::Audio(model)) => self.ask(pause, model),
                 Some(TurnJudge::Words { .. }) => self.ask_words(pause),
@@ -667,10 +652,7 @@ impl Detector {
         let permits = self.judgements.clone();
         // Until the plain silence would end the turn, counted from this pause's silence so far
         // (the question is asked as the pause is noticed, usually short of the minimum).
-        let early = self.endpointer.semantic().map_or(Duration::ZERO, |s| {
-            s.min_silence.saturating_sub(self.endpointer.silence())
-        });
-        let permit_wait = self.permit_wait + early;
+        let permit_wait = self.plain_silence.saturating_sub(self.endpointer.silence());
         // No timeout of its own: the maximum silence ends the turn whatever the model does,
         // and a late answer about a finished pause is ignored. Waiting for a permit counts in
         // the judgement's time: it is time the caller waits too.

@@ -343,10 +343,15 @@ pub enum TurnEvent {
     /// Asking before the pause is long enough to end the turn hides the model's time in the
     /// pause: its answer is usually in by the minimum silence. Only with a model.
     Judge(u64),
-    /// The caller paused long enough that the turn may be over: start a speculative reply,
-    /// and ask the end-of-turn model if [`TurnEvent::Judge`] has not (a pause first noticed
-    /// at this length). When the caller speaks again, [`Endpointer::pause_id`] moves on.
-    Pause(u64),
+    /// The caller paused long enough that the turn may be over: start a speculative reply.
+    /// When the caller speaks again, [`Endpointer::pause_id`] moves on.
+    Pause {
+        /// The pause's number, as [`Endpointer::pause_id`] gave it.
+        pause: u64,
+        /// Ask the end-of-turn model now too: no [`TurnEvent::Judge`] came for this pause
+        /// (it was first noticed at this length).
+        ask: bool,
+    },
     /// The speech that started was too short or ignored; drop the kept audio.
     Discarded,
 }
@@ -535,9 +540,13 @@ impl Endpointer {
                         && !*announced
                         && *silence >= at
                     {
+                        let ask = c.semantic.is_some() && !*asked;
                         *asked = true;
                         *announced = true;
-                        return Some(TurnEvent::Pause(self.pause));
+                        return Some(TurnEvent::Pause {
+                            pause: self.pause,
+                            ask,
+                        });
                     }
                     if c.semantic.is_some() && answerable && !*asked {
                         *asked = true;
@@ -637,6 +646,11 @@ mod tests {
     use super::*;
 
     const CHUNK: Duration = Duration::from_millis(32);
+
+    /// The announcement of pause `pause`, asking the model or not.
+    fn paused(pause: u64, ask: bool) -> TurnEvent {
+        TurnEvent::Pause { pause, ask }
+    }
 
     fn run(e: &mut Endpointer, pattern: &[(f32, usize)], agent: bool) -> Vec<(usize, TurnEvent)> {
         let mut out = Vec::new();
@@ -900,7 +914,7 @@ mod tests {
         // Without the agent talking the same speech is an ordinary turn with its pause.
         let ev = run(&mut e, &[(0.9, 10), (0.0, 10)], false);
         assert!(
-            ev.iter().any(|e| matches!(e.1, TurnEvent::Pause(_))),
+            ev.iter().any(|e| matches!(e.1, TurnEvent::Pause { .. })),
             "{ev:?}"
         );
     }
@@ -949,7 +963,7 @@ mod tests {
             vec![
                 (0, TurnEvent::SpeechStarted),
                 (20, TurnEvent::Judge(0)),
-                (26, TurnEvent::Pause(0))
+                (26, paused(0, false))
             ]
         );
         assert_eq!(
@@ -970,7 +984,7 @@ mod tests {
     fn an_incomplete_utterance_waits_for_the_caller_or_the_maximum_silence() {
         let mut e = Endpointer::new(semantic());
         let ev = run(&mut e, &[(0.9, 20), (0.05, 7)], false);
-        assert_eq!(ev.last(), Some(&(26, TurnEvent::Pause(0))));
+        assert_eq!(ev.last(), Some(&(26, paused(0, false))));
         assert_eq!(e.verdict(0, false), None);
         // Well past today's 300 ms, the turn is still open...
         assert!(run(&mut e, &[(0.05, 20)], false).is_empty());
@@ -999,7 +1013,7 @@ mod tests {
         let ev = run(&mut e, &[(0.9, 10), (0.05, 7)], false);
         assert_eq!(
             ev,
-            vec![(10, TurnEvent::Judge(1)), (16, TurnEvent::Pause(1))],
+            vec![(10, TurnEvent::Judge(1)), (16, paused(1, false))],
             "a new pause, a new question"
         );
         assert_eq!(
@@ -1043,10 +1057,7 @@ mod tests {
         run(&mut e, &[(0.9, 20), (0.05, 2)], false);
         assert_eq!(e.verdict(0, true), None);
         let ev = run(&mut e, &[(0.9, 5), (0.05, 30)], false);
-        assert_eq!(
-            ev,
-            vec![(5, TurnEvent::Judge(1)), (11, TurnEvent::Pause(1))]
-        );
+        assert_eq!(ev, vec![(5, TurnEvent::Judge(1)), (11, paused(1, false))]);
         assert!(e.in_speech());
         assert_eq!(e.verdict(0, true), None, "about the earlier pause");
         assert!(e.in_speech());
@@ -1070,7 +1081,7 @@ mod tests {
             events.extend(e.push(heard(0.9, 32), false));
         }
         events.extend(e.push(heard(0.05, 32), false));
-        assert_eq!(events, vec![TurnEvent::SpeechStarted, TurnEvent::Pause(0)]);
+        assert_eq!(events, vec![TurnEvent::SpeechStarted, paused(0, true)]);
         assert_eq!(e.silence(), CHUNK * 7);
     }
 
@@ -1225,7 +1236,7 @@ mod tests {
         });
         // The caller pauses past 200 ms, then goes on: the announced pause is over.
         let ev = run(&mut e, &[(0.9, 20), (0.05, 7)], false);
-        assert_eq!(ev.last(), Some(&(26, TurnEvent::Pause(0))));
+        assert_eq!(ev.last(), Some(&(26, paused(0, false))));
         let ev = run(&mut e, &[(0.9, 5)], false);
         assert!(ev.is_empty());
         assert_eq!(e.pause_id(), 1, "speech moved past the announced pause");
@@ -1234,7 +1245,7 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                (6, TurnEvent::Pause(1)),
+                (6, paused(1, false)),
                 (
                     9,
                     TurnEvent::EndOfTurn {
@@ -1250,7 +1261,7 @@ mod tests {
         // Noise is never announced.
         let ev = run(&mut e, &[(0.9, 2), (0.0, 12)], false);
         assert!(
-            !ev.iter().any(|(_, e)| matches!(e, TurnEvent::Pause(_))),
+            !ev.iter().any(|(_, e)| matches!(e, TurnEvent::Pause { .. })),
             "{ev:?}"
         );
     }

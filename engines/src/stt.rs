@@ -161,7 +161,7 @@ fn unloop(text: &str) -> Option<String> {
 
 /// whisper.cpp's abort callback: whether the `AtomicBool` at `flag` is set.
 unsafe extern "C" fn cancel_requested(flag: *mut std::ffi::c_void) -> bool {
-    // SAFETY: `transcribe_until` passes the address of an AtomicBool it keeps alive for
+    // SAFETY: `transcribe_words` passes the address of an AtomicBool it keeps alive for
     // the whole transcription, the only time whisper.cpp calls this.
     unsafe { (*flag.cast::<AtomicBool>()).load(Ordering::Relaxed) }
 }
@@ -216,22 +216,14 @@ impl WhisperStt {
     /// Transcribes 16 kHz mono audio in -1..1. `language` is an ISO code such as `en`;
     /// `None` means English for English-only models and auto-detection otherwise.
     pub fn transcribe(&self, pcm16k: &[f32], language: Option<&str>) -> Result<String, SttError> {
-        self.transcribe_until(pcm16k, language, &Arc::new(AtomicBool::new(false)))
+        let cancel = Arc::new(AtomicBool::new(false));
+        Ok(self.transcribe_words(pcm16k, language, &cancel)?.text)
     }
 
-    /// [`WhisperStt::transcribe`], stopped early with [`SttError::Cancelled`] once `cancel`
-    /// is set (whisper.cpp checks it between compute steps): a stream whose caller paused
-    /// drops the decode of older audio to start on all of it at once.
-    pub fn transcribe_until(
-        &self,
-        pcm16k: &[f32],
-        language: Option<&str>,
-        cancel: &Arc<AtomicBool>,
-    ) -> Result<String, SttError> {
-        Ok(self.transcribe_words(pcm16k, language, cancel)?.text)
-    }
-
-    /// [`WhisperStt::transcribe_until`], with each word's confidence.
+    /// [`WhisperStt::transcribe`] with each word's confidence, stopped early with
+    /// [`SttError::Cancelled`] once `cancel` is set (whisper.cpp checks it between compute
+    /// steps): a stream whose caller paused drops the decode of older audio to start on all
+    /// of it at once.
     pub fn transcribe_words(
         &self,
         pcm16k: &[f32],

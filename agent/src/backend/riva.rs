@@ -144,11 +144,6 @@ impl StreamingStt for RivaStt {
                     let Some(best) = result.alternatives.into_iter().next() else {
                         continue;
                     };
-                    let words: Vec<(String, f32)> = best
-                        .words
-                        .into_iter()
-                        .map(|w| (w.word, w.confidence))
-                        .collect();
                     let text = best.transcript.trim().to_owned();
                     let (text, sure) = if result.is_final {
                         if !text.is_empty() {
@@ -156,11 +151,17 @@ impl StreamingStt for RivaStt {
                         }
                         (finals.join(" "), None)
                     } else {
+                        // The latest interim after the finals before it.
                         let with = |latest: String| {
                             let mut so_far = finals.clone();
                             so_far.push(latest);
                             so_far.join(" ").trim().to_owned()
                         };
+                        let words: Vec<(String, f32)> = best
+                            .words
+                            .into_iter()
+                            .map(|w| (w.word, w.confidence))
+                            .collect();
                         (with(text), sure_text(&words).map(with))
                     };
                     let _ = interim_tx.send(Interim { text, heard, sure });

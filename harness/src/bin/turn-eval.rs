@@ -467,8 +467,6 @@ fn run(
     let mut previous: &[f32] = &[];
     // A judgement in flight: (pause, due at sample, complete).
     let mut pending: Option<(u64, usize, bool)> = None;
-    // The last pause a judgement was asked about (asked once, as noticed or as announced).
-    let mut asked: Option<u64> = None;
     for (i, chunk) in case.audio.chunks_exact(CHUNK_SAMPLES).enumerate() {
         let start = i * CHUNK_SAMPLES;
         let end = start + CHUNK_SAMPLES;
@@ -539,14 +537,13 @@ fn run(
         }
         let ask = match event {
             Some(TurnEvent::Judge(pause)) => Some(pause),
-            Some(TurnEvent::Pause(pause)) => {
+            Some(TurnEvent::Pause { pause, ask }) => {
                 outcome.announced += 1;
-                (asked != Some(pause)).then_some(pause)
+                ask.then_some(pause)
             }
             _ => None,
         };
         if let Some(pause) = ask {
-            asked = Some(pause);
             if let (Some(judge), Some(stream)) = (judge, listening.as_mut()) {
                 // The agent reads the streaming transcript that heard the voice up to the
                 // pause, then asks the LLM: the answer arrives as much later as both took.
