@@ -71,6 +71,12 @@ struct Args {
     /// here (the same answers, timed as on a GPU pool).
     #[arg(long)]
     assume_llm_ms: Option<u64>,
+    /// With `--assume-llm-ms`: also run those modes with each Whisper decode taking this many
+    /// ms instead of what it took here (the same decoder, timed as on a GPU STT pool: a faster
+    /// decoder also decodes more often, as the service's policy asks, so the interims are the
+    /// ones such a pool would send).
+    #[arg(long)]
+    assume_stt_ms: Option<u64>,
     /// Write the set to this directory (`cases.json` and one 16 kHz WAV a case, as the agent
     /// hears them) and stop, for other turn-taking code to run on the same audio
     /// (`harness/pipecat/turn_eval.py`).
@@ -302,6 +308,8 @@ struct Mode {
     words: bool,
     /// With `words`: count each judgement as taking this long, not what it took here.
     assume_llm: Option<Duration>,
+    /// Count each Whisper decode as taking this long, not what it took here.
+    assume_stt: Option<Duration>,
     /// With `words`: `llmEndOfTurnThreshold`.
     threshold: f32,
 }
@@ -327,6 +335,8 @@ struct Outcome {
 /// decodes it: on every step of new audio and at every pause after voice.
 struct Listening {
     utterance: Utterance,
+    /// Each decode counted as taking this long instead of what it took.
+    assume: Option<Duration>,
     /// How much the last decode started with took.
     attempted: usize,
     /// A decode's text, the sample it arrives at, and the samples it heard.
@@ -340,9 +350,10 @@ struct Listening {
 }
 
 impl Listening {
-    fn new() -> anyhow::Result<Self> {
+    fn new(assume: Option<Duration>) -> anyhow::Result<Self> {
         Ok(Self {
             utterance: Utterance::new(LineEncoding::Linear16, 16_000)?,
+            assume,
             attempted: 0,
             running: None,
             interim: String::new(),
@@ -382,6 +393,7 @@ impl Listening {
         let upto = self.utterance.decode_end();
         self.attempted = upto;
         let (decoded, took) = decode(whisper, &self.utterance.pcm16k(upto))?;
+        let took = self.assume.unwrap_or(took);
         self.running = Some((decoded, now + took.as_millis() as usize * PER_MS, upto));
         Ok(())
     }
@@ -413,7 +425,7 @@ impl Listening {
     /// The final transcript of everything heard, and how long it took.
     fn finish(&self, whisper: &WhisperStt) -> anyhow::Result<(String, Duration)> {
         let (decoded, took) = decode(whisper, &self.utterance.pcm16k(self.utterance.len()))?;
-        Ok((decoded.text, took))
+        Ok((decoded.text, self.assume.unwrap_or(took)))
     }
 }
 
@@ -493,7 +505,7 @@ fn run(
                 utterance.clear();
                 utterance.extend_from_slice(previous);
                 if streams {
-                    let mut stream = Listening::new()?;
+                    let mut stream = Listening::new(mode.assume_stt)?;
                     stream.push(previous);
                     listening = Some(stream);
                 }
@@ -646,6 +658,7 @@ fn main() -> anyhow::Result<()> {
             turn_taking: silence(200),
             words: false,
             assume_llm: None,
+            assume_stt: None,
             threshold: 0.0,
         },
         Mode {
@@ -653,6 +666,7 @@ fn main() -> anyhow::Result<()> {
             turn_taking: silence(300),
             words: false,
             assume_llm: None,
+            assume_stt: None,
             threshold: 0.0,
         },
         Mode {
@@ -660,6 +674,7 @@ fn main() -> anyhow::Result<()> {
             turn_taking: silence(800),
             words: false,
             assume_llm: None,
+            assume_stt: None,
             threshold: 0.0,
         },
         Mode {
@@ -667,6 +682,7 @@ fn main() -> anyhow::Result<()> {
             turn_taking: semantic(300),
             words: false,
             assume_llm: None,
+            assume_stt: None,
             threshold: 0.0,
         },
         Mode {
@@ -677,6 +693,7 @@ fn main() -> anyhow::Result<()> {
             },
             words: false,
             assume_llm: None,
+            assume_stt: None,
             threshold: 0.0,
         },
     ];
@@ -695,6 +712,7 @@ fn main() -> anyhow::Result<()> {
                 turn_taking: semantic(300),
                 words: true,
                 assume_llm: None,
+                assume_stt: None,
                 threshold: first,
             });
             modes.push(Mode {
@@ -705,19 +723,33 @@ fn main() -> anyhow::Result<()> {
                 },
                 words: true,
                 assume_llm: None,
+                assume_stt: None,
                 threshold: first,
             });
             if let Some(ms) = args.assume_llm_ms {
-                for &threshold in &args.llm_threshold {
-                    modes.push(Mode {
-                        name: name(format!(
-                            "LLM judges the words, each answer counted as {ms} ms, threshold {threshold}"
-                        )),
-                        turn_taking: semantic(300),
-                        words: true,
-                        assume_llm: Some(Duration::from_millis(ms)),
-                        threshold,
-                    });
+                // Answers timed as on a GPU LLM pool; then also decodes as on a GPU STT pool.
+                let decodes = std::iter::once(None).chain(args.assume_stt_ms.map(Some));
+                for stt_ms in decodes {
+                    for &threshold in &args.llm_threshold {
+                        let timing = match stt_ms {
+                            None => format!("each answer counted as {ms} ms"),
+                            Some(stt) => {
+                                format!(
+                                    "each answer counted as {ms} ms and each decode as {stt} ms"
+                                )
+                            }
+                        };
+                        modes.push(Mode {
+                            name: name(format!(
+                                "LLM judges the words, {timing}, threshold {threshold}"
+                            )),
+                            turn_taking: semantic(300),
+                            words: true,
+                            assume_llm: Some(Duration::from_millis(ms)),
+                            assume_stt: stt_ms.map(Duration::from_millis),
+                            threshold,
+                        });
+                    }
                 }
             }
             Some(WordsJudge::new(url, &args.llm_model)?)
