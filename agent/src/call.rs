@@ -639,16 +639,22 @@ impl Detector {
         self.streamed = self.utterance.len();
     }
 
-    /// Hands the utterance so far (its last 8 s: all the model hears) to the end-of-turn
-    /// model on a blocking thread; the answer comes back through `verdicts` while the call
+    /// Hands the utterance so far, cut where the voice ended and followed by the same pause
+    /// every time ([`smart_turn::heard_at_pause`]), to the end-of-turn model on a blocking
+    /// thread; the answer comes back through `verdicts` while the call
     /// goes on listening. A model that cannot answer, or cannot get a permit in time, ends
     /// the turn as if it said complete.
     fn ask(&mut self, pause: u64, model: Arc<SmartTurn>) {
-        let from = self
+        // Asked as the pause is noticed or announced: the voice ended that long ago (the
+        // utterance already holds the silent chunks since).
+        let voice_end = self
             .utterance
             .len()
-            .saturating_sub(smart_turn::WINDOW_SAMPLES);
-        let audio = self.utterance[from..].to_vec();
+            .saturating_sub(grokcast_engines::audio::samples(
+                self.endpointer.silence(),
+                16_000,
+            ));
+        let audio = smart_turn::heard_at_pause(&self.utterance, voice_end);
         let permits = self.judgements.clone();
         // Until the plain silence would end the turn, counted from this pause's silence so far
         // (the question is asked as the pause is noticed, usually short of the minimum).

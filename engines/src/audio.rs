@@ -118,6 +118,11 @@ pub fn duration(samples: usize, rate: u32) -> std::time::Duration {
     std::time::Duration::from_micros(samples as u64 * 1_000_000 / u64::from(rate.max(1)))
 }
 
+/// The number of samples at `rate` Hz that last `length` (rounded down).
+pub fn samples(length: std::time::Duration, rate: u32) -> usize {
+    (length.as_micros() * u128::from(rate) / 1_000_000) as usize
+}
+
 /// Converts the clip's rate by linear interpolation. Good enough for speech going into
 /// Whisper, whose front end keeps only 0-8 kHz.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {

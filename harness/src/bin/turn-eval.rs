@@ -586,9 +586,15 @@ fn run(
                 outcome.judged.push((text, p));
                 pending = Some((pause, due, complete));
             } else if let Some(model) = model {
-                let from = utterance.len().saturating_sub(smart_turn::WINDOW_SAMPLES);
+                let voice_end = utterance
+                    .len()
+                    .saturating_sub(grokcast_engines::audio::samples(
+                        endpointer.silence(),
+                        16_000,
+                    ));
                 let started = Instant::now();
-                let p = model.completion_probability(&utterance[from..])?;
+                let heard = smart_turn::heard_at_pause(&utterance, voice_end);
+                let p = model.completion_probability(&heard)?;
                 let took = started.elapsed();
                 outcome.judgements.push(took);
                 let due = end + took.as_millis() as usize * PER_MS;
