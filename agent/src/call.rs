@@ -641,20 +641,13 @@ impl Detector {
 
     /// Hands the utterance so far, cut where the voice ended and followed by the same pause
     /// every time ([`smart_turn::heard_at_pause`]), to the end-of-turn model on a blocking
-    /// thread; the answer comes back through `verdicts` while the call
-    /// goes on listening. A model that cannot answer, or cannot get a permit in time, ends
-    /// the turn as if it said complete.
+    /// thread; the answer comes back through `verdicts` while the call goes on listening. A
+    /// model that cannot answer, or cannot get a permit in time, ends the turn as if it said
+    /// complete.
     fn ask(&mut self, pause: u64, model: Arc<SmartTurn>) {
-        // Asked as the pause is noticed or announced: the voice ended that long ago (the
-        // utterance already holds the silent chunks since).
-        let voice_end = self
-            .utterance
-            .len()
-            .saturating_sub(grokcast_engines::audio::samples(
-                self.endpointer.silence(),
-                16_000,
-            ));
-        let audio = smart_turn::heard_at_pause(&self.utterance, voice_end);
+        // Asked as the pause is noticed or announced: the utterance already holds the silent
+        // chunks since the voice ended.
+        let audio = smart_turn::heard_at_pause(&self.utterance, self.endpointer.silence());
         let permits = self.judgements.clone();
         // Until the plain silence would end the turn, counted from this pause's silence so far
         // (the question is asked as the pause is noticed, usually short of the minimum).

@@ -257,16 +257,20 @@ impl SmartTurn {
 pub const HEARD_PAUSE_SAMPLES: usize = SAMPLE_RATE as usize / 5;
 
 /// What the model hears of a turn at a pause: `utterance` (16 kHz, from the start of the
-/// caller's speech) up to `voice_end` (samples: where the voice stopped, not where the VAD
-/// noticed), then [`HEARD_PAUSE_SAMPLES`] of digital silence, its last 8 seconds.
+/// caller's speech to now) without its last `silence` (the pause so far, counted from where
+/// the voice stopped, not from where the VAD noticed), then [`HEARD_PAUSE_SAMPLES`] of
+/// digital silence, its last 8 seconds.
 ///
 /// Why not the audio as it came: the pause is noticed on a 32 ms VAD chunk, and where the
 /// caller's 20 ms frames fall on those chunks moves that point by a few milliseconds from
 /// call to call. The model is that sensitive to the pause's length: on "No thanks." its
 /// probability ranged 0.14-0.77 over the eight ways the frames can fall. Cut at the voice's
 /// end and given a fixed pause, the same words get the same verdict on every call.
-pub fn heard_at_pause(utterance: &[f32], voice_end: usize) -> Vec<f32> {
-    let voice = &utterance[..voice_end.min(utterance.len())];
+pub fn heard_at_pause(utterance: &[f32], silence: std::time::Duration) -> Vec<f32> {
+    let voice_end = utterance
+        .len()
+        .saturating_sub(crate::audio::samples(silence, SAMPLE_RATE));
+    let voice = &utterance[..voice_end];
     let keep = (WINDOW_SAMPLES - HEARD_PAUSE_SAMPLES).min(voice.len());
     let mut heard = Vec::with_capacity(keep + HEARD_PAUSE_SAMPLES);
     heard.extend_from_slice(&voice[voice.len() - keep..]);
@@ -313,25 +317,31 @@ mod tests {
 
     #[test]
     fn the_model_hears_the_voice_then_the_same_pause_however_late_it_is_asked() {
+        let ms = std::time::Duration::from_millis;
         // 1 s of "voice" (ones) followed by 150 ms of line noise the VAD had not yet called
         // silence: cut at the voice's end, then 200 ms of silence.
         let mut utterance = vec![1.0f32; 16_000];
         utterance.extend(std::iter::repeat_n(0.01, 2_400));
-        let heard = heard_at_pause(&utterance, 16_000);
+        let heard = heard_at_pause(&utterance, ms(150));
         assert_eq!(heard.len(), 16_000 + HEARD_PAUSE_SAMPLES);
         assert!(heard[..16_000].iter().all(|&s| s == 1.0));
         assert!(heard[16_000..].iter().all(|&s| s == 0.0));
         // Asked later in the same pause, it hears the same.
         utterance.extend(std::iter::repeat_n(0.01, 1_600));
-        assert_eq!(heard_at_pause(&utterance, 16_000), heard);
-        // A voice end past the audio (a clock a chunk ahead) keeps what there is.
+        assert_eq!(heard_at_pause(&utterance, ms(250)), heard);
+        // No pause yet keeps all there is; a pause longer than the audio kept leaves only
+        // the pause.
         assert_eq!(
-            heard_at_pause(&utterance[..8_000], 16_000).len(),
+            heard_at_pause(&utterance[..8_000], ms(0)).len(),
             8_000 + 3_200
+        );
+        assert_eq!(
+            heard_at_pause(&utterance[..8_000], ms(1_000)),
+            vec![0.0; 3_200]
         );
         // A long turn keeps its last 8 s, the pause included.
         let long: Vec<f32> = (0..10 * 16_000).map(|i| i as f32).collect();
-        let heard = heard_at_pause(&long, long.len());
+        let heard = heard_at_pause(&long, ms(0));
         assert_eq!(heard.len(), WINDOW_SAMPLES);
         let voice = WINDOW_SAMPLES - HEARD_PAUSE_SAMPLES;
         assert_eq!(heard[voice - 1], (long.len() - 1) as f32);

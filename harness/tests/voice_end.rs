@@ -154,9 +154,8 @@ fn smart_turn_at_pause(
             utterance.extend_from_slice(chunk);
         }
         if let Some(TurnEvent::Judge(_) | TurnEvent::Pause { ask: true, .. }) = event {
-            let silence = grokcast_engines::audio::samples(endpointer.silence(), 16_000);
-            let voice_end = utterance.len() - silence;
-            let heard = grokcast_engines::smart_turn::heard_at_pause(&utterance, voice_end);
+            let heard =
+                grokcast_engines::smart_turn::heard_at_pause(&utterance, endpointer.silence());
             return model.completion_probability(&heard).unwrap();
         }
         previous = chunk;

@@ -586,14 +586,8 @@ fn run(
                 outcome.judged.push((text, p));
                 pending = Some((pause, due, complete));
             } else if let Some(model) = model {
-                let voice_end = utterance
-                    .len()
-                    .saturating_sub(grokcast_engines::audio::samples(
-                        endpointer.silence(),
-                        16_000,
-                    ));
                 let started = Instant::now();
-                let heard = smart_turn::heard_at_pause(&utterance, voice_end);
+                let heard = smart_turn::heard_at_pause(&utterance, endpointer.silence());
                 let p = model.completion_probability(&heard)?;
                 let took = started.elapsed();
                 outcome.judgements.push(took);
